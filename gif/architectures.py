@@ -1,0 +1,262 @@
+"""Server-side registry of architectures: users upload weights only, never code.
+
+Each entry validates its config (pydantic), builds the module, and lists its parameters in
+forward order (the order of ``model.parameters()``). Weight loading checks every key, shape,
+dtype and value and reports all problems at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import nn
+
+from gif.errors import InvalidWeightsError, UnknownArchitectureError
+from gif.files import TensorFileError, TensorInfo, read_tensors
+
+
+class ArchitectureSpec(BaseModel):
+    """A registry name plus its config, e.g. ``{"name": "tinynet", "config": {"in_channels": 1}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(examples=["tinynet"])
+    config: dict[str, Any] = Field(default_factory=dict, examples=[{"in_channels": 1, "num_classes": 10}])
+
+
+class ImageClassifierConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    in_channels: int = Field(1, ge=1, le=64)
+    num_classes: int = Field(10, ge=2, le=100_000)
+
+
+class MLPConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sizes: list[int] = Field(min_length=2, max_length=64, examples=[[64, 32, 10]])
+    activation: Literal["relu", "tanh"] = "relu"
+
+    @property
+    def num_classes(self) -> int:
+        return self.sizes[-1]
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes_in_range(cls, sizes: list[int]) -> list[int]:
+        if any(s < 1 or s > 1_000_000 for s in sizes):
+            raise ValueError("every size must be between 1 and 1,000,000")
+        if sizes[-1] < 2:
+            raise ValueError("the last size (the number of classes) must be at least 2")
+        return sizes
+
+
+class TinyNet(nn.Module):
+    """The paper's backdoor CNN: four 3×3 stride-2 convs (1→32→64→128→256) and Linear(1024, C)."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
+        self.conv4 = nn.Conv2d(128, 256, 3, stride=2, padding=1)
+        self.fc = nn.Linear(1024, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            x = torch.relu(conv(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+class VGG11(nn.Module):
+    """The paper's CIFAR VGG-11: 3×3 convs with bias, BatchNorm and ReLU, five max-pools, Linear(512, C)."""
+
+    LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in self.LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
+                channels = item
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class MLP(nn.Module):
+    """Flattened input, Linear layers of ``sizes`` with an activation between them, none after the last."""
+
+    def __init__(self, sizes: list[int], activation: str):
+        super().__init__()
+        act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(fan_in, fan_out))
+            if i < len(sizes) - 2:
+                layers.append(act())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(torch.flatten(x, 1))
+
+
+def _resnet18(config: ImageClassifierConfig) -> nn.Module:
+    """torchvision's ResNet-18 with the paper's 3×3 stride-1 stem and no max-pool (parameter names as torchvision's)."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=config.num_classes)
+    model.conv1 = nn.Conv2d(config.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    description: str
+    config_model: type[BaseModel]
+    builder: Callable[[Any], nn.Module]
+
+    def config_schema(self) -> dict[str, Any]:
+        return self.config_model.model_json_schema()
+
+
+REGISTRY: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture(
+            "tinynet",
+            "The paper's backdoor CNN: four 3×3 stride-2 convs with bias and ReLU (→32→64→128→256), "
+            "flatten, Linear(1024, C). Inputs 28×28 or 32×32; 398,090 parameters for MNIST.",
+            ImageClassifierConfig,
+            lambda c: TinyNet(c.in_channels, c.num_classes),
+        ),
+        Architecture(
+            "resnet18",
+            "ResNet-18 with a 3×3 stride-1 stem and no max-pool (the paper's MNIST/CIFAR model), "
+            "BasicBlocks [2,2,2,2], global average pooling, Linear(512, C); about 11.17 M parameters.",
+            ImageClassifierConfig,
+            _resnet18,
+        ),
+        Architecture(
+            "vgg11",
+            "The paper's CIFAR VGG-11: 3×3 convs with bias + BatchNorm + ReLU, five max-pools, "
+            "one Linear(512, C). Inputs 32×32; about 9.23 M parameters.",
+            ImageClassifierConfig,
+            lambda c: VGG11(c.in_channels, c.num_classes),
+        ),
+        Architecture(
+            "mlp",
+            "Input flattened, Linear layers of `sizes` [in, hidden…, out] with `activation` between them.",
+            MLPConfig,
+            lambda c: MLP(c.sizes, c.activation),
+        ),
+    )
+}
+
+
+def resolve(spec: ArchitectureSpec | dict[str, Any]) -> tuple[Architecture, BaseModel]:
+    """Look up the entry and validate its config; raise ``UnknownArchitectureError`` with every problem."""
+    try:
+        spec = spec if isinstance(spec, ArchitectureSpec) else ArchitectureSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise UnknownArchitectureError("invalid architecture", _pydantic_problems(exc)) from None
+    arch = REGISTRY.get(spec.name)
+    if arch is None:
+        raise UnknownArchitectureError(f"unknown architecture {spec.name!r}; known: {', '.join(sorted(REGISTRY))}")
+    try:
+        config = arch.config_model.model_validate(spec.config)
+    except ValidationError as exc:
+        raise UnknownArchitectureError(f"invalid config for {spec.name!r}", _pydantic_problems(exc)) from None
+    return arch, config
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
+
+
+def num_classes(spec: ArchitectureSpec | dict[str, Any]) -> int:
+    return resolve(spec)[1].num_classes  # type: ignore[attr-defined]
+
+
+def build_model(spec: ArchitectureSpec | dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    arch, config = resolve(spec)
+    with torch.device(device):
+        return arch.builder(config)
+
+
+def parameter_listing(spec: ArchitectureSpec | dict[str, Any]) -> dict[str, Any]:
+    """``{"parameters": [{"name", "shape"}], "num_parameters"}`` in forward order, without allocating weights."""
+    model = build_model(spec, device="meta")
+    params = [{"name": n, "shape": list(p.shape)} for n, p in model.named_parameters()]
+    return {"parameters": params, "num_parameters": sum(p.numel() for p in model.parameters())}
+
+
+OPTIONAL_BUFFER_SUFFIX = "num_batches_tracked"
+
+
+def expected_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor a checkpoint must hold: parameters and persistent buffers (BatchNorm statistics)."""
+    return dict(model.state_dict())
+
+
+def check_weights(model: nn.Module, tensors: dict[str, TensorInfo]) -> list[str]:
+    """All the ways a checkpoint fails to fit ``model``: keys, shapes, dtypes, non-finite values."""
+    expected = expected_tensors(model)
+    problems = []
+    missing = [k for k in expected if k not in tensors and not k.endswith(OPTIONAL_BUFFER_SUFFIX)]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+    for name, info in tensors.items():
+        ref = expected.get(name)
+        if ref is None:
+            continue
+        if tuple(info.shape) != tuple(ref.shape):
+            problems.append(f"{name}: shape {list(info.shape)} != expected {list(ref.shape)}")
+        elif ref.is_floating_point() and not info.dtype.is_floating_point:
+            problems.append(f"{name}: dtype {info.dtype} is not floating point")
+        elif not info.finite:
+            problems.append(f"{name}: contains NaN or Inf")
+    return problems
+
+
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Load a checkpoint strictly into ``model`` (in place); raise ``InvalidWeightsError`` listing every problem."""
+    problems = check_weights(model, {k: TensorInfo.of(v) for k, v in tensors.items()})
+    if problems:
+        raise InvalidWeightsError("the weights do not match the architecture", problems)
+    own = expected_tensors(model)
+    with torch.no_grad():
+        for name, value in tensors.items():
+            own[name].copy_(value.to(own[name].dtype))
+    return model
+
+
+WEIGHT_FORMATS = ("safetensors", "torch_zip")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file or torch zip state dict (``weights_only``); never a pickle."""
+    try:
+        return read_tensors(path, WEIGHT_FORMATS)
+    except TensorFileError as exc:
+        raise InvalidWeightsError(str(exc)) from None
+
+
+def load_checkpoint(spec: ArchitectureSpec | dict[str, Any], path: str | Path) -> nn.Module:
+    """Build the architecture and load the checkpoint at ``path`` strictly."""
+    return load_weights(build_model(spec), read_checkpoint(path))

@@ -1,0 +1,174 @@
+"""Tensor datasets: reading user files, the bundled real datasets, validation and seeded splits.
+
+A dataset is ``x`` (N × sample shape) and ``y`` (N integer labels). Values are fed to the model
+as stored, with one conversion: ``uint8`` images become float32 in [0, 1] (divided by 255), as
+torchvision's ``ToTensor`` does. No other normalisation is applied.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from gif.errors import InvalidDatasetError
+from gif.files import TensorFileError, read_tensors, write_safetensors
+
+DATASET_FORMATS = ("safetensors", "npz")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: torch.Tensor  # float32, N × sample shape
+    y: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max()) + 1 if len(self) else 0
+
+    @property
+    def sample_shape(self) -> list[int]:
+        return list(self.x.shape[1:])
+
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> "Dataset":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return Dataset(self.x[idx], self.y[idx])
+
+    def relabelled(self, indices: Sequence[int], labels: Sequence[int]) -> "Dataset":
+        y = self.y.clone()
+        y[torch.as_tensor(indices, dtype=torch.long)] = torch.as_tensor(labels, dtype=torch.long)
+        return Dataset(self.x, y)
+
+    def batches(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(self.x[i : i + batch_size], self.y[i : i + batch_size]) for i in range(0, len(self), batch_size)]
+
+    def save(self, path: str | Path) -> None:
+        write_safetensors(path, {"x": self.x, "y": self.y})
+
+
+def make_dataset(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> Dataset:
+    """Validate and convert raw arrays; raise ``InvalidDatasetError`` listing every problem."""
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    problems = []
+    if x.dim() < 2:
+        problems.append(f"x must have a sample axis and at least one feature axis (got shape {list(x.shape)})")
+    if y.dim() != 1:
+        problems.append(f"y must be one-dimensional (got shape {list(y.shape)})")
+    if x.dim() >= 1 and y.dim() == 1 and x.shape[0] != y.shape[0]:
+        problems.append(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    if y.dim() == 1 and y.shape[0] == 0:
+        problems.append("the dataset is empty")
+    if x.dtype not in FLOAT_DTYPES + (torch.uint8,):
+        problems.append(f"x must be float32 or uint8 (got {x.dtype})")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+        problems.append(f"y must hold integer labels (got {y.dtype})")
+    if problems:
+        raise InvalidDatasetError("invalid dataset", problems)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    y = y.long()
+    if not bool(torch.isfinite(x).all()):
+        problems.append("x contains NaN or Inf")
+    if bool((y < 0).any()):
+        problems.append("y contains negative labels")
+    if problems:
+        raise InvalidDatasetError("invalid dataset", problems)
+    return Dataset(x.contiguous(), y.contiguous())
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """A ``.safetensors`` or ``.npz`` file holding exactly ``x`` and ``y``."""
+    try:
+        tensors = read_tensors(path, DATASET_FORMATS)
+    except TensorFileError as exc:
+        raise InvalidDatasetError(str(exc)) from None
+    if set(tensors) != {"x", "y"}:
+        raise InvalidDatasetError(f"the file must hold exactly the tensors 'x' and 'y' (found: {sorted(tensors)})")
+    return make_dataset(tensors["x"], tensors["y"])
+
+
+def check_labels(dataset: Dataset, num_classes: int, what: str = "dataset") -> None:
+    if dataset.num_classes > num_classes:
+        raise InvalidDatasetError(
+            f"{what} has label {dataset.num_classes - 1}, but the model has only {num_classes} classes"
+        )
+
+
+# --- the real datasets bundled with the project's shared data -------------------------------------
+
+
+def shared_data_dir() -> Path:
+    """``$GIF_DATA_DIR``, else ``../shared/data`` beside the repository."""
+    env = os.environ.get("GIF_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    (found,) = struct.unpack(">I", raw[:4])
+    if found != magic:
+        raise InvalidDatasetError(f"{path.name}: IDX magic {found:#010x} != {magic:#010x}")
+    ndim = magic & 0xFF
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_mnist(root: str | Path | None = None) -> Dataset:
+    """The 10,000 MNIST test digits as N×1×28×28 float32 in [0, 1]."""
+    root = Path(root or shared_data_dir()) / "mnist"
+    images = _read_idx(root / "t10k-images-idx3-ubyte.gz", 0x00000803)
+    labels = _read_idx(root / "t10k-labels-idx1-ubyte.gz", 0x00000801)
+    return make_dataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+def load_cifar10(split: Literal["train", "test"], root: str | Path | None = None) -> Dataset:
+    """The CIFAR-10 subset: 4,000 training or 1,000 test images, N×3×32×32 float32 in [0, 1]."""
+    root = Path(root or shared_data_dir()) / "cifar10"
+    pattern = "data_batch_1_*.bin" if split == "train" else "test_batch_*.bin"
+    files = sorted(root.glob(pattern))
+    if not files:
+        raise InvalidDatasetError(f"no CIFAR-10 {split} files in {root}")
+    records = np.concatenate([np.fromfile(f, dtype=np.uint8).reshape(-1, 3073) for f in files])
+    images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())
+    return make_dataset(images, torch.from_numpy(records[:, 0].astype(np.int64)))
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8×8 digits (1,797 images) as N×1×8×8 float32 in [0, 1]."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    return make_dataset(x, torch.from_numpy(bunch.target.astype(np.int64)))
+
+
+# --- seeded index arithmetic ----------------------------------------------------------------------
+
+
+def seeded_permutation(n: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of ``range(n)`` into (``fraction`` of it, the rest), each sorted."""
+    perm = seeded_permutation(n, seed)
+    cut = int(round(n * fraction))
+    return perm[:cut].sort().values, perm[cut:].sort().values
+
+
+def sample_indices(pool: torch.Tensor, count: int | Literal["all"], seed: int) -> torch.Tensor:
+    """``count`` entries of ``pool`` drawn without replacement (all of it for ``"all"`` or a larger count)."""
+    if count == "all" or count >= len(pool):
+        return pool
+    return pool[seeded_permutation(len(pool), seed)[:count]].sort().values

@@ -1,0 +1,349 @@
+"""One edit, end to end: select → solve → step → apply → evaluate (→ retrain).
+
+``run`` is the single entry point shared by the command line and the worker. It never touches
+storage, queues or HTTP: progress and cancellation cross the boundary as one callback.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
+from gif.data import Dataset, check_labels, sample_indices, split_indices
+from gif.errors import InvalidSpecError, NonFiniteError
+from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, RequestPlan, solve_influence
+from gif.metrics import accuracy, evaluate, evaluation_plan, mean_loss, predict
+from gif.parameters import ParameterSpace, candidate_mask
+from gif.selection import full_selection, select
+from gif.spec import AutoStep, JobSpec, RemoveClass, RemoveSamples, check_request
+from gif.step import (
+    MAX_EVALUATIONS,
+    ValidationData,
+    class_removal_objective,
+    relabel_objective,
+    sample_removal_objective,
+    search_step,
+)
+from gif.training import reinitialised, train
+
+# Share of the progress bar each phase covers (retraining, when asked for, takes the last part).
+PHASES = {"selection": (0.0, 0.1), "solve": (0.1, 0.6), "step_search": (0.6, 0.8), "evaluation": (0.8, 1.0)}
+PHASES_WITH_RETRAIN = {**{k: (a * 0.5, b * 0.5) for k, (a, b) in PHASES.items()}, "retrain": (0.5, 1.0)}
+STEP_SEED_OFFSET = 1
+GRADIENT_SEED_OFFSET = 2
+
+
+class ProgressSink(Protocol):
+    """Receives progress; raising ``EditCancelled`` (or any error) from it stops the edit."""
+
+    def __call__(
+        self, phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None
+    ) -> None: ...
+
+
+def _ignore_progress(phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None) -> None:
+    return None
+
+
+@dataclass
+class EditOutcome:
+    state_dict: dict[str, torch.Tensor]  # the edited checkpoint (parameters and buffers), on the CPU
+    result: dict[str, Any]  # the contract's ``result`` object (without ``checkpoint``, which storage adds)
+    model: nn.Module  # the edited model
+
+
+class _Progress:
+    """Maps phase-local fractions onto the whole job and forwards them to the sink."""
+
+    def __init__(self, sink: ProgressSink, with_retrain: bool):
+        self.sink = sink
+        self.ranges = PHASES_WITH_RETRAIN if with_retrain else PHASES
+
+    def __call__(self, phase: str, local: float, iteration: int | None = None, residual: float | None = None) -> None:
+        start, end = self.ranges[phase]
+        self.sink(phase, start + (end - start) * min(max(local, 0.0), 1.0), iteration, residual)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_inputs(
+    model: nn.Module, spec: JobSpec, train: Dataset, eval_data: Dataset | None = None, validation_data: Dataset | None = None
+) -> int:
+    """Refuse what can be refused before any work (input shape, labels, request ranges); return the class count."""
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            out = model.eval()(train.x[:1].to(device))
+    except RuntimeError as exc:
+        raise InvalidSpecError(
+            f"the model cannot take samples of shape {train.sample_shape}: {str(exc).splitlines()[0]}"
+        ) from None
+    if out.dim() != 2:
+        raise InvalidSpecError(f"the model returns shape {list(out.shape[1:])} per sample, not a vector of logits")
+    num_classes = int(out.shape[1])
+    check_labels(train, num_classes, "the training data")
+    for name, extra in (("eval", eval_data), ("validation", validation_data)):
+        if extra is not None:
+            check_labels(extra, num_classes, f"the {name} data")
+            if extra.sample_shape != train.sample_shape:
+                raise InvalidSpecError(
+                    f"{name} samples have shape {extra.sample_shape} but training samples {train.sample_shape}"
+                )
+    check_request(spec.request, torch.bincount(train.y, minlength=num_classes).tolist(), num_classes)
+    return num_classes
+
+
+def _validation_data(
+    spec: JobSpec, plan: RequestPlan, train: Dataset, validation_idx: torch.Tensor, validation: Dataset | None
+) -> ValidationData:
+    step: AutoStep = spec.step  # type: ignore[assignment]
+    seed = spec.solver.seed + STEP_SEED_OFFSET
+    if validation is not None:  # held-out data given by the user
+        kept_mask = torch.ones(len(validation), dtype=torch.bool)
+        if isinstance(spec.request, RemoveClass):
+            kept_mask = ~torch.isin(validation.y, torch.tensor(spec.request.classes))
+        kept = validation.subset(torch.nonzero(kept_mask).flatten())
+        class_examples = validation.subset(torch.nonzero(~kept_mask).flatten())
+    else:
+        is_affected = torch.zeros(len(train), dtype=torch.bool)
+        is_affected[plan.affected] = True
+        kept = train.subset(validation_idx[~is_affected[validation_idx]])
+        class_examples = train.subset(validation_idx[is_affected[validation_idx]])
+    cap = step.max_validation_samples
+    kept = kept.subset(sample_indices(torch.arange(len(kept)), cap, seed))
+    if plan.class_level and len(class_examples):
+        affected, new_labels = class_examples.subset(sample_indices(torch.arange(len(class_examples)), cap, seed)), None
+    else:
+        chosen = sample_indices(torch.arange(len(plan.affected)), cap, seed)
+        affected = train.subset(plan.affected[chosen])
+        new_labels = None if plan.new_labels is None else plan.new_labels[chosen]
+    if not len(kept):
+        raise InvalidSpecError("the validation split holds no unaffected examples; raise validation_fraction")
+    return ValidationData(affected, new_labels, kept)
+
+
+def run(
+    spec: JobSpec,
+    model: nn.Module,
+    train_data: Dataset,
+    eval_data: Dataset | None = None,
+    progress: ProgressSink | None = None,
+    *,
+    validation_data: Dataset | None = None,
+    loss_fn: LossFn = cross_entropy_sum,
+    device: torch.device | str | None = None,
+) -> EditOutcome:
+    """Edit ``model`` (left untouched) as ``spec`` asks and measure the result.
+
+    ``train_data`` is the data the model was trained on (indices in the request refer to it);
+    ``eval_data``, when given, is held-out data for the reported metrics only; ``validation_data``,
+    when given, is held-out data the step search uses instead of a split carved from the training data.
+    """
+    started = time.perf_counter()
+    timings: dict[str, float | None] = {}
+    report = _Progress(progress or _ignore_progress, spec.retrain is not None)
+    device = torch.device(device) if device is not None else default_device()
+    original = copy.deepcopy(model).to(device).eval()
+    check_inputs(original, spec, train_data, eval_data, validation_data)
+    plan = RequestPlan.of(spec.request, train_data)
+    solver = spec.solver
+    warnings: list[str] = []
+
+    # --- data: validation split, Hessian sample (retained data), gradient sample (affected data)
+    auto_step = isinstance(spec.step, AutoStep)
+    validation_idx = torch.empty(0, dtype=torch.long)
+    if auto_step and validation_data is None:
+        validation_idx, _ = split_indices(len(train_data), spec.step.validation_fraction, solver.seed + STEP_SEED_OFFSET)
+        if isinstance(spec.request, RemoveSamples) and spec.step.target_loss is None:
+            warnings.append(
+                "the step targets the loss of a validation split carved from the training data, which the model "
+                "has seen; give validation data the model did not train on, or step.target_loss"
+            )
+    gradient_pool = plan.affected
+    if plan.class_level and len(validation_idx):
+        outside = plan.affected[~torch.isin(plan.affected, validation_idx)]
+        gradient_pool = outside if len(outside) else plan.affected
+    hessian_idx = sample_indices(plan.retained, solver.hessian_samples, solver.seed)
+    gradient_idx = sample_indices(gradient_pool, solver.gradient_samples, solver.seed + GRADIENT_SEED_OFFSET)
+
+    # --- selection
+    t0 = time.perf_counter()
+    report("selection", 0.0)
+    gradient_objective = ModelObjective(original, plan.gradient_terms(train_data, gradient_idx), loss_fn, solver.batch_size)
+    if spec.method in USES_FULL_SELECTION:
+        selection = full_selection(original)
+    else:
+        selection = select(original, spec.selection, gradient_objective.batches, loss_fn)
+    if selection.num_selected == 0:
+        raise InvalidSpecError("the selection ratio selects no parameters; raise selection.ratio")
+    report("selection", 1.0)
+    timings["selection_s"] = time.perf_counter() - t0
+
+    # --- solve
+    t0 = time.perf_counter()
+    g = gradient_objective.gradient()
+    space = ParameterSpace.of(original)
+    selected = selection.mask.to(device)
+    candidates = candidate_mask(original, space).to(device)
+    hessian = None
+    if spec.method in USES_CURVATURE:
+        hessian_objective = ModelObjective(
+            original, [LossTerm(train_data.subset(hessian_idx), 1.0 / len(hessian_idx))], loss_fn, solver.batch_size
+        )
+        hessian = HessianOperator(hessian_objective, solver.damping, solver.hvp)
+
+    def monitor(iteration: int, residual: float) -> None:
+        done = math.log(max(residual, 1e-300)) / math.log(solver.tolerance) if residual < 1 else 0.0
+        report("solve", max(iteration / solver.max_iterations, done), iteration, residual)
+
+    solution = solve_influence(spec.method, hessian, g, selected, candidates, solver, monitor)
+    delta = solution.delta
+    if not bool(torch.isfinite(delta).all()):
+        raise NonFiniteError("the solved influence vector contains NaN or Inf")
+    if solution.solve is not None and not solution.solve.converged:
+        warnings.append(
+            f"the solver stopped at relative residual {solution.solve.relative_residual:.3g} "
+            f"above the tolerance {solver.tolerance:g} after {solution.solve.iterations} iterations"
+        )
+    timings["solve_s"] = time.perf_counter() - t0
+
+    # --- step
+    t0 = time.perf_counter()
+    flat_theta = space.flatten(dict(original.named_parameters())).detach()
+    modified = solution.modified
+    step_result: dict[str, Any] = {"mode": spec.step.mode}
+    if auto_step:
+        validation = _validation_data(spec, plan, train_data, validation_idx, validation_data)
+        objective = _step_objective(spec, original, validation)
+        buffers = dict(original.named_buffers())
+        evaluations = 0
+
+        def objective_at(scale: float) -> float:
+            nonlocal evaluations
+            evaluations += 1
+            report("step_search", evaluations / MAX_EVALUATIONS)
+            params = space.unflatten(torch.where(modified, flat_theta + scale * delta, flat_theta))
+
+            @torch.no_grad()
+            def logits(d: Dataset) -> torch.Tensor:
+                return torch.cat(
+                    [
+                        functional_call(original, {**params, **buffers}, (x.to(device),)).float().cpu()
+                        for x, _ in d.batches(spec.evaluation.batch_size)
+                    ]
+                )
+
+            return objective(validation, logits)
+
+        unit_change = float(delta[modified].norm() / flat_theta[modified].norm().clamp_min(1e-12))
+        search = search_step(objective_at, unit_change)
+        scale = search.scale
+        step_result.update(
+            scale=scale,
+            objective=search.objective,
+            relative_change=search.relative_change,
+            evaluations=len(search.trace),
+            validation="provided" if validation_data is not None else "carved",
+            validation_samples={"affected": len(validation.affected), "kept": len(validation.kept)},
+        )
+    else:
+        scale = spec.step.scale
+        step_result["scale"] = scale
+    timings["step_search_s"] = time.perf_counter() - t0
+
+    # --- apply: θ_J ← θ_J + s·Δ_J, every other entry bit-identical
+    edited = copy.deepcopy(original)
+    new_flat = torch.where(modified, flat_theta + scale * delta, flat_theta)
+    if not bool(torch.isfinite(new_flat).all()):
+        raise NonFiniteError(f"the step {scale:g} makes the weights NaN or Inf")
+    with torch.no_grad():
+        for name, value in space.unflatten(new_flat).items():
+            edited.get_parameter(name).copy_(value)
+
+    # --- evaluation (and the retrained ground truth)
+    t0 = time.perf_counter()
+    report("evaluation", 0.0)
+    removed_classes = spec.request.classes if isinstance(spec.request, RemoveClass) else None
+    eval_plan = evaluation_plan(
+        train_data, eval_data, plan.affected, plan.retained, plan.new_labels, removed_classes,
+        spec.evaluation.retain_samples, solver.seed, spec.evaluation.batch_size,
+    )
+    metrics = {"before": evaluate(original, eval_plan)}
+    report("evaluation", 0.5)
+    metrics["after"] = evaluate(edited, eval_plan)
+    report("evaluation", 1.0)
+    timings["evaluation_s"] = time.perf_counter() - t0
+    metrics["retrained"], timings["retrain_s"] = None, None
+    if spec.retrain is not None:
+        t0 = time.perf_counter()
+        retrained = reinitialised(original, spec.retrain.seed)
+        train(retrained, plan.edited_training_data(train_data), spec.retrain,
+              on_epoch=lambda done, total: report("retrain", done / total))
+        timings["retrain_s"] = time.perf_counter() - t0
+        metrics["retrained"] = evaluate(retrained, eval_plan)
+    timings["total_s"] = time.perf_counter() - started
+
+    result = {
+        "method": spec.method,
+        "request": spec.request.kind,
+        "selection": {**selection.summary(), "criterion": spec.selection.criterion if spec.method not in USES_FULL_SELECTION else "all",
+                      "layers": [vars(layer) for layer in selection.layers]},
+        "solver": _solver_summary(spec, solution, hessian),
+        "step": step_result,
+        "metrics": metrics,
+        "timings": timings,
+        "data": {
+            "train_samples": len(train_data),
+            "affected_samples": len(plan.affected),
+            "hessian_samples": len(hessian_idx),
+            "gradient_samples": len(gradient_idx),
+            "coefficient": plan.coefficient,
+            "device": str(device),
+        },
+        "warnings": warnings,
+    }
+    state = {k: v.detach().cpu().clone() for k, v in edited.state_dict().items()}
+    return EditOutcome(state, result, edited)
+
+
+def _step_objective(spec: JobSpec, model: nn.Module, validation: ValidationData):
+    if isinstance(spec.request, RemoveClass):
+        return class_removal_objective
+    if validation.new_labels is not None:
+        return relabel_objective
+    kept_logits = predict(model, validation.kept.x, spec.evaluation.batch_size)
+    target = spec.step.target_loss
+    if target is None:
+        target = mean_loss(kept_logits, validation.kept.y)
+    floor = accuracy(kept_logits, validation.kept.y) - spec.step.max_retain_accuracy_drop
+    return sample_removal_objective(target, floor)
+
+
+def _solver_summary(spec: JobSpec, solution, hessian: HessianOperator | None) -> dict[str, Any]:
+    solve = solution.solve
+    if solve is None:
+        return {"kind": "none", "iterations": 0, "hvp_count": 0, "relative_residual": 0.0, "converged": True, "scale": 1.0}
+    return {
+        "kind": spec.solver.kind,
+        "iterations": solve.iterations,
+        "hvp_count": hessian.count if hessian else 0,
+        "relative_residual": solve.relative_residual,
+        "converged": solve.converged,
+        "scale": solve.scale,
+        "restarts": solve.restarts,
+        "lambda_max": solve.lambda_max,
+        "damping": spec.solver.damping,
+        "hvp_method": hessian.method if hessian else None,
+        "hvp_seconds": hessian.seconds if hessian else 0.0,
+        "residual_history": solve.history[-200:],
+    }

@@ -1,0 +1,192 @@
+"""Reading and writing tensor files without ever unpickling user data.
+
+Accepted formats are recognised by their first bytes, not by their names:
+safetensors (an 8-byte header length, then a JSON header), torch zip state dicts (read with
+``weights_only=True``) and numpy ``.npz`` archives (read with ``allow_pickle=False``).
+Writes go to a temporary file in the same directory and are renamed into place, so a reader
+never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+SAFETENSORS_DTYPES = {
+    "F64": (np.float64, torch.float64),
+    "F32": (np.float32, torch.float32),
+    "F16": (np.float16, torch.float16),
+    "BF16": (None, torch.bfloat16),
+    "I64": (np.int64, torch.int64),
+    "I32": (np.int32, torch.int32),
+    "I16": (np.int16, torch.int16),
+    "I8": (np.int8, torch.int8),
+    "U8": (np.uint8, torch.uint8),
+    "BOOL": (np.bool_, torch.bool),
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+SCAN_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+class TensorFileError(ValueError):
+    """The file is not a readable tensor file of an accepted format; the message says why."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What validation needs to know about one stored tensor, without holding its values."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    finite: bool
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> "TensorInfo":
+        finite = bool(torch.isfinite(tensor).all()) if tensor.is_floating_point() else True
+        return cls(tuple(tensor.shape), tensor.dtype, finite)
+
+
+def sniff_format(path: str | Path) -> str:
+    """``"safetensors"``, ``"torch_zip"`` or ``"npz"``; anything else (a raw pickle included) is refused."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile as exc:
+            raise TensorFileError(f"corrupt zip archive: {exc}") from None
+        if any(n.endswith(".npy") for n in names):
+            return "npz"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch_zip"
+        raise TensorFileError("zip archive is neither a torch state dict nor an .npz")
+    if head[:1] == b"\x80":
+        raise TensorFileError("pickle files are refused; save with safetensors or torch.save (zip format)")
+    raise TensorFileError("unrecognised file: expected safetensors, a torch zip state dict or .npz")
+
+
+def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, dict]]:
+    """Parse and check the header: every tensor's byte range is inside the file and consistent with its shape."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise TensorFileError("truncated safetensors file")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > min(MAX_HEADER_BYTES, size - 8):
+            raise TensorFileError("safetensors header length exceeds the file")
+        try:
+            header = json.loads(fh.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise TensorFileError(f"safetensors header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise TensorFileError("safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    data_len = size - 8 - header_len
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+            raise TensorFileError(f"{name}: malformed header entry")
+        if entry["dtype"] not in SAFETENSORS_DTYPES:
+            raise TensorFileError(f"{name}: unsupported dtype {entry['dtype']}")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise TensorFileError(f"{name}: malformed shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise TensorFileError(f"{name}: malformed data offsets")
+        start, end = offsets
+        itemsize = SAFETENSORS_DTYPES[entry["dtype"]][1].itemsize
+        if not 0 <= start <= end <= data_len or end - start != int(np.prod(shape, dtype=np.int64)) * itemsize:
+            raise TensorFileError(f"{name}: data offsets do not match its shape or the file size")
+    return 8 + header_len, header
+
+
+def scan_safetensors(path: str | Path) -> dict[str, TensorInfo]:
+    """Shapes, dtypes and finiteness of every tensor, reading values in bounded chunks (memory stays flat)."""
+    base, header = read_safetensors_header(path)
+    infos = {}
+    with open(path, "rb") as fh:
+        for name, entry in header.items():
+            np_dtype, torch_dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            start, end = entry["data_offsets"]
+            finite = True
+            if torch_dtype.is_floating_point:
+                fh.seek(base + start)
+                step = SCAN_CHUNK_BYTES - SCAN_CHUNK_BYTES % torch_dtype.itemsize
+                remaining = end - start
+                while remaining > 0 and finite:
+                    chunk = fh.read(min(step, remaining))
+                    remaining -= len(chunk)
+                    if np_dtype is None:  # bfloat16: widen through torch
+                        values = torch.frombuffer(bytearray(chunk), dtype=torch.bfloat16).float().numpy()
+                    else:
+                        values = np.frombuffer(chunk, dtype=np_dtype)
+                    finite = bool(np.isfinite(values).all())
+            infos[name] = TensorInfo(tuple(entry["shape"]), torch_dtype, finite)
+    return infos
+
+
+def read_tensors(path: str | Path, allowed: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Load every tensor of a file whose format is in ``allowed``; raise ``TensorFileError`` otherwise."""
+    fmt = sniff_format(path)
+    if fmt not in allowed:
+        raise TensorFileError(f"{fmt} files are not accepted here (accepted: {', '.join(allowed)})")
+    if fmt == "safetensors":
+        read_safetensors_header(path)
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise TensorFileError(f"unreadable safetensors file: {exc}") from None
+    if fmt == "npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {k: torch.from_numpy(np.array(archive[k])) for k in archive.files}
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise TensorFileError(f"unreadable .npz file: {exc}") from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or disallowed archives
+        raise TensorFileError(f"unreadable torch state dict: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise TensorFileError("the torch file must hold a flat state dict {name: tensor}")
+    return dict(loaded)
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename into ``path``: readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+

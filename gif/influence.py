@@ -1,0 +1,167 @@
+"""Which linear system each method solves for each request, and the sign and scale conventions.
+
+Notation: θ the trained weights (p entries), H = ∇²R(θ) the Hessian of the mean training loss on
+the *retained* data (+ λI when damped), g the gradient defined by the request below, J the
+selected parameters, C all Conv2d/Linear parameters.
+
+The request defines g and its coefficient c (so that g already includes c):
+
+- ``remove_class`` / ``remove_samples``: g = c · ∇ mean CE over the removed examples, with
+  c = |removed| / |retained|. Removing them turns the objective into the mean over the retained
+  data, whose gradient at θ is −g; one Newton step gives Δ = +H⁻¹ g (the paper writes ε = −1/n).
+- ``relabel``: g = c · ∇[mean CE(x, y_old) − mean CE(x, y_new)] with c = |relabelled| / |train|,
+  the gradient change of the objective when (x, y_old) is replaced by (x, y_new), negated.
+
+In every case the solved vector Δ is the weight change that performs the edit, and the engine
+applies θ_J ← θ_J + s·Δ_J. Moving along Δ raises the loss of removed examples (or of the old labels).
+
+Methods (registered in ``METHODS``), each solving least squares A x ≈ b with A = (H + λI)[rows, cols]
+through the normal equations AᵀA x = Aᵀb (two Hessian-vector products per iteration):
+
+- ``gif``: rows = all p, cols = J: Δ_J = (H_Jᵀ H_J)⁻¹ H_Jᵀ g, every optimality condition kept.
+- ``fif``: rows = cols = J: Δ_J = H_JJ⁻¹ g_J, the sub-network treated as if alone.
+- ``if``:  rows = cols = C: Δ_C = H_CC⁻¹ g_C, the classic influence function over all Conv/Linear weights.
+- ``pif``: the ``if`` solution with every entry outside J set to zero.
+- ``first_order``: Δ_J = g_J, no curvature (the ablation that shows what the solve adds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from gif.curvature import HessianOperator, LossTerm
+from gif.data import Dataset
+from gif.solvers import SOLVERS, Monitor, SolveResult
+from gif.spec import Relabel, RemoveClass, RemoveSamples, SolverSpec
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """The request resolved against the training data."""
+
+    affected: torch.Tensor  # indices of the removed / relabelled training examples
+    retained: torch.Tensor  # every other index
+    new_labels: torch.Tensor | None  # relabel only, aligned with ``affected``
+    coefficient: float  # c in the module docstring
+    class_level: bool  # remove_class: affected examples stand for a whole class
+
+    @classmethod
+    def of(cls, request: RemoveClass | RemoveSamples | Relabel, train: Dataset) -> "RequestPlan":
+        n = len(train)
+        if isinstance(request, RemoveClass):
+            affected_mask = torch.isin(train.y, torch.tensor(request.classes))
+        else:
+            affected_mask = torch.zeros(n, dtype=torch.bool)
+            affected_mask[torch.tensor(request.indices)] = True
+        affected = torch.nonzero(affected_mask).flatten()
+        retained = torch.nonzero(~affected_mask).flatten()
+        new_labels = None
+        if isinstance(request, Relabel):
+            order = torch.tensor(request.indices).argsort()
+            new_labels = torch.tensor(request.labels)[order]  # aligned with sorted ``affected``
+            coefficient = len(affected) / n
+        else:
+            coefficient = len(affected) / len(retained)
+        return cls(affected, retained, new_labels, coefficient, isinstance(request, RemoveClass))
+
+    def gradient_terms(self, train: Dataset, sample: torch.Tensor) -> list[LossTerm]:
+        """Loss terms whose gradient is g, on ``sample`` (a subset of ``affected``)."""
+        weight = self.coefficient / len(sample)
+        data = train.subset(sample)
+        if self.new_labels is None:
+            return [LossTerm(data, weight)]
+        position = torch.searchsorted(self.affected, sample)
+        return [LossTerm(data, weight), LossTerm(Dataset(data.x, self.new_labels[position]), -weight)]
+
+    def edited_training_data(self, train: Dataset) -> Dataset:
+        """The data a retrained model would see: the retained examples, or all of them relabelled."""
+        if self.new_labels is None:
+            return train.subset(self.retained)
+        return train.relabelled(self.affected.tolist(), self.new_labels.tolist())
+
+
+@dataclass
+class InfluenceSolution:
+    delta: torch.Tensor  # flat, zero outside the modified set
+    modified: torch.Tensor  # flat bool: the parameters the edit may change
+    solve: SolveResult | None
+
+
+def normal_equations(
+    hessian: HessianOperator, g: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """(x ↦ AᵀA x, Aᵀb) for A = (H + λI)[rows, cols] and b = g[rows]; ``rows=None`` keeps all rows."""
+
+    def restrict_rows(v: torch.Tensor) -> torch.Tensor:
+        if rows is not None:
+            v[~rows] = 0
+        return v
+
+    def matvec(x: torch.Tensor) -> torch.Tensor:
+        v = torch.zeros_like(g)
+        v[cols] = x
+        return hessian(restrict_rows(hessian(v)))[cols]
+
+    return matvec, hessian(restrict_rows(g.clone()))[cols]
+
+
+def _solve(
+    hessian: HessianOperator, g: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor,
+    spec: SolverSpec, monitor: Monitor,
+) -> InfluenceSolution:
+    matvec, rhs = normal_equations(hessian, g, rows, cols)
+    options = {"scale": spec.neumann_scale, "seed": spec.seed} if spec.kind == "neumann" else {}
+    result = SOLVERS[spec.kind](matvec, rhs, spec.tolerance, spec.max_iterations, monitor, **options)
+    delta = torch.zeros_like(g)
+    delta[cols] = result.x
+    return InfluenceSolution(delta, cols, result)
+
+
+def _gif(hessian, g, selected, candidates, spec, monitor):
+    return _solve(hessian, g, None, selected, spec, monitor)
+
+
+def _fif(hessian, g, selected, candidates, spec, monitor):
+    return _solve(hessian, g, selected, selected, spec, monitor)
+
+
+def _if(hessian, g, selected, candidates, spec, monitor):
+    return _solve(hessian, g, candidates, candidates, spec, monitor)
+
+
+def _pif(hessian, g, selected, candidates, spec, monitor):
+    full = _if(hessian, g, selected, candidates, spec, monitor)
+    full.delta[~selected] = 0
+    return InfluenceSolution(full.delta, selected, full.solve)
+
+
+def _first_order(hessian, g, selected, candidates, spec, monitor):
+    delta = torch.where(selected, g, torch.zeros_like(g))
+    return InfluenceSolution(delta, selected, None)
+
+
+METHODS: dict[str, Callable[..., InfluenceSolution]] = {
+    "gif": _gif,
+    "fif": _fif,
+    "pif": _pif,
+    "if": _if,
+    "first_order": _first_order,
+}
+USES_FULL_SELECTION = {"if"}
+USES_CURVATURE = {"gif", "fif", "pif", "if"}
+
+
+def solve_influence(
+    method: str,
+    hessian: HessianOperator | None,
+    g: torch.Tensor,
+    selected: torch.Tensor,
+    candidates: torch.Tensor,
+    spec: SolverSpec,
+    monitor: Monitor,
+) -> InfluenceSolution:
+    """Δ for ``method`` (see the module docstring); masks are flat booleans on g's device."""
+    return METHODS[method](hessian, g, selected, candidates, spec, monitor)

@@ -1,0 +1,165 @@
+"""Every metric key of the public contract, computed the same way for before, after and retrained.
+
+Keys (fractions in [0, 1]; a key is absent where it does not apply):
+``test_accuracy``, ``test_loss`` (eval data, removed classes excluded), ``forget_test_accuracy``,
+``forget_test_loss`` (eval examples of removed classes), ``forget_accuracy`` (the removed training
+examples), ``retain_accuracy``, ``score`` (paper eq. 32), ``mia_efficacy``, and for relabel
+``relabel_accuracy``, ``attack_success_rate`` and ``clean_accuracy``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gif.data import Dataset, sample_indices
+
+METRIC_KEYS = (
+    "test_accuracy",
+    "test_loss",
+    "forget_test_accuracy",
+    "forget_test_loss",
+    "forget_accuracy",
+    "retain_accuracy",
+    "score",
+    "mia_efficacy",
+    "relabel_accuracy",
+    "attack_success_rate",
+    "clean_accuracy",
+)
+MIA_MAX_PER_SIDE = 2000
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits for ``x`` in eval mode, batch by batch, on the model's device; returned on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(F.cross_entropy(logits, labels)) if len(labels) else float("nan")
+
+
+def removal_score(test_accuracy: float, forget_test_accuracy: float) -> float:
+    """Paper eq. 32: the harmonic mean of test accuracy and 1 − self-accuracy."""
+    forgotten = 1.0 - forget_test_accuracy
+    total = test_accuracy + forgotten
+    return 2.0 * test_accuracy * forgotten / total if total > 0 else 0.0
+
+
+def true_label_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    return logits.softmax(1).gather(1, labels.unsqueeze(1)).squeeze(1).numpy()
+
+
+def mia_efficacy(
+    retain: tuple[torch.Tensor, torch.Tensor],
+    unseen: tuple[torch.Tensor, torch.Tensor],
+    forget: tuple[torch.Tensor, torch.Tensor],
+    seed: int = 0,
+) -> float:
+    """Share of forget examples that a membership-inference attack calls non-members.
+
+    The attack (SalUn / ℓ1-sparse): an RBF SVM (C=3, gamma='auto') on the softmax confidence of
+    the true label, trained with retained examples as members and unseen examples as non-members,
+    balanced and capped at ``MIA_MAX_PER_SIDE`` per side. Each argument is (logits, labels).
+    """
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(seed)
+    members = true_label_confidence(*retain)
+    non_members = true_label_confidence(*unseen)
+    n = min(len(members), len(non_members), MIA_MAX_PER_SIDE)
+    features = np.concatenate([rng.choice(members, n, replace=False), rng.choice(non_members, n, replace=False)])
+    targets = np.concatenate([np.ones(n), np.zeros(n)])
+    attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features.reshape(-1, 1), targets)
+    verdict = attack.predict(true_label_confidence(*forget).reshape(-1, 1))
+    return float((verdict == 0).mean())
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """The fixed data every model of one job is measured on, so before/after/retrained compare."""
+
+    affected: Dataset  # removed or relabelled training examples, original labels
+    new_labels: torch.Tensor | None  # relabel: the labels the affected examples should get
+    retain: Dataset  # a seeded sample of the retained training examples
+    eval_kept: Dataset | None  # eval data without removed classes
+    eval_forgotten: Dataset | None  # eval examples of removed classes (remove_class only)
+    removal: bool
+    class_level: bool
+    batch_size: int = 512
+
+
+def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
+    def logits(d: Dataset) -> torch.Tensor:
+        return predict(model, d.x, plan.batch_size)
+
+    affected_logits = logits(plan.affected)
+    retain_logits = logits(plan.retain)
+    metrics: dict[str, float] = {"retain_accuracy": accuracy(retain_logits, plan.retain.y)}
+    kept_logits = None
+    if plan.eval_kept is not None and len(plan.eval_kept):
+        kept_logits = logits(plan.eval_kept)
+        metrics["test_accuracy"] = accuracy(kept_logits, plan.eval_kept.y)
+        metrics["test_loss"] = mean_loss(kept_logits, plan.eval_kept.y)
+    if plan.removal:
+        metrics["forget_accuracy"] = accuracy(affected_logits, plan.affected.y)
+        if plan.class_level and plan.eval_forgotten is not None and len(plan.eval_forgotten):
+            forgotten_logits = logits(plan.eval_forgotten)
+            metrics["forget_test_accuracy"] = accuracy(forgotten_logits, plan.eval_forgotten.y)
+            metrics["forget_test_loss"] = mean_loss(forgotten_logits, plan.eval_forgotten.y)
+            if "test_accuracy" in metrics:
+                metrics["score"] = removal_score(metrics["test_accuracy"], metrics["forget_test_accuracy"])
+        if kept_logits is not None:
+            metrics["mia_efficacy"] = mia_efficacy(
+                (retain_logits, plan.retain.y), (kept_logits, plan.eval_kept.y), (affected_logits, plan.affected.y)
+            )
+    else:
+        assert plan.new_labels is not None
+        metrics["relabel_accuracy"] = accuracy(affected_logits, plan.new_labels)
+        metrics["attack_success_rate"] = accuracy(affected_logits, plan.affected.y)
+        if "test_accuracy" in metrics:
+            metrics["clean_accuracy"] = metrics["test_accuracy"]
+    return metrics
+
+
+def evaluation_plan(
+    train: Dataset,
+    eval_data: Dataset | None,
+    affected: torch.Tensor,
+    retained: torch.Tensor,
+    new_labels: torch.Tensor | None,
+    removed_classes: list[int] | None,
+    retain_samples: int | str,
+    seed: int,
+    batch_size: int,
+) -> EvaluationPlan:
+    eval_kept = eval_forgotten = None
+    if eval_data is not None:
+        if removed_classes:
+            forgotten = torch.isin(eval_data.y, torch.tensor(removed_classes))
+            eval_kept, eval_forgotten = eval_data.subset(torch.nonzero(~forgotten).flatten()), eval_data.subset(
+                torch.nonzero(forgotten).flatten()
+            )
+        else:
+            eval_kept = eval_data
+    return EvaluationPlan(
+        affected=train.subset(affected),
+        new_labels=new_labels,
+        retain=train.subset(sample_indices(retained, retain_samples, seed)),
+        eval_kept=eval_kept,
+        eval_forgotten=eval_forgotten,
+        removal=new_labels is None,
+        class_level=bool(removed_classes),
+        batch_size=batch_size,
+    )

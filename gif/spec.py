@@ -1,0 +1,206 @@
+"""The one job specification, shared by the command line, the HTTP API and the worker.
+
+Sign convention (see ``gif.influence``): the solved vector Δ is the *change of weights that
+removes or relabels the data*; a fixed step applies exactly θ_J ← θ_J + scale·Δ_J.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+SampleCount = Union[PositiveInt, Literal["all"]]
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _require_unique(values: list[int], what: str) -> list[int]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must not repeat")
+    return values
+
+
+class RemoveClass(_Strict):
+    """Forget every training example of these classes."""
+
+    kind: Literal["remove_class"] = "remove_class"
+    classes: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, examples=[[8]])
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        return _require_unique(v, "classes")
+
+
+class RemoveSamples(_Strict):
+    """Forget these training examples (indices into the training data)."""
+
+    kind: Literal["remove_samples"] = "remove_samples"
+    indices: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, examples=[[12, 40, 97]])
+
+    @field_validator("indices")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        return _require_unique(v, "indices")
+
+
+class Relabel(_Strict):
+    """Replace the labels of these training examples (backdoor or mislabel repair)."""
+
+    kind: Literal["relabel"] = "relabel"
+    indices: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, examples=[[3, 17]])
+    labels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, examples=[[1, 7]])
+
+    @field_validator("indices")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        return _require_unique(v, "indices")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "Relabel":
+        if len(self.indices) != len(self.labels):
+            raise ValueError(
+                f"indices and labels must have the same length ({len(self.indices)} != {len(self.labels)})"
+            )
+        return self
+
+
+EditRequest = Annotated[Union[RemoveClass, RemoveSamples, Relabel], Field(discriminator="kind")]
+
+Method = Literal["gif", "fif", "pif", "if", "first_order"]
+Criterion = Literal["topk_outputs", "topk_gradients", "threshold", "random"]
+
+
+class SelectionSpec(_Strict):
+    """Which output units (a Linear row or a Conv output channel, with fan-in and bias) may move."""
+
+    criterion: Criterion = "topk_outputs"
+    ratio: float = Field(0.1, gt=0.0, le=1.0, description="Fraction of each Conv/Linear layer's parameters to select.")
+    seed: int = 0
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        description="For criterion 'threshold': units whose |mean output| exceeds it are candidates. "
+        "Null means each layer's mean unit score.",
+    )
+
+
+class SolverSpec(_Strict):
+    """How the normal equations (H_Sᵀ H_S) x = H_Sᵀ g are solved, and on which data."""
+
+    kind: Literal["cg", "neumann"] = "cg"
+    max_iterations: int = Field(100, ge=1, le=100_000)
+    tolerance: float = Field(1e-3, gt=0.0, lt=1.0, description="Relative residual ‖Aᵀ(Ax − b)‖ / ‖Aᵀb‖ at which to stop.")
+    damping: float = Field(0.0, ge=0.0, description="λ added to the Hessian (H + λI), e.g. the training's weight decay.")
+    hessian_samples: SampleCount = Field(1024, description="Retained training examples in the fixed Hessian sample.")
+    gradient_samples: SampleCount = Field(512, description="Affected examples in the gradient (and selection) sample.")
+    seed: int = 0
+    batch_size: PositiveInt = Field(256, le=65536)
+    hvp: Literal["auto", "forward_over_reverse", "double_backward"] = "auto"
+    neumann_scale: float | None = Field(
+        None, gt=0.0, description="Neumann's M (series on AᵀA/M²). Null: set from a power-iteration estimate."
+    )
+
+
+class AutoStep(_Strict):
+    """Line-search the step on a validation split carved from the training data (never the eval data)."""
+
+    mode: Literal["auto"] = "auto"
+    validation_fraction: float = Field(0.1, gt=0.0, le=0.5)
+    max_validation_samples: PositiveInt = 2000
+    max_retain_accuracy_drop: float = Field(
+        0.01, ge=0.0, le=1.0, description="remove_samples: the validation accuracy the step may cost at most."
+    )
+    target_loss: float | None = Field(
+        None,
+        ge=0.0,
+        description="remove_samples: the mean loss the removed examples should reach. Null: the validation "
+        "examples' loss (meaningful when the validation data is unseen by the model).",
+    )
+
+
+class FixedStep(_Strict):
+    """Apply θ_J ← θ_J + scale·Δ_J exactly."""
+
+    mode: Literal["fixed"] = "fixed"
+    scale: float = Field(allow_inf_nan=False, examples=[95.0])
+
+
+Step = Annotated[Union[AutoStep, FixedStep], Field(discriminator="mode")]
+
+
+class RetrainSpec(_Strict):
+    """Ground truth: train the same architecture from scratch on the retained (or relabelled) data."""
+
+    epochs: PositiveInt = Field(15, le=1000)
+    batch_size: PositiveInt = Field(128, le=65536)
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    seed: int = 0
+
+
+class EvaluationSpec(_Strict):
+    """How much data the reported metrics use."""
+
+    retain_samples: SampleCount = Field(5000, description="Retained training examples for retain_accuracy and MIA.")
+    batch_size: PositiveInt = Field(512, le=65536)
+
+
+class JobSpec(_Strict):
+    """One edit: what to forget or relabel, with which method, selection, solver and step."""
+
+    model_id: str | None = Field(None, description="HTTP only: an uploaded model.")
+    train_dataset_id: str | None = Field(None, description="HTTP only: the data the model was trained on.")
+    eval_dataset_id: str | None = Field(None, description="HTTP only, optional: held-out data for the reported metrics.")
+    validation_dataset_id: str | None = Field(
+        None,
+        description="HTTP only, optional: held-out data (not the eval data) for the automatic step search. "
+        "Null: a split carved from the training data.",
+    )
+    request: EditRequest
+    method: Method = "gif"
+    selection: SelectionSpec = SelectionSpec()
+    solver: SolverSpec = SolverSpec()
+    step: Step = AutoStep()
+    retrain: RetrainSpec | None = None
+    evaluation: EvaluationSpec = EvaluationSpec()
+
+
+def check_request(request: RemoveClass | RemoveSamples | Relabel, class_counts: list[int], num_classes: int) -> None:
+    """Check a request against the training data's label counts and the model's classes.
+
+    Needs only metadata, so the HTTP API can refuse a bad job at POST time without loading tensors.
+    Raises ``InvalidSpecError`` listing every problem.
+    """
+    from gif.errors import InvalidSpecError
+
+    num_samples = sum(class_counts)
+    problems = []
+    if len(class_counts) > num_classes:
+        problems.append(f"the training data has label {len(class_counts) - 1} but the model has {num_classes} classes")
+    if isinstance(request, RemoveClass):
+        for c in request.classes:
+            if c >= num_classes:
+                problems.append(f"class {c} is out of range (the model has {num_classes} classes)")
+            elif c >= len(class_counts) or class_counts[c] == 0:
+                problems.append(f"class {c} has no training examples: nothing to forget")
+        if not problems and sum(class_counts[c] for c in request.classes) == num_samples:
+            problems.append("removing these classes would remove every training example")
+    else:
+        bad = [i for i in request.indices if i >= num_samples]
+        if bad:
+            problems.append(f"indices out of range for {num_samples} training examples: {bad[:10]}")
+        if isinstance(request, RemoveSamples) and len(request.indices) >= num_samples:
+            problems.append("removing these samples would remove every training example")
+    if isinstance(request, Relabel):
+        bad_labels = [label for label in request.labels if label >= num_classes]
+        if bad_labels:
+            problems.append(f"labels out of range for {num_classes} classes: {bad_labels[:10]}")
+    if problems:
+        raise InvalidSpecError("the request does not fit the model and data", problems)

@@ -9,6 +9,7 @@ never sees a half-written file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -190,3 +191,11 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

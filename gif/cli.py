@@ -1,0 +1,172 @@
+"""The ``gif`` command: ``gif edit``, ``gif architectures`` and ``gif demo-assets``.
+
+``gif edit`` runs the same ``gif.edit.run`` as the worker, in-process: a progress bar on stderr,
+a metrics table on stdout, the result object in ``--result``. Bad input ends with exit status 2
+and one line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from gif.errors import GifError
+
+EXIT_BAD_INPUT = 2
+
+
+def _json_argument(value: str) -> Any:
+    """A JSON string, or the path of a JSON file."""
+    text = Path(value).read_text() if not value.lstrip().startswith(("{", "[")) and Path(value).is_file() else value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GifError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {value[:80]}") from None
+
+
+class ProgressBar:
+    """One self-overwriting line on stderr; throttled so that fast phases do not flood a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.last = 0.0
+        self.started = time.perf_counter()
+
+    def __call__(self, phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.1 and fraction < 1.0:
+            return
+        self.last = now
+        filled = int(self.WIDTH * fraction)
+        detail = f" it {iteration} res {relative_residual:.2e}" if iteration is not None and relative_residual is not None else ""
+        line = f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:4.0%} {phase}{detail} {now - self.started:6.1f}s"
+        self.stream.write(line.ljust(80))
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def metrics_table(metrics: dict[str, dict[str, float] | None]) -> str:
+    from gif.metrics import METRIC_KEYS
+
+    columns = [name for name in ("before", "after", "retrained") if metrics.get(name)]
+    keys = [k for k in METRIC_KEYS if any(k in metrics[c] for c in columns)]
+    width = max(len(k) for k in keys) if keys else 10
+    lines = [f"{'metric':<{width}}" + "".join(f"{c:>12}" for c in columns)]
+    for key in keys:
+        cells = "".join(f"{metrics[c][key]:>12.4f}" if key in metrics[c] else f"{'-':>12}" for c in columns)
+        lines.append(f"{key:<{width}}{cells}")
+    return "\n".join(lines)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from gif.architectures import load_checkpoint
+    from gif.data import read_dataset
+    from gif.edit import run
+    from gif.files import sha256_file, write_safetensors
+    from gif.spec import JobSpec
+
+    spec = JobSpec.model_validate(_json_argument(args.spec))
+    model = load_checkpoint(_json_argument(args.architecture), args.model)
+    train = read_dataset(args.train_data)
+    eval_data = read_dataset(args.eval_data) if args.eval_data else None
+    validation = read_dataset(args.validation_data) if args.validation_data else None
+    bar = ProgressBar()
+    try:
+        outcome = run(spec, model, train, eval_data, bar, validation_data=validation, device=args.device)
+    finally:
+        bar.close()
+    write_safetensors(args.out, outcome.state_dict, metadata={"gif_method": spec.method, "gif_request": spec.request.kind})
+    result = {**outcome.result, "checkpoint": {"sha256": sha256_file(args.out), "size_bytes": Path(args.out).stat().st_size}}
+    if args.result:
+        Path(args.result).write_text(json.dumps(result, indent=2))
+    print(metrics_table(result["metrics"]))
+    s = result["solver"]
+    print(
+        f"\n{spec.method} on {result['selection']['num_selected']} parameters "
+        f"({result['selection']['modification_ratio']:.1%}); solver {s['kind']}: {s['iterations']} iterations, "
+        f"{s['hvp_count']} HVPs, relative residual {s['relative_residual']:.2e}; step {result['step']['scale']:.4g}; "
+        f"{result['timings']['total_s']:.1f}s"
+    )
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"edited checkpoint: {args.out} (sha256 {result['checkpoint']['sha256']})")
+    return 0
+
+
+def cmd_architectures(args: argparse.Namespace) -> int:
+    from gif.architectures import REGISTRY, parameter_listing
+
+    if args.name is None:
+        for arch in REGISTRY.values():
+            print(f"{arch.name:<10} {arch.description}")
+        return 0
+    config = _json_argument(args.config) if args.config else {}
+    print(json.dumps(parameter_listing({"name": args.name, "config": config}), indent=2))
+    return 0
+
+
+def cmd_demo_assets(args: argparse.Namespace) -> int:
+    from gif.demo import write_demo_assets
+
+    for path in write_demo_assets(Path(args.out), args.dataset, args.seed):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gif", description="Edit trained classifiers with Generalized Influence Functions.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    edit = commands.add_parser("edit", help="run one edit job in-process")
+    edit.add_argument("--spec", required=True, help="the job specification (JSON file or string)")
+    edit.add_argument("--model", required=True, help="weights: .safetensors or a torch zip state dict")
+    edit.add_argument("--architecture", required=True, help='e.g. \'{"name": "tinynet", "config": {}}\' (or a JSON file)')
+    edit.add_argument("--train-data", required=True, help="the data the model was trained on (.safetensors/.npz with x, y)")
+    edit.add_argument("--eval-data", help="held-out data for the reported metrics")
+    edit.add_argument("--validation-data", help="held-out data for the automatic step search (default: a split of the training data)")
+    edit.add_argument("--out", required=True, help="where to write the edited weights (.safetensors)")
+    edit.add_argument("--result", help="where to write the result object (JSON)")
+    edit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    edit.set_defaults(handler=cmd_edit)
+
+    archs = commands.add_parser("architectures", help="list the registry, or one architecture's parameters")
+    archs.add_argument("name", nargs="?")
+    archs.add_argument("--config", help="the architecture's config (JSON)")
+    archs.set_defaults(handler=cmd_architectures)
+
+    demo = commands.add_parser("demo-assets", help="train a small model and write it with its data and a job")
+    demo.add_argument("--out", default="demo", help="output directory (default: demo)")
+    demo.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=cmd_demo_assets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except GifError as exc:
+        print(f"gif: error: {exc}", file=sys.stderr)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        print(f"gif: error: invalid job specification: {where}: {first['msg']} ({exc.error_count()} error(s))", file=sys.stderr)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"gif: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Shared fixtures: real data from ../shared/data (or scikit-learn's digits) and small trained models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gif.architectures import build_model
+from gif.data import Dataset, load_digits, load_mnist, shared_data_dir, split_indices
+from gif.spec import RetrainSpec
+from gif.training import reinitialised, train
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    path = shared_data_dir()
+    assert (path / "mnist").is_dir(), f"the shared data is missing at {path} (set GIF_DATA_DIR)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def digits_double(digits) -> Dataset:
+    return Dataset(digits.x.double(), digits.y)
+
+
+@pytest.fixture(scope="session")
+def tanh_mlp(digits_double):
+    """A float64 tanh MLP (64→16→10, 1,210 parameters) trained for 10 epochs on the digits."""
+    model = reinitialised(build_model({"name": "mlp", "config": {"sizes": [64, 16, 10], "activation": "tanh"}}), 0)
+    model = model.double()
+    return train(model, digits_double, RetrainSpec(epochs=10, batch_size=64, lr=0.05, weight_decay=0.0))
+
+
+@pytest.fixture(scope="session")
+def mnist_split(data_dir):
+    data = load_mnist(data_dir)
+    train_idx, eval_idx = split_indices(len(data), 0.8, 0)
+    return data.subset(train_idx), data.subset(eval_idx)
+
+
+@pytest.fixture(scope="session")
+def mnist_tinynet(mnist_split):
+    """TinyNet trained for 3 epochs on 8,000 MNIST digits (about 95% held-out accuracy)."""
+    train_data, _ = mnist_split
+    model = reinitialised(build_model({"name": "tinynet", "config": {}}), 0)
+    return train(model, train_data, RetrainSpec(epochs=3, batch_size=128, lr=0.05))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+def dense_hessian_of(objective) -> torch.Tensor:
+    """The exact p×p Hessian of a ``ModelObjective`` (tiny models only)."""
+    space = objective.space
+    theta = space.flatten(objective.params)
+
+    def total(flat: torch.Tensor) -> torch.Tensor:
+        params = space.unflatten(flat)
+        return sum(objective.batch_loss(params, x, y, w) for x, y, w in objective.batches)
+
+    return torch.autograd.functional.hessian(total, theta)
+
+
+@pytest.fixture(scope="session")
+def dense_hessian():
+    return dense_hessian_of

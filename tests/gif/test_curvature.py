@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
+from gif.data import Dataset
+from gif.errors import NonFiniteError
+
+METHODS = ["forward_over_reverse", "double_backward", "cached_double_backward"]
+
+
+@pytest.fixture(scope="module")
+def objective(tanh_mlp, digits_double):
+    sample = digits_double.subset(torch.arange(300))
+    return ModelObjective(tanh_mlp, [LossTerm(sample, 1 / len(sample))], batch_size=64)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_hvp_matches_the_dense_hessian(objective, dense_hessian, method):
+    H = dense_hessian(objective)
+    v = torch.randn(objective.space.size, dtype=torch.float64)
+    op = HessianOperator(objective, damping=0.01, method=method)
+    assert op.method == method
+    expected = H @ v + 0.01 * v
+    assert torch.allclose(op(v), expected, rtol=1e-9, atol=1e-11)
+    assert torch.allclose(op(2 * v), 2 * expected, rtol=1e-9, atol=1e-11)  # no state leaks between products
+    assert op.count == 2
+
+
+def test_hvp_is_batch_size_invariant(tanh_mlp, digits_double):
+    sample = digits_double.subset(torch.arange(300))
+    v = torch.randn(1210, dtype=torch.float64)
+    products = [
+        HessianOperator(ModelObjective(tanh_mlp, [LossTerm(sample, 1 / 300)], batch_size=b))(v) for b in (7, 64, 300)
+    ]
+    assert torch.allclose(products[0], products[1], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(products[0], products[2], rtol=1e-10, atol=1e-12)
+
+
+def test_auto_chooses_the_cached_graph_when_it_fits(objective):
+    assert HessianOperator(objective).method == "cached_double_backward"
+    assert HessianOperator(objective, cache_budget_bytes=1).method == "double_backward"
+    assert HessianOperator(objective).cache_bytes_estimate() > 0
+
+
+def test_gradient_is_the_weighted_sum_of_terms(tanh_mlp, digits_double):
+    a, b = digits_double.subset(torch.arange(10)), digits_double.subset(torch.arange(10, 30))
+    both = ModelObjective(tanh_mlp, [LossTerm(a, 0.5), LossTerm(b, -2.0)]).gradient()
+    separate = 0.5 * ModelObjective(tanh_mlp, [LossTerm(a, 1.0)]).gradient() - 2.0 * ModelObjective(
+        tanh_mlp, [LossTerm(b, 1.0)]
+    ).gradient()
+    assert torch.allclose(both, separate, rtol=1e-10, atol=1e-12)
+
+
+def test_non_finite_weights_are_detected_at_once(tanh_mlp, digits_double):
+    import copy
+
+    broken = copy.deepcopy(tanh_mlp)
+    with torch.no_grad():
+        broken.layers[0].weight[0, 0] = float("nan")
+    objective = ModelObjective(broken, [LossTerm(Dataset(digits_double.x[:20], digits_double.y[:20]), 0.05)])
+    with pytest.raises(NonFiniteError):
+        objective.gradient()
+    with pytest.raises(NonFiniteError):
+        HessianOperator(objective, method="double_backward")(torch.ones(1210, dtype=torch.float64))

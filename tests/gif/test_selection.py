@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from gif.architectures import build_model
+from gif.curvature import cross_entropy_sum
+from gif.parameters import ParameterSpace, candidate_mask
+from gif.selection import CRITERIA, full_selection, select
+from gif.spec import SelectionSpec
+
+
+@pytest.fixture(scope="module")
+def analysed(mnist_split):
+    train, _ = mnist_split
+    eights = train.subset(torch.nonzero(train.y == 8).flatten()[:128])
+    return [(eights.x, eights.y, 1.0 / len(eights))]
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+@pytest.mark.parametrize("ratio", [0.05, 0.1, 0.3, 0.5])
+def test_ratio_honoured_within_one_percent(mnist_tinynet, analysed, criterion, ratio):
+    spec = SelectionSpec(criterion=criterion, ratio=ratio, seed=1, threshold=0.0 if criterion == "threshold" else None)
+    selection = select(mnist_tinynet, spec, analysed, cross_entropy_sum)
+    assert abs(selection.modification_ratio - ratio) <= 0.01
+    assert selection.num_candidates == 398_090
+    again = select(mnist_tinynet, spec, analysed, cross_entropy_sum)
+    assert torch.equal(selection.mask, again.mask)
+
+
+def test_random_depends_on_the_seed_and_topk_does_not(mnist_tinynet, analysed):
+    masks = {seed: select(mnist_tinynet, SelectionSpec(criterion="random", seed=seed), analysed, cross_entropy_sum).mask
+             for seed in (0, 1)}
+    assert not torch.equal(masks[0], masks[1])
+    top = [select(mnist_tinynet, SelectionSpec(seed=seed), analysed, cross_entropy_sum).mask for seed in (0, 1)]
+    assert torch.equal(top[0], top[1])
+
+
+def test_topk_outputs_takes_the_largest_mean_outputs(mnist_tinynet, analysed):
+    x, _, _ = analysed[0]
+    with torch.no_grad():
+        h = x
+        for conv in (mnist_tinynet.conv1, mnist_tinynet.conv2, mnist_tinynet.conv3, mnist_tinynet.conv4):
+            h = torch.relu(conv(h))
+        fc_mean = mnist_tinynet.fc(torch.flatten(h, 1)).mean(0).abs()
+        conv4_mean = mnist_tinynet.conv4(torch.relu(mnist_tinynet.conv3(torch.relu(
+            mnist_tinynet.conv2(torch.relu(mnist_tinynet.conv1(x))))))).mean((0, 2, 3)).abs()
+    selection = select(mnist_tinynet, SelectionSpec(ratio=0.3), analysed, cross_entropy_sum)
+    space = ParameterSpace.of(mnist_tinynet)
+    fc_rows = selection.mask[space.slice_of("fc.bias")]
+    assert set(torch.nonzero(fc_rows).flatten().tolist()) == set(fc_mean.topk(3).indices.tolist())
+    conv4_units = selection.mask[space.slice_of("conv4.bias")]
+    assert set(torch.nonzero(conv4_units).flatten().tolist()) == set(conv4_mean.topk(77).indices.tolist())
+    # a unit is selected whole: its fan-in rows and its bias
+    weight = selection.mask[space.slice_of("conv4.weight")].view(256, -1)
+    assert torch.equal(weight.all(1), conv4_units) and torch.equal(weight.any(1), conv4_units)
+
+
+def test_threshold_only_picks_units_above_it(mnist_tinynet, analysed):
+    from gif.instrumentation import unit_statistics
+
+    outputs, _ = unit_statistics(mnist_tinynet, analysed, cross_entropy_sum, with_gradients=False)
+    threshold = float(outputs["conv4"].abs().median())
+    selection = select(mnist_tinynet, SelectionSpec(criterion="threshold", ratio=0.3, threshold=threshold), analysed,
+                       cross_entropy_sum)
+    space = ParameterSpace.of(mnist_tinynet)
+    chosen = torch.nonzero(selection.mask[space.slice_of("conv4.bias")]).flatten()
+    assert len(chosen) == 77 and bool((outputs["conv4"].abs()[chosen] > threshold).all())
+
+
+def test_batchnorm_is_never_selected_but_counts_in_offsets():
+    model = build_model({"name": "vgg11", "config": {"in_channels": 3}})
+    x = torch.randn(4, 3, 32, 32)
+    selection = select(model, SelectionSpec(ratio=0.5), [(x, torch.tensor([0, 1, 2, 3]), 0.25)], cross_entropy_sum)
+    space = ParameterSpace.of(model)
+    for name in space.names:
+        if ".1." in name:  # features.1 is the first BatchNorm
+            assert not selection.mask[space.slice_of(name)].any()
+    assert selection.mask.numel() == sum(p.numel() for p in model.parameters())
+    assert not (selection.mask & ~candidate_mask(model, space)).any()
+    assert full_selection(model).modification_ratio == 1.0
+
+
+def test_topk_gradients_uses_the_output_gradient(mnist_tinynet, analysed):
+    from gif.instrumentation import unit_statistics
+
+    _, grads = unit_statistics(mnist_tinynet, analysed, cross_entropy_sum, with_gradients=True)
+    x, y, w = analysed[0]
+    logits = mnist_tinynet(x).detach().requires_grad_()
+    (w * cross_entropy_sum(logits, y)).backward()
+    assert torch.allclose(grads["fc"], logits.grad.mean(0), atol=1e-7)
+    selection = select(mnist_tinynet, SelectionSpec(criterion="topk_gradients", ratio=0.3), analysed, cross_entropy_sum)
+    space = ParameterSpace.of(mnist_tinynet)
+    fc_rows = torch.nonzero(selection.mask[space.slice_of("fc.bias")]).flatten()
+    assert set(fc_rows.tolist()) == set(logits.grad.mean(0).abs().topk(3).indices.tolist())

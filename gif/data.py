@@ -172,3 +172,23 @@ def sample_indices(pool: torch.Tensor, count: int | Literal["all"], seed: int) -
     if count == "all" or count >= len(pool):
         return pool
     return pool[seeded_permutation(len(pool), seed)[:count]].sort().values
+
+
+# --- the paper's backdoor (method.md §5) ----------------------------------------------------------
+
+
+def checkerboard_trigger(x: torch.Tensor, intensity: float = 16 / 255) -> torch.Tensor:
+    """Add ``intensity`` to every pixel where (row + col) is odd, clamped to [0, 1]."""
+    rows = torch.arange(x.shape[-2]).unsqueeze(1)
+    cols = torch.arange(x.shape[-1]).unsqueeze(0)
+    pattern = ((rows + cols) % 2 == 1).to(x.dtype)
+    return (x + intensity * pattern).clamp(0.0, 1.0)
+
+
+def poison(dataset: Dataset, fraction: float, target: int, seed: int) -> tuple[Dataset, torch.Tensor]:
+    """Trigger a seeded ``fraction`` of the images and label them ``target``; returns the data and their indices."""
+    chosen, _ = split_indices(len(dataset), fraction, seed)
+    x, y = dataset.x.clone(), dataset.y.clone()
+    x[chosen] = checkerboard_trigger(x[chosen])
+    y[chosen] = target
+    return Dataset(x, y), chosen

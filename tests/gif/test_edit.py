@@ -1,0 +1,184 @@
+"""gif.edit.run end to end on real MNIST, its guarantees, and its refusals."""
+
+import copy
+
+import pytest
+import torch
+
+from gif.edit import run
+from gif.errors import EditCancelled, InvalidSpecError, NonFiniteError
+from gif.spec import JobSpec
+
+FAST_SOLVER = {"max_iterations": 5, "hessian_samples": 512, "gradient_samples": 256}
+
+
+def job(**fields) -> JobSpec:
+    return JobSpec.model_validate({"solver": FAST_SOLVER, **fields})
+
+
+@pytest.fixture(scope="module")
+def class_removal(mnist_tinynet, mnist_split):
+    train, held_out = mnist_split
+    events = []
+    outcome = run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, held_out,
+                  lambda *event: events.append(event))
+    return outcome, events
+
+
+def test_removing_a_class_forgets_it_and_keeps_the_rest(class_removal):
+    outcome, _ = class_removal
+    before, after = outcome.result["metrics"]["before"], outcome.result["metrics"]["after"]
+    assert before["forget_test_accuracy"] > 0.8
+    assert after["forget_test_accuracy"] < 0.05
+    assert after["test_accuracy"] >= before["test_accuracy"] - 0.05
+    assert after["score"] > 0.9 and after["score"] > before["score"]
+    assert after["mia_efficacy"] > before["mia_efficacy"]
+    assert outcome.result["step"]["mode"] == "auto" and outcome.result["step"]["scale"] > 0
+    assert outcome.result["step"]["validation"] == "carved"
+
+
+def test_every_parameter_outside_the_selection_is_bit_identical(class_removal, mnist_tinynet):
+    outcome, _ = class_removal
+    original = mnist_tinynet.state_dict()
+    changed = 0
+    for name, value in outcome.state_dict.items():
+        differs = value != original[name]
+        changed += int(differs.sum())
+    selected = outcome.result["selection"]["num_selected"]
+    assert 0 < changed <= selected
+    assert abs(outcome.result["selection"]["modification_ratio"] - 0.1) <= 0.01
+
+
+def test_progress_reports_phases_in_order_and_ends_at_one(class_removal):
+    _, events = class_removal
+    phases = [e[0] for e in events]
+    assert phases[0] == "selection" and phases[-1] == "evaluation"
+    order = ["selection", "solve", "step_search", "evaluation"]
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == order
+    fractions = [e[1] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    solve_events = [e for e in events if e[0] == "solve" and e[2] is not None]
+    assert solve_events and all(e[3] is not None for e in solve_events)
+
+
+def test_result_has_the_contract_shape(class_removal):
+    result = class_removal[0].result
+    assert set(result["solver"]) >= {"kind", "iterations", "hvp_count", "relative_residual", "converged", "scale"}
+    assert set(result["timings"]) >= {"selection_s", "solve_s", "step_search_s", "evaluation_s", "total_s", "retrain_s"}
+    assert result["metrics"]["retrained"] is None
+    assert result["solver"]["hvp_count"] >= 2 * result["solver"]["iterations"]
+
+
+def test_a_fixed_step_is_applied_exactly(mnist_tinynet, mnist_split):
+    train, _ = mnist_split
+    spec = job(request={"kind": "remove_class", "classes": [1]}, step={"mode": "fixed", "scale": 2.0}, method="fif")
+    one = run(job(**{**spec.model_dump(exclude_none=True), "step": {"mode": "fixed", "scale": 1.0}}), mnist_tinynet, train)
+    two = run(spec, mnist_tinynet, train)
+    original = mnist_tinynet.state_dict()
+    for name in original:
+        d1 = one.state_dict[name] - original[name]
+        d2 = two.state_dict[name] - original[name]
+        assert torch.allclose(d2, 2 * d1, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.fixture(scope="module")
+def backdoored(mnist_split):
+    """TinyNet trained on MNIST with 10% of the images carrying the paper's checkerboard trigger, labelled 4."""
+    from gif.architectures import build_model
+    from gif.data import poison
+    from gif.spec import RetrainSpec
+    from gif.training import reinitialised, train
+
+    clean_train, held_out = mnist_split
+    poisoned, indices = poison(clean_train, 0.1, target=4, seed=0)
+    # seed 0 of this brief recipe collapses to predicting the poisoned label; seed 1 learns both tasks
+    model = reinitialised(build_model({"name": "tinynet", "config": {}}), 1)
+    train(model, poisoned, RetrainSpec(epochs=3, batch_size=32, lr=0.02, seed=1))
+    return model, poisoned, indices, clean_train.y[indices], held_out
+
+
+def test_relabel_repairs_a_backdoor(backdoored):
+    model, poisoned, indices, true_labels, held_out = backdoored
+    spec = job(request={"kind": "relabel", "indices": indices.tolist(), "labels": true_labels.tolist()})
+    outcome = run(spec, model, poisoned, held_out)
+    before, after = outcome.result["metrics"]["before"], outcome.result["metrics"]["after"]
+    assert before["attack_success_rate"] > 0.9
+    assert after["attack_success_rate"] < 0.5 * before["attack_success_rate"]
+    assert after["relabel_accuracy"] > before["relabel_accuracy"] + 0.3
+    assert after["clean_accuracy"] >= before["clean_accuracy"] - 0.1  # quality vs retraining: see bench/
+
+
+def test_method_if_modifies_every_conv_linear_weight(mnist_tinynet, mnist_split):
+    train, _ = mnist_split
+    outcome = run(job(request={"kind": "remove_samples", "indices": list(range(50))}, method="if",
+                      step={"mode": "fixed", "scale": 1.0}), mnist_tinynet, train)
+    assert outcome.result["selection"]["modification_ratio"] == 1.0
+    assert outcome.result["selection"]["criterion"] == "all"
+
+
+def test_first_order_ablation_needs_no_hessian(mnist_tinynet, mnist_split):
+    train, held_out = mnist_split
+    outcome = run(job(request={"kind": "remove_class", "classes": [8]}, method="first_order"), mnist_tinynet, train,
+                  held_out)
+    assert outcome.result["solver"]["hvp_count"] == 0 and outcome.result["solver"]["kind"] == "none"
+    assert outcome.result["metrics"]["after"]["forget_test_accuracy"] < 0.5
+
+
+def test_cancellation_from_the_progress_callback(mnist_tinynet, mnist_split):
+    train, _ = mnist_split
+
+    def cancel_in_solve(phase, fraction, iteration=None, residual=None):
+        if phase == "solve" and iteration == 2:
+            raise EditCancelled("cancelled by the user")
+
+    with pytest.raises(EditCancelled):
+        run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, progress=cancel_in_solve)
+
+
+@pytest.mark.parametrize(
+    "request_, fragment",
+    [
+        ({"kind": "remove_class", "classes": [12]}, "out of range"),
+        ({"kind": "remove_samples", "indices": [0, 99_999]}, "out of range"),
+        ({"kind": "relabel", "indices": [0, 1], "labels": [3, 10]}, "labels out of range"),
+    ],
+)
+def test_requests_that_do_not_fit_the_data_are_refused(mnist_tinynet, mnist_split, request_, fragment):
+    train, _ = mnist_split
+    with pytest.raises(InvalidSpecError, match=fragment):
+        run(job(request=request_), mnist_tinynet, train)
+
+
+def test_an_empty_forget_set_is_refused(mnist_tinynet, mnist_split):
+    train, _ = mnist_split
+    without_eights = train.subset(torch.nonzero(train.y != 8).flatten())
+    with pytest.raises(InvalidSpecError, match="no training examples"):
+        run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, without_eights)
+
+
+def test_spec_level_refusals():
+    from pydantic import ValidationError
+
+    for bad in (
+        {"request": {"kind": "remove_class", "classes": []}},
+        {"request": {"kind": "remove_samples", "indices": [1, 1]}},
+        {"request": {"kind": "relabel", "indices": [1, 2], "labels": [3]}},
+        {"request": {"kind": "forget_everything"}},
+        {"request": {"kind": "remove_class", "classes": [1]}, "solver": {"tolerance": 2}},
+        {"request": {"kind": "remove_class", "classes": [1]}, "step": {"mode": "fixed"}},
+        {"request": {"kind": "remove_class", "classes": [1]}, "selection": {"ratio": 0}},
+        {"request": {"kind": "remove_class", "classes": [1]}, "solvr": {}},
+    ):
+        with pytest.raises(ValidationError):
+            JobSpec.model_validate(bad)
+
+
+def test_wrong_input_shape_and_nan_weights_are_refused(mnist_tinynet, mnist_split, digits):
+    train, _ = mnist_split
+    with pytest.raises(InvalidSpecError, match="cannot take samples"):
+        run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, digits)
+    broken = copy.deepcopy(mnist_tinynet)
+    with torch.no_grad():
+        broken.fc.bias[0] = float("nan")
+    with pytest.raises(NonFiniteError):
+        run(job(request={"kind": "remove_class", "classes": [8]}), broken, train)

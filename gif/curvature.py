@@ -125,7 +125,11 @@ def _check_finite(v: torch.Tensor, what: str) -> None:
 
 
 class HessianOperator:
-    """``v ↦ (H + λI) v`` for the objective's Hessian at the model's weights; counts its products."""
+    """``v ↦ (H + λI) v`` for the objective's Hessian at the model's weights; counts its products.
+
+    ``auto`` keeps the first-order graph of as many batches as ``cache_budget_bytes`` allows
+    (all of them: ``cached_double_backward``) and rebuilds the others at every product.
+    """
 
     def __init__(
         self,
@@ -138,25 +142,41 @@ class HessianOperator:
         self.damping = damping
         self.count = 0
         self.seconds = 0.0
-        self._cache: list[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] | None = None
-        budget = default_cache_budget_bytes() if cache_budget_bytes is None else cache_budget_bytes
-        if method == "auto":
-            method = "cached_double_backward" if self.cache_bytes_estimate() <= budget else "double_backward"
-        self.method = method
+        batches = objective.batches
+        cached_batches = 0
         if method == "cached_double_backward":
-            self._cache = [self._first_order_graph(x, y, w) for x, y, w in objective.batches]
+            cached_batches = len(batches)
+        elif method == "auto":
+            budget = default_cache_budget_bytes() if cache_budget_bytes is None else cache_budget_bytes
+            per_sample = self.saved_bytes_per_sample()
+            fitting = 0
+            for x, _, _ in batches:
+                if (fitting + x.shape[0]) * per_sample > budget:
+                    break
+                fitting += x.shape[0]
+                cached_batches += 1
+            method = "cached_double_backward" if cached_batches == len(batches) else "double_backward"
+        self.method = method
+        self.cached_batches = cached_batches
+        self._cache = [self._first_order_graph(x, y, w) for x, y, w in batches[:cached_batches]]
 
     @property
     def size(self) -> int:
         return self.objective.space.size
 
-    def cache_bytes_estimate(self) -> int:
-        """Bytes the cached first-order graphs would hold, measured on the largest batch and scaled."""
+    def saved_bytes_per_sample(self) -> float:
+        """Memory a cached first-order graph holds per sample, measured on the largest batch."""
         x, y, w = max(self.objective.batches, key=lambda b: b[0].shape[0])
         with _SavedBytes() as saved:
             self._first_order_graph(x, y, w)
-        samples = sum(b[0].shape[0] for b in self.objective.batches)
-        return int(saved.total * samples / x.shape[0])
+        return saved.total / x.shape[0]
+
+    def _graphs(self):
+        """(first-order graph, keep it) per batch: the cached ones, then the others rebuilt one at a time."""
+        for graph in self._cache:
+            yield graph, True
+        for x, y, w in self.objective.batches[self.cached_batches :]:
+            yield self._first_order_graph(x, y, w), False
 
     def _first_order_graph(self, x: torch.Tensor, y: torch.Tensor, w: float):
         leaves = self.objective.leaf_params()
@@ -180,9 +200,7 @@ class HessianOperator:
                 for n in names:
                     parts[n] += hv[n]
         else:
-            graphs = self._cache or (self._first_order_graph(x, y, w) for x, y, w in self.objective.batches)
-            keep = self._cache is not None
-            for grads, inputs, used in graphs:
+            for (grads, inputs, used), keep in self._graphs():
                 if not grads:
                     continue
                 hv = torch.autograd.grad(

@@ -36,10 +36,18 @@ def test_hvp_is_batch_size_invariant(tanh_mlp, digits_double):
     assert torch.allclose(products[0], products[2], rtol=1e-10, atol=1e-12)
 
 
-def test_auto_chooses_the_cached_graph_when_it_fits(objective):
-    assert HessianOperator(objective).method == "cached_double_backward"
-    assert HessianOperator(objective, cache_budget_bytes=1).method == "double_backward"
-    assert HessianOperator(objective).cache_bytes_estimate() > 0
+def test_auto_caches_as_many_first_order_graphs_as_fit(objective):
+    full = HessianOperator(objective)
+    assert full.method == "cached_double_backward" and full.cached_batches == len(objective.batches) == 5
+    nothing = HessianOperator(objective, cache_budget_bytes=1)
+    assert nothing.method == "double_backward" and nothing.cached_batches == 0
+    two_batches = int(full.saved_bytes_per_sample() * 128) + 1
+    partial = HessianOperator(objective, cache_budget_bytes=two_batches)
+    assert partial.method == "double_backward" and partial.cached_batches == 2
+    v = torch.randn(objective.space.size, dtype=torch.float64)
+    for _ in range(2):  # the cached graphs survive a product
+        assert torch.allclose(partial(v), full(v), rtol=1e-10, atol=1e-12)
+        assert torch.allclose(nothing(v), full(v), rtol=1e-10, atol=1e-12)
 
 
 def test_gradient_is_the_weighted_sum_of_terms(tanh_mlp, digits_double):

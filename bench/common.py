@@ -1,0 +1,193 @@
+"""Shared benchmark machinery: reference setups, cached trained models, timing and the report file.
+
+Every experiment loads its data through the product's own loaders (``gif.data``) and trains
+with the product's own trainer (``gif.training``). Trained reference models are cached under
+``bench/cache/`` by a key that includes the recipe, so a re-run reuses them (their training
+time is cached with them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from gif.architectures import build_model, load_weights
+from gif.data import Dataset, load_cifar10, load_mnist, poison, split_indices
+from gif.files import read_tensors, write_safetensors
+from gif.spec import RetrainSpec
+from gif.training import reinitialised, train
+
+BENCH_DIR = Path(__file__).resolve().parent
+CACHE_DIR = Path(os.environ.get("GIF_BENCH_CACHE", BENCH_DIR / "cache"))
+RESULTS = Path(os.environ.get("GIF_BENCH_RESULTS", BENCH_DIR / "RESULTS.md"))
+# The smallest configuration of every experiment (the suite runs it so that the harness cannot rot).
+QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
+BACKDOOR_TARGET = 4
+BACKDOOR_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A model trained on a dataset with a recipe: what every experiment edits."""
+
+    name: str
+    architecture: dict
+    dataset: str  # "mnist" | "cifar10" | "mnist-backdoor"
+    recipe: RetrainSpec
+    train_subset: int | None = None  # scaled-down training set (None: all of it)
+
+    def key(self) -> str:
+        blob = json.dumps([self.architecture, self.dataset, self.recipe.model_dump(), self.train_subset], sort_keys=True)
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class Prepared:
+    setup: Setup
+    model: nn.Module
+    train: Dataset
+    test: Dataset
+    train_seconds: float
+    extras: dict[str, Any] = field(default_factory=dict)  # backdoor: indices, true labels, triggered test set
+
+    def fresh(self, seed: int) -> nn.Module:
+        return reinitialised(self.model, seed)
+
+
+def load_data(setup: Setup) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """(train, test, extras) for a setup; MNIST's 10k images are split 8k/2k with seed 0."""
+    extras: dict[str, Any] = {}
+    if setup.dataset.startswith("mnist"):
+        data = load_mnist()
+        train_idx, test_idx = split_indices(len(data), 0.8, 0)
+        train_data, test = data.subset(train_idx), data.subset(test_idx)
+    else:
+        train_data, test = load_cifar10("train"), load_cifar10("test")
+    if setup.train_subset is not None:
+        train_data = train_data.subset(split_indices(len(train_data), setup.train_subset / len(train_data), 0)[0])
+    if setup.dataset.endswith("backdoor"):
+        clean_labels = train_data.y
+        train_data, indices = poison(train_data, BACKDOOR_FRACTION, BACKDOOR_TARGET, seed=0)
+        from gif.data import checkerboard_trigger
+
+        not_target = torch.nonzero(test.y != BACKDOOR_TARGET).flatten()
+        extras = {
+            "indices": indices,
+            "true_labels": clean_labels[indices],
+            "triggered_test": Dataset(checkerboard_trigger(test.x[not_target]), test.y[not_target]),
+        }
+    return train_data, test, extras
+
+
+def quick(setup: Setup) -> Setup:
+    """The setup shrunk to seconds: one epoch on at most 1,000 training images."""
+    subset = min(setup.train_subset or 1000, 1000)
+    return Setup(setup.name + "-quick", setup.architecture, setup.dataset, setup.recipe.model_copy(update={"epochs": 1}), subset)
+
+
+def prepare(setup: Setup, seed: int = 0) -> Prepared:
+    """Train (or load from the cache) the setup's reference model."""
+    if QUICK:
+        setup = quick(setup)
+    train_data, test, extras = load_data(setup)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    weights = CACHE_DIR / f"{setup.key()}-seed{seed}.safetensors"
+    meta = weights.with_suffix(".json")
+    model = reinitialised(build_model(setup.architecture), seed)
+    if weights.exists() and meta.exists():
+        load_weights(model, read_tensors(weights, ("safetensors",)))
+        seconds = json.loads(meta.read_text())["train_seconds"]
+    else:
+        start = time.perf_counter()
+        train(model, train_data, setup.recipe.model_copy(update={"seed": seed}))
+        seconds = time.perf_counter() - start
+        write_safetensors(weights, model.state_dict())
+        meta.write_text(json.dumps({"train_seconds": seconds, "setup": setup.name}))
+    return Prepared(setup, model.eval(), train_data, test, seconds, extras)
+
+
+# --- the reference setups (sizes scaled down to fit a 2-core CPU are stated in each) ---------------
+
+TINYNET_RECIPE = RetrainSpec(epochs=15, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4)
+SETUPS = {
+    "tinynet-mnist": Setup("tinynet-mnist", {"name": "tinynet", "config": {}}, "mnist", TINYNET_RECIPE),
+    "tinynet-mnist-backdoor": Setup(
+        "tinynet-mnist-backdoor", {"name": "tinynet", "config": {}}, "mnist-backdoor", TINYNET_RECIPE
+    ),
+    # ResNet-18 costs ~4 s per forward+backward of 256 MNIST images here: trained on 2,000 images, 3 epochs.
+    "resnet18-mnist": Setup(
+        "resnet18-mnist", {"name": "resnet18", "config": {}}, "mnist",
+        RetrainSpec(epochs=3, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4), train_subset=2000,
+    ),
+    # VGG-11 on the 4,000-image CIFAR-10 subset (the paper: 50,000 images, 200 epochs).
+    "vgg11-cifar": Setup(
+        "vgg11-cifar", {"name": "vgg11", "config": {"in_channels": 3}}, "cifar10",
+        RetrainSpec(epochs=15, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4),
+    ),
+    # TinyNet memorising the CIFAR-10 subset (100% train accuracy): the hard case of sample removal.
+    "tinynet-cifar": Setup(
+        "tinynet-cifar", {"name": "tinynet", "config": {"in_channels": 3}}, "cifar10",
+        RetrainSpec(epochs=40, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4),
+    ),
+}
+
+
+# --- timing and the report -------------------------------------------------------------------------
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up (timings swing when the cores are shared)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(key: str, title: str, body: str, command: str) -> None:
+    """Replace (or append) one experiment's section of RESULTS.md, stamped with command, machine and date."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"<!-- section:{key} -->\n## {title}\n\n"
+        f"Command: `{command}` · {stamp} · {machine()}\n\n{body.strip()}\n<!-- end:{key} -->\n"
+    )
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    pattern = re.compile(rf"<!-- section:{re.escape(key)} -->.*?<!-- end:{re.escape(key)} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
+    RESULTS.write_text(text)

@@ -191,3 +191,37 @@ def write_section(key: str, title: str, body: str, command: str) -> None:
     pattern = re.compile(rf"<!-- section:{re.escape(key)} -->.*?<!-- end:{re.escape(key)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
     RESULTS.write_text(text)
+
+
+# --- running edits with the sizes each model affords on this CPU -----------------------------------
+
+# Solver and evaluation sizes per architecture (scaled down for ResNet-18 and VGG-11, whose HVPs
+# cost seconds here). Damping 0.01 throughout: see section 6 and the engine-cost section.
+BENCH_SOLVER = {
+    "tinynet": {"max_iterations": 5, "hessian_samples": 512, "gradient_samples": 256, "damping": 0.01},
+    "mlp": {"max_iterations": 5, "hessian_samples": 512, "gradient_samples": 256, "damping": 0.01},
+    "resnet18": {"max_iterations": 3, "hessian_samples": 128, "gradient_samples": 128, "damping": 0.01, "batch_size": 64},
+    "vgg11": {"max_iterations": 5, "hessian_samples": 256, "gradient_samples": 256, "damping": 0.01, "batch_size": 128},
+}
+BENCH_EVALUATION = {"resnet18": {"retain_samples": 500}, "vgg11": {"retain_samples": 1000}}
+QUICK_SOLVER = {"max_iterations": 2, "hessian_samples": 64, "gradient_samples": 64, "damping": 0.01}
+
+
+def job_spec(prepared: Prepared, request: dict, **fields: Any):
+    """A JobSpec with the architecture's bench sizes; ``fields`` override top-level entries, and
+    a ``solver`` dict is merged into the bench solver sizes."""
+    from gif.spec import JobSpec
+
+    arch = prepared.setup.architecture["name"]
+    solver = {**(QUICK_SOLVER if QUICK else BENCH_SOLVER[arch]), **fields.pop("solver", {})}
+    evaluation = {**BENCH_EVALUATION.get(arch, {}), **fields.pop("evaluation", {})}
+    return JobSpec.model_validate({"request": request, "solver": solver, "evaluation": evaluation, **fields})
+
+
+def edit(prepared: Prepared, request: dict, eval_data: Dataset | None = None, model: nn.Module | None = None,
+         validation_data: Dataset | None = None, **fields: Any):
+    """Run one edit through ``gif.edit.run`` and return its outcome."""
+    from gif.edit import run
+
+    return run(job_spec(prepared, request, **fields), model if model is not None else prepared.model, prepared.train,
+               prepared.test if eval_data is None else eval_data, validation_data=validation_data)

@@ -135,6 +135,10 @@ SETUPS = {
         "vgg11-cifar", {"name": "vgg11", "config": {"in_channels": 3}}, "cifar10",
         RetrainSpec(epochs=15, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4),
     ),
+    "vgg11-cifar-backdoor": Setup(
+        "vgg11-cifar-backdoor", {"name": "vgg11", "config": {"in_channels": 3}}, "cifar10-backdoor",
+        RetrainSpec(epochs=15, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4),
+    ),
     # TinyNet memorising the CIFAR-10 subset (100% train accuracy): the hard case of sample removal.
     "tinynet-cifar": Setup(
         "tinynet-cifar", {"name": "tinynet", "config": {"in_channels": 3}}, "cifar10",

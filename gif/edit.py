@@ -10,7 +10,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from gif.selection import full_selection, select
 from gif.spec import AutoStep, JobSpec, RemoveClass, RemoveSamples, check_request
 from gif.step import (
     MAX_EVALUATIONS,
+    Logits,
     ValidationData,
     class_removal_objective,
     relabel_objective,
@@ -103,9 +104,16 @@ def check_inputs(
     return num_classes
 
 
-def _validation_data(
+def carved_validation_indices(spec: JobSpec, num_train: int) -> torch.Tensor:
+    """The seeded validation split the automatic step carves from the training data."""
+    step: AutoStep = spec.step  # type: ignore[assignment]
+    return split_indices(num_train, step.validation_fraction, spec.solver.seed + STEP_SEED_OFFSET)[0]
+
+
+def step_validation(
     spec: JobSpec, plan: RequestPlan, train: Dataset, validation_idx: torch.Tensor, validation: Dataset | None
 ) -> ValidationData:
+    """What the step objective looks at: held-out ``validation`` data if given, else the carved split."""
     step: AutoStep = spec.step  # type: ignore[assignment]
     seed = spec.solver.seed + STEP_SEED_OFFSET
     if validation is not None:  # held-out data given by the user
@@ -163,7 +171,7 @@ def run(
     auto_step = isinstance(spec.step, AutoStep)
     validation_idx = torch.empty(0, dtype=torch.long)
     if auto_step and validation_data is None:
-        validation_idx, _ = split_indices(len(train_data), spec.step.validation_fraction, solver.seed + STEP_SEED_OFFSET)
+        validation_idx = carved_validation_indices(spec, len(train_data))
         if isinstance(spec.request, RemoveSamples) and spec.step.target_loss is None:
             warnings.append(
                 "the step targets the loss of a validation split carved from the training data, which the model "
@@ -223,8 +231,8 @@ def run(
     modified = solution.modified
     step_result: dict[str, Any] = {"mode": spec.step.mode}
     if auto_step:
-        validation = _validation_data(spec, plan, train_data, validation_idx, validation_data)
-        objective = _step_objective(spec, original, validation)
+        validation = step_validation(spec, plan, train_data, validation_idx, validation_data)
+        objective = step_objective(spec, original, validation)
         buffers = dict(original.named_buffers())
         evaluations = 0
 
@@ -316,7 +324,8 @@ def run(
     return EditOutcome(state, result, edited)
 
 
-def _step_objective(spec: JobSpec, model: nn.Module, validation: ValidationData):
+def step_objective(spec: JobSpec, model: nn.Module, validation: ValidationData) -> Callable[[ValidationData, Logits], float]:
+    """The request's step objective (gif.step), its target and floor measured on the unedited ``model``."""
     if isinstance(spec.request, RemoveClass):
         return class_removal_objective
     if validation.new_labels is not None:

@@ -1,0 +1,21 @@
+"""``python -m service``: serve the API with uvicorn on ``GIF_HOST``:``GIF_PORT``, logging JSON lines."""
+
+from __future__ import annotations
+
+import torch
+import uvicorn
+
+from service.app import create_app
+from service.logs import configure_logging
+from service.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    log_config = configure_logging(settings.log_level)
+    torch.set_num_threads(settings.api_torch_threads)  # the API only checks data; requests run in parallel threads
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=log_config)
+
+
+if __name__ == "__main__":
+    main()

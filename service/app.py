@@ -1,0 +1,88 @@
+"""The FastAPI application: routes, problem+json errors, body caps, metrics, and the lost-job reaper.
+
+The API process imports torch (see ``service.validation``) but never runs an edit and never
+initialises CUDA: models are only built on the ``meta`` device. Edits run in ``worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
+
+from service import problems
+from service.auth import caller
+from service.context import ServiceContext
+from service.metrics import HttpMetrics, job_registry
+from service.routes import architectures, health, jobs, uploads
+from service.schemas import Problem
+from service.settings import Settings
+from service.uploads import BodySizeLimit
+
+log = logging.getLogger("service.app")
+
+DESCRIPTION = """Edit trained PyTorch classifiers with Generalized Influence Functions: forget classes or
+training examples, or repair labels (backdoors), without retraining.
+
+1. `POST /v1/models` (weights + architecture) and `POST /v1/datasets` (the training data, optionally held-out data).
+2. `POST /v1/jobs` with the job specification: checked against the model and data at once, then queued.
+3. Poll `GET /v1/jobs/{id}` for `progress`, then `result` (metrics before and after) or `error`.
+4. `GET /v1/jobs/{id}/checkpoint`: the edited weights (safetensors; the ETag is their sha256).
+
+Errors are `application/problem+json` (RFC 9457) with a stable `type` per kind and, for bad fields, an `errors`
+list of JSON pointers. When the server has API keys, send `Authorization: Bearer <key>` on every `/v1` route;
+what a key creates is visible to that key only.
+"""
+
+
+async def reap_lost_jobs(ctx: ServiceContext) -> None:
+    """Every ``reaper_interval_s``: fail running jobs whose worker stopped sending heartbeats."""
+    while True:
+        await asyncio.sleep(ctx.settings.reaper_interval_s)
+        try:
+            for job_id in await run_in_threadpool(ctx.jobs.reap_lost):
+                log.warning("job lost its worker; marked failed", extra={"job_id": job_id})
+        except Exception:
+            log.exception("the lost-job reaper failed; retrying")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    ctx = ServiceContext.create(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(reap_lost_jobs(ctx))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+
+    app = FastAPI(title="GIF service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.context = ctx
+    app.state.metrics = job_registry(ctx)
+    problems.install(app)
+    app.add_middleware(
+        BodySizeLimit, default_limit=settings.max_json_bytes, upload_limit=settings.max_upload_bytes,
+        upload_paths=frozenset({"/v1/models", "/v1/datasets"}),
+    )
+    app.add_middleware(HttpMetrics, registry=app.state.metrics)
+    app.include_router(health.router)
+    for router in (architectures.router, uploads.models, uploads.datasets, jobs.router):
+        app.include_router(router, dependencies=[Depends(caller)])
+    app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
+    return app
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the ``Problem`` component that every error response refers to."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+        app.openapi_schema = schema
+    return app.openapi_schema

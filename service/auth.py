@@ -1,0 +1,41 @@
+"""Optional API keys: with ``GIF_API_KEYS`` set, every ``/v1`` route needs ``Authorization: Bearer <key>``.
+
+Each model, dataset and job belongs to the key that created it (stored as a hash of the key,
+never the key); another key gets 404, as if it did not exist. Without keys every caller is the
+same owner, ``anonymous``. Health, readiness, metrics and the docs stay open: probes and
+Prometheus scrapers carry no keys, and none of them shows anyone's data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import ServiceError
+
+ANONYMOUS = "anonymous"
+bearer = HTTPBearer(auto_error=False, description="An API key, when the server is configured with GIF_API_KEYS.")
+
+
+def owner_of(key: str) -> str:
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """The owner id of the caller; 401 when keys are configured and none of them was given."""
+    keys = request.app.state.context.settings.api_keys
+    if not keys:
+        return ANONYMOUS
+    given = credentials.credentials.encode() if credentials else b""
+    matched = [key for key in keys if hmac.compare_digest(key.encode(), given)]
+    if not matched:
+        raise ServiceError("unauthorized", "send a valid API key as 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    return owner_of(matched[0])
+
+
+Caller = Annotated[str, Depends(caller)]

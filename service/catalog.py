@@ -1,0 +1,60 @@
+"""Records of uploaded models and datasets: what was checked at upload, who owns it, which blob holds it.
+
+A record is one JSON value in Redis; its blob is referenced as ``"<kind>:<id>"`` in ``Artifacts``.
+Records hold everything a job check needs (architecture, class counts, sample shape), so a job
+is refused at POST time from metadata alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+
+from service.records import Keys, new_id, page_ids, utc_now
+from service.storage import Artifacts
+
+Kind = Literal["model", "dataset"]
+
+
+class Catalog:
+    def __init__(self, client: redis.Redis, keys: Keys, artifacts: Artifacts):
+        self.client = client
+        self.keys = keys
+        self.artifacts = artifacts
+
+    def add(self, kind: Kind, owner: str, staged: Path, facts: dict[str, Any]) -> dict[str, Any]:
+        """Store a validated staged file and its record; ``facts`` must hold its ``sha256``."""
+        item_id = new_id(kind)
+        seq = self.client.incr(self.keys.sequence)
+        record = {"id": item_id, **facts, "created_at": utc_now(), "owner": owner, "seq": seq}
+        self.artifacts.add(staged, facts["sha256"], f"{kind}:{item_id}")
+        with self.client.pipeline() as pipe:
+            pipe.set(self.keys.item(kind, item_id), json.dumps(record))
+            pipe.zadd(self.keys.items_of(kind, owner), {item_id: seq})
+            pipe.execute()
+        return record
+
+    def get(self, kind: Kind, item_id: str, owner: str) -> dict[str, Any] | None:
+        """The record, or None when it does not exist or belongs to someone else."""
+        raw = self.client.get(self.keys.item(kind, item_id))
+        record = json.loads(raw) if raw else None
+        return record if record and record["owner"] == owner else None
+
+    def delete(self, kind: Kind, item_id: str, owner: str) -> bool:
+        record = self.get(kind, item_id, owner)
+        if record is None:
+            return False
+        with self.client.pipeline() as pipe:
+            pipe.delete(self.keys.item(kind, item_id))
+            pipe.zrem(self.keys.items_of(kind, owner), item_id)
+            pipe.execute()
+        self.artifacts.release(record["sha256"], f"{kind}:{item_id}")
+        return True
+
+    def list(self, kind: Kind, owner: str, limit: int, cursor: int | None) -> tuple[list[dict[str, Any]], int | None]:
+        ids, next_cursor = page_ids(self.client, self.keys.items_of(kind, owner), limit, cursor)
+        raws = self.client.mget([self.keys.item(kind, i) for i in ids]) if ids else []
+        return [json.loads(raw) for raw in raws if raw], next_cursor

@@ -1,0 +1,43 @@
+"""The wiring of the storage and record layer, built once per process from ``Settings``.
+
+The API and the worker both build a ``ServiceContext``; it holds no web objects, so the worker
+can use it without importing FastAPI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from rq import Queue
+
+from service.catalog import Catalog
+from service.jobs import JobStore
+from service.queue import job_queue
+from service.records import Keys, connect
+from service.settings import Settings
+from service.storage import Artifacts, LocalArtifactStore
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    client: redis.Redis
+    artifacts: Artifacts
+    catalog: Catalog
+    jobs: JobStore
+    queue: Queue
+
+    @classmethod
+    def create(cls, settings: Settings) -> "ServiceContext":
+        client = connect(settings)
+        keys = Keys(settings.key_prefix)
+        artifacts = Artifacts(LocalArtifactStore(settings.storage_dir), client, keys)
+        return cls(
+            settings=settings,
+            client=client,
+            artifacts=artifacts,
+            catalog=Catalog(client, keys, artifacts),
+            jobs=JobStore(client, keys, artifacts, settings.heartbeat_ttl_s),
+            queue=job_queue(settings),
+        )

@@ -1,0 +1,211 @@
+"""Job records in Redis: the service's own, permanent view of every job (RQ's keys expire).
+
+A record is a hash; every status change is one optimistic transaction (WATCH/MULTI) that moves
+the job between the per-owner and per-status indexes, so the API, workers and the reaper can race
+without losing or duplicating a transition. A running job is alive while its worker refreshes a
+heartbeat key with a short TTL; ``reap_lost`` fails running jobs whose heartbeat has expired.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import redis
+
+from service.errors import job_error
+from service.records import Keys, new_id, page_ids, parse_time, utc_now
+from service.storage import Artifacts
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+JSON_FIELDS = ("spec", "inputs", "progress", "result", "error", "worker")
+DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+# Progress is written only while the job still runs: a late write must not touch a finished
+# (or deleted) record.
+_WRITE_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') == 'running' then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, keys: Keys, artifacts: Artifacts, heartbeat_ttl_s: float):
+        self.client = client
+        self.keys = keys
+        self.artifacts = artifacts
+        self.heartbeat_ttl_ms = int(heartbeat_ttl_s * 1000)
+        self._write_progress = client.register_script(_WRITE_PROGRESS)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def get(self, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
+        """The record (JSON fields decoded), or None if missing or owned by someone else."""
+        return self._decode(self.client.hgetall(self.keys.job(job_id)), owner)
+
+    def list(
+        self, owner: str, status: str | None, limit: int, cursor: int | None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        ids, next_cursor = page_ids(self.client, self.keys.jobs_of(owner, status), limit, cursor)
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.keys.job(job_id))
+            rows = pipe.execute()
+        return [r for r in (self._decode(row, owner) for row in rows) if r], next_cursor
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.client.pipeline(transaction=False) as pipe:
+            for status in STATUSES:
+                pipe.zcard(self.keys.jobs_with(status))
+            return dict(zip(STATUSES, pipe.execute()))
+
+    def durations(self) -> dict[str, str]:
+        """Raw histogram counters: ``<status>:le:<bucket>``, ``<status>:count``, ``<status>:sum``."""
+        return self.client.hgetall(self.keys.durations)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.client.exists(self.keys.cancel_flag(job_id)))
+
+    @staticmethod
+    def _decode(row: dict[str, str], owner: str | None) -> dict[str, Any] | None:
+        if not row or (owner is not None and row.get("owner") != owner):
+            return None
+        record: dict[str, Any] = dict(row)
+        for name in JSON_FIELDS:
+            record[name] = json.loads(row[name]) if row.get(name) else None
+        for name in ("started_at", "finished_at"):
+            record[name] = row.get(name) or None
+        record["cancel_requested"] = row.get("cancel_requested") == "1"
+        return record
+
+    # --- the API's side ----------------------------------------------------------------------
+
+    def create(self, owner: str, spec: dict[str, Any], inputs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """Record a queued job holding its input blobs; None if an input blob has vanished meanwhile."""
+        job_id = new_id("job")
+        held = []
+        for item in inputs.values():
+            if not self.artifacts.hold(item["sha256"], f"job:{job_id}"):
+                self._release(job_id, held)
+                return None
+            held.append(item["sha256"])
+        seq = self.client.incr(self.keys.sequence)
+        with self.client.pipeline() as pipe:
+            pipe.hset(
+                self.keys.job(job_id),
+                mapping={"id": job_id, "owner": owner, "seq": seq, "status": "queued", "created_at": utc_now(),
+                         "spec": json.dumps(spec), "inputs": json.dumps(inputs)},
+            )
+            pipe.zadd(self.keys.jobs_of(owner), {job_id: seq})
+            pipe.zadd(self.keys.jobs_of(owner, "queued"), {job_id: seq})
+            pipe.zadd(self.keys.jobs_with("queued"), {job_id: seq})
+            pipe.execute()
+        return self.get(job_id)
+
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued job at once, or ask a running one to stop; returns the status it had."""
+        if self._transition(job_id, {"queued"}, "cancelled", error=job_error("cancelled", "cancelled before it started")):
+            return "queued"
+        with self.client.pipeline() as pipe:
+            pipe.set(self.keys.cancel_flag(job_id), "1", ex=7 * 24 * 3600)
+            pipe.hget(self.keys.job(job_id), "status")
+            _, status = pipe.execute()
+        if status == "running":
+            self.client.hset(self.keys.job(job_id), "cancel_requested", "1")
+        else:
+            self.client.delete(self.keys.cancel_flag(job_id))
+        return status
+
+    def delete(self, job_id: str) -> bool:
+        """Forget a finished job and release its blobs (inputs and checkpoint)."""
+        record = self.get(job_id)
+        if record is None or record["status"] not in TERMINAL:
+            return False
+        with self.client.pipeline() as pipe:
+            pipe.delete(self.keys.job(job_id))
+            pipe.zrem(self.keys.jobs_of(record["owner"]), job_id)
+            pipe.zrem(self.keys.jobs_of(record["owner"], record["status"]), job_id)
+            pipe.zrem(self.keys.jobs_with(record["status"]), job_id)
+            pipe.execute()
+        checkpoint = (record["result"] or {}).get("checkpoint", {}).get("sha256")
+        self._release(job_id, [i["sha256"] for i in record["inputs"].values()] + ([checkpoint] if checkpoint else []))
+        return True
+
+    def reap_lost(self) -> list[str]:
+        """Fail every running job whose heartbeat expired (its worker died); returns their ids."""
+        lost = []
+        for job_id in self.client.zrange(self.keys.jobs_with("running"), 0, -1):
+            error = job_error("worker-lost", "the worker running this job stopped answering; submit it again",
+                              retryable=True)
+            if self._transition(job_id, {"running"}, "failed", unless_alive=True, error=error):
+                lost.append(job_id)
+        return lost
+
+    # --- the worker's side -------------------------------------------------------------------
+
+    def start(self, job_id: str, worker: dict[str, Any]) -> bool:
+        """queued → running, with a first heartbeat; False if the job was cancelled or taken meanwhile."""
+        return bool(self._transition(job_id, {"queued"}, "running", started_at=utc_now(), worker=worker))
+
+    def beat(self, job_id: str) -> None:
+        self.client.set(self.keys.heartbeat(job_id), "1", px=self.heartbeat_ttl_ms)
+
+    def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self._write_progress(keys=[self.keys.job(job_id)], args=[json.dumps(progress)])
+
+    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
+        return bool(self._transition(job_id, {"running"}, "succeeded", result=result))
+
+    def fail(self, job_id: str, error: dict[str, Any], status: str = "failed") -> bool:
+        """running → failed (or cancelled), with the error object."""
+        return bool(self._transition(job_id, {"running"}, status, error=error))
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _release(self, job_id: str, shas: Iterable[str]) -> None:
+        for sha in set(shas):
+            self.artifacts.release(sha, f"job:{job_id}")
+
+    def _transition(self, job_id: str, allowed: set[str], new: str, unless_alive: bool = False, **fields: Any) -> str | None:
+        """Atomically move a job from one of ``allowed`` to ``new``, writing ``fields``; the old status, or None."""
+        key, heartbeat = self.keys.job(job_id), self.keys.heartbeat(job_id)
+        now = utc_now()
+        if new in TERMINAL:
+            fields["finished_at"] = now
+        values = {k: json.dumps(v) if k in JSON_FIELDS else v for k, v in fields.items()}
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key, heartbeat)
+                    old, owner, seq, started_at = pipe.hmget(key, "status", "owner", "seq", "started_at")
+                    if old not in allowed or (unless_alive and pipe.exists(heartbeat)):
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.hset(key, mapping={"status": new, **values})
+                    for index in (self.keys.jobs_of(owner, old), self.keys.jobs_with(old)):
+                        pipe.zrem(index, job_id)
+                    for index in (self.keys.jobs_of(owner, new), self.keys.jobs_with(new)):
+                        pipe.zadd(index, {job_id: int(seq)})
+                    if new == "running":
+                        pipe.set(heartbeat, "1", px=self.heartbeat_ttl_ms)
+                    if new in TERMINAL:
+                        pipe.delete(heartbeat, self.keys.cancel_flag(job_id))
+                        pipe.hdel(key, "cancel_requested")
+                        if started_at:
+                            self._count_duration(pipe, new, (parse_time(now) - parse_time(started_at)).total_seconds())
+                    pipe.execute()
+                    return old
+                except redis.WatchError:
+                    continue
+
+    def _count_duration(self, pipe: redis.client.Pipeline, status: str, seconds: float) -> None:
+        for bucket in DURATION_BUCKETS_S:
+            if seconds <= bucket:
+                pipe.hincrby(self.keys.durations, f"{status}:le:{bucket}", 1)
+        pipe.hincrby(self.keys.durations, f"{status}:count", 1)
+        pipe.hincrbyfloat(self.keys.durations, f"{status}:sum", seconds)

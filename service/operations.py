@@ -1,0 +1,108 @@
+"""What the routes do: accept uploads, submit and cancel jobs. Routers stay thin; this is HTTP-free logic
+except for reading the streamed upload body.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from gif.errors import GifError
+from service.catalog import Kind
+from service.context import ServiceContext
+from service.errors import ServiceError
+from service.queue import enqueue_job, withdraw_job
+from service.schemas import JobRequest
+from service.uploads import Upload, receive_upload
+from service.validation import DATA_INPUTS, check_job, inspect_dataset, inspect_weights, parse_architecture
+
+log = logging.getLogger("service.operations")
+MAX_FILENAME_CHARS = 255
+
+
+@contextmanager
+def blame(pointer: str) -> Iterator[None]:
+    """Attach the engine errors raised inside to a field of the request."""
+    try:
+        yield
+    except GifError as exc:
+        raise ServiceError.from_engine(exc, pointer) from None
+
+
+def _require(upload: Upload, fields: tuple[str, ...]) -> None:
+    missing = (["file"] if not upload.has_file else []) + [f for f in fields if f not in upload.fields]
+    if missing:
+        raise ServiceError("validation-error", f"missing form field(s): {', '.join(missing)}",
+                           [{"pointer": f"/{name}", "detail": "required"} for name in missing])
+
+
+def _file_facts(upload: Upload) -> dict[str, Any]:
+    filename = upload.filename[:MAX_FILENAME_CHARS] if upload.filename else None
+    return {"sha256": upload.sha256, "size_bytes": upload.size_bytes, "filename": filename}
+
+
+async def upload_model(ctx: ServiceContext, owner: str, request: Request) -> dict[str, Any]:
+    """Stream the weights to a staging file, check them against the architecture, then store them."""
+    with ctx.artifacts.store.staging_file() as staged:
+        upload = await receive_upload(request, staged, "file", frozenset({"architecture"}))
+        _require(upload, ("architecture",))
+        architecture = parse_architecture(upload.fields["architecture"], "/architecture")
+        with blame("/file"):
+            facts = await run_in_threadpool(inspect_weights, staged, architecture)
+        return await _store(ctx, "model", owner, upload, facts)
+
+
+async def upload_dataset(ctx: ServiceContext, owner: str, request: Request) -> dict[str, Any]:
+    """Stream the data to a staging file, read and check it, record its shape and label counts, then store it."""
+    with ctx.artifacts.store.staging_file() as staged:
+        upload = await receive_upload(request, staged, "file", frozenset())
+        _require(upload, ())
+        with blame("/file"):
+            facts = await run_in_threadpool(inspect_dataset, staged)
+        return await _store(ctx, "dataset", owner, upload, facts)
+
+
+async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, facts: dict[str, Any]) -> dict[str, Any]:
+    record = await run_in_threadpool(ctx.catalog.add, kind, owner, upload.path, {**facts, **_file_facts(upload)})
+    log.info("%s stored", kind, extra={f"{kind}_id": record["id"], "sha256": record["sha256"],
+                                       "size_bytes": record["size_bytes"]})
+    return record
+
+
+def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> dict[str, Any]:
+    """Check the job against its model and data now (a bad job is a 4xx, not a failed job later), then queue it."""
+    model = ctx.catalog.get("model", body.model_id, owner)
+    datasets = {role: ctx.catalog.get("dataset", getattr(body, field), owner)
+                for role, field in DATA_INPUTS.items() if getattr(body, field) is not None}
+    unknown = ([{"pointer": "/model_id", "detail": f"no model {body.model_id!r}"}] if model is None else []) + [
+        {"pointer": f"/{DATA_INPUTS[role]}", "detail": f"no dataset {getattr(body, DATA_INPUTS[role])!r}"}
+        for role, record in datasets.items() if record is None
+    ]
+    if unknown:
+        raise ServiceError("unknown-reference", "the job refers to uploads that do not exist", unknown)
+    check_job(body, model, datasets)
+    inputs = {"model": {"id": model["id"], "sha256": model["sha256"], "architecture": model["architecture"]}}
+    inputs |= {role: {"id": record["id"], "sha256": record["sha256"]} for role, record in datasets.items()}
+    record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs)
+    if record is None:
+        raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")
+    enqueue_job(ctx.queue, record["id"], ctx.settings.job_timeout_s)
+    log.info("job queued", extra={"job_id": record["id"], "request": body.request.kind, "method": body.method})
+    return record
+
+
+def cancel_job(ctx: ServiceContext, owner: str, job_id: str) -> tuple[dict[str, Any], bool]:
+    """Cancel a queued job at once, or ask a running one to stop; (the job, whether it is cancelled already)."""
+    if ctx.jobs.get(job_id, owner) is None:
+        raise ServiceError("not-found", f"no job {job_id!r}")
+    previous = ctx.jobs.cancel(job_id)
+    if previous == "queued":
+        withdraw_job(ctx.queue, job_id)
+    elif previous != "running":
+        raise ServiceError("conflict", f"the job is {previous}; only queued or running jobs can be cancelled")
+    log.info("job cancel %s", "done" if previous == "queued" else "requested", extra={"job_id": job_id})
+    return ctx.jobs.get(job_id), previous == "queued"

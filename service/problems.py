@@ -1,0 +1,123 @@
+"""Every error the API returns is an RFC 9457 ``application/problem+json`` document.
+
+``type`` is stable per error kind (``service.errors.KINDS``), ``detail`` says what went wrong in
+words, and ``errors`` lists field-level problems: ``pointer`` is a JSON pointer into the JSON
+body or the multipart form (``/file``, ``/request/classes/0``), ``parameter`` names a query or
+path parameter. Unexpected exceptions become a 500 problem and are logged; bad input never does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from gif.errors import GifError
+from service.errors import ErrorKind, ServiceError, kind_of
+
+PROBLEM_JSON = "application/problem+json"
+STATUS_CODES = {400: "bad-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed",
+                409: "conflict", 413: "payload-too-large", 415: "unsupported-media-type"}
+log = logging.getLogger("service.problems")
+
+
+def problem(
+    kind: ErrorKind, detail: str, instance: str, errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": kind.type, "title": kind.title, "status": kind.status, "detail": detail,
+                            "instance": instance}
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=kind.status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _escape(part: Any) -> str:
+    return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def body_pointer(body: Any, loc: tuple[Any, ...]) -> str:
+    """The JSON pointer of a pydantic ``loc`` in ``body``, without the tags pydantic adds for tagged unions."""
+    parts, node = [], body
+    for part in loc:
+        if isinstance(node, dict) and part not in node and part in node.values():
+            continue  # a discriminator value ("remove_class", "fixed"), not a key of the body
+        parts.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return "/" + "/".join(_escape(p) for p in parts) if parts else ""
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    items = []
+    for error in exc.errors():
+        where, *path = error["loc"]
+        item: dict[str, Any] = {"detail": error["msg"], "code": error["type"]}
+        if where == "body":
+            item["pointer"] = body_pointer(exc.body, tuple(path))
+        else:
+            item["parameter"] = ".".join(str(p) for p in path)
+            item["in"] = where
+        items.append(item)
+    return items
+
+
+def install(app: FastAPI) -> None:
+    """Register the one mapping from exceptions to problems."""
+
+    async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return problem(exc.kind, exc.detail, request.url.path, exc.errors, exc.headers)
+
+    async def on_engine_error(request: Request, exc: GifError) -> JSONResponse:
+        return await on_service_error(request, ServiceError.from_engine(exc))
+
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        content_type = request.headers.get("content-type", "")
+        if any(e.get("pointer") == "" for e in errors) and content_type and "json" not in content_type:
+            return problem(kind_of("unsupported-media-type"), f"expected application/json, got {content_type}",
+                           request.url.path)
+        if any(e["code"] == "json_invalid" for e in errors):
+            return problem(kind_of("bad-request"), "the body is not valid JSON", request.url.path, errors)
+        return problem(kind_of("validation-error"), f"{len(errors)} invalid field(s)", request.url.path, errors)
+
+    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = kind_of(STATUS_CODES.get(exc.status_code, "internal"))
+        if kind.status != exc.status_code:
+            kind = ErrorKind(f"http-{exc.status_code}", exc.status_code, str(exc.detail))
+        return problem(kind, str(exc.detail), request.url.path, headers=getattr(exc, "headers", None))
+
+    async def on_redis_error(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.error("redis unavailable: %s", exc)
+        return problem(kind_of("service-unavailable"), "the job store (Redis) is unavailable; try again",
+                       request.url.path, headers={"Retry-After": "5"})
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(kind_of("internal"), "an unexpected error occurred; it has been logged", request.url.path)
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(GifError, on_engine_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(redis.RedisError, on_redis_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the problems a route can return."""
+    titles: dict[int, list[str]] = {}
+    for code in codes:
+        kind = kind_of(code)
+        titles.setdefault(kind.status, []).append(f"{kind.title} ({kind.type})")
+    schema = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    return {status: {"description": "; ".join(t), "content": {PROBLEM_JSON: schema}} for status, t in titles.items()}

@@ -1,0 +1,36 @@
+"""The RQ queue between the API and the workers: it carries job ids only.
+
+The worker looks everything else up in the job record, so RQ's own keys may expire freely.
+The API enqueues by dotted path and never imports the worker's code.
+"""
+
+from __future__ import annotations
+
+import redis
+from rq import Queue
+
+from service.settings import Settings
+
+TASK = "worker.tasks.run_job"
+RQ_RESULT_TTL_S = 600
+RQ_FAILURE_TTL_S = 24 * 3600
+
+
+def job_queue(settings: Settings) -> Queue:
+    """RQ pickles its own job metadata, so it gets a binary client of its own."""
+    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+    return Queue(settings.queue_name, connection=connection)
+
+
+def enqueue_job(queue: Queue, job_id: str, timeout_s: int) -> None:
+    queue.enqueue(
+        TASK, job_id, job_id=job_id, job_timeout=timeout_s, result_ttl=RQ_RESULT_TTL_S,
+        failure_ttl=RQ_FAILURE_TTL_S, description=f"edit {job_id}",
+    )
+
+
+def withdraw_job(queue: Queue, job_id: str) -> None:
+    """Take a cancelled job off the queue with its RQ keys (a worker that popped it already finds it cancelled)."""
+    job = queue.fetch_job(job_id)
+    if job is not None:
+        job.delete(remove_from_queue=True)

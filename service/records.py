@@ -1,0 +1,88 @@
+"""Redis plumbing shared by the record stores: the connection, every key name, ids, time and pages.
+
+All keys start with ``Settings.key_prefix``, so several deployments (or test sessions) can share
+one Redis. Lists are sorted sets scored by a global sequence number: a page cursor is the score
+of the last item seen, which stays valid while items are added or deleted.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+
+import redis
+
+from service.settings import Settings
+
+ID_PATTERN = r"^[a-z]+_[0-9a-f]{20}$"
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client that decodes replies to ``str`` (the job queue uses its own binary client)."""
+    return redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
+    )
+
+
+def new_id(kind: str) -> str:
+    """``job_…``, ``model_…``, ``dataset_…``: 80 random bits, readable in logs and URLs."""
+    return f"{kind}_{secrets.token_hex(10)}"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class Keys:
+    """Every Redis key name, in one place."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    @property
+    def sequence(self) -> str:
+        return f"{self.prefix}:sequence"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def heartbeat(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:heartbeat"
+
+    def cancel_flag(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:cancel"
+
+    def jobs_of(self, owner: str, status: str | None = None) -> str:
+        return f"{self.prefix}:jobs:owner:{owner}" + (f":{status}" if status else "")
+
+    def jobs_with(self, status: str) -> str:
+        return f"{self.prefix}:jobs:status:{status}"
+
+    @property
+    def durations(self) -> str:
+        return f"{self.prefix}:jobs:durations"
+
+    def item(self, kind: str, item_id: str) -> str:
+        return f"{self.prefix}:{kind}:{item_id}"
+
+    def items_of(self, kind: str, owner: str) -> str:
+        return f"{self.prefix}:{kind}s:owner:{owner}"
+
+    def blob_refs(self, sha256: str) -> str:
+        return f"{self.prefix}:blob:{sha256}:refs"
+
+    def blob_lock(self, sha256: str) -> str:
+        return f"{self.prefix}:blob:{sha256}:lock"
+
+
+def page_ids(client: redis.Redis, key: str, limit: int, cursor: int | None) -> tuple[list[str], int | None]:
+    """Newest first: up to ``limit`` ids scored below ``cursor``, and the cursor of the next page (or None)."""
+    top = f"({cursor}" if cursor is not None else "+inf"
+    rows = client.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 1, withscores=True)
+    ids = [member for member, _ in rows[:limit]]
+    next_cursor = int(rows[limit - 1][1]) if len(rows) > limit else None
+    return ids, next_cursor

@@ -1,0 +1,83 @@
+"""Uploaded models and datasets: POST (multipart, streamed), list, GET and DELETE; the same shape for both."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from service.auth import Caller
+from service.catalog import Kind
+from service.context import ServiceContext
+from service.dependencies import Context, Pagination
+from service.errors import ServiceError
+from service.operations import upload_dataset, upload_model
+from service.problems import responses
+from service.schemas import DatasetOut, ModelOut, Page, public
+
+FILE_PART = {"type": "string", "format": "binary"}
+ARCHITECTURE_PART = {
+    "type": "string",
+    "description": 'The architecture as JSON: {"name": …, "config": {…}} (see GET /v1/architectures).',
+    "example": '{"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}}',
+}
+UPLOAD_ERRORS = ("validation-error", "invalid-weights", "bad-request", "payload-too-large", "unsupported-media-type")
+Uploader = Callable[[ServiceContext, str, Request], Awaitable[dict[str, Any]]]
+
+
+def multipart(description: str, **parts: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": parts, "required": list(parts)}
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def catalog_router(kind: Kind, out: type[BaseModel], upload: Uploader, body: dict[str, Any], errors: tuple[str, ...]) -> APIRouter:
+    router = APIRouter(prefix=f"/v1/{kind}s", tags=[f"{kind}s"])
+    not_found = responses("not-found")
+
+    def get_or_404(ctx: ServiceContext, owner: str, item_id: str) -> dict[str, Any]:
+        record = ctx.catalog.get(kind, item_id, owner)
+        if record is None:
+            raise ServiceError("not-found", f"no {kind} {item_id!r}")
+        return record
+
+    @router.post("", status_code=201, summary=f"Upload a {kind}", response_model=out, openapi_extra=body,
+                 responses=responses(*errors))
+    async def create(request: Request, owner: Caller, ctx: Context) -> Response:
+        record = await upload(ctx, owner, request)
+        return JSONResponse(public(record, out), status_code=201, headers={"Location": f"/v1/{kind}s/{record['id']}"})
+
+    @router.get("", summary=f"Your {kind}s, newest first", response_model=Page[out])  # type: ignore[valid-type]
+    def list_items(owner: Caller, ctx: Context, page: Pagination) -> dict[str, Any]:
+        items, cursor = ctx.catalog.list(kind, owner, page.limit, page.cursor)
+        return {"items": [public(r, out) for r in items], "next_cursor": page.next(cursor)}
+
+    @router.get("/{item_id}", summary=f"One {kind}", response_model=out, responses=not_found)
+    def read(item_id: str, owner: Caller, ctx: Context) -> dict[str, Any]:
+        return public(get_or_404(ctx, owner, item_id), out)
+
+    @router.delete("/{item_id}", status_code=204, summary=f"Delete a {kind}",
+                   description="Jobs that used it keep their copy of the file until they are deleted.",
+                   responses=not_found)
+    def delete(item_id: str, owner: Caller, ctx: Context) -> Response:
+        get_or_404(ctx, owner, item_id)
+        ctx.catalog.delete(kind, item_id, owner)
+        return Response(status_code=204)
+
+    return router
+
+
+models = catalog_router(
+    "model", ModelOut, upload_model,
+    multipart("Weights (.safetensors, or a torch zip state dict) and their architecture.",
+              file=FILE_PART, architecture=ARCHITECTURE_PART),
+    UPLOAD_ERRORS + ("unknown-architecture",),
+)
+datasets = catalog_router(
+    "dataset", DatasetOut, upload_dataset,
+    multipart("A .safetensors or .npz file holding x (float32 or uint8, N × sample shape) and y (int64 labels, N).",
+              file=FILE_PART),
+    UPLOAD_ERRORS[:1] + ("invalid-dataset",) + UPLOAD_ERRORS[2:],
+)

@@ -1,0 +1,191 @@
+"""The HTTP API's request and response bodies (the job specification itself is ``gif.spec.JobSpec``)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gif.architectures import ArchitectureSpec
+from gif.spec import JobSpec
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Item = TypeVar("Item")
+
+
+class JobRequest(JobSpec):
+    """The job specification as the HTTP API takes it: the model and training data are required."""
+
+    model_id: str = Field(description="An uploaded model (POST /v1/models).", examples=["model_0123456789abcdef0123"])
+    train_dataset_id: str = Field(
+        description="The data the model was trained on (POST /v1/datasets); request indices refer to it.",
+        examples=["dataset_0123456789abcdef0123"],
+    )
+
+
+_IDS = {"model_id": "model_0123456789abcdef0123", "train_dataset_id": "dataset_0123456789abcdef0123"}
+JOB_EXAMPLES = {
+    "remove_class": {
+        "summary": "Forget a class",
+        "description": "Forget every training example of class 8. Replace the ids with your uploads' ids.",
+        "value": {**_IDS, "eval_dataset_id": "dataset_00000000000000000000",
+                  "request": {"kind": "remove_class", "classes": [8]}, "method": "gif",
+                  "selection": {"criterion": "topk_outputs", "ratio": 0.1}, "solver": {"kind": "cg", "max_iterations": 20}},
+    },
+    "remove_samples": {
+        "summary": "Forget some training examples",
+        "description": "Forget three training examples (indices into the training data), with a fixed step.",
+        "value": {**_IDS, "request": {"kind": "remove_samples", "indices": [12, 40, 97]},
+                  "solver": {"kind": "cg", "max_iterations": 50, "damping": 0.001}, "step": {"mode": "fixed", "scale": 1.0}},
+    },
+    "relabel": {
+        "summary": "Repair labels (backdoor or mislabels)",
+        "description": "Give two training examples new labels; the auto step targets their new labels.",
+        "value": {**_IDS, "request": {"kind": "relabel", "indices": [3, 17], "labels": [1, 7]},
+                  "selection": {"criterion": "topk_gradients", "ratio": 0.1}},
+    },
+}
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (``application/problem+json``)."""
+
+    type: str = Field(examples=["urn:gif:problem:invalid-weights"])
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Field-level problems: {detail, pointer (JSON pointer into the body or form) | parameter}."
+    )
+
+
+class Page(BaseModel, Generic[Item]):
+    items: list[Item]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class ArchitectureInfo(BaseModel):
+    name: str
+    description: str
+    config_schema: dict[str, Any]
+
+
+class ParameterInfo(BaseModel):
+    name: str
+    shape: list[int]
+
+
+class ParameterListing(BaseModel):
+    parameters: list[ParameterInfo] = Field(description="In forward order (the order of model.parameters()).")
+    num_parameters: int
+
+
+class ModelOut(BaseModel):
+    id: str
+    architecture: ArchitectureSpec
+    num_parameters: int
+    sha256: str
+    size_bytes: int
+    format: Literal["safetensors", "torch_zip"]
+    filename: str | None = None
+    created_at: str
+
+
+class DatasetOut(BaseModel):
+    id: str
+    num_samples: int
+    num_classes: int = Field(description="The largest label + 1.")
+    sample_shape: list[int]
+    class_counts: list[int] = Field(description="Examples per label, from label 0.")
+    sha256: str
+    size_bytes: int
+    format: Literal["safetensors", "npz"]
+    filename: str | None = None
+    created_at: str
+
+
+class Progress(BaseModel):
+    phase: str = Field(description="starting, selection, solve, step_search, evaluation, retrain")
+    fraction: float = Field(ge=0.0, le=1.0)
+    iteration: int | None = None
+    relative_residual: float | None = None
+
+
+class JobError(BaseModel):
+    type: str
+    code: str
+    title: str
+    detail: str
+    problems: list[str] = []
+    retryable: bool = Field(False, description="True when submitting the same job again may succeed.")
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SelectionSummary(_Open):
+    num_selected: int
+    modification_ratio: float
+
+
+class SolverSummary(_Open):
+    kind: str
+    iterations: int
+    hvp_count: int
+    relative_residual: float
+    converged: bool
+    scale: float
+
+
+class StepSummary(_Open):
+    mode: str
+    scale: float
+
+
+class Metrics(BaseModel):
+    before: dict[str, float]
+    after: dict[str, float]
+    retrained: dict[str, float] | None = None
+
+
+class Timings(_Open):
+    selection_s: float
+    solve_s: float
+    step_search_s: float
+    evaluation_s: float
+    total_s: float
+    retrain_s: float | None = None
+
+
+class CheckpointInfo(BaseModel):
+    sha256: str = Field(description="Also the ETag of GET /v1/jobs/{id}/checkpoint.")
+    size_bytes: int
+
+
+class JobResult(_Open):
+    selection: SelectionSummary
+    solver: SolverSummary
+    step: StepSummary
+    metrics: Metrics
+    timings: Timings
+    checkpoint: CheckpointInfo
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    spec: JobSpec
+    progress: Progress | None = Field(None, description="Updated while the job runs; the last value is kept.")
+    result: JobResult | None = Field(None, description="Once succeeded.")
+    error: JobError | None = Field(None, description="Once failed or cancelled.")
+    cancel_requested: bool = Field(False, description="A cancel was asked for and the worker has not stopped yet.")
+
+
+def public(record: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """A stored record without its internal fields (owner, sequence number, inputs, worker)."""
+    return {name: record[name] for name in model.model_fields if name in record}

@@ -1,0 +1,56 @@
+"""Every setting of the API and the worker, in one place (environment variables prefixed ``GIF_``).
+
+Both processes read the same ``Settings``: the worker needs the Redis URL, the key prefix, the
+storage directory and the heartbeat and timeout windows exactly as the API sees them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GIF_", validate_by_name=True, frozen=True)
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("GIF_REDIS_URL", "REDIS_URL"),
+        description="Redis holding job records, the queue and the artifact index (GIF_REDIS_URL or REDIS_URL).",
+    )
+    key_prefix: str = Field("gif", pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of every Redis key this service writes.")
+    queue_name: str = Field("gif-edits", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage_dir: Path = Field(Path("var/artifacts"), description="Root of the local content-addressed artifact store.")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer keys; empty means no authentication."
+    )
+    max_upload_bytes: int = Field(4 * 1024**3, ge=1, description="Largest request body on the upload routes.")
+    max_json_bytes: int = Field(16 * 1024**2, ge=1, description="Largest request body on every other route.")
+
+    job_timeout_s: int = Field(6 * 3600, ge=1, description="A running job is stopped and failed after this long.")
+    heartbeat_ttl_s: float = Field(15.0, gt=0, description="A running job whose worker stays silent this long is lost.")
+    reaper_interval_s: float = Field(10.0, gt=0, description="How often the API looks for lost jobs.")
+    cancel_check_interval_s: float = Field(0.2, gt=0, description="How often a running job looks for a cancel request.")
+    progress_interval_s: float = Field(0.5, ge=0, description="Least time between two progress writes of a job.")
+
+    worker_torch_threads: int | None = Field(None, ge=1, description="torch threads per job; unset: every core.")
+    api_torch_threads: int = Field(1, ge=1, description="torch threads in the API (dataset checks only).")
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Refresh a job's heartbeat three times per TTL, so one late beat does not lose the job."""
+        return self.heartbeat_ttl_s / 3

@@ -1,0 +1,117 @@
+"""Checks of uploads and jobs, from the engine's own definitions (registry, file readers, request rules).
+
+This is why the API process imports torch: models are built on the ``meta`` device (shapes only,
+no memory, no CUDA) to check uploaded weights and sample shapes, and datasets are read once at
+upload to record what later job checks need. Nothing here runs an edit.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gif.architectures import ArchitectureSpec, build_model, check_weights, num_classes, read_checkpoint, resolve
+from gif.data import read_dataset
+from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
+from gif.files import TensorFileError, TensorInfo, scan_safetensors, sniff_format
+from gif.spec import JobSpec, check_request
+from service.errors import ServiceError
+
+DATA_INPUTS = {"train": "train_dataset_id", "eval": "eval_dataset_id", "validation": "validation_dataset_id"}
+
+
+def inspect_weights(path: Path, architecture: ArchitectureSpec) -> dict[str, Any]:
+    """Check a checkpoint against its architecture (every problem at once); its facts for the record.
+
+    Safetensors files are scanned in bounded chunks, so the memory used does not grow with the file.
+    """
+    try:
+        fmt = sniff_format(path)
+        if fmt == "safetensors":
+            tensors = scan_safetensors(path)
+        elif fmt == "torch_zip":
+            tensors = {name: TensorInfo.of(value) for name, value in read_checkpoint(path).items()}
+        else:
+            raise InvalidWeightsError(f"{fmt} files are not accepted for weights (use safetensors or a torch zip state dict)")
+    except TensorFileError as exc:
+        raise InvalidWeightsError(str(exc)) from None
+    model = build_model(architecture, device="meta")
+    problems = check_weights(model, tensors)
+    if problems:
+        raise InvalidWeightsError("the weights do not match the architecture", problems)
+    return {
+        "architecture": architecture.model_dump(),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_classes": num_classes(architecture),
+        "format": fmt,
+    }
+
+
+def inspect_dataset(path: Path) -> dict[str, Any]:
+    """Read and check a dataset (shapes, dtypes, labels, NaN/Inf); its facts for the record."""
+    data = read_dataset(path)
+    return {
+        "num_samples": len(data),
+        "num_classes": data.num_classes,
+        "sample_shape": data.sample_shape,
+        "class_counts": torch.bincount(data.y).tolist(),
+        "format": sniff_format(path),
+    }
+
+
+@lru_cache(maxsize=256)
+def _logits_shape(architecture_json: str, sample_shape: tuple[int, ...]) -> tuple[int, ...] | str:
+    """The model's output shape for one sample, or why it cannot take such a sample (meta device: no compute)."""
+    model = build_model(json.loads(architecture_json), device="meta")
+    try:
+        with torch.no_grad():
+            return tuple(model.eval()(torch.empty(1, *sample_shape, device="meta")).shape)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        return str(exc).splitlines()[0]
+
+
+def check_job(spec: JobSpec, model: dict[str, Any], datasets: dict[str, dict[str, Any]]) -> None:
+    """Refuse a job that cannot run on its model and data, listing every problem with its field."""
+    classes = model["num_classes"]
+    train = datasets["train"]
+    errors = []
+    try:
+        check_request(spec.request, train["class_counts"], classes)
+    except InvalidSpecError as exc:
+        errors += [{"pointer": "/request", "detail": problem} for problem in exc.problems]
+    shape = _logits_shape(json.dumps(model["architecture"], sort_keys=True), tuple(train["sample_shape"]))
+    if isinstance(shape, str) or len(shape) != 2 or shape[1] != classes:
+        reason = shape if isinstance(shape, str) else f"it returns shape {list(shape)}"
+        errors.append({"pointer": "/train_dataset_id",
+                       "detail": f"the model cannot take samples of shape {train['sample_shape']}: {reason}"})
+    for role in ("eval", "validation"):
+        data = datasets.get(role)
+        if data is None:
+            continue
+        pointer = "/" + DATA_INPUTS[role]
+        if data["sample_shape"] != train["sample_shape"]:
+            errors.append({"pointer": pointer, "detail": f"{role} samples have shape {data['sample_shape']} "
+                           f"but training samples {train['sample_shape']}"})
+        if data["num_classes"] > classes:
+            errors.append({"pointer": pointer, "detail": f"the {role} data has label {data['num_classes'] - 1} "
+                           f"but the model has {classes} classes"})
+    if errors:
+        raise ServiceError(InvalidSpecError.code, "the job does not fit its model and data", errors)
+
+
+def parse_architecture(raw: str | dict[str, Any], pointer: str) -> ArchitectureSpec:
+    """An architecture from JSON text or a dict, checked against the registry, its config's defaults filled in."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError as exc:
+        raise ServiceError("validation-error", "the architecture is not valid JSON",
+                           [{"pointer": pointer, "detail": f"{exc.msg} at position {exc.pos}"}]) from None
+    try:
+        entry, config = resolve(value)
+    except UnknownArchitectureError as exc:
+        raise ServiceError.from_engine(exc, pointer) from None
+    return ArchitectureSpec(name=entry.name, config=config.model_dump())

@@ -1,0 +1,148 @@
+"""One job, by id: load the record and inputs, run ``gif.edit.run``, store the checkpoint, complete the record.
+
+This runs in RQ's work-horse, a process forked for each job from a worker parent that never
+touched CUDA, so the horse may initialise CUDA itself (``gif.edit.default_device``). While the job
+runs, a thread refreshes its heartbeat; the engine's progress callback writes progress (throttled)
+and raises ``EditCancelled`` once it sees a cancel request. Every outcome ends the record:
+succeeded, failed (with a typed error) or cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from functools import lru_cache
+from typing import Any
+
+import redis
+import torch
+from rq.timeouts import JobTimeoutException
+
+from gif.architectures import load_checkpoint
+from gif.data import Dataset, read_dataset
+from gif.edit import run
+from gif.errors import EditCancelled, GifError
+from gif.files import sha256_file, write_safetensors
+from gif.spec import JobSpec
+from service.context import ServiceContext
+from service.errors import job_error
+from service.jobs import JobStore
+from service.logs import job_context
+from service.settings import Settings
+
+log = logging.getLogger("worker.tasks")
+
+
+@lru_cache(maxsize=1)
+def context() -> ServiceContext:
+    """Built once in the worker parent (no CUDA, no torch work) and inherited by each forked horse."""
+    return ServiceContext.create(Settings())
+
+
+class Heartbeat:
+    """A daemon thread that keeps the job's heartbeat key alive while the job runs."""
+
+    def __init__(self, jobs: JobStore, job_id: str, interval_s: float):
+        self.jobs, self.job_id, self.interval_s = jobs, job_id, interval_s
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                self.jobs.beat(self.job_id)
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc, extra={"job_id": self.job_id})
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+class JobProgress:
+    """The engine's progress sink: throttled progress writes, and cancellation checks at most every few 100 ms."""
+
+    def __init__(self, jobs: JobStore, job_id: str, settings: Settings):
+        self.jobs, self.job_id = jobs, job_id
+        self.write_every = settings.progress_interval_s
+        self.check_every = settings.cancel_check_interval_s
+        self.last_write = self.last_check = float("-inf")
+        self.phase: str | None = None
+
+    def __call__(self, phase: str, fraction: float, iteration: int | None = None,
+                 relative_residual: float | None = None) -> None:
+        now = time.monotonic()
+        if now - self.last_check >= self.check_every:
+            self.last_check = now
+            if self.jobs.cancel_requested(self.job_id):
+                raise EditCancelled("cancelled on request")
+        if phase != self.phase or fraction >= 1.0 or now - self.last_write >= self.write_every:
+            self.last_write, self.phase = now, phase
+            self.jobs.report_progress(self.job_id, {"phase": phase, "fraction": round(fraction, 4), "iteration": iteration,
+                                                    "relative_residual": relative_residual})
+
+
+def run_job(job_id: str) -> None:
+    """RQ's entry point: everything the worker needs is in the job record."""
+    ctx = context()
+    with job_context(job_id):
+        if not ctx.jobs.start(job_id, worker={"host": socket.gethostname(), "pid": os.getpid()}):
+            log.info("job is no longer queued; skipped")
+            return
+        log.info("job started")
+        with Heartbeat(ctx.jobs, job_id, ctx.settings.heartbeat_interval_s):
+            status = _execute(ctx, ctx.jobs.get(job_id))
+        log.info("job %s", status)
+
+
+def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
+    """Run the edit and end the record; returns the final status."""
+    job_id, jobs = record["id"], ctx.jobs
+    try:
+        torch.set_num_threads(ctx.settings.worker_torch_threads or os.cpu_count() or 1)  # the parent used one
+        progress = JobProgress(jobs, job_id, ctx.settings)
+        progress("starting", 0.0)
+        spec = JobSpec.model_validate(record["spec"])
+        model, data = _load_inputs(ctx, record["inputs"])
+        outcome = run(spec, model, data["train"], data.get("eval"), progress, validation_data=data.get("validation"))
+        checkpoint = _store_checkpoint(ctx, job_id, outcome.state_dict, spec)
+        if jobs.succeed(job_id, {**outcome.result, "checkpoint": checkpoint}):
+            return "succeeded"
+        ctx.artifacts.release(checkpoint["sha256"], f"job:{job_id}")
+        return "abandoned: the job was ended elsewhere (lost or deleted) while it ran"
+    except EditCancelled:
+        error, status = job_error("cancelled", "cancelled on request while running"), "cancelled"
+    except JobTimeoutException:
+        error, status = job_error("timeout", f"the job ran longer than {ctx.settings.job_timeout_s} s"), "failed"
+    except FileNotFoundError as exc:
+        error, status = job_error("input-missing", f"an input file is missing: {exc.filename}"), "failed"
+    except GifError as exc:
+        error, status = job_error(exc.code, exc.detail, exc.problems), "failed"
+    except Exception as exc:
+        log.exception("job crashed")
+        error, status = job_error("internal", f"{type(exc).__name__}: {exc}"), "failed"
+    jobs.fail(job_id, error, status)
+    return status
+
+
+def _load_inputs(ctx: ServiceContext, inputs: dict[str, dict[str, Any]]) -> tuple[torch.nn.Module, dict[str, Dataset]]:
+    model_input = inputs["model"]
+    model = load_checkpoint(model_input["architecture"], ctx.artifacts.local_path(model_input["sha256"]))
+    data = {role: read_dataset(ctx.artifacts.local_path(item["sha256"])) for role, item in inputs.items() if role != "model"}
+    return model, data
+
+
+def _store_checkpoint(ctx: ServiceContext, job_id: str, state_dict: dict[str, torch.Tensor], spec: JobSpec) -> dict[str, Any]:
+    """Write the edited weights atomically into the store; the same metadata as ``gif edit`` writes."""
+    with ctx.artifacts.store.staging_file() as staged:
+        write_safetensors(staged, state_dict, metadata={"gif_method": spec.method, "gif_request": spec.request.kind})
+        checkpoint = {"sha256": sha256_file(staged), "size_bytes": staged.stat().st_size}
+        ctx.artifacts.add(staged, checkpoint["sha256"], f"job:{job_id}")
+    return checkpoint

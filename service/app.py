@@ -74,15 +74,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpMetrics, registry=app.state.metrics)
     app.include_router(health.router)
     for router in (architectures.router, uploads.models, uploads.datasets, jobs.router):
-        app.include_router(router, dependencies=[Depends(caller)])
+        app.include_router(router, dependencies=[Depends(caller)], responses=problems.responses("unauthorized"))
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus the ``Problem`` component that every error response refers to."""
+    """FastAPI's schema, with every error response a ``Problem`` (FastAPI documents its own 422 body otherwise)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+        schemas = schema["components"]["schemas"]
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        schemas["Problem"] = Problem.model_json_schema()
+        for operation in (op for path in schema["paths"].values() for op in path.values()):
+            default_422 = operation["responses"].get("422", {})
+            if "application/json" in default_422.get("content", {}):
+                operation["responses"]["422"] = problems.responses("validation-error")[422]
         app.openapi_schema = schema
     return app.openapi_schema

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import redis
 
@@ -93,12 +94,12 @@ def redis_server_binary() -> str:
 def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
     """A local redis-server with append-only persistence in ``data_dir``; returns it and its URL once it answers."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(data_dir / "redis.log", "ab")
-    process = spawn(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
-         "--appendonly", "yes", "--save", "", "--daemonize", "no"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    with open(data_dir / "redis.log", "ab") as log:
+        process = spawn(
+            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
+             "--appendonly", "yes", "--save", "", "--daemonize", "no"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not redis_answers(url, 0.2):
@@ -109,12 +110,38 @@ def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
     return process, url
 
 
-def start_worker(env: dict[str, str]) -> subprocess.Popen:
-    return spawn([sys.executable, "-m", "worker"], env=env)
+@contextmanager
+def redis_for(data_dir: Path) -> Iterator[str]:
+    """The URL of ``GIF_REDIS_URL``/``REDIS_URL`` when it answers, else of a local server kept up meanwhile."""
+    url = os.environ.get("GIF_REDIS_URL") or os.environ.get("REDIS_URL")
+    if url and redis_answers(url):
+        yield url
+        return
+    if url:
+        print(f"Redis at {url} does not answer; starting a local one", file=sys.stderr)
+    process, url = start_redis(data_dir, free_port())
+    try:
+        yield url
+    finally:
+        stop(process)
 
 
-def start_api(env: dict[str, str]) -> subprocess.Popen:
-    return spawn([sys.executable, "-m", "service"], env=env)
+@contextmanager
+def running(args: Sequence[str], env: dict[str, str], cold_restop: bool = False) -> Iterator[subprocess.Popen]:
+    process = spawn(args, env=env)
+    try:
+        yield process
+    finally:
+        stop(process, cold_restop)
+
+
+def worker_process(env: dict[str, str]) -> AbstractContextManager[subprocess.Popen]:
+    """``python -m worker``, stopped with RQ's cold shutdown (a running job is killed, not awaited)."""
+    return running([sys.executable, "-m", "worker"], env, cold_restop=True)
+
+
+def api_process(env: dict[str, str]) -> AbstractContextManager[subprocess.Popen]:
+    return running([sys.executable, "-m", "service"], env)
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -161,40 +188,34 @@ def main() -> int:
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_shutdown)
-    children: list[tuple[str, subprocess.Popen]] = []
-    try:
-        url = os.environ.get("GIF_REDIS_URL") or os.environ.get("REDIS_URL")
-        if url and redis_answers(url):
-            print(f"using Redis at {url}", file=sys.stderr)
-        else:
-            if url:
-                print(f"Redis at {url} does not answer; starting a local one", file=sys.stderr)
-            process, url = start_redis(REDIS_DATA_DIR, free_port())
-            children.append(("redis", process))
-        env = {**os.environ, "GIF_REDIS_URL": url}
-        children.append(("worker", start_worker(env)))
-        children.append(("api", start_api(env)))
-        base = f"http://{settings.host}:{settings.port}"
-        wait_until_healthy(base + "/healthz", children[-1][1])
-        pids = ", ".join(f"{name} pid {p.pid}" for name, p in children)
-        print(f"GIF service ready on {base} (Swagger UI: {base}/docs); Redis {url}; {pids}. Ctrl-C stops everything.",
-              file=sys.stderr, flush=True)
-        while True:
-            for name, process in children:
-                if process.poll() is not None:
-                    raise LaunchError(f"the {name} process exited with status {process.returncode}")
-            time.sleep(0.5)
-    except Shutdown:
-        print("stopping…", file=sys.stderr)
-        return 0
-    except LaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)  # let the children stop in order
-        for name, process in reversed(children):
-            stop(process, cold_restop=name == "worker")
+    with ExitStack() as children:
+        try:
+            url = children.enter_context(redis_for(REDIS_DATA_DIR))
+            env = {**os.environ, "GIF_REDIS_URL": url}
+            worker = children.enter_context(worker_process(env))
+            api = children.enter_context(api_process(env))
+            base = f"http://{settings.host}:{settings.port}"
+            wait_until_healthy(base + "/healthz", api)
+            print(f"GIF service ready on {base} (Swagger UI: {base}/docs); Redis {url}; worker pid {worker.pid}, "
+                  f"api pid {api.pid}. Ctrl-C stops everything.", file=sys.stderr, flush=True)
+            while worker.poll() is None and api.poll() is None:
+                time.sleep(0.5)
+            name, process = ("worker", worker) if worker.poll() is not None else ("API", api)
+            raise LaunchError(f"the {name} process exited with status {process.returncode}")
+        except Shutdown:
+            print("stopping…", file=sys.stderr)
+            return 0
+        except LaunchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            _ignore_stop_signals()
+
+
+def _ignore_stop_signals() -> None:
+    """While the children stop in order, a second Ctrl-C must not cut that short."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

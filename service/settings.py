@@ -54,3 +54,11 @@ class Settings(BaseSettings):
     def heartbeat_interval_s(self) -> float:
         """Refresh a job's heartbeat three times per TTL, so one late beat does not lose the job."""
         return self.heartbeat_ttl_s / 3
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``GIF_*`` environment variables, to hand to a child process (a worker, the API)."""
+        return {
+            f"GIF_{name.upper()}": ",".join(value) if isinstance(value, list) else str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }

@@ -50,11 +50,10 @@ class LocalArtifactStore:
         self.root = Path(root)
         self.staging = self.root / "staging"
         self.blobs = self.root / "blobs"
-        self.staging.mkdir(parents=True, exist_ok=True)
-        self.blobs.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
     def staging_file(self) -> Iterator[Path]:
+        self.staging.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.staging, suffix=".part")
         os.close(fd)
         path = Path(name)
@@ -70,7 +69,7 @@ class LocalArtifactStore:
 
     def commit(self, staged: Path, sha256: str) -> None:
         target = self.local_path(sha256)
-        target.parent.mkdir(exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, target)
 
     def exists(self, sha256: str) -> bool:

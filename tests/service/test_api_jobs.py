@@ -1,0 +1,153 @@
+"""POST /v1/jobs and the job resource without a worker: every job that cannot run is refused at POST time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from service.queue import job_queue
+
+
+@pytest.fixture()
+def base(uploaded):
+    return {"model_id": uploaded["model"]["id"], "train_dataset_id": uploaded["train"]["id"],
+            "request": {"kind": "remove_class", "classes": [8]}}
+
+
+@pytest.fixture(scope="module")
+def dataset_id(http):
+    """Upload tensors as a dataset; returns its id."""
+
+    def upload(x: torch.Tensor, y: torch.Tensor) -> str:
+        response = http.post("/v1/datasets", files={"file": ("d.safetensors", safetensors_bytes({"x": x, "y": y}))})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    return upload
+
+
+def test_a_valid_job_is_queued_with_its_full_spec(http, base, uploaded, settings):
+    response = http.post("/v1/jobs", json={**base, "eval_dataset_id": uploaded["eval"]["id"]})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["progress"] is None and job["result"] is None and job["error"] is None
+    assert job["spec"]["solver"]["kind"] == "cg" and job["spec"]["eval_dataset_id"] == uploaded["eval"]["id"]
+    assert set(job) >= {"id", "status", "created_at", "started_at", "finished_at", "spec", "progress", "result", "error"}
+    assert http.get(f"/v1/jobs/{job['id']}").json() == job
+    assert job["id"] in job_queue(settings).job_ids
+
+
+def test_unknown_ids_are_all_named(http, base, problem):
+    body = problem(http.post("/v1/jobs", json={**base, "model_id": "model_nope", "eval_dataset_id": "dataset_nope"}),
+                   422, "unknown-reference")
+    assert sorted(e["pointer"] for e in body["errors"]) == ["/eval_dataset_id", "/model_id"]
+
+
+@pytest.mark.parametrize(
+    "request_, words",
+    [
+        ({"kind": "remove_class", "classes": [12]}, "class 12 is out of range"),
+        ({"kind": "remove_samples", "indices": [5, 100000]}, "indices out of range"),
+        ({"kind": "relabel", "indices": [1, 2], "labels": [3, 10]}, "labels out of range"),
+        ({"kind": "remove_class", "classes": list(range(10))}, "every training example"),
+    ],
+    ids=["class", "index", "label", "everything"],
+)
+def test_requests_that_do_not_fit_the_data_are_refused(http, base, problem, request_, words):
+    body = problem(http.post("/v1/jobs", json={**base, "request": request_}), 422, "invalid-spec")
+    assert body["errors"][0]["pointer"] == "/request"
+    assert words in body["errors"][0]["detail"]
+
+
+@pytest.mark.parametrize(
+    "request_, pointer",
+    [
+        ({"kind": "remove_class", "classes": []}, "/request/classes"),
+        ({"kind": "remove_samples", "indices": []}, "/request/indices"),
+        ({"kind": "relabel", "indices": [1, 2, 3], "labels": [0]}, "/request"),
+        ({"kind": "remove_samples", "indices": [-1]}, "/request/indices/0"),
+        ({"kind": "forget_everything"}, "/request"),
+    ],
+    ids=["no-classes", "no-indices", "unequal-relabel", "negative-index", "unknown-kind"],
+)
+def test_malformed_requests_name_the_field(http, base, problem, request_, pointer):
+    body = problem(http.post("/v1/jobs", json={**base, "request": request_}), 422, "validation-error")
+    assert pointer in [e["pointer"] for e in body["errors"]], body
+
+
+def test_missing_and_unknown_fields_are_listed(http, base, problem):
+    body = problem(http.post("/v1/jobs", json={"request": base["request"], "solver": {"kind": "cg", "tolerance": 2}}),
+                   422, "validation-error")
+    assert {"/model_id", "/train_dataset_id", "/solver/tolerance"} <= {e["pointer"] for e in body["errors"]}
+    body = problem(http.post("/v1/jobs", json={**base, "methd": "gif"}), 422, "validation-error")
+    assert [e["pointer"] for e in body["errors"]] == ["/methd"]
+
+
+def test_labels_the_model_does_not_have_are_refused(http, base, dataset_id, problem):
+    train = dataset_id(torch.rand(20, 1, 8, 8), torch.arange(20) % 12)  # labels 10 and 11 on a 10-class model
+    body = problem(http.post("/v1/jobs", json={**base, "train_dataset_id": train}), 422, "invalid-spec")
+    assert any("label 11" in e["detail"] for e in body["errors"])
+
+
+def test_data_of_the_wrong_shape_is_refused(http, base, uploaded, dataset_id, problem):
+    wrong = dataset_id(torch.rand(20, 3, 5), torch.arange(20) % 10)
+    body = problem(http.post("/v1/jobs", json={**base, "train_dataset_id": wrong}), 422, "invalid-spec")
+    assert [e["pointer"] for e in body["errors"]] == ["/train_dataset_id"]
+    body = problem(http.post("/v1/jobs", json={**base, "eval_dataset_id": wrong, "validation_dataset_id": wrong}),
+                   422, "invalid-spec")
+    assert {e["pointer"] for e in body["errors"]} == {"/eval_dataset_id", "/validation_dataset_id"}
+
+
+def test_unreadable_bodies_are_4xx(http, problem):
+    problem(http.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}), 400, "bad-request")
+    problem(http.post("/v1/jobs", content=b"model_id=x", headers={"content-type": "text/plain"}), 415,
+            "unsupported-media-type")
+    problem(http.post("/v1/jobs", json=[1, 2]), 422, "validation-error")
+
+
+def test_cancel_a_queued_job(http, base, settings, problem):
+    job = http.post("/v1/jobs", json=base).json()
+    response = http.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 200, response.text
+    cancelled = response.json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] and cancelled["error"]["code"] == "cancelled"
+    assert job["id"] not in job_queue(settings).job_ids
+    problem(http.post(f"/v1/jobs/{job['id']}/cancel"), 409, "conflict")
+    problem(http.get(f"/v1/jobs/{job['id']}/checkpoint"), 409, "conflict")
+    assert http.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    problem(http.get(f"/v1/jobs/{job['id']}"), 404, "not-found")
+
+
+def test_unfinished_jobs_have_no_checkpoint_and_cannot_be_deleted(http, base, problem):
+    job = http.post("/v1/jobs", json=base).json()
+    problem(http.get(f"/v1/jobs/{job['id']}/checkpoint"), 409, "conflict")
+    problem(http.delete(f"/v1/jobs/{job['id']}"), 409, "conflict")
+    for path in ("/v1/jobs/job_0000", "/v1/jobs/job_0000/checkpoint"):
+        problem(http.get(path), 404, "not-found")
+    problem(http.post("/v1/jobs/job_0000/cancel"), 404, "not-found")
+
+
+def test_lists_are_paginated_newest_first_and_filtered_by_status(http, base):
+    ids = [http.post("/v1/jobs", json=base).json()["id"] for _ in range(5)]
+    http.post(f"/v1/jobs/{ids[1]}/cancel")
+    seen, cursor = [], None
+    while True:
+        page = http.get("/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        assert len(page["items"]) <= 2
+        seen += [job["id"] for job in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen[:5] == ids[::-1] and len(seen) == len(set(seen))
+    cancelled = [job["id"] for job in http.get("/v1/jobs", params={"status": "cancelled", "limit": 200}).json()["items"]]
+    assert ids[1] in cancelled and not (set(ids) - {ids[1]}) & set(cancelled)
+    queued = http.get("/v1/jobs", params={"status": "queued", "limit": 200}).json()["items"]
+    assert {job["status"] for job in queued} == {"queued"}
+
+
+@pytest.mark.parametrize("params", [{"status": "done"}, {"limit": 0}, {"limit": 1000}, {"cursor": "abc"}])
+def test_bad_list_parameters_are_refused(http, problem, params):
+    body = problem(http.get("/v1/jobs", params=params), 422, "validation-error")
+    assert body["errors"][0]["parameter"] == next(iter(params))

@@ -1,0 +1,76 @@
+"""Architectures, health, metrics, the OpenAPI snapshot, and problem documents for routing errors."""
+
+from __future__ import annotations
+
+import json
+
+from gif.architectures import REGISTRY, parameter_listing
+from service.openapi_snapshot import SNAPSHOT, render
+
+
+def test_the_registry_is_listed_with_config_schemas(http):
+    listed = http.get("/v1/architectures").json()
+    assert [a["name"] for a in listed] == list(REGISTRY)
+    assert all(a["description"] and a["config_schema"]["type"] == "object" for a in listed)
+
+
+def test_an_architecture_lists_its_parameters_as_the_engine_does(http):
+    config = {"sizes": [64, 32, 10], "activation": "tanh"}
+    response = http.get("/v1/architectures/mlp", params={"config": json.dumps(config)})
+    assert response.status_code == 200
+    assert response.json() == parameter_listing({"name": "mlp", "config": config})
+    assert http.get("/v1/architectures/tinynet").json()["num_parameters"] > 0
+
+
+def test_bad_architecture_queries_are_4xx(http, problem):
+    problem(http.get("/v1/architectures/transformer"), 404, "not-found")
+    body = problem(http.get("/v1/architectures/mlp", params={"config": "{"}), 422, "validation-error")
+    assert body["errors"][0]["parameter"] == "config"
+    body = problem(http.get("/v1/architectures/mlp", params={"config": '{"sizes": [3]}'}), 422, "unknown-architecture")
+    assert body["errors"][0]["parameter"] == "config"
+
+
+def test_health_and_readiness(http):
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/readyz").json() == {"status": "ready", "redis": "ok", "storage": "ok"}
+
+
+def test_readiness_fails_without_redis(settings, problem):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.launch import free_port
+
+    gone = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with TestClient(create_app(gone)) as http:
+        problem(http.get("/readyz"), 503, "service-unavailable")
+        problem(http.get("/v1/models/model_x"), 503, "service-unavailable")
+
+
+def test_metrics_count_jobs_by_status_queue_depth_and_requests(http, uploaded):
+    body = {"model_id": uploaded["model"]["id"], "train_dataset_id": uploaded["train"]["id"],
+            "request": {"kind": "remove_class", "classes": [1]}}
+    assert http.post("/v1/jobs", json=body).status_code == 202
+    response = http.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in response.text.splitlines() if line and not line.startswith("#")}
+    assert samples['gif_jobs{status="queued"}'] >= 1
+    assert samples["gif_queue_depth"] >= 1
+    assert 'gif_job_duration_seconds_count{status="succeeded"}' in samples
+    assert samples['gif_http_requests_total{method="POST",route="/v1/jobs",status="202"}'] >= 1
+
+
+def test_the_committed_openapi_schema_matches_the_app():
+    assert SNAPSHOT.read_text() == render(), "openapi/openapi.json is stale: run `make openapi`"
+
+
+def test_swagger_ui_and_job_examples(http):
+    assert "swagger-ui" in http.get("/docs").text
+    examples = http.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert set(examples) == {"remove_class", "remove_samples", "relabel"}
+
+
+def test_routing_errors_are_problems(http, problem):
+    problem(http.get("/v2/nothing"), 404, "not-found")
+    problem(http.put("/v1/jobs"), 405, "method-not-allowed")

@@ -1,0 +1,79 @@
+"""Deployment files and the rules of the house that keep the layers apart."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stages() -> dict[str, list[str]]:
+    """Dockerfile stage name → its instruction lines (continuations joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in (ln.strip() for ln in text.splitlines()):
+        if match := re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, re.IGNORECASE):
+            current = match.group(1)
+            found[current] = []
+        elif current and line and not line.startswith("#"):
+            found[current].append(line)
+    return found
+
+
+def test_compose_runs_redis_api_and_scalable_gpu_workers_on_shared_storage():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "api", "worker"}
+    redis = services["redis"]
+    assert "--appendonly" in redis["command"] and "yes" in redis["command"]
+    assert any(v.endswith(":/data") and v.split(":")[0] in compose["volumes"] for v in redis["volumes"])
+    assert redis["healthcheck"]["test"]
+    storage = {s: [v for v in services[s]["volumes"] if v.startswith("artifacts:")] for s in ("api", "worker")}
+    assert storage["api"] == storage["worker"] and storage["api"] and "artifacts" in compose["volumes"]
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["GIF_REDIS_URL"].startswith("redis://redis:")
+        assert storage[name][0].split(":")[1] == env["GIF_STORAGE_DIR"]
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["build"]["target"] in stages()
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker  # --scale worker=N must work
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] for d in devices)
+
+
+def test_dockerfile_images_run_non_root_and_their_commands_exist():
+    found = stages()
+    assert {"api", "worker"} <= set(found)
+    for name in ("api", "worker"):
+        lines = found[name]
+        users = [ln.split()[1] for ln in lines if ln.upper().startswith("USER ")]
+        assert users and users[-1] not in ("root", "0")
+        command = json.loads(next(ln for ln in lines if ln.upper().startswith("CMD "))[4:])
+        assert command[:2] == ["python", "-m"]
+        assert importlib.util.find_spec(f"{command[2]}.__main__") is not None, command
+        for copied in (ln.split()[1] for ln in lines if ln.upper().startswith("COPY ")):
+            assert (ROOT / copied).exists(), copied
+
+
+def imported_by(code: str) -> set[str]:
+    """Top-level modules imported by running ``code`` in a fresh interpreter."""
+    script = code + "\nimport sys, json; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_the_layers_import_only_what_they_may():
+    engine = imported_by("import gif.cli, gif.edit, gif.architectures, gif.files, gif.data, gif.spec")
+    assert not engine & {"fastapi", "starlette", "rq", "redis", "service", "worker"}
+    worker = imported_by("import worker.__main__, worker.tasks")
+    assert not worker & {"fastapi", "starlette", "uvicorn"}
+    assert not imported_by("import service.jobs, service.context") & {"fastapi", "starlette", "worker"}

@@ -1,0 +1,72 @@
+"""`make run` (python -m service.launch): starts Redis, a worker and the API; Ctrl-C stops all of them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from service.launch import free_port, redis_answers
+
+READY = re.compile(r"ready on (\S+) .*Redis (\S+); worker pid (\d+), api pid (\d+)")
+
+
+def launcher_env(port: int) -> dict[str, str]:
+    """No REDIS_URL: the launcher must start its own Redis."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GIF_REDIS_URL")}
+    return {**env, "GIF_PORT": str(port)}
+
+
+def launch(cwd, port: int) -> tuple[subprocess.Popen, list[str]]:
+    process = subprocess.Popen([sys.executable, "-m", "service.launch"], cwd=cwd, env=launcher_env(port),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    return process, lines
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_launcher_starts_the_stack_and_sigint_stops_everything(tmp_path):
+    process, lines = launch(tmp_path, free_port())
+    try:
+        deadline = time.monotonic() + 120
+        while not (ready := next((m for m in map(READY.search, list(lines)) if m), None)):
+            assert process.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        base, redis_url, worker_pid, api_pid = ready.group(1), ready.group(2), int(ready.group(3)), int(ready.group(4))
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+            assert response.status == 200
+        assert redis_answers(redis_url) and alive(worker_pid) and alive(api_pid)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, "".join(lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not alive(worker_pid) and not alive(api_pid)
+    assert not redis_answers(redis_url)
+    assert (tmp_path / "var" / "redis" / "appendonlydir").is_dir()
+
+
+def test_launcher_refuses_a_port_in_use(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run([sys.executable, "-m", "service.launch"], cwd=tmp_path, capture_output=True, text=True,
+                                env=launcher_env(taken.getsockname()[1]), timeout=60)
+    assert result.returncode == 1
+    assert "already in use" in result.stderr
+    assert not (tmp_path / "var").exists()  # nothing was started

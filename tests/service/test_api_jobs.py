@@ -36,7 +36,8 @@ def test_a_valid_job_is_queued_with_its_full_spec(http, base, uploaded, settings
     assert job["spec"]["solver"]["kind"] == "cg" and job["spec"]["eval_dataset_id"] == uploaded["eval"]["id"]
     assert set(job) >= {"id", "status", "created_at", "started_at", "finished_at", "spec", "progress", "result", "error"}
     assert http.get(f"/v1/jobs/{job['id']}").json() == job
-    assert job["id"] in job_queue(settings).job_ids
+    queued = job_queue(settings).fetch_job(job["id"])
+    assert list(queued.args) == [job["id"]] and not queued.kwargs  # a worker gets the job id, nothing else
 
 
 def test_unknown_ids_are_all_named(http, base, problem):

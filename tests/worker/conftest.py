@@ -1,0 +1,71 @@
+"""End-to-end fixtures: a real Redis, a real worker process on the test queue, the API in-process,
+and the demo model and data uploaded once. Windows are short so that lost jobs are found quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from gif.demo import write_demo_assets
+from service.app import create_app
+from service.client import ApiClient
+from service.launch import redis_for, worker_process
+from service.settings import Settings
+
+LONG_SOLVE = {"kind": "neumann", "tolerance": 1e-12, "max_iterations": 100000}  # minutes unless stopped
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory):
+    """Settings under a fresh key prefix and queue, on REDIS_URL when it answers, else a redis-server of our own."""
+    with redis_for(tmp_path_factory.mktemp("redis")) as url:
+        tag = f"test-{secrets.token_hex(4)}"
+        yield Settings(redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=tmp_path_factory.mktemp("artifacts"),
+                       heartbeat_ttl_s=2.0, reaper_interval_s=0.5, progress_interval_s=0.1,
+                       cancel_check_interval_s=0.1)
+        client = redis.Redis.from_url(url)
+        for pattern in (f"{tag}:*", f"rq:*{tag}*"):
+            for key in client.scan_iter(pattern):
+                client.delete(key)
+
+
+def start_worker(settings: Settings):
+    return worker_process({**os.environ, **settings.as_env()})
+
+
+@pytest.fixture(scope="session")
+def worker(stack_settings):
+    """One worker process shared by every test on the default test queue."""
+    with start_worker(stack_settings) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def http(stack_settings, worker):
+    with TestClient(create_app(stack_settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def api(http):
+    return ApiClient(http)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    return {p.stem: p for p in write_demo_assets(tmp_path_factory.mktemp("demo"))}
+
+
+@pytest.fixture(scope="session")
+def inputs(api, demo) -> dict[str, str]:
+    """Ids of the uploaded demo model, training data and held-out data, as a job body needs them."""
+    model = api.upload_model(demo["model"], json.loads(demo["architecture"].read_text()))
+    return {"model_id": model["id"], "train_dataset_id": api.upload_dataset(demo["train"])["id"],
+            "eval_dataset_id": api.upload_dataset(demo["eval"])["id"]}

@@ -1,0 +1,107 @@
+"""Jobs through a real worker: edits, progress, cancellation, typed failures and time limits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import load_file
+
+from conftest import LONG_SOLVE
+from service.app import create_app
+from service.client import ApiClient
+
+
+def changed_entries(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> int:
+    assert before.keys() == after.keys()
+    return sum(int((before[k] != after[k]).sum()) for k in before)
+
+
+def download(http, job: dict) -> dict[str, torch.Tensor]:
+    """The edited checkpoint, checked against the sha256 the job reports (also its ETag)."""
+    response = http.get(f"/v1/jobs/{job['id']}/checkpoint")
+    assert response.status_code == 200
+    checkpoint = job["result"]["checkpoint"]
+    assert response.headers["etag"] == f'"{checkpoint["sha256"]}"'
+    assert hashlib.sha256(response.content).hexdigest() == checkpoint["sha256"]
+    assert len(response.content) == checkpoint["size_bytes"]
+    assert http.get(f"/v1/jobs/{job['id']}/checkpoint", headers={"If-None-Match": response.headers["etag"]}).status_code == 304
+    return load_safetensors(response.content)
+
+
+def test_class_removal_end_to_end(api, http, inputs, demo):
+    spec = {**json.loads(demo["job"].read_text()), **inputs}
+    job = api.wait(api.submit(spec)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["started_at"] <= job["finished_at"] and job["progress"]["phase"] == "evaluation"
+    result = job["result"]
+    before, after = result["metrics"]["before"], result["metrics"]["after"]
+    for key in ("test_accuracy", "forget_test_accuracy", "forget_accuracy", "score", "mia_efficacy"):
+        assert 0.0 <= before[key] <= 1.0 and 0.0 <= after[key] <= 1.0
+    assert after["forget_test_accuracy"] < before["forget_test_accuracy"]
+    changed = changed_entries(load_file(demo["model"]), download(http, job))
+    assert 0 < changed <= result["selection"]["num_selected"]
+
+
+def test_relabel_end_to_end(api, http, inputs, demo):
+    train = load_file(demo["train"])
+    indices = list(range(0, 200, 10))
+    labels = [(int(train["y"][i]) + 1) % 10 for i in indices]
+    spec = {**inputs, "request": {"kind": "relabel", "indices": indices, "labels": labels},
+            "selection": {"criterion": "topk_gradients", "ratio": 0.1}, "solver": {"max_iterations": 30},
+            "step": {"mode": "fixed", "scale": 1.0}}
+    job = api.wait(api.submit(spec)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    metrics = job["result"]["metrics"]
+    assert {"relabel_accuracy", "attack_success_rate", "clean_accuracy"} <= set(metrics["after"])
+    changed = changed_entries(load_file(demo["model"]), download(http, job))
+    assert 0 < changed <= job["result"]["selection"]["num_selected"]
+
+
+def test_a_running_job_reports_progress_and_can_be_cancelled(api, http, inputs):
+    job = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [3]}, "solver": LONG_SOLVE})
+    api.wait(job["id"], statuses=("running",))
+    deadline = time.monotonic() + 60
+    while not (progress := api.job(job["id"])["progress"]) or not progress["iteration"]:
+        assert time.monotonic() < deadline, progress
+        time.sleep(0.05)
+    assert progress["phase"] == "solve" and progress["relative_residual"] > 0 and 0 < progress["fraction"] < 1
+    response = http.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 202 and response.json()["cancel_requested"] is True
+    cancelled = api.wait(job["id"], timeout_s=30)
+    assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "cancelled"
+    assert cancelled["result"] is None and not cancelled["cancel_requested"]
+    assert http.get(f"/v1/jobs/{job['id']}/checkpoint").status_code == 409
+
+
+def test_an_engine_refusal_fails_the_job_with_its_code(api, inputs):
+    job = api.wait(api.submit({**inputs, "request": {"kind": "remove_class", "classes": [2]},
+                               "selection": {"ratio": 1e-6}})["id"])
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid-spec" and job["error"]["type"] == "urn:gif:problem:invalid-spec"
+    assert "selects no parameters" in job["error"]["detail"] and job["error"]["retryable"] is False
+
+
+def test_a_job_past_its_time_limit_fails(stack_settings, inputs, worker):
+    with TestClient(create_app(stack_settings.model_copy(update={"job_timeout_s": 1}))) as http:
+        api = ApiClient(http)
+        job = api.wait(api.submit({**inputs, "request": {"kind": "remove_class", "classes": [4]}, "solver": LONG_SOLVE})["id"],
+                       timeout_s=60)
+    assert job["status"] == "failed" and job["error"]["code"] == "timeout", job["error"]
+
+
+@pytest.fixture(scope="module")
+def metrics_text(http):
+    return lambda: http.get("/metrics").text
+
+
+def test_finished_jobs_show_in_the_metrics(api, inputs, metrics_text):
+    api.wait(api.submit({**inputs, "request": {"kind": "remove_samples", "indices": [1, 2, 3]},
+                         "solver": {"max_iterations": 5}})["id"])
+    lines = [line for line in metrics_text().splitlines() if line.startswith("gif_job_duration_seconds_count")]
+    assert any('status="succeeded"' in line and float(line.split()[-1]) >= 1 for line in lines)

@@ -41,6 +41,13 @@ class ApiClient:
         with open(path, "rb") as fh:
             return self._expect(self.http.post("/v1/datasets", files={"file": (Path(path).name, fh)}), 201)
 
+    def upload_demo(self, directory: str | Path) -> dict[str, str]:
+        """Upload what ``gif demo-assets`` wrote; returns the ids as a job body names them."""
+        directory = Path(directory)
+        model = self.upload_model(directory / "model.safetensors", json.loads((directory / "architecture.json").read_text()))
+        return {"model_id": model["id"], "train_dataset_id": self.upload_dataset(directory / "train.safetensors")["id"],
+                "eval_dataset_id": self.upload_dataset(directory / "eval.safetensors")["id"]}
+
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._expect(self.http.post("/v1/jobs", json=spec), 202)
 

@@ -4,7 +4,6 @@ in-process with no worker on its queue (jobs stay queued), the demo model and da
 
 from __future__ import annotations
 
-import json
 import secrets
 from pathlib import Path
 
@@ -56,13 +55,9 @@ def demo(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def uploaded(api, demo):
-    """The demo model and its training and held-out data, uploaded once."""
-    return {
-        "model": api.upload_model(demo["model"], json.loads(demo["architecture"].read_text())),
-        "train": api.upload_dataset(demo["train"]),
-        "eval": api.upload_dataset(demo["eval"]),
-    }
+def inputs(api, demo) -> dict[str, str]:
+    """The demo model, training and held-out data, uploaded once: their ids as a job body names them."""
+    return api.upload_demo(demo["model"].parent)
 
 
 def assert_problem(response, status: int, code: str) -> dict:

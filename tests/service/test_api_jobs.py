@@ -10,8 +10,8 @@ from service.queue import job_queue
 
 
 @pytest.fixture()
-def base(uploaded):
-    return {"model_id": uploaded["model"]["id"], "train_dataset_id": uploaded["train"]["id"],
+def base(inputs):
+    return {"model_id": inputs["model_id"], "train_dataset_id": inputs["train_dataset_id"],
             "request": {"kind": "remove_class", "classes": [8]}}
 
 
@@ -27,13 +27,13 @@ def dataset_id(http):
     return upload
 
 
-def test_a_valid_job_is_queued_with_its_full_spec(http, base, uploaded, settings):
-    response = http.post("/v1/jobs", json={**base, "eval_dataset_id": uploaded["eval"]["id"]})
+def test_a_valid_job_is_queued_with_its_full_spec(http, base, inputs, settings):
+    response = http.post("/v1/jobs", json={**base, "eval_dataset_id": inputs["eval_dataset_id"]})
     assert response.status_code == 202, response.text
     job = response.json()
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["progress"] is None and job["result"] is None and job["error"] is None
-    assert job["spec"]["solver"]["kind"] == "cg" and job["spec"]["eval_dataset_id"] == uploaded["eval"]["id"]
+    assert job["spec"]["solver"]["kind"] == "cg" and job["spec"]["eval_dataset_id"] == inputs["eval_dataset_id"]
     assert set(job) >= {"id", "status", "created_at", "started_at", "finished_at", "spec", "progress", "result", "error"}
     assert http.get(f"/v1/jobs/{job['id']}").json() == job
     queued = job_queue(settings).fetch_job(job["id"])
@@ -92,7 +92,7 @@ def test_labels_the_model_does_not_have_are_refused(http, base, dataset_id, prob
     assert any("label 11" in e["detail"] for e in body["errors"])
 
 
-def test_data_of_the_wrong_shape_is_refused(http, base, uploaded, dataset_id, problem):
+def test_data_of_the_wrong_shape_is_refused(http, base, dataset_id, problem):
     wrong = dataset_id(torch.rand(20, 3, 5), torch.arange(20) % 10)
     body = problem(http.post("/v1/jobs", json={**base, "train_dataset_id": wrong}), 422, "invalid-spec")
     assert [e["pointer"] for e in body["errors"]] == ["/train_dataset_id"]

@@ -47,9 +47,8 @@ def test_readiness_fails_without_redis(settings, problem):
         problem(http.get("/v1/models/model_x"), 503, "service-unavailable")
 
 
-def test_metrics_count_jobs_by_status_queue_depth_and_requests(http, uploaded):
-    body = {"model_id": uploaded["model"]["id"], "train_dataset_id": uploaded["train"]["id"],
-            "request": {"kind": "remove_class", "classes": [1]}}
+def test_metrics_count_jobs_by_status_queue_depth_and_requests(http, inputs):
+    body = {**inputs, "request": {"kind": "remove_class", "classes": [1]}}
     assert http.post("/v1/jobs", json=body).status_code == 202
     response = http.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")

@@ -4,7 +4,6 @@ and the demo model and data uploaded once. Windows are short so that lost jobs a
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from pathlib import Path
@@ -65,7 +64,4 @@ def demo(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def inputs(api, demo) -> dict[str, str]:
-    """Ids of the uploaded demo model, training data and held-out data, as a job body needs them."""
-    model = api.upload_model(demo["model"], json.loads(demo["architecture"].read_text()))
-    return {"model_id": model["id"], "train_dataset_id": api.upload_dataset(demo["train"])["id"],
-            "eval_dataset_id": api.upload_dataset(demo["eval"])["id"]}
+    return api.upload_demo(demo["model"].parent)

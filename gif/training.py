@@ -20,10 +20,11 @@ EpochCallback = Callable[[int, int], None]  # (epochs done, epochs in all); may 
 
 
 def reinitialised(model: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``model`` with fresh, seeded weights (every module's own ``reset_parameters``)."""
+    """A copy of ``model`` with fresh, seeded weights: every module's own ``reset_parameters``,
+    innermost first, so that a model's own initialisation scheme has the last word."""
     fresh = copy.deepcopy(model)
     torch.manual_seed(seed)
-    for module in fresh.modules():
+    for module in reversed(list(fresh.modules())):
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
         if hasattr(module, "reset_running_stats"):

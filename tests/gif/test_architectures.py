@@ -113,3 +113,15 @@ def test_read_checkpoint_formats(tmp_path):
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(InvalidWeightsError):
         read_checkpoint(garbage)
+
+
+def test_reinitialised_models_use_the_architectures_own_init():
+    from gif.training import reinitialised
+
+    model = build_model({"name": "tinynet", "config": {}})
+    fresh = reinitialised(model, 3)
+    assert not torch.equal(fresh.conv1.weight, model.conv1.weight)
+    assert torch.equal(fresh.conv1.weight, reinitialised(model, 3).conv1.weight)
+    assert not fresh.fc.bias.any()  # TinyNet's He init zeroes biases; PyTorch's default would not
+    fan_in = 3 * 3 * 128
+    assert abs(float(fresh.conv4.weight.std()) - (2 / fan_in) ** 0.5) < 0.1 * (2 / fan_in) ** 0.5

@@ -60,7 +60,8 @@ def test_solved_vectors_match_dense_linear_algebra(problem, kind, method, dampin
 
 def test_gif_is_measurably_different_from_fif(problem):
     gif, fif = dense_reference(problem, "gif", 0.05), dense_reference(problem, "fif", 0.05)
-    assert F.cosine_similarity(gif, fif, dim=0) < 0.9
+    assert F.cosine_similarity(gif, fif, dim=0) < 0.99  # the solvers match dense results to ≥ 0.999
+    assert (gif - fif).norm() / gif.norm() > 0.1
 
 
 def test_scaling_the_loss_changes_nothing(tanh_mlp, digits_double, problem):
@@ -78,7 +79,7 @@ def test_scaling_the_loss_changes_nothing(tanh_mlp, digits_double, problem):
                                    lambda i, r: None).delta
     delta = solve_influence("gif", HessianOperator(problem["objective"], 0.05), problem["g"], problem["J"],
                             problem["C"], spec.model_copy(update={"damping": 0.05}), lambda i, r: None).delta
-    assert torch.allclose(scaled_delta, delta, rtol=1e-5, atol=1e-9)
+    assert (scaled_delta - delta).norm() / delta.norm() <= 1e-6
 
 
 def test_removal_direction_raises_the_removed_examples_loss(tanh_mlp, digits_double, problem):

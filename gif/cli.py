@@ -35,8 +35,8 @@ class ProgressBar:
 
     WIDTH = 30
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
         self.last = 0.0
         self.started = time.perf_counter()
 

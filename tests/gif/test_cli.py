@@ -1,0 +1,74 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gif.architectures import parameter_listing
+from gif.cli import main
+from gif.files import sha256_file
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo-assets", "--out", str(out)]) == 0
+    return out
+
+
+def edit_args(demo: Path, **overrides) -> list[str]:
+    args = {
+        "--spec": str(demo / "job.json"),
+        "--model": str(demo / "model.safetensors"),
+        "--architecture": str(demo / "architecture.json"),
+        "--train-data": str(demo / "train.safetensors"),
+        "--eval-data": str(demo / "eval.safetensors"),
+        "--out": str(demo / "edited.safetensors"),
+        "--result": str(demo / "result.json"),
+        **overrides,
+    }
+    return ["edit", *[item for pair in args.items() for item in pair]]
+
+
+def test_edit_writes_checkpoint_result_and_table(demo, capsys):
+    assert main(edit_args(demo)) == 0
+    captured = capsys.readouterr()
+    assert "forget_test_accuracy" in captured.out and "before" in captured.out and "after" in captured.out
+    assert "%" in captured.err  # the progress bar
+    result = json.loads((demo / "result.json").read_text())
+    assert result["checkpoint"]["sha256"] == sha256_file(demo / "edited.safetensors")
+    assert result["metrics"]["after"]["forget_test_accuracy"] < result["metrics"]["before"]["forget_test_accuracy"]
+    assert set(result["timings"]) >= {"selection_s", "solve_s", "step_search_s", "evaluation_s", "total_s"}
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"--model": "/nonexistent/model.safetensors"}, "No such file"),
+        ({"--spec": '{"request": {"kind": "remove_class", "classes": []}}'}, "request.remove_class.classes"),
+        ({"--spec": '{"request": {"kind": "remove_class", "classes": [42]}}'}, "out of range"),
+        ({"--architecture": '{"name": "tinynet", "config": {}}'}, "do not match"),
+        ({"--architecture": '{"name": "nope"}'}, "unknown architecture"),
+        ({"--spec": "{not json"}, "not valid JSON"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(demo, capsys, overrides, fragment):
+    assert main(edit_args(demo, **overrides)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gif: error:") and fragment in err[-1]
+
+
+def test_architectures_command(capsys):
+    assert main(["architectures"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("tinynet", "resnet18", "vgg11", "mlp"))
+    assert main(["architectures", "vgg11", "--config", '{"in_channels": 3}']) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == parameter_listing({"name": "vgg11", "config": {"in_channels": 3}})
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "gif"
+    out = subprocess.run([str(script), "architectures", "tinynet"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["num_parameters"] == 398_090

@@ -127,21 +127,21 @@ def redis_for(data_dir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def running(args: Sequence[str], env: dict[str, str], cold_restop: bool = False) -> Iterator[subprocess.Popen]:
-    process = spawn(args, env=env)
+def running(args: Sequence[str], env: dict[str, str], cold_restop: bool = False, **popen) -> Iterator[subprocess.Popen]:
+    process = spawn(args, env=env, **popen)
     try:
         yield process
     finally:
         stop(process, cold_restop)
 
 
-def worker_process(env: dict[str, str]) -> AbstractContextManager[subprocess.Popen]:
+def worker_process(env: dict[str, str], **popen) -> AbstractContextManager[subprocess.Popen]:
     """``python -m worker``, stopped with RQ's cold shutdown (a running job is killed, not awaited)."""
-    return running([sys.executable, "-m", "worker"], env, cold_restop=True)
+    return running([sys.executable, "-m", "worker"], env, cold_restop=True, **popen)
 
 
-def api_process(env: dict[str, str]) -> AbstractContextManager[subprocess.Popen]:
-    return running([sys.executable, "-m", "service"], env)
+def api_process(env: dict[str, str], **popen) -> AbstractContextManager[subprocess.Popen]:
+    return running([sys.executable, "-m", "service"], env, **popen)
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:

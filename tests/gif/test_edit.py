@@ -181,3 +181,19 @@ def test_wrong_input_shape_and_nan_weights_are_refused(mnist_tinynet, mnist_spli
         broken.fc.bias[0] = float("nan")
     with pytest.raises(NonFiniteError):
         run(job(request={"kind": "remove_class", "classes": [8]}), broken, train)
+
+
+def test_retrain_reports_the_ground_truth_beside_the_edit():
+    from gif.demo import demo_model
+
+    _, model, train, held_out = demo_model("digits")
+    events = []
+    spec = job(request={"kind": "remove_class", "classes": [3]},
+               retrain={"epochs": 5, "batch_size": 64, "lr": 0.05, "seed": 1})
+    outcome = run(spec, model, train, held_out, lambda *e: events.append(e))
+    metrics, timings = outcome.result["metrics"], outcome.result["timings"]
+    assert set(metrics["retrained"]) == set(metrics["after"])
+    assert metrics["retrained"]["forget_test_accuracy"] == 0.0  # a model that never saw a class cannot name it
+    assert metrics["retrained"]["test_accuracy"] > 0.8
+    assert timings["retrain_s"] > 0
+    assert [e for e in events if e[0] == "retrain"][-1][1] == 1.0

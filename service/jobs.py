@@ -61,7 +61,7 @@ class JobStore:
         with self.client.pipeline(transaction=False) as pipe:
             for status in STATUSES:
                 pipe.zcard(self.keys.jobs_with(status))
-            return dict(zip(STATUSES, pipe.execute()))
+            return dict(zip(STATUSES, pipe.execute(), strict=True))
 
     def durations(self) -> dict[str, str]:
         """Raw histogram counters: ``<status>:le:<bucket>``, ``<status>:count``, ``<status>:sum``."""
@@ -79,7 +79,7 @@ class JobStore:
             record[name] = json.loads(row[name]) if row.get(name) else None
         for name in ("started_at", "finished_at"):
             record[name] = row.get(name) or None
-        record["cancel_requested"] = row.get("cancel_requested") == "1"
+        record["cancel_requested"] = row.get("cancel_requested") == "1" and row.get("status") == "running"
         return record
 
     # --- the API's side ----------------------------------------------------------------------

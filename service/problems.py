@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from gif.errors import GifError
 from service.errors import ErrorKind, ServiceError, kind_of
@@ -101,6 +102,10 @@ def install(app: FastAPI) -> None:
         return problem(kind_of("service-unavailable"), "the job store (Redis) is unavailable; try again",
                        request.url.path, headers={"Retry-After": "5"})
 
+    async def on_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return problem(kind_of("bad-request"), "the client disconnected before the body was complete", request.url.path)
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(kind_of("internal"), "an unexpected error occurred; it has been logged", request.url.path)
@@ -110,6 +115,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(redis.RedisError, on_redis_error)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
 
 

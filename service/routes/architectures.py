@@ -38,4 +38,5 @@ def describe_architecture(
     try:
         return ParameterListing.model_validate(parameter_listing({"name": name, "config": parsed}))
     except UnknownArchitectureError as exc:
-        raise ServiceError(exc.code, str(exc), [{"parameter": "config", "in": "query", "detail": p} for p in exc.problems]) from None
+        errors = [{"parameter": "config", "in": "query", "detail": problem} for problem in exc.problems]
+        raise ServiceError(exc.code, str(exc), errors) from None

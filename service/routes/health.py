@@ -19,7 +19,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: Redis and the artifact store are reachable", responses=responses("service-unavailable"))
+@router.get("/readyz", summary="Readiness: Redis and the artifact store are reachable",
+            responses=responses("service-unavailable"))
 def readyz(ctx: Context) -> dict[str, str]:
     try:
         ctx.client.ping()

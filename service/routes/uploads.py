@@ -33,7 +33,9 @@ def multipart(description: str, **parts: dict[str, Any]) -> dict[str, Any]:
                             "content": {"multipart/form-data": {"schema": schema}}}}
 
 
-def catalog_router(kind: Kind, out: type[BaseModel], upload: Uploader, body: dict[str, Any], errors: tuple[str, ...]) -> APIRouter:
+def catalog_router(
+    kind: Kind, out: type[BaseModel], upload: Uploader, body: dict[str, Any], errors: tuple[str, ...]
+) -> APIRouter:
     router = APIRouter(prefix=f"/v1/{kind}s", tags=[f"{kind}s"])
     not_found = responses("not-found")
 

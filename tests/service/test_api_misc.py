@@ -66,7 +66,8 @@ def test_the_committed_openapi_schema_matches_the_app():
 
 def test_swagger_ui_and_job_examples(http):
     assert "swagger-ui" in http.get("/docs").text
-    examples = http.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    body = http.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]["requestBody"]
+    examples = body["content"]["application/json"]["examples"]
     assert set(examples) == {"remove_class", "remove_samples", "relabel"}
 
 

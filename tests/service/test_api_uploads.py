@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -148,6 +149,29 @@ def test_a_truncated_multipart_body_leaves_nothing_behind(http, problem, setting
     problem(http.post("/v1/datasets", content=body, headers={"content-type": "multipart/form-data; boundary=b"}),
             400, "bad-request")
     assert stored_files(settings) == before
+
+
+def test_an_interrupted_upload_leaves_nothing_behind(http, settings):
+    """The client goes away mid-file: the staging file is removed and nothing is recorded."""
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="d"\r\n\r\n'
+    messages = [{"type": "http.request", "body": head + b"\0" * 3 * 2**20, "more_body": True}, {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/datasets", "raw_path": b"/v1/datasets", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b")], "server": ("test", 80),
+             "client": ("test", 1)}
+    before, listed = stored_files(settings), http.get("/v1/datasets").json()["items"]
+    asyncio.run(http.app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert stored_files(settings) == before
+    assert http.get("/v1/datasets").json()["items"] == listed
 
 
 def test_oversize_uploads_are_cut_off_with_413(settings, demo, problem):

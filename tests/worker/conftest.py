@@ -28,7 +28,7 @@ def stack_settings(tmp_path_factory):
         tag = f"test-{secrets.token_hex(4)}"
         yield Settings(redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=tmp_path_factory.mktemp("artifacts"),
                        heartbeat_ttl_s=2.0, reaper_interval_s=0.5, progress_interval_s=0.1,
-                       cancel_check_interval_s=0.1)
+                       cancel_check_interval_s=0.1, worker_torch_threads=1)
         client = redis.Redis.from_url(url)
         for pattern in (f"{tag}:*", f"rq:*{tag}*"):
             for key in client.scan_iter(pattern):

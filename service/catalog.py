@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import redis
 
-from service.records import Keys, new_id, page_ids, utc_now
+from service.records import Keys, is_id, new_id, page_ids, utc_now
 from service.storage import Artifacts
 
 Kind = Literal["model", "dataset"]
@@ -39,6 +39,8 @@ class Catalog:
 
     def get(self, kind: Kind, item_id: str, owner: str) -> dict[str, Any] | None:
         """The record, or None when it does not exist or belongs to someone else."""
+        if not is_id(kind, item_id):
+            return None
         raw = self.client.get(self.keys.item(kind, item_id))
         record = json.loads(raw) if raw else None
         return record if record and record["owner"] == owner else None

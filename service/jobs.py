@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import redis
 
 from service.errors import job_error
-from service.records import Keys, new_id, page_ids, parse_time, utc_now
+from service.records import Keys, is_id, new_id, page_ids, parse_time, utc_now
 from service.storage import Artifacts
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -45,6 +45,8 @@ class JobStore:
 
     def get(self, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
         """The record (JSON fields decoded), or None if missing or owned by someone else."""
+        if not is_id("job", job_id):
+            return None
         return self._decode(self.client.hgetall(self.keys.job(job_id)), owner)
 
     def list(

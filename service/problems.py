@@ -97,7 +97,7 @@ def install(app: FastAPI) -> None:
             kind = ErrorKind(f"http-{exc.status_code}", exc.status_code, str(exc.detail))
         return problem(kind, str(exc.detail), request.url.path, headers=getattr(exc, "headers", None))
 
-    async def on_redis_error(request: Request, exc: redis.RedisError) -> JSONResponse:
+    async def on_redis_down(request: Request, exc: redis.ConnectionError | redis.TimeoutError) -> JSONResponse:
         log.error("redis unavailable: %s", exc)
         return problem(kind_of("service-unavailable"), "the job store (Redis) is unavailable; try again",
                        request.url.path, headers={"Retry-After": "5"})
@@ -114,7 +114,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(GifError, on_engine_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(redis.RedisError, on_redis_error)
+    app.add_exception_handler(redis.ConnectionError, on_redis_down)
+    app.add_exception_handler(redis.TimeoutError, on_redis_down)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
 

@@ -7,6 +7,7 @@ of the last item seen, which stays valid while items are added or deleted.
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import datetime, timezone
 
@@ -14,7 +15,7 @@ import redis
 
 from service.settings import Settings
 
-ID_PATTERN = r"^[a-z]+_[0-9a-f]{20}$"
+ID_HEX_DIGITS = 20
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -26,7 +27,12 @@ def connect(settings: Settings) -> redis.Redis:
 
 def new_id(kind: str) -> str:
     """``job_…``, ``model_…``, ``dataset_…``: 80 random bits, readable in logs and URLs."""
-    return f"{kind}_{secrets.token_hex(10)}"
+    return f"{kind}_{secrets.token_hex(ID_HEX_DIGITS // 2)}"
+
+
+def is_id(kind: str, value: str) -> bool:
+    """Whether ``value`` could be an id of ``kind``; anything else never reaches a Redis key name."""
+    return re.fullmatch(f"{kind}_[0-9a-f]{{{ID_HEX_DIGITS}}}", value) is not None
 
 
 def utc_now() -> str:

@@ -125,9 +125,10 @@ def test_unfinished_jobs_have_no_checkpoint_and_cannot_be_deleted(http, base, pr
     job = http.post("/v1/jobs", json=base).json()
     problem(http.get(f"/v1/jobs/{job['id']}/checkpoint"), 409, "conflict")
     problem(http.delete(f"/v1/jobs/{job['id']}"), 409, "conflict")
-    for path in ("/v1/jobs/job_0000", "/v1/jobs/job_0000/checkpoint"):
-        problem(http.get(path), 404, "not-found")
-    problem(http.post("/v1/jobs/job_0000/cancel"), 404, "not-found")
+    for job_id in ("job_00000000000000000000", "job_0000", f"{job['id']}:heartbeat", f"x:{job['id']}"):
+        for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/checkpoint"):
+            problem(http.get(path), 404, "not-found")
+        problem(http.post(f"/v1/jobs/{job_id}/cancel"), 404, "not-found")
 
 
 def test_lists_are_paginated_newest_first_and_filtered_by_status(http, base):

@@ -44,7 +44,7 @@ def test_readiness_fails_without_redis(settings, problem):
     gone = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with TestClient(create_app(gone)) as http:
         problem(http.get("/readyz"), 503, "service-unavailable")
-        problem(http.get("/v1/models/model_x"), 503, "service-unavailable")
+        problem(http.get("/v1/models/model_00000000000000000000"), 503, "service-unavailable")
 
 
 def test_metrics_count_jobs_by_status_queue_depth_and_requests(http, inputs):

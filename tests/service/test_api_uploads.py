@@ -241,3 +241,4 @@ def test_identical_uploads_share_one_blob_until_the_last_is_deleted(http, settin
     assert http.delete(f"/v1/datasets/{second['id']}").status_code == 204
     assert not blob.exists()
     problem(http.delete(f"/v1/datasets/{second['id']}"), 404, "not-found")
+    problem(http.get(f"/v1/datasets/{first['id']}:x"), 404, "not-found")

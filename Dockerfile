@@ -5,6 +5,8 @@
 # docker-compose.yml builds and wires both, with Redis and a shared artifacts volume.
 
 ARG PYTHON_VERSION=3.11
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
 
 FROM python:${PYTHON_VERSION}-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -12,17 +14,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN useradd --create-home --uid 10001 gif \
  && mkdir -p /var/lib/gif/artifacts && chown -R gif:gif /var/lib/gif
 WORKDIR /app
-ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
 
 
-FROM base AS api
-RUN pip install --index-url https://download.pytorch.org/whl/cpu \
-      torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}
+FROM base AS source
 COPY pyproject.toml README.md ./
 COPY gif gif
 COPY service service
 COPY worker worker
+
+
+FROM base AS api
+ARG TORCH_VERSION TORCHVISION_VERSION
+RUN pip install --index-url https://download.pytorch.org/whl/cpu \
+      torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}
+COPY --from=source /app /app
 RUN pip install .
 USER gif
 ENV GIF_HOST=0.0.0.0 GIF_PORT=8000
@@ -34,11 +39,9 @@ CMD ["python", "-m", "service"]
 
 FROM base AS worker
 # PyPI's Linux wheels of torch bundle the CUDA runtime; the host needs only the NVIDIA driver and container toolkit.
+ARG TORCH_VERSION TORCHVISION_VERSION
 RUN pip install torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}
-COPY pyproject.toml README.md ./
-COPY gif gif
-COPY service service
-COPY worker worker
+COPY --from=source /app /app
 RUN pip install .
 USER gif
 CMD ["python", "-m", "worker"]

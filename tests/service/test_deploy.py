@@ -60,8 +60,9 @@ def test_dockerfile_images_run_non_root_and_their_commands_exist():
         command = json.loads(next(ln for ln in lines if ln.upper().startswith("CMD "))[4:])
         assert command[:2] == ["python", "-m"]
         assert importlib.util.find_spec(f"{command[2]}.__main__") is not None, command
-        for copied in (ln.split()[1] for ln in lines if ln.upper().startswith("COPY ")):
-            assert (ROOT / copied).exists(), copied
+        assert "COPY --from=source /app /app" in lines
+    for copied in (ln.split()[1] for ln in found["source"] if ln.upper().startswith("COPY ")):
+        assert (ROOT / copied).exists(), copied
 
 
 def imported_by(code: str) -> set[str]:

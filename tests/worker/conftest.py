@@ -47,21 +47,20 @@ def worker(stack_settings):
 
 
 @pytest.fixture(scope="session")
-def http(stack_settings, worker):
-    with TestClient(create_app(stack_settings)) as client:
-        yield client
+def api(stack_settings, worker):
+    """The API in-process on the worker's queue (its HTTP client is ``api.http``)."""
+    with TestClient(create_app(stack_settings)) as http:
+        yield ApiClient(http)
 
 
 @pytest.fixture(scope="session")
-def api(http):
-    return ApiClient(http)
+def demo_dir(tmp_path_factory) -> Path:
+    """What ``gif demo-assets`` writes: model.safetensors, architecture.json, train/eval.safetensors, job.json."""
+    directory = tmp_path_factory.mktemp("demo")
+    write_demo_assets(directory)
+    return directory
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory) -> dict[str, Path]:
-    return {p.stem: p for p in write_demo_assets(tmp_path_factory.mktemp("demo"))}
-
-
-@pytest.fixture(scope="session")
-def inputs(api, demo) -> dict[str, str]:
-    return api.upload_demo(demo["model"].parent)
+def inputs(api, demo_dir) -> dict[str, str]:
+    return api.upload_demo(demo_dir)

@@ -6,7 +6,6 @@ import hashlib
 import json
 import time
 
-import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
@@ -34,8 +33,8 @@ def download(http, job: dict) -> dict[str, torch.Tensor]:
     return load_safetensors(response.content)
 
 
-def test_class_removal_end_to_end(api, http, inputs, demo):
-    spec = {**json.loads(demo["job"].read_text()), **inputs}
+def test_class_removal_end_to_end(api, inputs, demo_dir):
+    spec = {**json.loads((demo_dir / "job.json").read_text()), **inputs}
     job = api.wait(api.submit(spec)["id"])
     assert job["status"] == "succeeded", job["error"]
     assert job["started_at"] <= job["finished_at"] and job["progress"]["phase"] == "evaluation"
@@ -44,12 +43,12 @@ def test_class_removal_end_to_end(api, http, inputs, demo):
     for key in ("test_accuracy", "forget_test_accuracy", "forget_accuracy", "score", "mia_efficacy"):
         assert 0.0 <= before[key] <= 1.0 and 0.0 <= after[key] <= 1.0
     assert after["forget_test_accuracy"] < before["forget_test_accuracy"]
-    changed = changed_entries(load_file(demo["model"]), download(http, job))
+    changed = changed_entries(load_file(demo_dir / "model.safetensors"), download(api.http, job))
     assert 0 < changed <= result["selection"]["num_selected"]
 
 
-def test_relabel_end_to_end(api, http, inputs, demo):
-    train = load_file(demo["train"])
+def test_relabel_end_to_end(api, inputs, demo_dir):
+    train = load_file(demo_dir / "train.safetensors")
     indices = list(range(0, 200, 10))
     labels = [(int(train["y"][i]) + 1) % 10 for i in indices]
     spec = {**inputs, "request": {"kind": "relabel", "indices": indices, "labels": labels},
@@ -59,11 +58,11 @@ def test_relabel_end_to_end(api, http, inputs, demo):
     assert job["status"] == "succeeded", job["error"]
     metrics = job["result"]["metrics"]
     assert {"relabel_accuracy", "attack_success_rate", "clean_accuracy"} <= set(metrics["after"])
-    changed = changed_entries(load_file(demo["model"]), download(http, job))
+    changed = changed_entries(load_file(demo_dir / "model.safetensors"), download(api.http, job))
     assert 0 < changed <= job["result"]["selection"]["num_selected"]
 
 
-def test_a_running_job_reports_progress_and_can_be_cancelled(api, http, inputs):
+def test_a_running_job_reports_progress_and_can_be_cancelled(api, inputs):
     job = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [3]}, "solver": LONG_SOLVE})
     api.wait(job["id"], statuses=("running",))
     deadline = time.monotonic() + 60
@@ -71,12 +70,12 @@ def test_a_running_job_reports_progress_and_can_be_cancelled(api, http, inputs):
         assert time.monotonic() < deadline, progress
         time.sleep(0.05)
     assert progress["phase"] == "solve" and progress["relative_residual"] > 0 and 0 < progress["fraction"] < 1
-    response = http.post(f"/v1/jobs/{job['id']}/cancel")
+    response = api.http.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 202 and response.json()["cancel_requested"] is True
     cancelled = api.wait(job["id"], timeout_s=30)
     assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "cancelled"
     assert cancelled["result"] is None and not cancelled["cancel_requested"]
-    assert http.get(f"/v1/jobs/{job['id']}/checkpoint").status_code == 409
+    assert api.http.get(f"/v1/jobs/{job['id']}/checkpoint").status_code == 409
 
 
 def test_an_engine_refusal_fails_the_job_with_its_code(api, inputs):
@@ -95,13 +94,9 @@ def test_a_job_past_its_time_limit_fails(stack_settings, inputs, worker):
     assert job["status"] == "failed" and job["error"]["code"] == "timeout", job["error"]
 
 
-@pytest.fixture(scope="module")
-def metrics_text(http):
-    return lambda: http.get("/metrics").text
-
-
-def test_finished_jobs_show_in_the_metrics(api, inputs, metrics_text):
+def test_finished_jobs_show_in_the_metrics(api, inputs):
     api.wait(api.submit({**inputs, "request": {"kind": "remove_samples", "indices": [1, 2, 3]},
                          "solver": {"max_iterations": 5}})["id"])
-    lines = [line for line in metrics_text().splitlines() if line.startswith("gif_job_duration_seconds_count")]
+    metrics = api.http.get("/metrics").text
+    lines = [line for line in metrics.splitlines() if line.startswith("gif_job_duration_seconds_count")]
     assert any('status="succeeded"' in line and float(line.split()[-1]) >= 1 for line in lines)

@@ -14,6 +14,8 @@ The stack is real: a redis-server (REDIS_URL when it answers), ``python -m servi
 
 from __future__ import annotations
 
+import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
+
 import asyncio
 import json
 import os
@@ -259,7 +261,8 @@ Median of {E2E_RUNS} runs after one warm-up run each:
 
 First runs (cold): in-process edit {local['edit_s'][0]:.3f} s, service {service['submit_to_succeeded_s'][0]:.3f} s.
 The worker runs one tiny edit before taking jobs so that the engine's lazy imports happen once in the parent
-and not in every forked job process.
+and not in every forked job process. Both sides compute alike: {torch.get_num_threads()} torch threads and
+`OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY")}` (the worker's default, see `worker/__init__.py`).
 """
 
 

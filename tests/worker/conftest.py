@@ -18,7 +18,6 @@ from service.client import ApiClient
 from service.launch import redis_for, worker_process
 from service.settings import Settings
 
-LONG_SOLVE = {"kind": "neumann", "tolerance": 1e-12, "max_iterations": 100000}  # minutes unless stopped
 
 
 @pytest.fixture(scope="session")
@@ -35,15 +34,23 @@ def stack_settings(tmp_path_factory):
                 client.delete(key)
 
 
-def start_worker(settings: Settings):
-    return worker_process({**os.environ, **settings.as_env()})
+@pytest.fixture(scope="session")
+def start_worker():
+    """``start_worker(settings)``: a context manager running ``python -m worker`` with those settings."""
+    return lambda settings: worker_process({**os.environ, **settings.as_env()})
 
 
 @pytest.fixture(scope="session")
-def worker(stack_settings):
+def worker(stack_settings, start_worker):
     """One worker process shared by every test on the default test queue."""
     with start_worker(stack_settings) as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def long_solve() -> dict:
+    """A solver spec that runs for minutes unless the job is stopped."""
+    return {"kind": "neumann", "tolerance": 1e-12, "max_iterations": 100000}
 
 
 @pytest.fixture(scope="session")

@@ -8,23 +8,22 @@ import signal
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import LONG_SOLVE, start_worker
 from service.app import create_app
 from service.client import ApiClient
 
 
 @pytest.fixture(scope="module")
-def doomed(stack_settings):
+def doomed(stack_settings, start_worker):
     """A worker of its own on a queue of its own, which these tests kill, with an API on that queue."""
     settings = stack_settings.model_copy(update={"queue_name": stack_settings.queue_name + "-doomed"})
     with start_worker(settings) as worker, TestClient(create_app(settings)) as http:
         yield worker, http
 
 
-def start_long_job(http, inputs) -> tuple[str, int]:
+def start_long_job(http, inputs, solver) -> tuple[str, int]:
     """Submit a long job, wait until it runs; its id and the pid of the process running it."""
     api = ApiClient(http)
-    job_id = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [5]}, "solver": LONG_SOLVE})["id"]
+    job_id = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [5]}, "solver": solver})["id"]
     api.wait(job_id, statuses=("running",), timeout_s=60)
     return job_id, http.app.state.context.jobs.get(job_id)["worker"]["pid"]
 
@@ -36,18 +35,18 @@ def assert_lost(http, job_id: str, words: str) -> None:
     assert words in job["error"]["detail"]
 
 
-def test_a_killed_job_process_is_failed_by_its_worker(doomed, inputs):
+def test_a_killed_job_process_is_failed_by_its_worker(doomed, inputs, long_solve):
     worker, http = doomed
-    job_id, horse = start_long_job(http, inputs)
+    job_id, horse = start_long_job(http, inputs, long_solve)
     assert horse != worker.pid
     os.kill(horse, signal.SIGKILL)
     assert_lost(http, job_id, "the process running the job died")
     assert worker.poll() is None  # the worker itself lives on
 
 
-def test_a_dead_worker_is_found_by_the_reaper(doomed, inputs):
+def test_a_dead_worker_is_found_by_the_reaper(doomed, inputs, long_solve):
     worker, http = doomed
-    job_id, horse = start_long_job(http, inputs)
+    job_id, horse = start_long_job(http, inputs, long_solve)
     os.kill(worker.pid, signal.SIGKILL)  # the parent first, so that nothing is left to report the job
     worker.wait()
     os.kill(horse, signal.SIGKILL)

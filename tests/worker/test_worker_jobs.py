@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
-from conftest import LONG_SOLVE
 from service.app import create_app
 from service.client import ApiClient
 
@@ -62,8 +61,8 @@ def test_relabel_end_to_end(api, inputs, demo_dir):
     assert 0 < changed <= job["result"]["selection"]["num_selected"]
 
 
-def test_a_running_job_reports_progress_and_can_be_cancelled(api, inputs):
-    job = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [3]}, "solver": LONG_SOLVE})
+def test_a_running_job_reports_progress_and_can_be_cancelled(api, inputs, long_solve):
+    job = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [3]}, "solver": long_solve})
     api.wait(job["id"], statuses=("running",))
     deadline = time.monotonic() + 60
     while not (progress := api.job(job["id"])["progress"]) or not progress["iteration"]:
@@ -86,10 +85,10 @@ def test_an_engine_refusal_fails_the_job_with_its_code(api, inputs):
     assert "selects no parameters" in job["error"]["detail"] and job["error"]["retryable"] is False
 
 
-def test_a_job_past_its_time_limit_fails(stack_settings, inputs, worker):
+def test_a_job_past_its_time_limit_fails(stack_settings, inputs, worker, long_solve):
     with TestClient(create_app(stack_settings.model_copy(update={"job_timeout_s": 1}))) as http:
         api = ApiClient(http)
-        job = api.wait(api.submit({**inputs, "request": {"kind": "remove_class", "classes": [4]}, "solver": LONG_SOLVE})["id"],
+        job = api.wait(api.submit({**inputs, "request": {"kind": "remove_class", "classes": [4]}, "solver": long_solve})["id"],
                        timeout_s=60)
     assert job["status"] == "failed" and job["error"]["code"] == "timeout", job["error"]
 

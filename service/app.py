@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             reaper.cancel()
+            await ctx.async_client.aclose()
 
     app = FastAPI(title="GIF service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.context = ctx

@@ -25,8 +25,11 @@ def owner_of(key: str) -> str:
     return "key_" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-    """The owner id of the caller; 401 when keys are configured and none of them was given."""
+async def caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """The owner id of the caller; 401 when keys are configured and none of them was given.
+
+    ``async`` only so that FastAPI runs it inline: a plain function costs a thread-pool round trip per request.
+    """
     keys = request.app.state.context.settings.api_keys
     if not keys:
         return ANONYMOUS

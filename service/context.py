@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
 from rq import Queue
 
 from service.catalog import Catalog
 from service.jobs import JobStore
 from service.queue import job_queue
-from service.records import Keys, connect
+from service.records import Keys, connect, connect_async
 from service.settings import Settings
 from service.storage import Artifacts, LocalArtifactStore
 
@@ -23,6 +24,7 @@ from service.storage import Artifacts, LocalArtifactStore
 class ServiceContext:
     settings: Settings
     client: redis.Redis
+    async_client: redis.asyncio.Redis
     artifacts: Artifacts
     catalog: Catalog
     jobs: JobStore
@@ -36,6 +38,7 @@ class ServiceContext:
         return cls(
             settings=settings,
             client=client,
+            async_client=connect_async(settings),
             artifacts=artifacts,
             catalog=Catalog(client, keys, artifacts),
             jobs=JobStore(client, keys, artifacts, settings.heartbeat_ttl_s),

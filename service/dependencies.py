@@ -10,7 +10,8 @@ from service.context import ServiceContext
 from service.errors import ServiceError
 
 
-def context(request: Request) -> ServiceContext:
+async def context(request: Request) -> ServiceContext:
+    """``async`` so that FastAPI calls it inline rather than in the thread pool."""
     return request.app.state.context
 
 

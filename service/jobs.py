@@ -12,6 +12,7 @@ import json
 from typing import Any, Iterable
 
 import redis
+import redis.asyncio
 
 from service.errors import job_error
 from service.records import Keys, is_id, new_id, page_ids, parse_time, utc_now
@@ -48,6 +49,12 @@ class JobStore:
         if not is_id("job", job_id):
             return None
         return self._decode(self.client.hgetall(self.keys.job(job_id)), owner)
+
+    async def poll(self, job_id: str, owner: str, client: redis.asyncio.Redis) -> dict[str, Any] | None:
+        """``get`` on an asyncio client, for the route clients poll."""
+        if not is_id("job", job_id):
+            return None
+        return self._decode(await client.hgetall(self.keys.job(job_id)), owner)
 
     def list(
         self, owner: str, status: str | None, limit: int, cursor: int | None

@@ -12,6 +12,7 @@ import secrets
 from datetime import datetime, timezone
 
 import redis
+import redis.asyncio
 
 from service.settings import Settings
 
@@ -21,6 +22,13 @@ ID_HEX_DIGITS = 20
 def connect(settings: Settings) -> redis.Redis:
     """A client that decodes replies to ``str`` (the job queue uses its own binary client)."""
     return redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
+    )
+
+
+def connect_async(settings: Settings) -> redis.asyncio.Redis:
+    """The same, for the event loop: the API's hot path (polling a job) never waits for a thread."""
+    return redis.asyncio.Redis.from_url(
         settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
     )
 

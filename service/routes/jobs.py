@@ -52,8 +52,11 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job: status, progress, result or error", responses=not_found)
-def read(job_id: str, owner: Caller, ctx: Context) -> Response:
-    return job_response(get_or_404(ctx, owner, job_id))
+async def read(job_id: str, owner: Caller, ctx: Context) -> Response:
+    record = await ctx.jobs.poll(job_id, owner, ctx.async_client)
+    if record is None:
+        raise ServiceError("not-found", f"no job {job_id!r}")
+    return job_response(record)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",

@@ -222,7 +222,7 @@ def report(started: datetime, host: str, redis_url: str, polling: dict, body_byt
 
 Command: `.venv/bin/python -m bench.service_bench` (this file is written by it)
 Date: {started:%Y-%m-%d %H:%M} UTC
-Machine: {host}
+Machine: {host}; at the end {os.getloadavg()[0]:.2f} (a load above ~0.3 means other processes shared the cores)
 Stack: Redis at {redis_url}, `python -m service` (uvicorn, one process, JSON access log on, to a file) and
 `python -m worker` (RQ's forking worker), all on this machine with default settings; the load generator runs
 here too and competes for the same cores.

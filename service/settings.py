@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     cancel_check_interval_s: float = Field(0.2, gt=0, description="How often a running job looks for a cancel request.")
     progress_interval_s: float = Field(0.5, ge=0, description="Least time between two progress writes of a job.")
 
-    worker_torch_threads: int | None = Field(None, ge=1, description="torch threads per job; unset: every core.")
+    worker_torch_threads: int | None = Field(None, ge=1, description="torch threads per job; unset: every core it may run on.")
     api_torch_threads: int = Field(1, ge=1, description="torch threads in the API (dataset checks only).")
     log_level: str = "INFO"
 

@@ -106,7 +106,7 @@ def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
     """Run the edit and end the record; returns the final status."""
     job_id, jobs = record["id"], ctx.jobs
     try:
-        torch.set_num_threads(ctx.settings.worker_torch_threads or os.cpu_count() or 1)  # the parent used one
+        torch.set_num_threads(ctx.settings.worker_torch_threads or len(os.sched_getaffinity(0)))  # the parent used one
         progress = JobProgress(jobs, job_id, ctx.settings)
         progress("starting", 0.0)
         spec = JobSpec.model_validate(record["spec"])

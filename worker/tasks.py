@@ -42,6 +42,11 @@ def context() -> ServiceContext:
     return ServiceContext.create(Settings())
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count where Linux says so)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Heartbeat:
     """A daemon thread that keeps the job's heartbeat key alive while the job runs."""
 
@@ -106,7 +111,7 @@ def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
     """Run the edit and end the record; returns the final status."""
     job_id, jobs = record["id"], ctx.jobs
     try:
-        torch.set_num_threads(ctx.settings.worker_torch_threads or len(os.sched_getaffinity(0)))  # the parent used one
+        torch.set_num_threads(ctx.settings.worker_torch_threads or usable_cores())  # the parent used one
         progress = JobProgress(jobs, job_id, ctx.settings)
         progress("starting", 0.0)
         spec = JobSpec.model_validate(record["spec"])

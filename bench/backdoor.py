@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 from torch import nn
 
 from bench.common import BACKDOOR_TARGET, QUICK, SETUPS, Prepared, edit, markdown_table, prepare, write_section

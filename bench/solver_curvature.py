@@ -27,7 +27,6 @@ from gif.architectures import build_model
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset
 from gif.influence import RequestPlan, normal_equations
-from gif.parameters import candidate_mask
 from gif.selection import select
 from gif.solvers import conjugate_gradient, neumann
 from gif.spec import RemoveClass, SelectionSpec

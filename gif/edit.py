@@ -19,10 +19,10 @@ from torch.func import functional_call
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset, check_labels, sample_indices, split_indices
 from gif.errors import InvalidSpecError, NonFiniteError
-from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, RequestPlan, solve_influence
+from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, RequestPlan, solve_influence
 from gif.metrics import accuracy, evaluate, evaluation_plan, mean_loss, predict
 from gif.parameters import ParameterSpace, candidate_mask
-from gif.selection import full_selection, select
+from gif.selection import Selection, full_selection, select
 from gif.spec import AutoStep, JobSpec, RemoveClass, RemoveSamples, check_request
 from gif.step import (
     MAX_EVALUATIONS,
@@ -140,6 +140,135 @@ def step_validation(
     return ValidationData(affected, new_labels, kept)
 
 
+@dataclass(frozen=True)
+class _Samples:
+    """The seeded index sets one job uses (all into the training data)."""
+
+    validation: torch.Tensor  # carved validation split (empty when held-out data is given or the step is fixed)
+    hessian: torch.Tensor  # retained examples in the Hessian sample
+    gradient: torch.Tensor  # affected examples in the gradient (and selection) sample
+
+
+def _draw_samples(spec: JobSpec, plan: RequestPlan, num_train: int, carve_validation: bool) -> _Samples:
+    solver = spec.solver
+    validation = carved_validation_indices(spec, num_train) if carve_validation else torch.empty(0, dtype=torch.long)
+    gradient_pool = plan.affected
+    if plan.class_level and len(validation):  # keep held-out examples of the class for the step objective
+        outside = plan.affected[~torch.isin(plan.affected, validation)]
+        gradient_pool = outside if len(outside) else plan.affected
+    return _Samples(
+        validation,
+        sample_indices(plan.retained, solver.hessian_samples, solver.seed),
+        sample_indices(gradient_pool, solver.gradient_samples, solver.seed + GRADIENT_SEED_OFFSET),
+    )
+
+
+@dataclass
+class _Edit:
+    """One linearisation at the model's weights: what was selected, solved, stepped and applied."""
+
+    model: nn.Module
+    selection: Selection
+    solution: InfluenceSolution
+    hessian: HessianOperator | None
+    step: dict[str, Any]
+    timings: dict[str, float]
+
+
+def _edit_once(
+    spec: JobSpec,
+    model: nn.Module,
+    train_data: Dataset,
+    plan: RequestPlan,
+    samples: _Samples,
+    validation: tuple[ValidationData, Callable[[ValidationData, Logits], float]] | None,
+    loss_fn: LossFn,
+    report: "_Progress",
+) -> _Edit:
+    """select → solve → step → apply on ``model`` (left untouched); ``validation`` is None for a fixed step."""
+    solver, timings = spec.solver, {}
+    device = next(model.parameters()).device
+
+    t0 = time.perf_counter()
+    report("selection", 0.0)
+    gradient_objective = ModelObjective(model, plan.gradient_terms(train_data, samples.gradient), loss_fn, solver.batch_size)
+    if spec.method in USES_FULL_SELECTION:
+        selection = full_selection(model)
+    else:
+        selection = select(model, spec.selection, gradient_objective.batches, loss_fn)
+    if selection.num_selected == 0:
+        raise InvalidSpecError("the selection ratio selects no parameters; raise selection.ratio")
+    report("selection", 1.0)
+    timings["selection_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    g = gradient_objective.gradient()
+    space = ParameterSpace.of(model)
+    hessian = None
+    if spec.method in USES_CURVATURE:
+        hessian_sample = train_data.subset(samples.hessian)
+        hessian = HessianOperator(
+            ModelObjective(model, [LossTerm(hessian_sample, 1.0 / len(hessian_sample))], loss_fn, solver.batch_size),
+            solver.damping, solver.hvp,
+        )
+
+    def monitor(iteration: int, residual: float) -> None:
+        done = math.log(max(residual, 1e-300)) / math.log(solver.tolerance) if residual < 1 else 0.0
+        report("solve", max(iteration / solver.max_iterations, done), iteration, residual)
+
+    solution = solve_influence(
+        spec.method, hessian, g, selection.mask.to(device), candidate_mask(model, space).to(device), solver, monitor
+    )
+    if not bool(torch.isfinite(solution.delta).all()):
+        raise NonFiniteError("the solved influence vector contains NaN or Inf")
+    timings["solve_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    theta = space.flatten(dict(model.named_parameters())).detach()
+    modified, delta = solution.modified, solution.delta
+
+    def weights_at(scale: float) -> torch.Tensor:
+        return torch.where(modified, theta + scale * delta, theta)
+
+    step: dict[str, Any] = {"mode": spec.step.mode}
+    if validation is None:
+        scale = spec.step.scale
+        step["scale"] = scale
+    else:
+        data, objective = validation
+        buffers = dict(model.named_buffers())
+        evaluations = 0
+
+        def objective_at(scale: float) -> float:
+            nonlocal evaluations
+            evaluations += 1
+            report("step_search", evaluations / MAX_EVALUATIONS)
+            params = {**space.unflatten(weights_at(scale)), **buffers}
+
+            @torch.no_grad()
+            def logits(d: Dataset) -> torch.Tensor:
+                return torch.cat([functional_call(model, params, (x.to(device),)).float().cpu()
+                                  for x, _ in d.batches(spec.evaluation.batch_size)])
+
+            return objective(data, logits)
+
+        search = search_step(objective_at, float(delta[modified].norm() / theta[modified].norm().clamp_min(1e-12)))
+        scale = search.scale
+        step.update(scale=scale, objective=search.objective, relative_change=search.relative_change,
+                    evaluations=len(search.trace))
+    timings["step_search_s"] = time.perf_counter() - t0
+
+    # θ_J ← θ_J + s·Δ_J; every other entry (and every buffer) stays bit-identical
+    new_theta = weights_at(scale)
+    if not bool(torch.isfinite(new_theta).all()):
+        raise NonFiniteError(f"the step {scale:g} makes the weights NaN or Inf")
+    edited = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, value in space.unflatten(new_theta).items():
+            edited.get_parameter(name).copy_(value)
+    return _Edit(edited, selection, solution, hessian, step, timings)
+
+
 def run(
     spec: JobSpec,
     model: nn.Module,
@@ -158,137 +287,46 @@ def run(
     when given, is held-out data the step search uses instead of a split carved from the training data.
     """
     started = time.perf_counter()
-    timings: dict[str, float | None] = {}
     report = _Progress(progress or _ignore_progress, spec.retrain is not None)
     device = torch.device(device) if device is not None else default_device()
     original = copy.deepcopy(model).to(device).eval()
     check_inputs(original, spec, train_data, eval_data, validation_data)
     plan = RequestPlan.of(spec.request, train_data)
-    solver = spec.solver
-    warnings: list[str] = []
-
-    # --- data: validation split, Hessian sample (retained data), gradient sample (affected data)
     auto_step = isinstance(spec.step, AutoStep)
-    validation_idx = torch.empty(0, dtype=torch.long)
-    if auto_step and validation_data is None:
-        validation_idx = carved_validation_indices(spec, len(train_data))
-        if isinstance(spec.request, RemoveSamples) and spec.step.target_loss is None:
+    samples = _draw_samples(spec, plan, len(train_data), auto_step and validation_data is None)
+    warnings: list[str] = []
+    validation = None
+    if auto_step:
+        data = step_validation(spec, plan, train_data, samples.validation, validation_data)
+        validation = (data, step_objective(spec, original, data))
+        if isinstance(spec.request, RemoveSamples) and spec.step.target_loss is None and validation_data is None:
             warnings.append(
                 "the step targets the loss of a validation split carved from the training data, which the model "
                 "has seen; give validation data the model did not train on, or step.target_loss"
             )
-    gradient_pool = plan.affected
-    if plan.class_level and len(validation_idx):
-        outside = plan.affected[~torch.isin(plan.affected, validation_idx)]
-        gradient_pool = outside if len(outside) else plan.affected
-    hessian_idx = sample_indices(plan.retained, solver.hessian_samples, solver.seed)
-    gradient_idx = sample_indices(gradient_pool, solver.gradient_samples, solver.seed + GRADIENT_SEED_OFFSET)
 
-    # --- selection
-    t0 = time.perf_counter()
-    report("selection", 0.0)
-    gradient_objective = ModelObjective(original, plan.gradient_terms(train_data, gradient_idx), loss_fn, solver.batch_size)
-    if spec.method in USES_FULL_SELECTION:
-        selection = full_selection(original)
-    else:
-        selection = select(original, spec.selection, gradient_objective.batches, loss_fn)
-    if selection.num_selected == 0:
-        raise InvalidSpecError("the selection ratio selects no parameters; raise selection.ratio")
-    report("selection", 1.0)
-    timings["selection_s"] = time.perf_counter() - t0
-
-    # --- solve
-    t0 = time.perf_counter()
-    g = gradient_objective.gradient()
-    space = ParameterSpace.of(original)
-    selected = selection.mask.to(device)
-    candidates = candidate_mask(original, space).to(device)
-    hessian = None
-    if spec.method in USES_CURVATURE:
-        hessian_objective = ModelObjective(
-            original, [LossTerm(train_data.subset(hessian_idx), 1.0 / len(hessian_idx))], loss_fn, solver.batch_size
-        )
-        hessian = HessianOperator(hessian_objective, solver.damping, solver.hvp)
-
-    def monitor(iteration: int, residual: float) -> None:
-        done = math.log(max(residual, 1e-300)) / math.log(solver.tolerance) if residual < 1 else 0.0
-        report("solve", max(iteration / solver.max_iterations, done), iteration, residual)
-
-    solution = solve_influence(spec.method, hessian, g, selected, candidates, solver, monitor)
-    delta = solution.delta
-    if not bool(torch.isfinite(delta).all()):
-        raise NonFiniteError("the solved influence vector contains NaN or Inf")
-    if solution.solve is not None and not solution.solve.converged:
+    edit = _edit_once(spec, original, train_data, plan, samples, validation, loss_fn, report)
+    solve = edit.solution.solve
+    if solve is not None and not solve.converged:
         warnings.append(
-            f"the solver stopped at relative residual {solution.solve.relative_residual:.3g} "
-            f"above the tolerance {solver.tolerance:g} after {solution.solve.iterations} iterations"
+            f"the solver stopped at relative residual {solve.relative_residual:.3g} "
+            f"above the tolerance {spec.solver.tolerance:g} after {solve.iterations} iterations"
         )
-    timings["solve_s"] = time.perf_counter() - t0
+    if validation is not None:
+        edit.step.update(validation="provided" if validation_data is not None else "carved",
+                         validation_samples={"affected": len(validation[0].affected), "kept": len(validation[0].kept)})
 
-    # --- step
-    t0 = time.perf_counter()
-    flat_theta = space.flatten(dict(original.named_parameters())).detach()
-    modified = solution.modified
-    step_result: dict[str, Any] = {"mode": spec.step.mode}
-    if auto_step:
-        validation = step_validation(spec, plan, train_data, validation_idx, validation_data)
-        objective = step_objective(spec, original, validation)
-        buffers = dict(original.named_buffers())
-        evaluations = 0
-
-        def objective_at(scale: float) -> float:
-            nonlocal evaluations
-            evaluations += 1
-            report("step_search", evaluations / MAX_EVALUATIONS)
-            params = space.unflatten(torch.where(modified, flat_theta + scale * delta, flat_theta))
-
-            @torch.no_grad()
-            def logits(d: Dataset) -> torch.Tensor:
-                return torch.cat(
-                    [
-                        functional_call(original, {**params, **buffers}, (x.to(device),)).float().cpu()
-                        for x, _ in d.batches(spec.evaluation.batch_size)
-                    ]
-                )
-
-            return objective(validation, logits)
-
-        unit_change = float(delta[modified].norm() / flat_theta[modified].norm().clamp_min(1e-12))
-        search = search_step(objective_at, unit_change)
-        scale = search.scale
-        step_result.update(
-            scale=scale,
-            objective=search.objective,
-            relative_change=search.relative_change,
-            evaluations=len(search.trace),
-            validation="provided" if validation_data is not None else "carved",
-            validation_samples={"affected": len(validation.affected), "kept": len(validation.kept)},
-        )
-    else:
-        scale = spec.step.scale
-        step_result["scale"] = scale
-    timings["step_search_s"] = time.perf_counter() - t0
-
-    # --- apply: θ_J ← θ_J + s·Δ_J, every other entry bit-identical
-    edited = copy.deepcopy(original)
-    new_flat = torch.where(modified, flat_theta + scale * delta, flat_theta)
-    if not bool(torch.isfinite(new_flat).all()):
-        raise NonFiniteError(f"the step {scale:g} makes the weights NaN or Inf")
-    with torch.no_grad():
-        for name, value in space.unflatten(new_flat).items():
-            edited.get_parameter(name).copy_(value)
-
-    # --- evaluation (and the retrained ground truth)
+    timings: dict[str, float | None] = dict(edit.timings)
     t0 = time.perf_counter()
     report("evaluation", 0.0)
     removed_classes = spec.request.classes if isinstance(spec.request, RemoveClass) else None
     eval_plan = evaluation_plan(
         train_data, eval_data, plan.affected, plan.retained, plan.new_labels, removed_classes,
-        spec.evaluation.retain_samples, solver.seed, spec.evaluation.batch_size,
+        spec.evaluation.retain_samples, spec.solver.seed, spec.evaluation.batch_size,
     )
     metrics = {"before": evaluate(original, eval_plan)}
     report("evaluation", 0.5)
-    metrics["after"] = evaluate(edited, eval_plan)
+    metrics["after"] = evaluate(edit.model, eval_plan)
     report("evaluation", 1.0)
     timings["evaluation_s"] = time.perf_counter() - t0
     metrics["retrained"], timings["retrain_s"] = None, None
@@ -301,27 +339,28 @@ def run(
         metrics["retrained"] = evaluate(retrained, eval_plan)
     timings["total_s"] = time.perf_counter() - started
 
+    criterion = "all" if spec.method in USES_FULL_SELECTION else spec.selection.criterion
     result = {
         "method": spec.method,
         "request": spec.request.kind,
-        "selection": {**selection.summary(), "criterion": spec.selection.criterion if spec.method not in USES_FULL_SELECTION else "all",
-                      "layers": [vars(layer) for layer in selection.layers]},
-        "solver": _solver_summary(spec, solution, hessian),
-        "step": step_result,
+        "selection": {**edit.selection.summary(), "criterion": criterion,
+                      "layers": [vars(layer) for layer in edit.selection.layers]},
+        "solver": _solver_summary(spec, edit.solution, edit.hessian),
+        "step": edit.step,
         "metrics": metrics,
         "timings": timings,
         "data": {
             "train_samples": len(train_data),
             "affected_samples": len(plan.affected),
-            "hessian_samples": len(hessian_idx),
-            "gradient_samples": len(gradient_idx),
+            "hessian_samples": len(samples.hessian),
+            "gradient_samples": len(samples.gradient),
             "coefficient": plan.coefficient,
             "device": str(device),
         },
         "warnings": warnings,
     }
-    state = {k: v.detach().cpu().clone() for k, v in edited.state_dict().items()}
-    return EditOutcome(state, result, edited)
+    state = {k: v.detach().cpu().clone() for k, v in edit.model.state_dict().items()}
+    return EditOutcome(state, result, edit.model)
 
 
 def step_objective(spec: JobSpec, model: nn.Module, validation: ValidationData) -> Callable[[ValidationData, Logits], float]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
+from gif.curvature import HessianOperator, LossTerm, ModelObjective
 from gif.data import Dataset
 from gif.errors import NonFiniteError
 

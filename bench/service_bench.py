@@ -259,10 +259,9 @@ Median of {E2E_RUNS} runs after one warm-up run each:
 | of which waiting in the queue (created → started) | {median(service['queue_wait_s']):.3f} |
 | **overhead: service − (in-process edit + loading)** | **{e2e - edit - load:.3f}** |
 
-First runs (cold): in-process edit {local['edit_s'][0]:.3f} s; service {service['submit_to_succeeded_s'][0]:.3f} s, of which
-{service['queue_wait_s'][0]:.3f} s in the queue (the first job was submitted while the worker was still starting).
-The worker runs one tiny edit before taking jobs so that the engine's lazy imports happen once in the parent
-and not in every forked job process. Both sides compute alike: {torch.get_num_threads()} torch threads and
+First runs: in-process edit {local['edit_s'][0]:.3f} s; service {service['submit_to_succeeded_s'][0]:.3f} s ({service['queue_wait_s'][0]:.3f} s of it in the queue).
+Lazy first-use costs are paid at start-up, not by the first jobs: the worker runs one tiny edit before taking
+jobs (its forked job processes inherit the warm state), and the API runs its meta-device check once. Both sides compute alike: {torch.get_num_threads()} torch threads and
 `OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY")}` (the worker's default, see `worker/__init__.py`).
 """
 

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from service import problems
+from service import problems, validation
 from service.auth import caller
 from service.context import ServiceContext
 from service.metrics import HttpMetrics, job_registry
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(validation.warm_up)  # so that the first job posted is not a second slower
         reaper = asyncio.create_task(reap_lost_jobs(ctx))
         try:
             yield

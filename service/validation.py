@@ -74,6 +74,11 @@ def _logits_shape(architecture_json: str, sample_shape: tuple[int, ...]) -> tupl
         return str(exc).splitlines()[0]
 
 
+def warm_up() -> None:
+    """Run the meta-device check once: its first use in a process costs about a second (lazy torch imports)."""
+    _logits_shape(json.dumps({"name": "mlp", "config": {"sizes": [4, 2]}}), (4,))
+
+
 def check_job(spec: JobSpec, model: dict[str, Any], datasets: dict[str, dict[str, Any]]) -> None:
     """Refuse a job that cannot run on its model and data, listing every problem with its field."""
     classes = model["num_classes"]

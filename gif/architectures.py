@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from gif.errors import InvalidWeightsError, UnknownArchitectureError
-from gif.files import TensorFileError, TensorInfo, read_tensors
+from gif.files import TensorFileError, TensorInfo, read_tensors, scan_safetensors, sniff_format
 
 
 class ArchitectureSpec(BaseModel):
@@ -263,6 +263,20 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         return read_tensors(path, WEIGHT_FORMATS)
     except TensorFileError as exc:
         raise InvalidWeightsError(str(exc)) from None
+
+
+def checkpoint_tensor_infos(path: str | Path) -> dict[str, TensorInfo]:
+    """Shape, dtype and finiteness of every tensor of a checkpoint file, for ``check_weights``.
+
+    Safetensors are scanned in bounded chunks and torch zip files are memory-mapped, so memory
+    does not grow with the checkpoint.
+    """
+    try:
+        if sniff_format(path) == "safetensors":
+            return scan_safetensors(path)
+    except TensorFileError as exc:
+        raise InvalidWeightsError(str(exc)) from None
+    return {name: TensorInfo.of(value) for name, value in read_checkpoint(path).items()}
 
 
 def load_checkpoint(spec: ArchitectureSpec | dict[str, Any], path: str | Path) -> nn.Module:

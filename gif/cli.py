@@ -73,7 +73,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from gif.architectures import load_checkpoint
     from gif.data import read_dataset
     from gif.edit import run
-    from gif.files import sha256_file, write_safetensors
     from gif.spec import JobSpec
 
     spec = JobSpec.model_validate(_json_argument(args.spec))
@@ -86,8 +85,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         outcome = run(spec, model, train, eval_data, bar, validation_data=validation, device=args.device)
     finally:
         bar.close()
-    write_safetensors(args.out, outcome.state_dict, metadata={"gif_method": spec.method, "gif_request": spec.request.kind})
-    result = {**outcome.result, "checkpoint": {"sha256": sha256_file(args.out), "size_bytes": Path(args.out).stat().st_size}}
+    result = {**outcome.result, "checkpoint": outcome.write_checkpoint(args.out)}
     if args.result:
         Path(args.result).write_text(json.dumps(result, indent=2))
     print(metrics_table(result["metrics"]))

@@ -12,13 +12,20 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import torch
 
 from gif.errors import InvalidDatasetError
-from gif.files import TensorFileError, read_tensors, write_safetensors
+from gif.files import (
+    TensorFileError,
+    read_safetensors_tensor,
+    read_tensors,
+    scan_safetensors,
+    sniff_format,
+    write_safetensors,
+)
 
 DATASET_FORMATS = ("safetensors", "npz")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -56,33 +63,46 @@ class Dataset:
         write_safetensors(path, {"x": self.x, "y": self.y})
 
 
+def _structure_problems(x_shape: tuple[int, ...], x_dtype: torch.dtype, y: torch.Tensor) -> list[str]:
+    problems = []
+    if len(x_shape) < 2:
+        problems.append(f"x must have a sample axis and at least one feature axis (got shape {list(x_shape)})")
+    if y.dim() != 1:
+        problems.append(f"y must be one-dimensional (got shape {list(y.shape)})")
+    if len(x_shape) >= 1 and y.dim() == 1 and x_shape[0] != y.shape[0]:
+        problems.append(f"x has {x_shape[0]} samples but y has {y.shape[0]}")
+    if y.dim() == 1 and y.shape[0] == 0:
+        problems.append("the dataset is empty")
+    if x_dtype not in FLOAT_DTYPES + (torch.uint8,):
+        problems.append(f"x must be float32 or uint8 (got {x_dtype})")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+        problems.append(f"y must hold integer labels (got {y.dtype})")
+    return problems
+
+
+def _value_problems(x_finite: bool, y: torch.Tensor) -> list[str]:
+    return (["x contains NaN or Inf"] if not x_finite else []) + (
+        ["y contains negative labels"] if bool((y < 0).any()) else []
+    )
+
+
 def make_dataset(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> Dataset:
     """Validate and convert raw arrays; raise ``InvalidDatasetError`` listing every problem."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)
-    problems = []
-    if x.dim() < 2:
-        problems.append(f"x must have a sample axis and at least one feature axis (got shape {list(x.shape)})")
-    if y.dim() != 1:
-        problems.append(f"y must be one-dimensional (got shape {list(y.shape)})")
-    if x.dim() >= 1 and y.dim() == 1 and x.shape[0] != y.shape[0]:
-        problems.append(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-    if y.dim() == 1 and y.shape[0] == 0:
-        problems.append("the dataset is empty")
-    if x.dtype not in FLOAT_DTYPES + (torch.uint8,):
-        problems.append(f"x must be float32 or uint8 (got {x.dtype})")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
-        problems.append(f"y must hold integer labels (got {y.dtype})")
+    problems = _structure_problems(tuple(x.shape), x.dtype, y)
     if problems:
         raise InvalidDatasetError("invalid dataset", problems)
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     y = y.long()
-    if not bool(torch.isfinite(x).all()):
-        problems.append("x contains NaN or Inf")
-    if bool((y < 0).any()):
-        problems.append("y contains negative labels")
+    problems = _value_problems(bool(torch.isfinite(x).all()), y)
     if problems:
         raise InvalidDatasetError("invalid dataset", problems)
     return Dataset(x.contiguous(), y.contiguous())
+
+
+def _require_x_and_y(names: Iterable[str]) -> None:
+    if set(names) != {"x", "y"}:
+        raise InvalidDatasetError(f"the file must hold exactly the tensors 'x' and 'y' (found: {sorted(names)})")
 
 
 def read_dataset(path: str | Path) -> Dataset:
@@ -91,9 +111,45 @@ def read_dataset(path: str | Path) -> Dataset:
         tensors = read_tensors(path, DATASET_FORMATS)
     except TensorFileError as exc:
         raise InvalidDatasetError(str(exc)) from None
-    if set(tensors) != {"x", "y"}:
-        raise InvalidDatasetError(f"the file must hold exactly the tensors 'x' and 'y' (found: {sorted(tensors)})")
+    _require_x_and_y(tensors)
     return make_dataset(tensors["x"], tensors["y"])
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What job checks need to know about a dataset, without its images."""
+
+    num_samples: int
+    num_classes: int
+    sample_shape: list[int]
+    class_counts: list[int]
+
+
+def summarize_dataset(path: str | Path) -> DatasetSummary:
+    """Validate a dataset file as ``read_dataset`` does and summarise it.
+
+    For safetensors only the labels are loaded; ``x`` is checked for NaN/Inf in bounded chunks, so
+    memory does not grow with the file. ``.npz`` archives are read whole.
+    """
+    try:
+        fmt = sniff_format(path)
+    except TensorFileError as exc:
+        raise InvalidDatasetError(str(exc)) from None
+    if fmt != "safetensors":
+        data = read_dataset(path)
+        return DatasetSummary(len(data), data.num_classes, data.sample_shape, torch.bincount(data.y).tolist())
+    try:
+        infos = scan_safetensors(path)
+        _require_x_and_y(infos)
+        y = read_safetensors_tensor(path, "y")
+    except TensorFileError as exc:
+        raise InvalidDatasetError(str(exc)) from None
+    x = infos["x"]
+    problems = _structure_problems(x.shape, x.dtype, y) or _value_problems(x.finite, y)
+    if problems:
+        raise InvalidDatasetError("invalid dataset", problems)
+    y = y.long()
+    return DatasetSummary(len(y), int(y.max()) + 1, list(x.shape[1:]), torch.bincount(y).tolist())
 
 
 def check_labels(dataset: Dataset, num_classes: int, what: str = "dataset") -> None:

@@ -10,6 +10,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
@@ -19,6 +20,7 @@ from torch.func import functional_call
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset, check_labels, sample_indices, split_indices
 from gif.errors import InvalidSpecError, NonFiniteError
+from gif.files import sha256_file, write_safetensors
 from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, RequestPlan, solve_influence
 from gif.metrics import accuracy, evaluate, evaluation_plan, mean_loss, predict
 from gif.parameters import ParameterSpace, candidate_mask
@@ -57,8 +59,14 @@ def _ignore_progress(phase: str, fraction: float, iteration: int | None = None, 
 @dataclass
 class EditOutcome:
     state_dict: dict[str, torch.Tensor]  # the edited checkpoint (parameters and buffers), on the CPU
-    result: dict[str, Any]  # the contract's ``result`` object (without ``checkpoint``, which storage adds)
+    result: dict[str, Any]  # the contract's ``result`` object (without ``checkpoint``: see write_checkpoint)
     model: nn.Module  # the edited model
+
+    def write_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Write the edited weights as safetensors, atomically; return the result's ``checkpoint`` entry."""
+        metadata = {"gif_method": self.result["method"], "gif_request": self.result["request"]}
+        write_safetensors(path, self.state_dict, metadata=metadata)
+        return {"sha256": sha256_file(path), "size_bytes": Path(path).stat().st_size}
 
 
 class _Progress:

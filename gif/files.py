@@ -138,8 +138,23 @@ def scan_safetensors(path: str | Path) -> dict[str, TensorInfo]:
     return infos
 
 
+def read_safetensors_tensor(path: str | Path, name: str) -> torch.Tensor:
+    """One tensor of a safetensors file, without loading the others."""
+    read_safetensors_header(path)
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.get_tensor(name)
+    except SafetensorError as exc:
+        raise TensorFileError(f"unreadable safetensors file: {exc}") from None
+
+
 def read_tensors(path: str | Path, allowed: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Load every tensor of a file whose format is in ``allowed``; raise ``TensorFileError`` otherwise."""
+    """Load every tensor of a file whose format is in ``allowed``; raise ``TensorFileError`` otherwise.
+
+    Torch zip files are memory-mapped: their tensors are read from the file as they are touched.
+    """
     fmt = sniff_format(path)
     if fmt not in allowed:
         raise TensorFileError(f"{fmt} files are not accepted here (accepted: {', '.join(allowed)})")
@@ -159,7 +174,7 @@ def read_tensors(path: str | Path, allowed: tuple[str, ...]) -> dict[str, torch.
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
             raise TensorFileError(f"unreadable .npz file: {exc}") from None
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for corrupt or disallowed archives
         raise TensorFileError(f"unreadable torch state dict: {str(exc).splitlines()[0]}") from None
     if not isinstance(loaded, dict) or not all(

@@ -8,16 +8,17 @@ upload to record what later job checks need. Nothing here runs an edit.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gif.architectures import ArchitectureSpec, build_model, check_weights, num_classes, read_checkpoint, resolve
-from gif.data import read_dataset
+from gif.architectures import ArchitectureSpec, build_model, check_weights, checkpoint_tensor_infos, num_classes, resolve
+from gif.data import summarize_dataset
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
-from gif.files import TensorFileError, TensorInfo, scan_safetensors, sniff_format
+from gif.files import sniff_format
 from gif.spec import JobSpec, check_request
 from service.errors import ServiceError
 
@@ -29,16 +30,7 @@ def inspect_weights(path: Path, architecture: ArchitectureSpec) -> dict[str, Any
 
     Safetensors files are scanned in bounded chunks, so the memory used does not grow with the file.
     """
-    try:
-        fmt = sniff_format(path)
-        if fmt == "safetensors":
-            tensors = scan_safetensors(path)
-        elif fmt == "torch_zip":
-            tensors = {name: TensorInfo.of(value) for name, value in read_checkpoint(path).items()}
-        else:
-            raise InvalidWeightsError(f"{fmt} files are not accepted for weights (use safetensors or a torch zip state dict)")
-    except TensorFileError as exc:
-        raise InvalidWeightsError(str(exc)) from None
+    tensors = checkpoint_tensor_infos(path)
     model = build_model(architecture, device="meta")
     problems = check_weights(model, tensors)
     if problems:
@@ -47,20 +39,13 @@ def inspect_weights(path: Path, architecture: ArchitectureSpec) -> dict[str, Any
         "architecture": architecture.model_dump(),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_classes": num_classes(architecture),
-        "format": fmt,
+        "format": sniff_format(path),
     }
 
 
 def inspect_dataset(path: Path) -> dict[str, Any]:
-    """Read and check a dataset (shapes, dtypes, labels, NaN/Inf); its facts for the record."""
-    data = read_dataset(path)
-    return {
-        "num_samples": len(data),
-        "num_classes": data.num_classes,
-        "sample_shape": data.sample_shape,
-        "class_counts": torch.bincount(data.y).tolist(),
-        "format": sniff_format(path),
-    }
+    """Check a dataset (shapes, dtypes, labels, NaN/Inf) without holding its images; its facts for the record."""
+    return {**asdict(summarize_dataset(path)), "format": sniff_format(path)}
 
 
 @lru_cache(maxsize=256)

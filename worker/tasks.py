@@ -23,9 +23,8 @@ from rq.timeouts import JobTimeoutException
 
 from gif.architectures import load_checkpoint
 from gif.data import Dataset, read_dataset
-from gif.edit import run
+from gif.edit import EditOutcome, run
 from gif.errors import EditCancelled, GifError
-from gif.files import sha256_file, write_safetensors
 from gif.spec import JobSpec
 from service.context import ServiceContext
 from service.errors import job_error
@@ -117,7 +116,7 @@ def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
         spec = JobSpec.model_validate(record["spec"])
         model, data = _load_inputs(ctx, record["inputs"])
         outcome = run(spec, model, data["train"], data.get("eval"), progress, validation_data=data.get("validation"))
-        checkpoint = _store_checkpoint(ctx, job_id, outcome.state_dict, spec)
+        checkpoint = _store_checkpoint(ctx, job_id, outcome)
         if jobs.succeed(job_id, {**outcome.result, "checkpoint": checkpoint}):
             return "succeeded"
         ctx.artifacts.release(checkpoint["sha256"], f"job:{job_id}")
@@ -144,10 +143,9 @@ def _load_inputs(ctx: ServiceContext, inputs: dict[str, dict[str, Any]]) -> tupl
     return model, data
 
 
-def _store_checkpoint(ctx: ServiceContext, job_id: str, state_dict: dict[str, torch.Tensor], spec: JobSpec) -> dict[str, Any]:
-    """Write the edited weights atomically into the store; the same metadata as ``gif edit`` writes."""
+def _store_checkpoint(ctx: ServiceContext, job_id: str, outcome: EditOutcome) -> dict[str, Any]:
+    """Write the edited weights into the store (staged, then added under their sha256), as ``gif edit`` writes them."""
     with ctx.artifacts.store.staging_file() as staged:
-        write_safetensors(staged, state_dict, metadata={"gif_method": spec.method, "gif_request": spec.request.kind})
-        checkpoint = {"sha256": sha256_file(staged), "size_bytes": staged.stat().st_size}
+        checkpoint = outcome.write_checkpoint(staged)
         ctx.artifacts.add(staged, checkpoint["sha256"], f"job:{job_id}")
     return checkpoint

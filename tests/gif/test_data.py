@@ -91,3 +91,25 @@ def test_relabelled_and_subset():
     d = Dataset(torch.zeros(4, 2), torch.tensor([0, 1, 2, 3]))
     assert d.relabelled([1, 3], [9, 8]).y.tolist() == [0, 9, 2, 8] and d.y.tolist() == [0, 1, 2, 3]
     assert d.subset([2, 0]).y.tolist() == [2, 0]
+
+
+def test_summaries_match_the_loaded_dataset_and_refuse_the_same(tmp_path, digits):
+    from gif.data import summarize_dataset
+
+    digits.save(tmp_path / "d.safetensors")
+    np.savez(tmp_path / "d.npz", x=digits.x.numpy(), y=digits.y.numpy())
+    for name in ("d.safetensors", "d.npz"):
+        summary = summarize_dataset(tmp_path / name)
+        assert summary.num_samples == 1797 and summary.num_classes == 10 and summary.sample_shape == [1, 8, 8]
+        assert summary.class_counts == torch.bincount(digits.y).tolist()
+    x = digits.x.clone()
+    x[5, 0, 0, 0] = float("inf")
+    save_file({"x": x, "y": digits.y}, tmp_path / "bad.safetensors")
+    with pytest.raises(InvalidDatasetError, match="NaN or Inf"):
+        summarize_dataset(tmp_path / "bad.safetensors")
+    save_file({"x": digits.x, "y": digits.y - 1}, tmp_path / "neg.safetensors")
+    with pytest.raises(InvalidDatasetError, match="negative"):
+        summarize_dataset(tmp_path / "neg.safetensors")
+    save_file({"x": digits.x[:3], "y": digits.y}, tmp_path / "len.safetensors")
+    with pytest.raises(InvalidDatasetError, match="samples but y has"):
+        summarize_dataset(tmp_path / "len.safetensors")

@@ -124,4 +124,4 @@ def test_reinitialised_models_use_the_architectures_own_init():
     assert torch.equal(fresh.conv1.weight, reinitialised(model, 3).conv1.weight)
     assert not fresh.fc.bias.any()  # TinyNet's He init zeroes biases; PyTorch's default would not
     fan_in = 3 * 3 * 128
-    assert abs(float(fresh.conv4.weight.std()) - (2 / fan_in) ** 0.5) < 0.1 * (2 / fan_in) ** 0.5
+    assert abs(float(fresh.conv4.weight.detach().std()) - (2 / fan_in) ** 0.5) < 0.1 * (2 / fan_in) ** 0.5

@@ -120,6 +120,7 @@ def prepare(setup: Setup, seed: int = 0) -> Prepared:
 # --- the reference setups (sizes scaled down to fit a 2-core CPU are stated in each) ---------------
 
 TINYNET_RECIPE = RetrainSpec(epochs=15, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4)
+VGG_RECIPE = RetrainSpec(epochs=15, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4)
 SETUPS = {
     "tinynet-mnist": Setup("tinynet-mnist", {"name": "tinynet", "config": {}}, "mnist", TINYNET_RECIPE),
     "tinynet-mnist-backdoor": Setup(
@@ -130,14 +131,11 @@ SETUPS = {
         "resnet18-mnist", {"name": "resnet18", "config": {}}, "mnist",
         RetrainSpec(epochs=3, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4), train_subset=2000,
     ),
-    # VGG-11 on the 4,000-image CIFAR-10 subset (the paper: 50,000 images, 200 epochs).
-    "vgg11-cifar": Setup(
-        "vgg11-cifar", {"name": "vgg11", "config": {"in_channels": 3}}, "cifar10",
-        RetrainSpec(epochs=15, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4),
-    ),
+    # VGG-11 on the 4,000-image CIFAR-10 subset (the paper: 50,000 images, 200 epochs). lr 0.01: at the
+    # paper's 0.1 (or 0.05) this small set without warm-up reaches only ~22% test accuracy in 8 epochs.
+    "vgg11-cifar": Setup("vgg11-cifar", {"name": "vgg11", "config": {"in_channels": 3}}, "cifar10", VGG_RECIPE),
     "vgg11-cifar-backdoor": Setup(
-        "vgg11-cifar-backdoor", {"name": "vgg11", "config": {"in_channels": 3}}, "cifar10-backdoor",
-        RetrainSpec(epochs=15, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4),
+        "vgg11-cifar-backdoor", {"name": "vgg11", "config": {"in_channels": 3}}, "cifar10-backdoor", VGG_RECIPE
     ),
     # TinyNet memorising the CIFAR-10 subset (100% train accuracy): the hard case of sample removal.
     "tinynet-cifar": Setup(

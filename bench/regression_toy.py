@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from bench.common import BENCH_DIR, markdown_table, write_section
+from bench.common import RESULTS, markdown_table, write_section
 from gif.toy import toy_edits
 
-PLOT = BENCH_DIR / "regression_toy.png"
+PLOT = RESULTS.parent / "regression_toy.png"
 COLOURS = {"gif": "tab:red", "fif": "tab:blue", "pif": "tab:green"}
 
 

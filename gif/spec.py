@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 SampleCount = Union[PositiveInt, Literal["all"]]
 
@@ -19,47 +19,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _require_unique(values: list[int], what: str) -> list[int]:
+def _unique(values: list[int]) -> list[int]:
     if len(set(values)) != len(values):
-        raise ValueError(f"{what} must not repeat")
+        raise ValueError("values must not repeat")
     return values
+
+
+NonNegative = Annotated[int, Field(ge=0)]
+UniqueIndices = Annotated[list[NonNegative], Field(min_length=1), AfterValidator(_unique)]
 
 
 class RemoveClass(_Strict):
     """Forget every training example of these classes."""
 
     kind: Literal["remove_class"] = "remove_class"
-    classes: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, examples=[[8]])
-
-    @field_validator("classes")
-    @classmethod
-    def _unique(cls, v: list[int]) -> list[int]:
-        return _require_unique(v, "classes")
+    classes: UniqueIndices = Field(examples=[[8]])
 
 
 class RemoveSamples(_Strict):
     """Forget these training examples (indices into the training data)."""
 
     kind: Literal["remove_samples"] = "remove_samples"
-    indices: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, examples=[[12, 40, 97]])
-
-    @field_validator("indices")
-    @classmethod
-    def _unique(cls, v: list[int]) -> list[int]:
-        return _require_unique(v, "indices")
+    indices: UniqueIndices = Field(examples=[[12, 40, 97]])
 
 
 class Relabel(_Strict):
     """Replace the labels of these training examples (backdoor or mislabel repair)."""
 
     kind: Literal["relabel"] = "relabel"
-    indices: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, examples=[[3, 17]])
-    labels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, examples=[[1, 7]])
-
-    @field_validator("indices")
-    @classmethod
-    def _unique(cls, v: list[int]) -> list[int]:
-        return _require_unique(v, "indices")
+    indices: UniqueIndices = Field(examples=[[3, 17]])
+    labels: list[NonNegative] = Field(min_length=1, examples=[[1, 7]])
 
     @model_validator(mode="after")
     def _same_length(self) -> "Relabel":

@@ -20,9 +20,11 @@ from gif.spec import JobSpec, RemoveClass
 from gif.training import train
 
 CONFIGS = {
-    "gif, contract example solver (CG ≤100 it., 1024/512 samples, λ=0)": {"method": "gif"},
-    "gif, fast (CG 5 it., 512/256 samples, λ=0.01)": {
-        "method": "gif", "solver": {"max_iterations": 5, "hessian_samples": 512, "gradient_samples": 256, "damping": 0.01}},
+    "gif, product defaults (CG ≤5 it., 512/256 samples, λ=0.01)": {"method": "gif"},
+    "gif, tighter (CG ≤20 it., 1024/512 samples, λ=0.01)": {
+        "method": "gif", "solver": {"max_iterations": 20, "hessian_samples": 1024, "gradient_samples": 512}},
+    "gif, the contract's example solver (CG ≤100 it., 1024/512 samples, λ=0)": {
+        "method": "gif", "solver": {"max_iterations": 100, "hessian_samples": 1024, "gradient_samples": 512, "damping": 0.0}},
     "first_order ablation (same selection and step search)": {"method": "first_order"},
 }
 

@@ -317,8 +317,9 @@ def run(
     solve = edit.solution.solve
     if solve is not None and not solve.converged:
         warnings.append(
-            f"the solver stopped at relative residual {solve.relative_residual:.3g} "
-            f"above the tolerance {spec.solver.tolerance:g} after {solve.iterations} iterations"
+            f"the solver stopped after {solve.iterations} iterations at relative residual "
+            f"{solve.relative_residual:.3g} (tolerance {spec.solver.tolerance:g}): the solved vector is approximate; "
+            "raise solver.max_iterations for a tighter solve"
         )
     if validation is not None:
         edit.step.update(validation="provided" if validation_data is not None else "carved",

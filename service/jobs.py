@@ -154,6 +154,17 @@ class JobStore:
                 lost.append(job_id)
         return lost
 
+    def queued_longer_than(self, seconds: float) -> list[str]:
+        """Ids of jobs still queued ``seconds`` after they were recorded (candidates for re-enqueueing)."""
+        ids = self.client.zrange(self.keys.jobs_with("queued"), 0, -1)
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.keys.job(job_id), "created_at")
+            created = pipe.execute()
+        now = parse_time(utc_now())
+        return [job_id for job_id, at in zip(ids, created, strict=True)
+                if at and (now - parse_time(at)).total_seconds() > seconds]
+
     # --- the worker's side -------------------------------------------------------------------
 
     def start(self, job_id: str, worker: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import redis
 from rq import Queue
+from rq.job import JobStatus
 
 from service.settings import Settings
 
@@ -27,6 +28,16 @@ def enqueue_job(queue: Queue, job_id: str, timeout_s: int) -> None:
         TASK, job_id, job_id=job_id, job_timeout=timeout_s, result_ttl=RQ_RESULT_TTL_S,
         failure_ttl=RQ_FAILURE_TTL_S, description=f"edit {job_id}",
     )
+
+
+def held_by_queue(queue: Queue, job_id: str) -> bool:
+    """Whether RQ still holds the job: waiting, scheduled or taken by a worker. A job whose RQ entry
+    was lost (Redis restarted without persistence, the API died between recording and enqueueing)
+    or ended without the worker reaching it would otherwise stay queued for ever."""
+    job = queue.fetch_job(job_id)
+    if job is None:
+        return False
+    return job.get_status(refresh=False) in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
 def withdraw_job(queue: Queue, job_id: str) -> None:

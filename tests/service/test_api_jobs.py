@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from service.queue import job_queue
+from service.queue import job_queue, withdraw_job
+from service.records import Keys
 
 
 @pytest.fixture()
@@ -119,6 +122,18 @@ def test_cancel_a_queued_job(http, base, settings, problem):
     problem(http.get(f"/v1/jobs/{job['id']}/checkpoint"), 409, "conflict")
     assert http.delete(f"/v1/jobs/{job['id']}").status_code == 204
     problem(http.get(f"/v1/jobs/{job['id']}"), 404, "not-found")
+
+
+def test_a_queued_job_the_queue_lost_is_enqueued_again(http, base, settings):
+    job = http.post("/v1/jobs", json=base).json()
+    queue = job_queue(settings)
+    withdraw_job(queue, job["id"])
+    queue.connection.hset(Keys(settings.key_prefix).job(job["id"]), "created_at", "2026-01-01T00:00:00.000Z")
+    deadline = time.monotonic() + 10
+    while job["id"] not in queue.job_ids and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job["id"] in queue.job_ids
+    assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
 
 
 def test_unfinished_jobs_have_no_checkpoint_and_cannot_be_deleted(http, base, problem):

@@ -1,14 +1,24 @@
-"""Shared fixtures: real data from ../shared/data (or scikit-learn's digits) and small trained models."""
+"""Shared fixtures: real data from ../shared/data (or scikit-learn's digits), small trained models, and
+for the service and worker tests a real Redis, isolated settings and the demo model and data."""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
+import redis
 import torch
 
 from gif.architectures import build_model
 from gif.data import Dataset, load_digits, load_mnist, shared_data_dir, split_indices
+from gif.demo import write_demo_assets
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
+from service.launch import redis_for
+from service.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +81,34 @@ def dense_hessian_of(objective) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def dense_hessian():
     return dense_hessian_of
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """REDIS_URL when it answers, else a redis-server started for the session."""
+    with redis_for(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def isolated_settings(redis_url, tmp_path_factory):
+    """``isolated_settings(**overrides)``: a context manager giving Settings under a fresh key prefix, queue
+    and storage directory, whose Redis keys are removed afterwards (the Redis may be a shared one)."""
+
+    @contextmanager
+    def make(**overrides) -> Iterator[Settings]:
+        tag = f"test-{secrets.token_hex(4)}"
+        yield Settings(redis_url=redis_url, key_prefix=tag, queue_name=tag,
+                       storage_dir=tmp_path_factory.mktemp("artifacts"), **overrides)
+        client = redis.Redis.from_url(redis_url)
+        for pattern in (f"{tag}:*", f"rq:*{tag}*"):
+            for key in client.scan_iter(pattern):
+                client.delete(key)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    """model, architecture, train, eval, job: the files of ``gif demo-assets`` (an MLP on the digits)."""
+    return {p.stem: p for p in write_demo_assets(tmp_path_factory.mktemp("demo"))}

@@ -1,37 +1,25 @@
-"""End-to-end fixtures: a real Redis, a real worker process on the test queue, the API in-process,
-and the demo model and data uploaded once. Windows are short so that lost jobs are found quickly.
+"""End-to-end fixtures: a real worker process on the test queue, the API in-process, and the demo
+model and data uploaded once.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-from pathlib import Path
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
-from gif.demo import write_demo_assets
 from service.app import create_app
 from service.client import ApiClient
-from service.launch import redis_for, worker_process
-from service.settings import Settings
-
+from service.launch import worker_process
 
 
 @pytest.fixture(scope="session")
-def stack_settings(tmp_path_factory):
-    """Settings under a fresh key prefix and queue, on REDIS_URL when it answers, else a redis-server of our own."""
-    with redis_for(tmp_path_factory.mktemp("redis")) as url:
-        tag = f"test-{secrets.token_hex(4)}"
-        yield Settings(redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=tmp_path_factory.mktemp("artifacts"),
-                       heartbeat_ttl_s=2.0, reaper_interval_s=0.5, progress_interval_s=0.1,
-                       cancel_check_interval_s=0.1, worker_torch_threads=1)
-        client = redis.Redis.from_url(url)
-        for pattern in (f"{tag}:*", f"rq:*{tag}*"):
-            for key in client.scan_iter(pattern):
-                client.delete(key)
+def stack_settings(isolated_settings):
+    """Short windows, so that lost jobs are found and cancels seen quickly."""
+    with isolated_settings(heartbeat_ttl_s=2.0, reaper_interval_s=0.5, progress_interval_s=0.1,
+                           cancel_check_interval_s=0.1, worker_torch_threads=1) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="session")
@@ -61,13 +49,5 @@ def api(stack_settings, worker):
 
 
 @pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory) -> Path:
-    """What ``gif demo-assets`` writes: model.safetensors, architecture.json, train/eval.safetensors, job.json."""
-    directory = tmp_path_factory.mktemp("demo")
-    write_demo_assets(directory)
-    return directory
-
-
-@pytest.fixture(scope="session")
-def inputs(api, demo_dir) -> dict[str, str]:
-    return api.upload_demo(demo_dir)
+def inputs(api, demo) -> dict[str, str]:
+    return api.upload_demo(demo["model"].parent)

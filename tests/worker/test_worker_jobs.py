@@ -32,8 +32,8 @@ def download(http, job: dict) -> dict[str, torch.Tensor]:
     return load_safetensors(response.content)
 
 
-def test_class_removal_end_to_end(api, inputs, demo_dir):
-    spec = {**json.loads((demo_dir / "job.json").read_text()), **inputs}
+def test_class_removal_end_to_end(api, inputs, demo):
+    spec = {**json.loads((demo["job"]).read_text()), **inputs}
     job = api.wait(api.submit(spec)["id"])
     assert job["status"] == "succeeded", job["error"]
     assert job["started_at"] <= job["finished_at"] and job["progress"]["phase"] == "evaluation"
@@ -42,12 +42,12 @@ def test_class_removal_end_to_end(api, inputs, demo_dir):
     for key in ("test_accuracy", "forget_test_accuracy", "forget_accuracy", "score", "mia_efficacy"):
         assert 0.0 <= before[key] <= 1.0 and 0.0 <= after[key] <= 1.0
     assert after["forget_test_accuracy"] < before["forget_test_accuracy"]
-    changed = changed_entries(load_file(demo_dir / "model.safetensors"), download(api.http, job))
+    changed = changed_entries(load_file(demo["model"]), download(api.http, job))
     assert 0 < changed <= result["selection"]["num_selected"]
 
 
-def test_relabel_end_to_end(api, inputs, demo_dir):
-    train = load_file(demo_dir / "train.safetensors")
+def test_relabel_end_to_end(api, inputs, demo):
+    train = load_file(demo["train"])
     indices = list(range(0, 200, 10))
     labels = [(int(train["y"][i]) + 1) % 10 for i in indices]
     spec = {**inputs, "request": {"kind": "relabel", "indices": indices, "labels": labels},
@@ -57,7 +57,7 @@ def test_relabel_end_to_end(api, inputs, demo_dir):
     assert job["status"] == "succeeded", job["error"]
     metrics = job["result"]["metrics"]
     assert {"relabel_accuracy", "attack_success_rate", "clean_accuracy"} <= set(metrics["after"])
-    changed = changed_entries(load_file(demo_dir / "model.safetensors"), download(api.http, job))
+    changed = changed_entries(load_file(demo["model"]), download(api.http, job))
     assert 0 < changed <= job["result"]["selection"]["num_selected"]
 
 

@@ -268,7 +268,7 @@ def main() -> None:
     spread = markdown_table(["task", "GIF gap (mean ± std)", "first-order gap (mean ± std)", "first-order − GIF",
                              "margin > spread"], [seed_spread(t, seeds) for t in seed_tasks])
     body = f"""
-{chr(10).join(tables)}
+{(chr(10) * 2).join(tables)}
 
 Verdicts (average gap to retraining over the metrics above):
 

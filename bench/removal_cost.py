@@ -2,8 +2,8 @@
 
 TinyNet on MNIST (8,000 training images), remove class 8, Top-k outputs at 10%. The edit's cost
 is selection + solve + step search (evaluation excluded); it is compared with two epochs of the
-reference recipe on the same data, timed in the same process (best of 2 after a warm-up run), and its quality with the model
-retrained from scratch by the full recipe (15 epochs) without class 8.
+reference recipe on the same data, timed in the same process (best of 2 after a warm-up run), and
+its quality with the model retrained from scratch by the full recipe (15 epochs) without class 8.
 
 Run: python -m bench.removal_cost
 """
@@ -76,8 +76,8 @@ def main() -> None:
     body = f"""
 TinyNet/MNIST reference model (15 epochs, {prepared.train_seconds:.1f} s to train), remove class 8, Top-k
 outputs 10%, step searched on a validation split of the training data. Two epochs of the same recipe on
-the same data took **{two_epochs:.2f} s** in this run (best of 2 after a warm-up run); the edit's seconds are selection + solve + step
-search (evaluation excluded); retraining runs the whole recipe.
+the same data took **{two_epochs:.2f} s** in this run (best of 2 after a warm-up run); the edit's seconds
+are selection + solve + step search (evaluation excluded); retraining runs the whole recipe.
 
 {table}
 

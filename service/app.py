@@ -15,11 +15,10 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from service import problems, validation
+from service import operations, problems, validation
 from service.auth import caller
 from service.context import ServiceContext
 from service.metrics import HttpMetrics, job_registry
-from service.queue import enqueue_job, held_by_queue
 from service.routes import architectures, health, jobs, uploads
 from service.schemas import Problem
 from service.settings import Settings
@@ -41,18 +40,6 @@ what a key creates is visible to that key only.
 """
 
 
-def requeue_lost(ctx: ServiceContext) -> list[str]:
-    """Enqueue again every job queued for longer than a heartbeat window that RQ no longer holds.
-
-    Enqueueing twice is harmless: only one worker can move the record from queued to running.
-    """
-    lost = [job_id for job_id in ctx.jobs.queued_longer_than(ctx.settings.heartbeat_ttl_s)
-            if not held_by_queue(ctx.queue, job_id)]
-    for job_id in lost:
-        enqueue_job(ctx.queue, job_id, ctx.settings.job_timeout_s)
-    return lost
-
-
 async def reap_lost_jobs(ctx: ServiceContext) -> None:
     """Every ``reaper_interval_s``: fail running jobs whose worker stopped sending heartbeats, and
     re-enqueue queued jobs whose queue entry was lost."""
@@ -61,7 +48,7 @@ async def reap_lost_jobs(ctx: ServiceContext) -> None:
         try:
             for job_id in await run_in_threadpool(ctx.jobs.reap_lost):
                 log.warning("job lost its worker; marked failed", extra={"job_id": job_id})
-            for job_id in await run_in_threadpool(requeue_lost, ctx):
+            for job_id in await run_in_threadpool(operations.requeue_lost, ctx):
                 log.warning("job was missing from the queue; enqueued again", extra={"job_id": job_id})
         except Exception:
             log.exception("the lost-job reaper failed; retrying")

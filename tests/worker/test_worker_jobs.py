@@ -33,7 +33,7 @@ def download(http, job: dict) -> dict[str, torch.Tensor]:
 
 
 def test_class_removal_end_to_end(api, inputs, demo):
-    spec = {**json.loads((demo["job"]).read_text()), **inputs}
+    spec = {**json.loads(demo["job"].read_text()), **inputs}
     job = api.wait(api.submit(spec)["id"])
     assert job["status"] == "succeeded", job["error"]
     assert job["started_at"] <= job["finished_at"] and job["progress"]["phase"] == "evaluation"

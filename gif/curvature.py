@@ -8,12 +8,19 @@ Three implementations give the same product (tests assert it):
 - ``forward_over_reverse``: ``torch.func.jvp`` of ``torch.func.grad``;
 - ``double_backward``: Pearlmutter's trick, the first-order graph rebuilt at every product;
 - ``cached_double_backward``: the first-order graph of the fixed sample built once and kept, so a
-  product costs one extra backward pass. Its memory is measured before it is chosen.
-No graph survives from one product to the next except that fixed first-order graph.
+  product costs one extra backward pass. It keeps as many batches' graphs as the cache budget allows
+  (half the device's free memory unless ``GIF_HVP_CACHE_BYTES`` says otherwise) and rebuilds the rest.
+``auto`` times one product of each implementation that works for the model on the first batch and
+keeps the fastest: which one wins differs by device and model. No graph survives from one product to
+the next except that fixed first-order graph.
+
+Curvature code runs attention on PyTorch's math kernel (``scaled_dot_product_attention``'s fused CPU
+and CUDA kernels have no double-backward); the rest of the engine keeps the fast kernels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -23,13 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gif.data import Dataset
+from gif.devices import available_memory_bytes, synchronize
 from gif.errors import NonFiniteError
 from gif.parameters import ParameterSpace, model_buffers, model_parameters
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 HvpMethod = Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward"]
+CACHE_SHARE_OF_FREE_MEMORY = 0.5  # the rest is for the solver's vectors, the step search and evaluation
+FALLBACK_CACHE_BUDGET_BYTES = 4 * 1024**3  # where free memory cannot be told
 
 
 def cross_entropy_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -49,9 +60,18 @@ class LossTerm:
     weight: float
 
 
-def default_cache_budget_bytes() -> int:
-    """How much memory the cached first-order graph may take: ``$GIF_HVP_CACHE_BYTES``, else 4 GiB."""
-    return int(os.environ.get("GIF_HVP_CACHE_BYTES", 4 * 1024**3))
+def default_cache_budget_bytes(device: torch.device) -> int:
+    """How much memory the cached first-order graphs may take: ``$GIF_HVP_CACHE_BYTES``, else half of what is
+    free on ``device`` now (4 GiB where that cannot be told)."""
+    if "GIF_HVP_CACHE_BYTES" in os.environ:
+        return int(os.environ["GIF_HVP_CACHE_BYTES"])
+    free = available_memory_bytes(device)
+    return FALLBACK_CACHE_BUDGET_BYTES if free is None else int(free * CACHE_SHARE_OF_FREE_MEMORY)
+
+
+def curvature_kernels() -> contextlib.AbstractContextManager:
+    """Kernels with second derivatives: attention on the math backend."""
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 class _SavedBytes:
@@ -127,8 +147,9 @@ def _check_finite(v: torch.Tensor, what: str) -> None:
 class HessianOperator:
     """``v ↦ (H + λI) v`` for the objective's Hessian at the model's weights; counts its products.
 
-    ``auto`` keeps the first-order graph of as many batches as ``cache_budget_bytes`` allows
-    (all of them: ``cached_double_backward``) and rebuilds the others at every product.
+    ``method`` is an implementation, or ``auto``: the fastest on the first batch (``trial_seconds`` holds
+    each one's time). The cached implementation keeps the first-order graphs of as many batches as
+    ``cache_budget_bytes`` allows (``cached_batches``) and rebuilds the others at every product.
     """
 
     def __init__(
@@ -142,23 +163,19 @@ class HessianOperator:
         self.damping = damping
         self.count = 0
         self.seconds = 0.0
-        batches = objective.batches
-        cached_batches = 0
-        if method == "cached_double_backward":
-            cached_batches = len(batches)
-        elif method == "auto":
-            budget = default_cache_budget_bytes() if cache_budget_bytes is None else cache_budget_bytes
-            per_sample = self.saved_bytes_per_sample()
-            fitting = 0
-            for x, _, _ in batches:
-                if (fitting + x.shape[0]) * per_sample > budget:
-                    break
-                fitting += x.shape[0]
-                cached_batches += 1
-            method = "cached_double_backward" if cached_batches == len(batches) else "double_backward"
+        self.trial_seconds: dict[str, float] = {}
+        self.device = next(iter(objective.params.values())).device
+        fitting, first_graph = 0, None
+        if method in ("auto", "cached_double_backward"):
+            budget = default_cache_budget_bytes(self.device) if cache_budget_bytes is None else cache_budget_bytes
+            fitting = self._batches_within(budget)
+        if method == "auto":
+            method, first_graph = self._fastest(cached_available=fitting > 0)
         self.method = method
-        self.cached_batches = cached_batches
-        self._cache = [self._first_order_graph(x, y, w) for x, y, w in batches[:cached_batches]]
+        self.cached_batches = fitting if method == "cached_double_backward" else 0
+        with curvature_kernels():
+            self._cache = [first_graph if i == 0 and first_graph is not None else self._first_order_graph(*batch)
+                           for i, batch in enumerate(objective.batches[: self.cached_batches])]
 
     @property
     def size(self) -> int:
@@ -167,9 +184,48 @@ class HessianOperator:
     def saved_bytes_per_sample(self) -> float:
         """Memory a cached first-order graph holds per sample, measured on the largest batch."""
         x, y, w = max(self.objective.batches, key=lambda b: b[0].shape[0])
-        with _SavedBytes() as saved:
+        with _SavedBytes() as saved, curvature_kernels():
             self._first_order_graph(x, y, w)
         return saved.total / x.shape[0]
+
+    def _batches_within(self, budget: int) -> int:
+        """How many leading batches' first-order graphs fit in ``budget`` bytes."""
+        per_sample, fitting, samples = self.saved_bytes_per_sample(), 0, 0
+        for x, _, _ in self.objective.batches:
+            if (samples + x.shape[0]) * per_sample > budget:
+                break
+            samples += x.shape[0]
+            fitting += 1
+        return fitting
+
+    def _fastest(self, cached_available: bool) -> tuple[str, object]:
+        """Time one product of each implementation that works here on the first batch: the fastest, and the
+        first batch's first-order graph when the cached implementation was tried (it becomes the cache's first)."""
+        batch = self.objective.batches[0]
+        v_parts = self.objective.space.unflatten(torch.randn_like(self.objective.space.zeros(batch[0])))
+        graph = None
+        trials: dict[str, Callable[[], object]] = {
+            "double_backward": lambda: self._product_via_graph(self._first_order_graph(*batch), v_parts, keep=False),
+            "forward_over_reverse": lambda: self._product_forward_over_reverse(batch, v_parts),
+        }
+        if cached_available:
+            with curvature_kernels():
+                graph = self._first_order_graph(*batch)
+            trials = {"cached_double_backward": lambda: self._product_via_graph(graph, v_parts, keep=True), **trials}
+        failures: list[str] = []
+        for name, product in trials.items():
+            try:
+                with curvature_kernels():
+                    synchronize(self.device)
+                    start = time.perf_counter()
+                    product()
+                    synchronize(self.device)
+                self.trial_seconds[name] = time.perf_counter() - start
+            except (RuntimeError, NotImplementedError) as exc:  # e.g. an operator without a forward-mode derivative
+                failures.append(f"{name}: {str(exc).splitlines()[0]}")
+        if not self.trial_seconds:
+            raise RuntimeError("no Hessian-vector product works for this model: " + "; ".join(failures))
+        return min(self.trial_seconds, key=self.trial_seconds.__getitem__), graph
 
     def _graphs(self):
         """(first-order graph, keep it) per batch: the cached ones, then the others rebuilt one at a time."""
@@ -186,29 +242,36 @@ class HessianOperator:
         used = tuple(i for i, g in enumerate(grads) if g is not None and g.requires_grad)
         return tuple(grads[i] for i in used), tuple(inputs[i] for i in used), used
 
+    def _product_via_graph(self, graph, v_parts: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+        """One batch's Hessian-vector product by differentiating its first-order graph once more."""
+        grads, inputs, used = graph
+        if not grads:
+            return {}
+        names = list(v_parts)
+        hv = torch.autograd.grad(
+            grads, inputs, grad_outputs=[v_parts[names[i]] for i in used], retain_graph=keep, allow_unused=True
+        )
+        return {names[i]: h for i, h in zip(used, hv) if h is not None}
+
+    def _product_forward_over_reverse(self, batch, v_parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y, w = batch
+        grad_fn = grad(lambda p: self.objective.batch_loss(p, x, y, w))
+        return jvp(grad_fn, (self.objective.params,), (v_parts,))[1]
+
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         space = self.objective.space
         v_parts = space.unflatten(v)
         total = space.zeros(v)
         parts = space.unflatten(total)
-        names = list(v_parts)
-        if self.method == "forward_over_reverse":
-            for x, y, w in self.objective.batches:
-                grad_fn = grad(lambda p: self.objective.batch_loss(p, x, y, w))
-                _, hv = jvp(grad_fn, (self.objective.params,), (v_parts,))
-                for n in names:
-                    parts[n] += hv[n]
-        else:
-            for (grads, inputs, used), keep in self._graphs():
-                if not grads:
-                    continue
-                hv = torch.autograd.grad(
-                    grads, inputs, grad_outputs=[v_parts[names[i]] for i in used], retain_graph=keep, allow_unused=True
-                )
-                for i, h in zip(used, hv):
-                    if h is not None:
-                        parts[names[i]] += h
+        with curvature_kernels():
+            if self.method == "forward_over_reverse":
+                products = (self._product_forward_over_reverse(batch, v_parts) for batch in self.objective.batches)
+            else:
+                products = (self._product_via_graph(graph, v_parts, keep) for graph, keep in self._graphs())
+            for product in products:
+                for name, h in product.items():
+                    parts[name] += h
         if self.damping:
             total.add_(v, alpha=self.damping)
         self.count += 1

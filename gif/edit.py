@@ -19,7 +19,8 @@ from torch.func import functional_call
 
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset, check_labels, sample_indices, split_indices
-from gif.errors import InvalidSpecError, NonFiniteError
+from gif.devices import device_report, reset_peak_memory, resolve_device
+from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
 from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, RequestPlan, solve_influence
 from gif.metrics import accuracy, evaluate, evaluation_plan, mean_loss, predict
@@ -79,10 +80,6 @@ class _Progress:
     def __call__(self, phase: str, local: float, iteration: int | None = None, residual: float | None = None) -> None:
         start, end = self.ranges[phase]
         self.sink(phase, start + (end - start) * min(max(local, 0.0), 1.0), iteration, residual)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_inputs(
@@ -277,6 +274,39 @@ def _edit_once(
     return _Edit(edited, selection, solution, hessian, step, timings)
 
 
+def _edit_within_memory(
+    spec: JobSpec,
+    model: nn.Module,
+    train_data: Dataset,
+    plan: RequestPlan,
+    samples: _Samples,
+    validation: tuple[ValidationData, Callable[[ValidationData, Logits], float]] | None,
+    loss_fn: LossFn,
+    report: "_Progress",
+    warnings: list[str],
+) -> _Edit:
+    """``_edit_once``; if the device runs out of memory, once more with half the batch and no graph cache."""
+    try:
+        return _edit_once(spec, model, train_data, plan, samples, validation, loss_fn, report)
+    except torch.OutOfMemoryError:
+        pass  # leave the handler first, so that the failed attempt's tensors can be freed
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    solver = spec.solver.model_copy(update={"batch_size": max(1, spec.solver.batch_size // 2), "hvp": "double_backward"})
+    try:
+        edit = _edit_once(spec.model_copy(update={"solver": solver}), model, train_data, plan, samples, validation,
+                          loss_fn, report)
+    except torch.OutOfMemoryError:
+        raise OutOfMemoryError(
+            f"the edit ran out of memory on {device}, also with solver.batch_size {solver.batch_size} and no graph "
+            "cache; lower solver.batch_size, solver.hessian_samples or selection.ratio, or use a device with more memory"
+        ) from None
+    warnings.append(f"the device ran out of memory; the edit was redone with solver.batch_size {solver.batch_size} "
+                    "and no first-order graph cache")
+    return edit
+
+
 def run(
     spec: JobSpec,
     model: nn.Module,
@@ -293,10 +323,13 @@ def run(
     ``train_data`` is the data the model was trained on (indices in the request refer to it);
     ``eval_data``, when given, is held-out data for the reported metrics only; ``validation_data``,
     when given, is held-out data the step search uses instead of a split carved from the training data.
+    ``device`` is a device or ``"auto"`` (the default: CUDA when there is one); the result's ``device`` entry
+    names it and reports the edit's peak memory there.
     """
     started = time.perf_counter()
     report = _Progress(progress or _ignore_progress, spec.retrain is not None)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device if device is not None else "auto")
+    reset_peak_memory(device)
     original = copy.deepcopy(model).to(device).eval()
     check_inputs(original, spec, train_data, eval_data, validation_data)
     plan = RequestPlan.of(spec.request, train_data)
@@ -313,7 +346,7 @@ def run(
                 "has seen; give validation data the model did not train on, or step.target_loss"
             )
 
-    edit = _edit_once(spec, original, train_data, plan, samples, validation, loss_fn, report)
+    edit = _edit_within_memory(spec, original, train_data, plan, samples, validation, loss_fn, report, warnings)
     solve = edit.solution.solve
     if solve is not None and not solve.converged:
         warnings.append(
@@ -333,9 +366,12 @@ def run(
         train_data, eval_data, plan.affected, plan.retained, plan.new_labels, removed_classes,
         spec.evaluation.retain_samples, spec.solver.seed, spec.evaluation.batch_size,
     )
-    metrics = {"before": evaluate(original, eval_plan)}
-    report("evaluation", 0.5)
-    metrics["after"] = evaluate(edit.model, eval_plan)
+    try:
+        metrics = {"before": evaluate(original, eval_plan)}
+        report("evaluation", 0.5)
+        metrics["after"] = evaluate(edit.model, eval_plan)
+    except torch.OutOfMemoryError:
+        raise OutOfMemoryError(f"the evaluation ran out of memory on {device}; lower evaluation.batch_size") from None
     report("evaluation", 1.0)
     timings["evaluation_s"] = time.perf_counter() - t0
     metrics["retrained"], timings["retrain_s"] = None, None
@@ -366,6 +402,7 @@ def run(
             "coefficient": plan.coefficient,
             "device": str(device),
         },
+        "device": device_report(device),
         "warnings": warnings,
     }
     state = {k: v.detach().cpu().clone() for k, v in edit.model.state_dict().items()}
@@ -401,6 +438,8 @@ def _solver_summary(spec: JobSpec, solution, hessian: HessianOperator | None) ->
         "lambda_max": solve.lambda_max,
         "damping": spec.solver.damping,
         "hvp_method": hessian.method if hessian else None,
+        "hvp_trial_seconds": hessian.trial_seconds if hessian else {},
+        "hvp_cached_batches": hessian.cached_batches if hessian else 0,
         "hvp_seconds": hessian.seconds if hessian else 0.0,
         "residual_history": solve.history[-200:],
     }

@@ -57,3 +57,9 @@ class EditCancelled(GifError):
     """The caller asked the engine to stop; raised between solver iterations and phases."""
 
     code = "cancelled"
+
+
+class OutOfMemoryError(GifError):
+    """The edit did not fit in the device's memory, even after one retry with smaller batches and no cache."""
+
+    code = "out-of-memory"

@@ -96,7 +96,10 @@ class SolverSpec(_Strict):
     gradient_samples: SampleCount = Field(256, description="Affected examples in the gradient (and selection) sample.")
     seed: int = 0
     batch_size: PositiveInt = Field(256, le=65536)
-    hvp: Literal["auto", "forward_over_reverse", "double_backward"] = "auto"
+    hvp: Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward"] = Field(
+        "auto", description="Hessian-vector product implementation; auto times each on the first batch and keeps the "
+        "fastest (the result's solver.hvp_method and hvp_trial_seconds say which and why).",
+    )
     neumann_scale: float | None = Field(
         None, gt=0.0, description="Neumann's M (series on AᵀA/M²). Null: set from a power-iteration estimate."
     )

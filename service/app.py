@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from service import operations, problems, validation
+from service import problems, reaper, validation
 from service.auth import caller
 from service.context import ServiceContext
 from service.metrics import HttpMetrics, job_registry
@@ -41,15 +41,11 @@ what a key creates is visible to that key only.
 
 
 async def reap_lost_jobs(ctx: ServiceContext) -> None:
-    """Every ``reaper_interval_s``: fail running jobs whose worker stopped sending heartbeats, and
-    re-enqueue queued jobs whose queue entry was lost."""
+    """Every ``reaper_interval_s``: ``service.reaper.reap`` (worker supervisors run it too)."""
     while True:
         await asyncio.sleep(ctx.settings.reaper_interval_s)
         try:
-            for job_id in await run_in_threadpool(ctx.jobs.reap_lost):
-                log.warning("job lost its worker; marked failed", extra={"job_id": job_id})
-            for job_id in await run_in_threadpool(operations.requeue_lost, ctx):
-                log.warning("job was missing from the queue; enqueued again", extra={"job_id": job_id})
+            await run_in_threadpool(reaper.reap, ctx)
         except Exception:
             log.exception("the lost-job reaper failed; retrying")
 

@@ -36,6 +36,8 @@ KINDS: dict[str, ErrorKind] = {
         ErrorKind(engine.InvalidDatasetError.code, 422, "Invalid dataset"),
         ErrorKind(engine.NonFiniteError.code, 422, "The edit produced NaN or Inf"),
         ErrorKind(engine.EditCancelled.code, 409, "The job was cancelled"),
+        ErrorKind(engine.OutOfMemoryError.code, 507, "The job did not fit in the device's memory"),
+        ErrorKind("device-error", 503, "The device failed while running the job"),
         ErrorKind("validation-error", 422, "The request is invalid"),
         ErrorKind("unknown-reference", 422, "The request refers to something that does not exist"),
         ErrorKind("bad-request", 400, "The request cannot be read"),

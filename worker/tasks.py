@@ -1,8 +1,7 @@
 """One job, by id: load the record and inputs, run ``gif.edit.run``, store the checkpoint, complete the record.
 
-This runs in RQ's work-horse, a process forked for each job from a worker parent that never
-touched CUDA, so the horse may initialise CUDA itself (``gif.edit.default_device``). While the job
-runs, a thread refreshes its heartbeat; the engine's progress callback writes progress (throttled)
+This runs in a standby horse (``worker.horse``): a fresh interpreter per job, already warmed up on the
+worker's device (``GIF_WORKER_DEVICE``), so CUDA is this process's own. While the job runs, a thread refreshes its heartbeat; the engine's progress callback writes progress (throttled)
 and raises ``EditCancelled`` once it sees a cancel request. Every outcome ends the record:
 succeeded, failed (with a typed error) or cancelled.
 """
@@ -14,15 +13,15 @@ import os
 import socket
 import threading
 import time
-from functools import lru_cache
 from typing import Any
 
 import redis
 import torch
 from rq.timeouts import JobTimeoutException
 
-from gif.architectures import load_checkpoint
+from gif.architectures import build_model, load_checkpoint
 from gif.data import Dataset, read_dataset
+from gif.devices import is_device_failure, resolve_device
 from gif.edit import EditOutcome, run
 from gif.errors import EditCancelled, GifError
 from gif.spec import JobSpec
@@ -31,14 +30,9 @@ from service.errors import job_error
 from service.jobs import JobStore
 from service.logs import job_context
 from service.settings import Settings
+from worker import context
 
 log = logging.getLogger("worker.tasks")
-
-
-@lru_cache(maxsize=1)
-def context() -> ServiceContext:
-    """Built once in the worker parent (no CUDA, no torch work) and inherited by each forked horse."""
-    return ServiceContext.create(Settings())
 
 
 def usable_cores() -> int:
@@ -93,6 +87,16 @@ class JobProgress:
                                                     "relative_residual": relative_residual})
 
 
+def warm_up(device: str) -> None:
+    """One tiny edit on the worker's device before any job, so that the engine's lazy imports, CUDA's context
+    and its libraries are loaded while the worker is idle, not while a job waits."""
+    generator = torch.Generator().manual_seed(0)
+    model = build_model({"name": "mlp", "config": {"sizes": [4, 8, 3]}})
+    data = Dataset(torch.randn(90, 4, generator=generator), torch.arange(90) % 3)
+    spec = JobSpec.model_validate({"request": {"kind": "remove_class", "classes": [0]}, "solver": {"max_iterations": 2}})
+    run(spec, model, data, data, device=resolve_device(device))
+
+
 def run_job(job_id: str) -> None:
     """RQ's entry point: everything the worker needs is in the job record."""
     ctx = context()
@@ -110,12 +114,13 @@ def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
     """Run the edit and end the record; returns the final status."""
     job_id, jobs = record["id"], ctx.jobs
     try:
-        torch.set_num_threads(ctx.settings.worker_torch_threads or usable_cores())  # the parent used one
+        torch.set_num_threads(ctx.settings.worker_torch_threads or usable_cores())
         progress = JobProgress(jobs, job_id, ctx.settings)
         progress("starting", 0.0)
         spec = JobSpec.model_validate(record["spec"])
         model, data = _load_inputs(ctx, record["inputs"])
-        outcome = run(spec, model, data["train"], data.get("eval"), progress, validation_data=data.get("validation"))
+        outcome = run(spec, model, data["train"], data.get("eval"), progress, validation_data=data.get("validation"),
+                      device=resolve_device(ctx.settings.worker_device))
         checkpoint = _store_checkpoint(ctx, job_id, outcome)
         if jobs.succeed(job_id, {**outcome.result, "checkpoint": checkpoint}):
             return "succeeded"
@@ -130,8 +135,13 @@ def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
     except GifError as exc:
         error, status = job_error(exc.code, exc.detail, exc.problems), "failed"
     except Exception as exc:
-        log.exception("job crashed")
-        error, status = job_error("internal", f"{type(exc).__name__}: {exc}"), "failed"
+        if is_device_failure(exc):  # the device may be unusable for this process now; the next horse is fresh
+            log.exception("the device failed")
+            error = job_error("device-error", f"{type(exc).__name__}: {exc}; submit it again", retryable=True)
+        else:
+            log.exception("job crashed")
+            error = job_error("internal", f"{type(exc).__name__}: {exc}")
+        status = "failed"
     jobs.fail(job_id, error, status)
     return status
 

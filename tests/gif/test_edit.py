@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gif.edit import run
-from gif.errors import EditCancelled, InvalidSpecError, NonFiniteError
+from gif.errors import EditCancelled, InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.spec import JobSpec
 
 FAST_SOLVER = {"max_iterations": 5, "hessian_samples": 512, "gradient_samples": 256}
@@ -67,6 +67,38 @@ def test_result_has_the_contract_shape(class_removal):
     assert set(result["timings"]) >= {"selection_s", "solve_s", "step_search_s", "evaluation_s", "total_s", "retrain_s"}
     assert result["metrics"]["retrained"] is None
     assert result["solver"]["hvp_count"] >= 2 * result["solver"]["iterations"]
+    assert result["solver"]["hvp_method"] in result["solver"]["hvp_trial_seconds"]
+
+
+def test_the_result_names_the_device_and_its_peak_memory(class_removal):
+    device = class_removal[0].result["device"]
+    assert device["type"] == "cpu" and device["name"]
+    assert 0 < device["peak_memory_bytes"] <= device["total_memory_bytes"]
+
+
+def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(mnist_tinynet, mnist_split, monkeypatch):
+    """CUDA's out-of-memory cannot happen on the CPU, so the products raise it while the batch is the default's."""
+    from gif.curvature import HessianOperator
+
+    product = HessianOperator.__call__
+    seen = []
+
+    def oom_at_full_batch(self, v):
+        seen.append((self.objective.batches[0][0].shape[0], self.method))
+        if seen[-1][0] == 256:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return product(self, v)
+
+    monkeypatch.setattr(HessianOperator, "__call__", oom_at_full_batch)
+    train, held_out = mnist_split
+    outcome = run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, held_out)
+    assert seen[0][0] == 256 and {s for s in seen[1:]} == {(128, "double_backward")}
+    assert any("out of memory" in w and "batch_size 128" in w for w in outcome.result["warnings"])
+    assert outcome.result["solver"]["hvp_method"] == "double_backward"
+
+    monkeypatch.setattr(HessianOperator, "__call__", lambda self, v: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
+    with pytest.raises(OutOfMemoryError, match="lower solver.batch_size"):
+        run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, held_out)
 
 
 def test_a_fixed_step_is_applied_exactly(mnist_tinynet, mnist_split):

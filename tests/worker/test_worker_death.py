@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -47,7 +48,9 @@ def test_a_killed_job_process_is_failed_by_its_worker(doomed, inputs, long_solve
 def test_a_dead_worker_is_found_by_the_reaper(doomed, inputs, long_solve):
     worker, http = doomed
     job_id, horse = start_long_job(http, inputs, long_solve)
-    os.kill(worker.pid, signal.SIGKILL)  # the parent first, so that nothing is left to report the job
+    os.kill(worker.pid, signal.SIGKILL)  # the supervisor: its RQ worker and the job's process die with it
     worker.wait()
-    os.kill(horse, signal.SIGKILL)
     assert_lost(http, job_id, "stopped answering")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(horse, 0)
+        raise AssertionError("the job's process outlived its worker")

@@ -1,0 +1,133 @@
+"""Where an edit runs: device names, memory the engine may use, and what the device did.
+
+``resolve_device`` turns the worker's setting (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``) into a device;
+``available_memory_bytes`` is what sizes the Hessian's graph cache (free CUDA memory, or the memory this
+process may still take on the CPU, cgroup limits included); ``device_report`` is the result's ``device``
+entry: the device, its name (the GPU model or the CPU's) and the peak memory of the edit.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gif.errors import InvalidSpecError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto``: the current CUDA device when there is one, else the CPU; ``cuda:N`` must exist."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidSpecError(f"device {name!r} was asked for, but this process sees no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidSpecError(f"device {name!r} does not exist; {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def is_device_failure(exc: BaseException) -> bool:
+    """A CUDA error (not one of the job's inputs): the device may be unusable for the rest of this process."""
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and ("CUDA error" in str(exc) or "CUBLAS_STATUS" in str(exc))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that a wall-clock time covers the work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cgroup_headroom_bytes() -> int | None:
+    """Memory the cgroup (v2) of this process may still take, when it has a limit."""
+    try:
+        limit = (CGROUP_ROOT / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((CGROUP_ROOT / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _meminfo_available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` now: CUDA's free memory, or on the CPU the least of the host's available
+    memory and the cgroup's headroom; None when it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    known = [b for b in (_meminfo_available_bytes(), _cgroup_headroom_bytes()) if b is not None]
+    return max(min(known), 0) if known else None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting peak memory from now (CUDA's allocator; on Linux the process's peak resident set)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set size
+    except OSError:
+        pass
+
+
+def _peak_resident_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_report(device: torch.device) -> dict[str, Any]:
+    """The result's ``device`` entry: type, index, name, total and peak memory (bytes) since the last reset.
+
+    On CUDA the peak is what the allocator held for tensors; on the CPU it is the process's peak resident set
+    (the job's process runs one job, so that is the job's, model and data included)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        properties = torch.cuda.get_device_properties(index)
+        return {"type": "cuda", "index": index, "name": properties.name, "total_memory_bytes": properties.total_memory,
+                "peak_memory_bytes": int(torch.cuda.max_memory_allocated(index))}
+    return {"type": device.type, "index": None, "name": _cpu_name(), "total_memory_bytes": _meminfo_total_bytes(),
+            "peak_memory_bytes": _peak_resident_bytes()}
+
+
+def _meminfo_total_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,33 @@
+"""Lost jobs, found by whoever is up: the API process and every worker supervisor run ``reap`` regularly.
+
+A running job whose heartbeat expired (its worker died) is failed as retryable; a queued job that RQ
+no longer holds (its queue entry was lost) is enqueued again. Both are safe to run from many processes
+at once: each change is one atomic transition of the job record, and enqueueing twice is harmless
+because only one worker can move the record from queued to running.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from service.context import ServiceContext
+from service.queue import enqueue_job, held_by_queue
+
+log = logging.getLogger("service.reaper")
+
+
+def requeue_lost(ctx: ServiceContext) -> list[str]:
+    """Enqueue again every job queued for longer than a heartbeat window that RQ no longer holds."""
+    lost = [job_id for job_id in ctx.jobs.queued_longer_than(ctx.settings.heartbeat_ttl_s, ctx.settings.queue_name)
+            if not held_by_queue(ctx.queue, job_id)]
+    for job_id in lost:
+        enqueue_job(ctx.queue, job_id, ctx.settings.job_timeout_s)
+    return lost
+
+
+def reap(ctx: ServiceContext) -> None:
+    """One pass: fail jobs that lost their worker, re-enqueue jobs that lost their queue entry; logs each."""
+    for job_id in ctx.jobs.reap_lost():
+        log.warning("job lost its worker; marked failed", extra={"job_id": job_id})
+    for job_id in requeue_lost(ctx):
+        log.warning("job was missing from the queue; enqueued again", extra={"job_id": job_id})

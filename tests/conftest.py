@@ -1,8 +1,10 @@
-"""Shared fixtures: real data from ../shared/data (or scikit-learn's digits), small trained models, and
-for the service and worker tests a real Redis, isolated settings and the demo model and data."""
+"""Shared fixtures: real data from ../shared/data (or scikit-learn's digits), small trained models; for the
+service and worker tests a real Redis, isolated settings and the demo model and data; for end-to-end tests
+(worker/, gpu/) a real worker process on the test queue, the API in-process, and the demo uploaded once."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,13 +13,16 @@ from pathlib import Path
 import pytest
 import redis
 import torch
+from fastapi.testclient import TestClient
 
 from gif.architectures import build_model
 from gif.data import Dataset, load_digits, load_mnist, shared_data_dir, split_indices
 from gif.demo import write_demo_assets
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
-from service.launch import redis_for
+from service.app import create_app
+from service.client import ApiClient
+from service.launch import redis_for, worker_process
 from service.settings import Settings
 
 
@@ -112,3 +117,42 @@ def isolated_settings(redis_url, tmp_path_factory):
 def demo(tmp_path_factory) -> dict[str, Path]:
     """model, architecture, train, eval, job: the files of ``gif demo-assets`` (an MLP on the digits)."""
     return {p.stem: p for p in write_demo_assets(tmp_path_factory.mktemp("demo"))}
+
+
+@pytest.fixture(scope="session")
+def stack_settings(isolated_settings):
+    """Short windows, so that lost jobs are found and cancels seen quickly."""
+    with isolated_settings(heartbeat_ttl_s=2.0, reaper_interval_s=0.5, progress_interval_s=0.1,
+                           cancel_check_interval_s=0.1, worker_torch_threads=1) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="session")
+def start_worker():
+    """``start_worker(settings)``: a context manager running ``python -m worker`` with those settings."""
+    return lambda settings: worker_process({**os.environ, **settings.as_env()})
+
+
+@pytest.fixture(scope="session")
+def worker(stack_settings, start_worker):
+    """One worker process shared by every test on the default test queue."""
+    with start_worker(stack_settings) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def long_solve() -> dict:
+    """A solver spec that runs for minutes unless the job is stopped."""
+    return {"kind": "neumann", "tolerance": 1e-12, "max_iterations": 100000}
+
+
+@pytest.fixture(scope="session")
+def api(stack_settings, worker):
+    """The API in-process on the worker's queue (its HTTP client is ``api.http``)."""
+    with TestClient(create_app(stack_settings)) as http:
+        yield ApiClient(http)
+
+
+@pytest.fixture(scope="session")
+def inputs(api, demo) -> dict[str, str]:
+    return api.upload_demo(demo["model"].parent)

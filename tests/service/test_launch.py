@@ -1,4 +1,5 @@
-"""`make run` (python -m service.launch): starts Redis, a worker and the API; Ctrl-C stops all of them."""
+"""`make run` (python -m service.launch): starts Redis, a worker and the API; restarts a child that dies;
+Ctrl-C stops all of them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import urllib.request
 from service.launch import free_port, redis_answers
 
 READY = re.compile(r"ready on (\S+) .*Redis (\S+); worker pid (\d+), api pid (\d+)")
+RESTARTED = re.compile(r"the worker was restarted \(pid (\d+)\)")
 
 
 def launcher_env(port: int) -> dict[str, str]:
@@ -39,18 +41,29 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_launcher_starts_the_stack_and_sigint_stops_everything(tmp_path):
+def wait_for_line(process: subprocess.Popen, lines: list[str], pattern: re.Pattern) -> re.Match:
+    deadline = time.monotonic() + 120
+    while not (found := next((m for m in map(pattern.search, list(lines)) if m), None)):
+        assert process.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.2)
+    return found
+
+
+def test_launcher_starts_the_stack_restarts_a_dead_worker_and_sigint_stops_everything(tmp_path):
     process, lines = launch(tmp_path, free_port())
     try:
-        deadline = time.monotonic() + 120
-        while not (ready := next((m for m in map(READY.search, list(lines)) if m), None)):
-            assert process.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
-        base, redis_url, worker_pid, api_pid = ready.group(1), ready.group(2), int(ready.group(3)), int(ready.group(4))
+        ready = wait_for_line(process, lines, READY)
+        base, redis_url, first_worker, api_pid = ready.group(1), ready.group(2), int(ready.group(3)), int(ready.group(4))
         with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
             assert response.status == 200
-        assert redis_answers(redis_url) and alive(worker_pid) and alive(api_pid)
+        assert redis_answers(redis_url) and alive(first_worker) and alive(api_pid)
+        os.kill(first_worker, signal.SIGKILL)
+        worker_pid = int(wait_for_line(process, lines, RESTARTED).group(1))
+        assert worker_pid != first_worker and alive(worker_pid) and alive(api_pid)
+        assert any("the worker (pid" in line and "restarting in" in line for line in lines)
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+            assert response.status == 200
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0, "".join(lines)
     finally:

@@ -224,7 +224,7 @@ Command: `.venv/bin/python -m bench.service_bench` (this file is written by it)
 Date: {started:%Y-%m-%d %H:%M} UTC
 Machine: {host}; at the end {os.getloadavg()[0]:.2f} (a load above ~0.3 means other processes shared the cores)
 Stack: Redis at {redis_url}, `python -m service` (uvicorn, one process, JSON access log on, to a file) and
-`python -m worker` (RQ's forking worker), all on this machine with default settings; the load generator runs
+`python -m worker` (one RQ worker; each job in a fresh, pre-warmed interpreter), all on this machine with default settings; the load generator runs
 here too and competes for the same cores.
 
 ## 1. `GET /v1/jobs/{{id}}` with {POLLERS} concurrent pollers for {POLL_SECONDS:.0f} s (a succeeded job: {body_bytes:,} B of JSON)
@@ -260,8 +260,8 @@ Median of {E2E_RUNS} runs after one warm-up run each:
 | **overhead: service − (in-process edit + loading)** | **{e2e - edit - load:.3f}** |
 
 First runs: in-process edit {local['edit_s'][0]:.3f} s; service {service['submit_to_succeeded_s'][0]:.3f} s ({service['queue_wait_s'][0]:.3f} s of it in the queue).
-Lazy first-use costs are paid at start-up, not by the first jobs: the worker runs one tiny edit before taking
-jobs (its forked job processes inherit the warm state), and the API runs its meta-device check once. Both sides compute alike: {torch.get_num_threads()} torch threads and
+Lazy first-use costs are paid before a job comes, not by the job: each job's process runs one tiny edit while
+it waits for its job, and the API runs its meta-device check once at start-up. Both sides compute alike: {torch.get_num_threads()} torch threads and
 `OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY")}` (the worker's default, see `worker/__init__.py`).
 """
 

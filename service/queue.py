@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import redis
 from rq import Queue
-from rq.job import JobStatus
 
 from service.settings import Settings
 
@@ -30,14 +29,16 @@ def enqueue_job(queue: Queue, job_id: str, timeout_s: int) -> None:
     )
 
 
-def held_by_queue(queue: Queue, job_id: str) -> bool:
-    """Whether RQ still holds the job: waiting, scheduled or taken by a worker. A job whose RQ entry
-    was lost (Redis restarted without persistence, the API died between recording and enqueueing)
-    or ended without the worker reaching it would otherwise stay queued for ever."""
-    job = queue.fetch_job(job_id)
-    if job is None:
-        return False
-    return job.get_status(refresh=False) in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+def waiting_job_ids(queue: Queue) -> set[str]:
+    """Ids of the jobs waiting in the queue for a worker. A job a worker took but never started is not
+    among them: RQ parks it in an intermediate list, where it stays if that worker died first."""
+    return set(queue.get_job_ids())
+
+
+def enqueue_again(queue: Queue, job_id: str, timeout_s: int) -> None:
+    """Put a lost job back in the queue (and out of RQ's intermediate list, so RQ does not re-enqueue it too)."""
+    queue.connection.lrem(queue.intermediate_queue_key, 0, job_id)
+    enqueue_job(queue, job_id, timeout_s)
 
 
 def withdraw_job(queue: Queue, job_id: str) -> None:

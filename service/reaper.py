@@ -1,7 +1,9 @@
 """Lost jobs, found by whoever is up: the API process and every worker supervisor run ``reap`` regularly.
 
-A running job whose heartbeat expired (its worker died) is failed as retryable; a queued job that RQ
-no longer holds (its queue entry was lost) is enqueued again. Both are safe to run from many processes
+A running job whose heartbeat expired (its worker died) is failed as retryable; a job still queued a
+heartbeat window after it was recorded that is not waiting in the queue is enqueued again: its queue
+entry was lost (Redis restarted without its append-only file, the API died between recording and
+enqueueing) or a worker took it and died before starting it. Both are safe to run from many processes
 at once: each change is one atomic transition of the job record, and enqueueing twice is harmless
 because only one worker can move the record from queued to running.
 """
@@ -11,17 +13,18 @@ from __future__ import annotations
 import logging
 
 from service.context import ServiceContext
-from service.queue import enqueue_job, held_by_queue
+from service.queue import enqueue_again, waiting_job_ids
 
 log = logging.getLogger("service.reaper")
 
 
 def requeue_lost(ctx: ServiceContext) -> list[str]:
-    """Enqueue again every job queued for longer than a heartbeat window that RQ no longer holds."""
+    """Enqueue again every job queued for longer than a heartbeat window that is not waiting in the queue."""
+    waiting = waiting_job_ids(ctx.queue)
     lost = [job_id for job_id in ctx.jobs.queued_longer_than(ctx.settings.heartbeat_ttl_s, ctx.settings.queue_name)
-            if not held_by_queue(ctx.queue, job_id)]
+            if job_id not in waiting]
     for job_id in lost:
-        enqueue_job(ctx.queue, job_id, ctx.settings.job_timeout_s)
+        enqueue_again(ctx.queue, job_id, ctx.settings.job_timeout_s)
     return lost
 
 

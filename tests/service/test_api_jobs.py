@@ -136,6 +136,21 @@ def test_a_queued_job_the_queue_lost_is_enqueued_again(http, base, settings):
     assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
 
 
+def test_a_queued_job_taken_by_a_worker_that_died_is_enqueued_again(http, base, settings):
+    """RQ parks a job a worker has taken in an intermediate list; if the worker is killed before starting it, it
+    stays there (RQ itself cleans that list up every 10 minutes or so)."""
+    job = http.post("/v1/jobs", json=base).json()
+    queue = job_queue(settings)
+    queue.connection.lmove(queue.key, queue.intermediate_queue_key, "RIGHT", "LEFT")  # what a worker's BLMOVE does
+    assert job["id"] not in queue.job_ids
+    queue.connection.hset(Keys(settings.key_prefix).job(job["id"]), "created_at", "2026-01-01T00:00:00.000Z")
+    deadline = time.monotonic() + 10
+    while job["id"] not in queue.job_ids and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job["id"] in queue.job_ids
+    assert job["id"].encode() not in queue.connection.lrange(queue.intermediate_queue_key, 0, -1)
+
+
 def test_unfinished_jobs_have_no_checkpoint_and_cannot_be_deleted(http, base, problem):
     job = http.post("/v1/jobs", json=base).json()
     problem(http.get(f"/v1/jobs/{job['id']}/checkpoint"), 409, "conflict")

@@ -28,26 +28,31 @@ def stages() -> dict[str, list[str]]:
     return found
 
 
-def test_compose_runs_redis_api_and_scalable_gpu_workers_on_shared_storage():
+def test_compose_runs_redis_api_and_scalable_cpu_and_gpu_workers_on_shared_storage():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker"}
+    assert set(services) == {"redis", "api", "worker", "worker-gpu"}
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and "yes" in redis["command"]
     assert any(v.endswith(":/data") and v.split(":")[0] in compose["volumes"] for v in redis["volumes"])
     assert redis["healthcheck"]["test"]
-    storage = {s: [v for v in services[s]["volumes"] if v.startswith("artifacts:")] for s in ("api", "worker")}
-    assert storage["api"] == storage["worker"] and storage["api"] and "artifacts" in compose["volumes"]
-    for name in ("api", "worker"):
+    storage = {s: [v for v in services[s]["volumes"] if v.startswith("artifacts:")] for s in ("api", "worker", "worker-gpu")}
+    assert storage["api"] == storage["worker"] == storage["worker-gpu"] and storage["api"] and "artifacts" in compose["volumes"]
+    for name in ("api", "worker", "worker-gpu"):
         env = services[name]["environment"]
         assert env["GIF_REDIS_URL"].startswith("redis://redis:")
         assert storage[name][0].split(":")[1] == env["GIF_STORAGE_DIR"]
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert services[name]["build"]["target"] in stages()
-    worker = services["worker"]
-    assert "container_name" not in worker and "ports" not in worker  # --scale worker=N must work
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert any("gpu" in d["capabilities"] for d in devices)
+        assert services[name]["restart"] == "unless-stopped"
+    assert services["redis"]["restart"] == "unless-stopped"
+    for name in ("worker", "worker-gpu"):
+        assert "container_name" not in services[name] and "ports" not in services[name]  # --scale must work
+    assert services["worker"]["environment"]["GIF_WORKER_DEVICE"] == "cpu" and "deploy" not in services["worker"]
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["environment"]["GIF_WORKER_DEVICE"] == "auto"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] and d["count"] == "all" for d in devices)
 
 
 def test_dockerfile_images_run_non_root_and_their_commands_exist():
@@ -75,6 +80,7 @@ def imported_by(code: str) -> set[str]:
 def test_the_layers_import_only_what_they_may():
     engine = imported_by("import gif.cli, gif.edit, gif.architectures, gif.files, gif.data, gif.spec")
     assert not engine & {"fastapi", "starlette", "rq", "redis", "service", "worker"}
-    worker = imported_by("import worker.__main__, worker.tasks")
+    worker = imported_by("import worker.__main__, worker.tasks, worker.horse")
     assert not worker & {"fastapi", "starlette", "uvicorn"}
+    assert "torch" not in imported_by("import worker.__main__, worker.supervisor, worker.runner")  # only horses load it
     assert not imported_by("import service.jobs, service.context") & {"fastapi", "starlette", "worker"}

@@ -241,7 +241,10 @@ budget is half of the device's free memory. Attention runs on the math kernel in
 Target: ≤ 1 s. Each job runs in a fresh interpreter that was started and warmed up before the job came
 (`worker.horse`); the next one starts as a job is handed over. Back to back, a job that comes before the
 next standby is warm waits for it: that row is the price of a fresh process per job for jobs shorter than
-a standby's start (about 3 s of imports and warm-up on this machine).
+a standby's start (imports and a warm-up edit, a few CPU-seconds, here on cores shared with the running
+job). Real edits take seconds to minutes, long enough for the next standby to be warm when they end.
+The in-process row runs in this benchmark's own process; a negative overhead means the worker's fresh,
+warmed-up process ran the edit a little faster than this long-lived one.
 
 ## 3. Healing under `make run` (`python -m service.launch`)
 

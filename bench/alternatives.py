@@ -33,10 +33,10 @@ from torch import nn
 
 from bench.common import BACKDOOR_TARGET, QUICK, SETUPS, Prepared, edit, job_spec, markdown_table, prepare, write_section
 from gif.data import Dataset, checkerboard_trigger, split_indices
-from gif.edit import step_objective, step_validation
-from gif.influence import RequestPlan
 from gif.metrics import accuracy, evaluate, evaluation_plan, predict
-from gif.spec import JobSpec
+from gif.plan import RequestPlan
+from gif.spec import AutoStep, JobSpec
+from gif.step import request_objective, validation_data
 from gif.training import train
 
 REMOVAL_KEYS = ("UA", "RA", "TA", "MIA")
@@ -128,8 +128,9 @@ def gradient_ascent(prepared: Prepared, request: dict, validation: Dataset) -> n
     spec = job_spec(prepared, request, step={"mode": "auto"})
     plan = RequestPlan.of(spec.request, prepared.train)
     original = prepared.model
-    target = step_validation(spec, plan, prepared.train, torch.empty(0, dtype=torch.long), validation)
-    objective = step_objective(spec, original, target)
+    assert isinstance(spec.step, AutoStep)
+    target = validation_data(spec, spec.step, plan, prepared.train, torch.empty(0, dtype=torch.long), validation)
+    objective = request_objective(spec, spec.step, original, target)
 
     def score(model: nn.Module) -> float:
         return objective(target, lambda d: predict(model, d.x))
@@ -188,8 +189,8 @@ def context(task: Task) -> Context:
 def gif_edit(ctx: Context, model: nn.Module | None = None, **fields) -> tuple[nn.Module, float]:
     """An edit tuned on the validation half; returns the model and its cost (selection + solve + step)."""
     outcome = edit(ctx.prepared, ctx.request, eval_data=ctx.test, validation_data=ctx.validation, model=model, **fields)
-    t = outcome.result["timings"]
-    return outcome.model, t["selection_s"] + t["solve_s"] + t["step_search_s"]
+    t = outcome.result.timings
+    return outcome.model, t.selection_s + t.solve_s + t.step_search_s
 
 
 def run_task(task: Task) -> tuple[str, dict[str, dict]]:

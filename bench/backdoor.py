@@ -52,9 +52,9 @@ def main() -> None:
     rows = [["poisoned model", *backdoor_metrics(prepared.model, prepared).values(), "-", "-"]]
     for method in METHODS[:2] if QUICK else METHODS:
         outcome = edit(prepared, relabel_request(prepared), method=method)
-        t = outcome.result["timings"]
+        t = outcome.result.timings
         rows.append([method, *backdoor_metrics(outcome.model, prepared).values(),
-                     f"{outcome.result['step']['scale']:.3g}", f"{t['selection_s'] + t['solve_s'] + t['step_search_s']:.1f}"])
+                     f"{outcome.result.step.scale:.3g}", f"{t.selection_s + t.solve_s + t.step_search_s:.1f}"])
     retrained, seconds = retrain_repaired(prepared)
     rows.append(["retrained (true labels)", *backdoor_metrics(retrained, prepared).values(), "-", f"{seconds:.1f}"])
     body = f"""

@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 
 from bench.common import QUICK, SETUPS, edit, markdown_table, prepare, write_section
-from gif.influence import RequestPlan
+from gif.plan import RequestPlan
+from gif.result import EditResult
 from gif.metrics import evaluate, evaluation_plan
 from gif.spec import RemoveClass
 from gif.training import train
@@ -23,12 +24,12 @@ METHODS = ("gif", "fif", "pif")
 RATIOS = (0.1, 0.3, 0.5)
 
 
-def row(label: str, ratio: str, result: dict) -> list:
-    a, s, t = result["metrics"]["after"], result["solver"], result["timings"]
-    per_iteration = s["hvp_seconds"] / max(s["iterations"], 1) if s["iterations"] else 0.0
-    return [label, ratio, f"{result['selection']['modification_ratio']:.1%}", a["test_accuracy"],
-            a["forget_test_accuracy"], a["score"], f"{s['iterations']}", f"{s['relative_residual']:.3f}",
-            f"{per_iteration:.2f}", f"{t['selection_s'] + t['solve_s'] + t['step_search_s']:.1f}"]
+def row(label: str, ratio: str, result: EditResult) -> list:
+    a, s, t = result.metrics.after, result.solver, result.timings
+    per_iteration = s.hvp_seconds / max(s.iterations, 1) if s.iterations else 0.0
+    return [label, ratio, f"{result.selection.modification_ratio:.1%}", a["test_accuracy"],
+            a["forget_test_accuracy"], a["score"], f"{s.iterations}", f"{s.relative_residual:.3f}",
+            f"{per_iteration:.2f}", f"{t.selection_s + t.solve_s + t.step_search_s:.1f}"]
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
             rows.append(row(method, f"{ratio:.0%}", result))
     result = edit(prepared, request, method="if").result
     rows.append(row("if", "all", result))
-    before = result["metrics"]["before"]
+    before = result.metrics.before
 
     plan = RequestPlan.of(RemoveClass(classes=[SHIP]), prepared.train)
     start = time.perf_counter()

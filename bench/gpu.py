@@ -256,8 +256,9 @@ warmed-up process ran the edit a little faster than this long-lived one.
 Target: back and taking jobs within 10 s. The launcher restarts the worker after 1 s (doubling to 30 s
 while it keeps dying); the API stays up throughout. A job posted in the very milliseconds the worker dies
 can be taken off the queue by the dying worker: the reaper (API or any worker host) puts it back once it
-has been queued for a heartbeat window (`GIF_HEARTBEAT_TTL_S`, 15 s) and is not waiting in the queue, so it
-runs within about 25 s instead.
+has been queued for a heartbeat window (`GIF_HEARTBEAT_TTL_S`, 15 s) and the queue no longer holds it (not
+waiting, and no live worker's lease on it), so it runs within about 25 s instead (up to RQ's 90 s lease if the
+dying worker had already leased it).
 """
 
 

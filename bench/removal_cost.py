@@ -15,7 +15,8 @@ import time
 from bench.common import SETUPS, best_of, markdown_table, prepare, write_section
 from gif.edit import run
 from gif.metrics import evaluate, evaluation_plan
-from gif.influence import RequestPlan
+from gif.plan import RequestPlan
+from gif.result import EditResult
 from gif.spec import JobSpec, RemoveClass
 from gif.training import train
 
@@ -31,9 +32,9 @@ CONFIGS = {
 }
 
 
-def edit_cost(result: dict) -> float:
-    t = result["timings"]
-    return t["selection_s"] + t["solve_s"] + t["step_search_s"]
+def edit_cost(result: EditResult) -> float:
+    t = result.timings
+    return t.selection_s + t.solve_s + t.step_search_s
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
     for label, fields in CONFIGS.items():
         spec = JobSpec.model_validate({"request": request.model_dump(), **fields})
         result = run(spec, prepared.model, prepared.train, prepared.test).result
-        after, cost = result["metrics"]["after"], edit_cost(result)
+        after, cost = result.metrics.after, edit_cost(result)
         met = (
             cost <= two_epochs
             and after["forget_test_accuracy"] <= 0.01
@@ -67,9 +68,9 @@ def main() -> None:
         )
         verdicts.append(f"- {label}: {'meets' if met else 'misses'} the targets (cost ≤ 2 epochs, forget-class held-out "
                         f"accuracy ≤ 1%, other classes within 1 point of retraining).")
-        rows.append([label, f"{result['solver']['iterations']} it. / {result['solver']['hvp_count']} HVPs",
+        rows.append([label, f"{result.solver.iterations} it. / {result.solver.hvp_count} HVPs",
                      f"{cost:.2f}", f"{cost / two_epochs:.2f}", after["forget_test_accuracy"], after["test_accuracy"],
-                     after["score"], f"{result['solver']['relative_residual']:.3f}", f"{result['step']['scale']:.3g}"])
+                     after["score"], f"{result.solver.relative_residual:.3f}", f"{result.step.scale:.3g}"])
     table = markdown_table(
         ["model", "solve", "seconds", "÷ 2 epochs", "forget-test acc", "test acc (other classes)", "score",
          "rel. residual", "step"], rows)

@@ -26,7 +26,8 @@ from bench.common import QUICK, SETUPS, best_of, markdown_table, prepare, write_
 from gif.architectures import build_model
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset
-from gif.influence import RequestPlan, normal_equations
+from gif.influence import normal_equations
+from gif.plan import RequestPlan
 from gif.selection import select
 from gif.solvers import conjugate_gradient, neumann
 from gif.spec import RemoveClass, SelectionSpec

@@ -85,20 +85,21 @@ def cmd_edit(args: argparse.Namespace) -> int:
         outcome = run(spec, model, train, eval_data, bar, validation_data=validation, device=args.device)
     finally:
         bar.close()
-    result = {**outcome.result, "checkpoint": outcome.write_checkpoint(args.out)}
+    checkpoint = outcome.write_checkpoint(args.out)
+    result = outcome.result
     if args.result:
-        Path(args.result).write_text(json.dumps(result, indent=2))
-    print(metrics_table(result["metrics"]))
-    s = result["solver"]
+        Path(args.result).write_text(result.model_dump_json(indent=2))
+    print(metrics_table(result.metrics.model_dump()))
+    s = result.solver
     print(
-        f"\n{spec.method} on {result['selection']['num_selected']} parameters "
-        f"({result['selection']['modification_ratio']:.1%}); solver {s['kind']}: {s['iterations']} iterations, "
-        f"{s['hvp_count']} HVPs, relative residual {s['relative_residual']:.2e}; step {result['step']['scale']:.4g}; "
-        f"{result['timings']['total_s']:.1f}s"
+        f"\n{spec.method} on {result.selection.num_selected} parameters "
+        f"({result.selection.modification_ratio:.1%}); solver {s.kind}: {s.iterations} iterations, "
+        f"{s.hvp_count} HVPs, relative residual {s.relative_residual:.2e}; step {result.step.scale:.4g}; "
+        f"{result.timings.total_s:.1f}s"
     )
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"edited checkpoint: {args.out} (sha256 {result['checkpoint']['sha256']})")
+    print(f"edited checkpoint: {args.out} (sha256 {checkpoint.sha256})")
     return 0
 
 

@@ -51,6 +51,10 @@ class Dataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return Dataset(self.x[idx], self.y[idx])
 
+    def split(self, mask: torch.Tensor) -> tuple["Dataset", "Dataset"]:
+        """(the examples where ``mask`` holds, the others), each in the original order."""
+        return self.subset(torch.nonzero(mask).flatten()), self.subset(torch.nonzero(~mask).flatten())
+
     def relabelled(self, indices: Sequence[int], labels: Sequence[int]) -> "Dataset":
         y = self.y.clone()
         y[torch.as_tensor(indices, dtype=torch.long)] = torch.as_tensor(labels, dtype=torch.long)

@@ -147,10 +147,7 @@ def evaluation_plan(
     eval_kept = eval_forgotten = None
     if eval_data is not None:
         if removed_classes:
-            forgotten = torch.isin(eval_data.y, torch.tensor(removed_classes))
-            eval_kept, eval_forgotten = eval_data.subset(torch.nonzero(~forgotten).flatten()), eval_data.subset(
-                torch.nonzero(forgotten).flatten()
-            )
+            eval_forgotten, eval_kept = eval_data.split(torch.isin(eval_data.y, torch.tensor(removed_classes)))
         else:
             eval_kept = eval_data
     return EvaluationPlan(

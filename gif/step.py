@@ -13,6 +13,10 @@ always a candidate. The objective depends on the request (higher is better):
   loss of unseen data (the validation examples, unless a target is given); steps that cost more
   than ``max_retain_accuracy_drop`` of validation accuracy are refused. A retrained model still
   classifies most removed samples correctly, so driving their accuracy to zero is over-forgetting.
+
+The policy of a job is ``step_policy(...)``: ``AutoStepPolicy`` (the search above, on held-out validation
+data when given, else on a seeded split carved from the training data) or ``FixedStepPolicy`` (s as given).
+Both answer ``choose(weights_at, unit_change, report)`` with the result's ``StepSummary``.
 """
 
 from __future__ import annotations
@@ -22,15 +26,22 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch import nn
+from torch.func import functional_call
 
-from gif.data import Dataset
-from gif.metrics import accuracy, mean_loss, removal_score
+from gif.data import Dataset, sample_indices, split_indices
+from gif.errors import InvalidSpecError
+from gif.metrics import accuracy, mean_loss, predict, removal_score
+from gif.plan import RequestPlan
+from gif.result import StepSummary
+from gif.spec import AutoStep, FixedStep, JobSpec, RemoveClass, RemoveSamples
 
 GRID_POINTS = 13
 REFINE_STEPS = 6
 MAX_EVALUATIONS = 1 + GRID_POINTS + REFINE_STEPS
 MIN_RELATIVE_CHANGE = 1e-4
 MAX_RELATIVE_CHANGE = 1.0
+STEP_SEED_OFFSET = 1  # the validation split and its samples are seeded by solver.seed + this
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,8 @@ class ValidationData:
 
 
 Logits = Callable[[Dataset], torch.Tensor]
+Objective = Callable[[ValidationData, Logits], float]
+WeightsAt = Callable[[float], dict[str, torch.Tensor]]  # scale ↦ the model's parameters and buffers at θ + s·Δ
 
 
 def class_removal_objective(val: ValidationData, logits: Logits) -> float:
@@ -104,3 +117,115 @@ def search_step(objective_at: Callable[[float], float], unit_change: float) -> S
             fb = at_relative(math.exp(b))
     scale, value = max(trace, key=lambda t: (t[1], -t[0]))
     return StepSearch(scale, value, scale * unit_change, trace)
+
+
+def carved_validation_indices(step: AutoStep, num_train: int, seed: int) -> torch.Tensor:
+    """The seeded validation split the automatic step carves from the training data."""
+    return split_indices(num_train, step.validation_fraction, seed + STEP_SEED_OFFSET)[0]
+
+
+def validation_data(
+    spec: JobSpec, step: AutoStep, plan: RequestPlan, train: Dataset, carved: torch.Tensor, provided: Dataset | None
+) -> ValidationData:
+    """What the step objective looks at: held-out ``provided`` data if given, else the ``carved`` split."""
+    seed = spec.solver.seed + STEP_SEED_OFFSET
+    if provided is not None:
+        removed = torch.zeros(len(provided), dtype=torch.bool)
+        if isinstance(spec.request, RemoveClass):
+            removed = torch.isin(provided.y, torch.tensor(spec.request.classes))
+        class_examples, kept = provided.split(removed)
+    else:
+        is_affected = torch.zeros(len(train), dtype=torch.bool)
+        is_affected[plan.affected] = True
+        class_examples, kept = train.subset(carved).split(is_affected[carved])
+    cap = step.max_validation_samples
+    kept = kept.subset(sample_indices(torch.arange(len(kept)), cap, seed))
+    if plan.class_level and len(class_examples):
+        affected, new_labels = class_examples.subset(sample_indices(torch.arange(len(class_examples)), cap, seed)), None
+    else:
+        chosen = sample_indices(torch.arange(len(plan.affected)), cap, seed)
+        affected = train.subset(plan.affected[chosen])
+        new_labels = None if plan.new_labels is None else plan.new_labels[chosen]
+    if not len(kept):
+        raise InvalidSpecError("the validation split holds no unaffected examples; raise validation_fraction")
+    return ValidationData(affected, new_labels, kept)
+
+
+def request_objective(spec: JobSpec, step: AutoStep, model: nn.Module, data: ValidationData) -> Objective:
+    """The request's objective, its target and floor measured on the unedited ``model``."""
+    if isinstance(spec.request, RemoveClass):
+        return class_removal_objective
+    if data.new_labels is not None:
+        return relabel_objective
+    kept_logits = predict(model, data.kept.x, spec.evaluation.batch_size)
+    target = step.target_loss if step.target_loss is not None else mean_loss(kept_logits, data.kept.y)
+    return sample_removal_objective(target, accuracy(kept_logits, data.kept.y) - step.max_retain_accuracy_drop)
+
+
+@dataclass
+class AutoStepPolicy:
+    """Search s on validation data (see the module docstring)."""
+
+    model: nn.Module
+    data: ValidationData
+    objective: Objective
+    provided: bool  # held-out validation data was given (else the split was carved from the training data)
+    batch_size: int
+
+    def choose(self, weights_at: WeightsAt, unit_change: float, report: Callable[[float], None]) -> StepSummary:
+        device = next(self.model.parameters()).device
+        evaluations = 0
+
+        def objective_at(scale: float) -> float:
+            nonlocal evaluations
+            evaluations += 1
+            report(evaluations / MAX_EVALUATIONS)
+            params = weights_at(scale)
+
+            @torch.no_grad()
+            def logits(d: Dataset) -> torch.Tensor:
+                return torch.cat([functional_call(self.model, params, (x.to(device),)).float().cpu()
+                                  for x, _ in d.batches(self.batch_size)])
+
+            return self.objective(self.data, logits)
+
+        search = search_step(objective_at, unit_change)
+        return StepSummary(mode="auto", scale=search.scale, objective=search.objective,
+                           relative_change=search.relative_change, evaluations=len(search.trace),
+                           validation="provided" if self.provided else "carved",
+                           validation_samples={"affected": len(self.data.affected), "kept": len(self.data.kept)})
+
+
+@dataclass
+class FixedStepPolicy:
+    """s as given: θ_J ← θ_J + s·Δ_J exactly."""
+
+    scale: float
+
+    def choose(self, weights_at: WeightsAt, unit_change: float, report: Callable[[float], None]) -> StepSummary:
+        return StepSummary(mode="fixed", scale=self.scale)
+
+
+StepPolicy = AutoStepPolicy | FixedStepPolicy
+
+
+def step_policy(
+    spec: JobSpec, plan: RequestPlan, train: Dataset, carved: torch.Tensor, provided: Dataset | None, model: nn.Module
+) -> StepPolicy:
+    """The job's step policy; ``carved`` is the split carved from the training data (unused when ``provided``)."""
+    step = spec.step
+    if isinstance(step, FixedStep):
+        return FixedStepPolicy(step.scale)
+    data = validation_data(spec, step, plan, train, carved, provided)
+    return AutoStepPolicy(model, data, request_objective(spec, step, model, data), provided is not None,
+                          spec.evaluation.batch_size)
+
+
+def carved_validation_warning(spec: JobSpec, provided: Dataset | None) -> str | None:
+    """Removing samples, a step that targets the loss of training examples the model has seen is biased."""
+    step = spec.step
+    if isinstance(spec.request, RemoveSamples) and isinstance(step, AutoStep) and step.target_loss is None \
+            and provided is None:
+        return ("the step targets the loss of a validation split carved from the training data, which the model "
+                "has seen; give validation data the model did not train on, or step.target_loss")
+    return None

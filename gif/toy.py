@@ -21,7 +21,8 @@ from torch import nn
 
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, squared_error_sum
 from gif.data import Dataset
-from gif.influence import RequestPlan, solve_influence
+from gif.influence import solve_influence
+from gif.plan import RequestPlan
 from gif.spec import RemoveSamples, SolverSpec
 
 
@@ -36,9 +37,9 @@ class ToyResult:
     removed: torch.Tensor
 
     def retained(self) -> Dataset:
-        keep = torch.ones(len(self.data), dtype=torch.bool)
-        keep[self.removed] = False
-        return self.data.subset(torch.nonzero(keep).flatten())
+        removed = torch.zeros(len(self.data), dtype=torch.bool)
+        removed[self.removed] = True
+        return self.data.split(removed)[1]
 
     def retained_gradient_norm(self, w: torch.Tensor) -> float:
         """‖∇R_retained(w)‖ for the mean of ½(w·x − y)² over the retained examples."""

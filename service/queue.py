@@ -6,6 +6,8 @@ The API enqueues by dotted path and never imports the worker's code.
 
 from __future__ import annotations
 
+import time
+
 import redis
 from rq import Queue
 
@@ -29,10 +31,13 @@ def enqueue_job(queue: Queue, job_id: str, timeout_s: int) -> None:
     )
 
 
-def waiting_job_ids(queue: Queue) -> set[str]:
-    """Ids of the jobs waiting in the queue for a worker. A job a worker took but never started is not
-    among them: RQ parks it in an intermediate list, where it stays if that worker died first."""
-    return set(queue.get_job_ids())
+def held_job_ids(queue: Queue) -> set[str]:
+    """Ids of the jobs the queue still holds: waiting for a worker, or taken by a worker whose lease on them (RQ's
+    started registry, renewed while that worker lives) has not expired. A job whose worker was killed between
+    taking it and handing it over is in neither: RQ parks it in an intermediate list, where it would stay."""
+    registry = queue.started_job_registry
+    leased = queue.connection.zrangebyscore(registry.key, time.time(), "+inf")
+    return set(queue.get_job_ids()) | {registry.parse_job_id(entry) for entry in leased}
 
 
 def enqueue_again(queue: Queue, job_id: str, timeout_s: int) -> None:

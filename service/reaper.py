@@ -1,7 +1,7 @@
 """Lost jobs, found by whoever is up: the API process and every worker supervisor run ``reap`` regularly.
 
 A running job whose heartbeat expired (its worker died) is failed as retryable; a job still queued a
-heartbeat window after it was recorded that is not waiting in the queue is enqueued again: its queue
+heartbeat window after it was recorded that the queue no longer holds is enqueued again: its queue
 entry was lost (Redis restarted without its append-only file, the API died between recording and
 enqueueing) or a worker took it and died before starting it. Both are safe to run from many processes
 at once: each change is one atomic transition of the job record, and enqueueing twice is harmless
@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 
 from service.context import ServiceContext
-from service.queue import enqueue_again, waiting_job_ids
+from service.queue import enqueue_again, held_job_ids
 
 log = logging.getLogger("service.reaper")
 
 
 def requeue_lost(ctx: ServiceContext) -> list[str]:
-    """Enqueue again every job queued for longer than a heartbeat window that is not waiting in the queue."""
-    waiting = waiting_job_ids(ctx.queue)
+    """Enqueue again every job queued for longer than a heartbeat window that the queue no longer holds."""
+    held = held_job_ids(ctx.queue)
     lost = [job_id for job_id in ctx.jobs.queued_longer_than(ctx.settings.heartbeat_ttl_s, ctx.settings.queue_name)
-            if job_id not in waiting]
+            if job_id not in held]
     for job_id in lost:
         enqueue_again(ctx.queue, job_id, ctx.settings.job_timeout_s)
     return lost

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from gif.architectures import ArchitectureSpec
+from gif.result import EditResult
 from gif.spec import JobSpec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -121,58 +122,6 @@ class JobError(BaseModel):
     retryable: bool = Field(False, description="True when submitting the same job again may succeed.")
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class SelectionSummary(_Open):
-    num_selected: int
-    modification_ratio: float
-
-
-class SolverSummary(_Open):
-    kind: str
-    iterations: int
-    hvp_count: int
-    relative_residual: float
-    converged: bool
-    scale: float
-
-
-class StepSummary(_Open):
-    mode: str
-    scale: float
-
-
-class Metrics(BaseModel):
-    before: dict[str, float]
-    after: dict[str, float]
-    retrained: dict[str, float] | None = None
-
-
-class Timings(_Open):
-    selection_s: float
-    solve_s: float
-    step_search_s: float
-    evaluation_s: float
-    total_s: float
-    retrain_s: float | None = None
-
-
-class CheckpointInfo(BaseModel):
-    sha256: str = Field(description="Also the ETag of GET /v1/jobs/{id}/checkpoint.")
-    size_bytes: int
-
-
-class JobResult(_Open):
-    selection: SelectionSummary
-    solver: SolverSummary
-    step: StepSummary
-    metrics: Metrics
-    timings: Timings
-    checkpoint: CheckpointInfo
-
-
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -181,7 +130,7 @@ class JobOut(BaseModel):
     finished_at: str | None = None
     spec: JobSpec
     progress: Progress | None = Field(None, description="Updated while the job runs; the last value is kept.")
-    result: JobResult | None = Field(None, description="Once succeeded.")
+    result: EditResult | None = Field(None, description="Once succeeded.")
     error: JobError | None = Field(None, description="Once failed or cancelled.")
     cancel_requested: bool = Field(False, description="A cancel was asked for and the worker has not stopped yet.")
 

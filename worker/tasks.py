@@ -24,6 +24,7 @@ from gif.data import Dataset, read_dataset
 from gif.devices import is_device_failure, resolve_device
 from gif.edit import EditOutcome, run
 from gif.errors import EditCancelled, GifError
+from gif.result import CheckpointInfo
 from gif.spec import JobSpec
 from service.context import ServiceContext
 from service.errors import job_error
@@ -122,9 +123,9 @@ def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
         outcome = run(spec, model, data["train"], data.get("eval"), progress, validation_data=data.get("validation"),
                       device=resolve_device(ctx.settings.worker_device))
         checkpoint = _store_checkpoint(ctx, job_id, outcome)
-        if jobs.succeed(job_id, {**outcome.result, "checkpoint": checkpoint}):
+        if jobs.succeed(job_id, outcome.result.model_dump(mode="json")):
             return "succeeded"
-        ctx.artifacts.release(checkpoint["sha256"], f"job:{job_id}")
+        ctx.artifacts.release(checkpoint.sha256, f"job:{job_id}")
         return "abandoned: the job was ended elsewhere (lost or deleted) while it ran"
     except EditCancelled:
         error, status = job_error("cancelled", "cancelled on request while running"), "cancelled"
@@ -153,9 +154,9 @@ def _load_inputs(ctx: ServiceContext, inputs: dict[str, dict[str, Any]]) -> tupl
     return model, data
 
 
-def _store_checkpoint(ctx: ServiceContext, job_id: str, outcome: EditOutcome) -> dict[str, Any]:
+def _store_checkpoint(ctx: ServiceContext, job_id: str, outcome: EditOutcome) -> CheckpointInfo:
     """Write the edited weights into the store (staged, then added under their sha256), as ``gif edit`` writes them."""
     with ctx.artifacts.store.staging_file() as staged:
         checkpoint = outcome.write_checkpoint(staged)
-        ctx.artifacts.add(staged, checkpoint["sha256"], f"job:{job_id}")
+        ctx.artifacts.add(staged, checkpoint.sha256, f"job:{job_id}")
     return checkpoint

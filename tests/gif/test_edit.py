@@ -27,14 +27,14 @@ def class_removal(mnist_tinynet, mnist_split):
 
 def test_removing_a_class_forgets_it_and_keeps_the_rest(class_removal):
     outcome, _ = class_removal
-    before, after = outcome.result["metrics"]["before"], outcome.result["metrics"]["after"]
+    before, after = outcome.result.metrics.before, outcome.result.metrics.after
     assert before["forget_test_accuracy"] > 0.8
     assert after["forget_test_accuracy"] < 0.05
     assert after["test_accuracy"] >= before["test_accuracy"] - 0.05
     assert after["score"] > 0.9 and after["score"] > before["score"]
     assert after["mia_efficacy"] > before["mia_efficacy"]
-    assert outcome.result["step"]["mode"] == "auto" and outcome.result["step"]["scale"] > 0
-    assert outcome.result["step"]["validation"] == "carved"
+    assert outcome.result.step.mode == "auto" and outcome.result.step.scale > 0
+    assert outcome.result.step.validation == "carved"
 
 
 def test_every_parameter_outside_the_selection_is_bit_identical(class_removal, mnist_tinynet):
@@ -44,9 +44,9 @@ def test_every_parameter_outside_the_selection_is_bit_identical(class_removal, m
     for name, value in outcome.state_dict.items():
         differs = value != original[name]
         changed += int(differs.sum())
-    selected = outcome.result["selection"]["num_selected"]
+    selected = outcome.result.selection.num_selected
     assert 0 < changed <= selected
-    assert abs(outcome.result["selection"]["modification_ratio"] - 0.1) <= 0.01
+    assert abs(outcome.result.selection.modification_ratio - 0.1) <= 0.01
 
 
 def test_progress_reports_phases_in_order_and_ends_at_one(class_removal):
@@ -63,17 +63,17 @@ def test_progress_reports_phases_in_order_and_ends_at_one(class_removal):
 
 def test_result_has_the_contract_shape(class_removal):
     result = class_removal[0].result
-    assert set(result["solver"]) >= {"kind", "iterations", "hvp_count", "relative_residual", "converged", "scale"}
-    assert set(result["timings"]) >= {"selection_s", "solve_s", "step_search_s", "evaluation_s", "total_s", "retrain_s"}
-    assert result["metrics"]["retrained"] is None
-    assert result["solver"]["hvp_count"] >= 2 * result["solver"]["iterations"]
-    assert result["solver"]["hvp_method"] in result["solver"]["hvp_trial_seconds"]
+    assert set(result.solver.model_dump()) >= {"kind", "iterations", "hvp_count", "relative_residual", "converged", "scale"}
+    assert set(result.timings.model_dump()) >= {"selection_s", "solve_s", "step_search_s", "evaluation_s", "total_s", "retrain_s"}
+    assert result.metrics.retrained is None
+    assert result.solver.hvp_count >= 2 * result.solver.iterations
+    assert result.solver.hvp_method in result.solver.hvp_trial_seconds
 
 
 def test_the_result_names_the_device_and_its_peak_memory(class_removal):
-    device = class_removal[0].result["device"]
-    assert device["type"] == "cpu" and device["name"]
-    assert 0 < device["peak_memory_bytes"] <= device["total_memory_bytes"]
+    device = class_removal[0].result.device
+    assert device.type == "cpu" and device.name
+    assert 0 < device.peak_memory_bytes <= device.total_memory_bytes
 
 
 def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(mnist_tinynet, mnist_split, monkeypatch):
@@ -93,8 +93,8 @@ def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(mnist_ti
     train, held_out = mnist_split
     outcome = run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, held_out)
     assert seen[0][0] == 256 and {s for s in seen[1:]} == {(128, "double_backward")}
-    assert any("out of memory" in w and "batch_size 128" in w for w in outcome.result["warnings"])
-    assert outcome.result["solver"]["hvp_method"] == "double_backward"
+    assert any("out of memory" in w and "batch_size 128" in w for w in outcome.result.warnings)
+    assert outcome.result.solver.hvp_method == "double_backward"
 
     monkeypatch.setattr(HessianOperator, "__call__", lambda self, v: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
     with pytest.raises(OutOfMemoryError, match="lower solver.batch_size"):
@@ -132,7 +132,7 @@ def test_relabel_repairs_a_backdoor(backdoored):
     model, poisoned, indices, true_labels, held_out = backdoored
     spec = job(request={"kind": "relabel", "indices": indices.tolist(), "labels": true_labels.tolist()})
     outcome = run(spec, model, poisoned, held_out)
-    before, after = outcome.result["metrics"]["before"], outcome.result["metrics"]["after"]
+    before, after = outcome.result.metrics.before, outcome.result.metrics.after
     assert before["attack_success_rate"] > 0.9
     assert after["attack_success_rate"] < 0.5 * before["attack_success_rate"]
     assert after["relabel_accuracy"] > before["relabel_accuracy"] + 0.3
@@ -143,16 +143,16 @@ def test_method_if_modifies_every_conv_linear_weight(mnist_tinynet, mnist_split)
     train, _ = mnist_split
     outcome = run(job(request={"kind": "remove_samples", "indices": list(range(50))}, method="if",
                       step={"mode": "fixed", "scale": 1.0}), mnist_tinynet, train)
-    assert outcome.result["selection"]["modification_ratio"] == 1.0
-    assert outcome.result["selection"]["criterion"] == "all"
+    assert outcome.result.selection.modification_ratio == 1.0
+    assert outcome.result.selection.criterion == "all"
 
 
 def test_first_order_ablation_needs_no_hessian(mnist_tinynet, mnist_split):
     train, held_out = mnist_split
     outcome = run(job(request={"kind": "remove_class", "classes": [8]}, method="first_order"), mnist_tinynet, train,
                   held_out)
-    assert outcome.result["solver"]["hvp_count"] == 0 and outcome.result["solver"]["kind"] == "none"
-    assert outcome.result["metrics"]["after"]["forget_test_accuracy"] < 0.5
+    assert outcome.result.solver.hvp_count == 0 and outcome.result.solver.kind == "none"
+    assert outcome.result.metrics.after["forget_test_accuracy"] < 0.5
 
 
 def test_cancellation_from_the_progress_callback(mnist_tinynet, mnist_split):
@@ -223,9 +223,9 @@ def test_retrain_reports_the_ground_truth_beside_the_edit():
     spec = job(request={"kind": "remove_class", "classes": [3]},
                retrain={"epochs": 5, "batch_size": 64, "lr": 0.05, "seed": 1})
     outcome = run(spec, model, train, held_out, lambda *e: events.append(e))
-    metrics, timings = outcome.result["metrics"], outcome.result["timings"]
-    assert set(metrics["retrained"]) == set(metrics["after"])
-    assert metrics["retrained"]["forget_test_accuracy"] == 0.0  # a model that never saw a class cannot name it
-    assert metrics["retrained"]["test_accuracy"] > 0.8
-    assert timings["retrain_s"] > 0
+    metrics, timings = outcome.result.metrics, outcome.result.timings
+    assert metrics.retrained is not None and set(metrics.retrained) == set(metrics.after)
+    assert metrics.retrained["forget_test_accuracy"] == 0.0  # a model that never saw a class cannot name it
+    assert metrics.retrained["test_accuracy"] > 0.8
+    assert timings.retrain_s is not None and timings.retrain_s > 0
     assert [e for e in events if e[0] == "retrain"][-1][1] == 1.0

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
-from gif.influence import RequestPlan, solve_influence
+from gif.influence import solve_influence
+from gif.plan import RequestPlan
 from gif.parameters import ParameterSpace, candidate_mask
 from gif.selection import select
 from gif.spec import Relabel, RemoveClass, SelectionSpec, SolverSpec

@@ -29,8 +29,8 @@ def test_a_class_removal_on_cuda_agrees_with_the_cpu(mnist_tinynet, mnist_split)
     original = {k: v.detach().clone() for k, v in mnist_tinynet.state_dict().items()}
     outcomes = {device: run(class_removal_spec(), mnist_tinynet, train, held_out, device=device) for device in ("cpu", "cuda")}
     cpu, cuda = (outcomes[d] for d in ("cpu", "cuda"))
-    assert cuda.result["device"]["type"] == "cuda" and cuda.result["device"]["peak_memory_bytes"] > 0
-    assert cpu.result["selection"]["layers"] == cuda.result["selection"]["layers"]  # the same selection
+    assert cuda.result.device.type == "cuda" and cuda.result.device.peak_memory_bytes > 0
+    assert cpu.result.selection.layers == cuda.result.selection.layers  # the same selection
     delta = {d: torch.cat([(o.state_dict[k] - original[k]).flatten().double() for k in original]) for d, o in outcomes.items()}
     assert torch.equal(delta["cpu"] != 0, delta["cuda"] != 0)
     assert (delta["cuda"] - delta["cpu"]).norm() <= 1e-3 * delta["cpu"].norm()

@@ -25,13 +25,23 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from bench.common import BACKDOOR_TARGET, QUICK, SETUPS, Prepared, edit, job_spec, markdown_table, prepare, write_section
+from bench.common import (
+    BACKDOOR_TARGET,
+    QUICK,
+    SETUPS,
+    Prepared,
+    edit,
+    job_spec,
+    markdown_table,
+    prepare,
+    write_section,
+)
 from gif.data import Dataset, checkerboard_trigger, split_indices
 from gif.metrics import accuracy, evaluate, evaluation_plan, predict
 from gif.plan import RequestPlan
@@ -64,8 +74,11 @@ def random_request(prepared: Prepared) -> dict:
 
 
 def backdoor_request(prepared: Prepared) -> dict:
-    return {"kind": "relabel", "indices": prepared.extras["indices"].tolist(),
-            "labels": prepared.extras["true_labels"].tolist()}
+    return {
+        "kind": "relabel",
+        "indices": prepared.extras["indices"].tolist(),
+        "labels": prepared.extras["true_labels"].tolist(),
+    }
 
 
 TASKS = [
@@ -92,20 +105,27 @@ class Judge:
         spec = JobSpec.model_validate({"request": request})
         self.plan = RequestPlan.of(spec.request, prepared.train)
         removed = request.get("classes")
-        self.eval_plan = evaluation_plan(prepared.train, test, self.plan.affected, self.plan.retained,
-                                         self.plan.new_labels, removed, 2000, 0, 512)
+        self.eval_plan = evaluation_plan(
+            prepared.train, test, self.plan.affected, self.plan.retained, self.plan.new_labels, removed, 2000, 0, 512
+        )
         not_target = torch.nonzero(test.y != BACKDOOR_TARGET).flatten()
         self.triggered = Dataset(checkerboard_trigger(test.x[not_target]), test.y[not_target])
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         if self.task.backdoor:
             logits = predict(model, self.triggered.x)
-            return {"clean": accuracy(predict(model, self.test.x), self.test.y),
-                    "attack": float((logits.argmax(1) == BACKDOOR_TARGET).float().mean()),
-                    "triggered": accuracy(logits, self.triggered.y)}
+            return {
+                "clean": accuracy(predict(model, self.test.x), self.test.y),
+                "attack": float((logits.argmax(1) == BACKDOOR_TARGET).float().mean()),
+                "triggered": accuracy(logits, self.triggered.y),
+            }
         m = evaluate(model, self.eval_plan)
-        return {"UA": 1 - m["forget_accuracy"], "RA": m["retain_accuracy"], "TA": m["test_accuracy"],
-                "MIA": m["mia_efficacy"]}
+        return {
+            "UA": 1 - m["forget_accuracy"],
+            "RA": m["retain_accuracy"],
+            "TA": m["test_accuracy"],
+            "MIA": m["mia_efficacy"],
+        }
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -142,7 +162,7 @@ def gradient_ascent(prepared: Prepared, request: dict, validation: Dataset) -> n
     generator = torch.Generator().manual_seed(0)
     best, best_state = score(original), copy.deepcopy(original.state_dict())
     steps_per_check = max(1, len(batches) // 4)
-    for check in range(ASCENT_CHECKPOINTS):
+    for _checkpoint in range(ASCENT_CHECKPOINTS):
         for _ in range(steps_per_check):
             x, y, weight = batches[int(torch.randint(len(batches), (1,), generator=generator))]
             optimizer.zero_grad(set_to_none=True)
@@ -180,8 +200,9 @@ def context(task: Task) -> Context:
         validation, test = halves(prepared.test)
         request = task.request(prepared)
         judge = Judge(task, prepared, request, test)
-        model, seconds = timed(lambda: train(prepared.fresh(1), judge.plan.edited_training_data(prepared.train),
-                                             prepared.setup.recipe))
+        model, seconds = timed(
+            lambda: train(prepared.fresh(1), judge.plan.edited_training_data(prepared.train), prepared.setup.recipe)
+        )
         _contexts[key] = Context(prepared, request, validation, test, judge, judge(model), seconds)
     return _contexts[key]
 
@@ -201,16 +222,19 @@ def run_task(task: Task) -> tuple[str, dict[str, dict]]:
         "original": {**judge(prepared.model), "seconds": 0.0},
         "retrain": {**ctx.retrained, "seconds": ctx.retrain_seconds},
     }
-    tuned, seconds = timed(lambda: train(copy.deepcopy(prepared.model), retained,
-                                         prepared.setup.recipe.model_copy(update=FINETUNE)))
+    tuned, seconds = timed(
+        lambda: train(copy.deepcopy(prepared.model), retained, prepared.setup.recipe.model_copy(update=FINETUNE))
+    )
     rows["fine-tune"] = {**judge(tuned), "seconds": seconds}
     ascended, seconds = timed(lambda: gradient_ascent(prepared, ctx.request, ctx.validation))
     rows["gradient ascent"] = {**judge(ascended), "seconds": seconds}
     for method in ("gif", "first_order"):
         model, seconds = gif_edit(ctx, method=method)
         rows[method] = {**judge(model), "seconds": seconds}
-    table_rows = [[name, *[r[k] for k in judge.keys], gap({k: r[k] for k in judge.keys}, ctx.retrained),
-                   f"{r['seconds']:.1f}"] for name, r in rows.items()]
+    table_rows = [
+        [name, *[r[k] for k in judge.keys], gap({k: r[k] for k in judge.keys}, ctx.retrained), f"{r['seconds']:.1f}"]
+        for name, r in rows.items()
+    ]
     title = f"**{task.setup}, {task.name}**"
     return title + "\n\n" + markdown_table(["method", *judge.keys, "gap to retrain", "seconds"], table_rows), rows
 
@@ -226,9 +250,13 @@ def seed_spread(task: Task, seeds: tuple[int, ...]) -> list:
     mean = {m: statistics.fmean(g) for m, g in gaps.items()}
     std = {m: statistics.stdev(g) if len(g) > 1 else 0.0 for m, g in gaps.items()}
     margin = mean["first_order"] - mean["gif"]
-    return [f"{task.setup}, {task.name}", f"{mean['gif']:.4f} ± {std['gif']:.4f}",
-            f"{mean['first_order']:.4f} ± {std['first_order']:.4f}", f"{margin:+.4f}",
-            "yes" if margin > max(std.values()) else "no"]
+    return [
+        f"{task.setup}, {task.name}",
+        f"{mean['gif']:.4f} ± {std['gif']:.4f}",
+        f"{mean['first_order']:.4f} ± {std['first_order']:.4f}",
+        f"{margin:+.4f}",
+        "yes" if margin > max(std.values()) else "no",
+    ]
 
 
 def iterated(rounds: int) -> str:
@@ -244,9 +272,11 @@ def iterated(rounds: int) -> str:
         metrics = ctx.judge(model)
         rows.append([f"GIF, k = {k}", *metrics.values(), gap(metrics, ctx.retrained), f"{spent:.1f}"])
     train_acc = accuracy(predict(ctx.prepared.model, ctx.prepared.train.x), ctx.prepared.train.y)
-    return (f"TinyNet trained to {train_acc:.1%} training accuracy on {len(ctx.prepared.train)} CIFAR-10 images; "
-            f"{len(ctx.judge.plan.affected)} random training images removed.\n\n"
-            + markdown_table(["model", *REMOVAL_KEYS, "gap to retrain", "cumulative seconds"], rows))
+    return (
+        f"TinyNet trained to {train_acc:.1%} training accuracy on {len(ctx.prepared.train)} CIFAR-10 images; "
+        f"{len(ctx.judge.plan.affected)} random training images removed.\n\n"
+        + markdown_table(["model", *REMOVAL_KEYS, "gap to retrain", "cumulative seconds"], rows)
+    )
 
 
 def main() -> None:
@@ -262,12 +292,16 @@ def main() -> None:
         target = {k: rows["retrain"][k] for k in keys}
         g = {name: gap({k: rows[name][k] for k in keys}, target) for name in ("gif", "fine-tune", "gradient ascent")}
         better = g["gif"] < min(g["fine-tune"], g["gradient ascent"])
-        verdicts.append(f"- {task.setup}, {task.name}: GIF gap {g['gif']:.4f}, fine-tune {g['fine-tune']:.4f}, gradient "
-                        f"ascent {g['gradient ascent']:.4f}: GIF {'is' if better else 'is not'} the closest to retraining.")
+        verdicts.append(
+            f"- {task.setup}, {task.name}: GIF gap {g['gif']:.4f}, fine-tune {g['fine-tune']:.4f}, gradient "
+            f"ascent {g['gradient ascent']:.4f}: GIF {'is' if better else 'is not'} the closest to retraining."
+        )
     seed_tasks = [t for t in TASKS if t.setup.startswith("tinynet")][: 1 if QUICK else 3]
     seeds = (0, 1) if QUICK else (0, 1, 2)
-    spread = markdown_table(["task", "GIF gap (mean ± std)", "first-order gap (mean ± std)", "first-order − GIF",
-                             "margin > spread"], [seed_spread(t, seeds) for t in seed_tasks])
+    spread = markdown_table(
+        ["task", "GIF gap (mean ± std)", "first-order gap (mean ± std)", "first-order − GIF", "margin > spread"],
+        [seed_spread(t, seeds) for t in seed_tasks],
+    )
     body = f"""
 {(chr(10) * 2).join(tables)}
 

@@ -32,8 +32,11 @@ def backdoor_metrics(model: nn.Module, prepared: Prepared) -> dict[str, float]:
 
 
 def relabel_request(prepared: Prepared) -> dict:
-    return {"kind": "relabel", "indices": prepared.extras["indices"].tolist(),
-            "labels": prepared.extras["true_labels"].tolist()}
+    return {
+        "kind": "relabel",
+        "indices": prepared.extras["indices"].tolist(),
+        "labels": prepared.extras["true_labels"].tolist(),
+    }
 
 
 def retrain_repaired(prepared: Prepared, seed: int = 1) -> tuple[nn.Module, float]:
@@ -53,12 +56,18 @@ def main() -> None:
     for method in METHODS[:2] if QUICK else METHODS:
         outcome = edit(prepared, relabel_request(prepared), method=method)
         t = outcome.result.timings
-        rows.append([method, *backdoor_metrics(outcome.model, prepared).values(),
-                     f"{outcome.result.step.scale:.3g}", f"{t.selection_s + t.solve_s + t.step_search_s:.1f}"])
+        rows.append(
+            [
+                method,
+                *backdoor_metrics(outcome.model, prepared).values(),
+                f"{outcome.result.step.scale:.3g}",
+                f"{t.selection_s + t.solve_s + t.step_search_s:.1f}",
+            ]
+        )
     retrained, seconds = retrain_repaired(prepared)
     rows.append(["retrained (true labels)", *backdoor_metrics(retrained, prepared).values(), "-", f"{seconds:.1f}"])
     body = f"""
-TinyNet/MNIST, {len(prepared.extras['indices'])} of {len(prepared.train)} training images poisoned (trigger + label
+TinyNet/MNIST, {len(prepared.extras["indices"])} of {len(prepared.train)} training images poisoned (trigger + label
 {BACKDOOR_TARGET}); reference trained in {prepared.train_seconds:.0f} s. Relabel job, Top-k outputs 10%, step
 searched on a validation split of the (poisoned) training data: the harmonic mean of the relabelled
 examples' accuracy under their true labels and the other validation examples' accuracy.

@@ -14,10 +14,11 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,9 @@ class Setup:
     train_subset: int | None = None  # scaled-down training set (None: all of it)
 
     def key(self) -> str:
-        blob = json.dumps([self.architecture, self.dataset, self.recipe.model_dump(), self.train_subset], sort_keys=True)
+        blob = json.dumps(
+            [self.architecture, self.dataset, self.recipe.model_dump(), self.train_subset], sort_keys=True
+        )
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
@@ -93,7 +96,9 @@ def load_data(setup: Setup) -> tuple[Dataset, Dataset, dict[str, Any]]:
 def quick(setup: Setup) -> Setup:
     """The setup shrunk to seconds: one epoch on at most 1,000 training images."""
     subset = min(setup.train_subset or 1000, 1000)
-    return Setup(setup.name + "-quick", setup.architecture, setup.dataset, setup.recipe.model_copy(update={"epochs": 1}), subset)
+    return Setup(
+        setup.name + "-quick", setup.architecture, setup.dataset, setup.recipe.model_copy(update={"epochs": 1}), subset
+    )
 
 
 def prepare(setup: Setup, seed: int = 0) -> Prepared:
@@ -128,8 +133,11 @@ SETUPS = {
     ),
     # ResNet-18 costs ~4 s per forward+backward of 256 MNIST images here: trained on 2,000 images, 3 epochs.
     "resnet18-mnist": Setup(
-        "resnet18-mnist", {"name": "resnet18", "config": {}}, "mnist",
-        RetrainSpec(epochs=3, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4), train_subset=2000,
+        "resnet18-mnist",
+        {"name": "resnet18", "config": {}},
+        "mnist",
+        RetrainSpec(epochs=3, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4),
+        train_subset=2000,
     ),
     # VGG-11 on the 4,000-image CIFAR-10 subset (the paper: 50,000 images, 200 epochs). lr 0.01: at the
     # paper's 0.1 (or 0.05) this small set without warm-up reaches only ~22% test accuracy in 8 epochs.
@@ -139,7 +147,9 @@ SETUPS = {
     ),
     # TinyNet memorising the CIFAR-10 subset (100% train accuracy): the hard case of sample removal.
     "tinynet-cifar": Setup(
-        "tinynet-cifar", {"name": "tinynet", "config": {"in_channels": 3}}, "cifar10",
+        "tinynet-cifar",
+        {"name": "tinynet", "config": {"in_channels": 3}},
+        "cifar10",
         RetrainSpec(epochs=40, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4),
     ),
 }
@@ -202,7 +212,13 @@ def write_section(key: str, title: str, body: str, command: str) -> None:
 BENCH_SOLVER = {
     "tinynet": {"max_iterations": 5, "hessian_samples": 512, "gradient_samples": 256, "damping": 0.01},
     "mlp": {"max_iterations": 5, "hessian_samples": 512, "gradient_samples": 256, "damping": 0.01},
-    "resnet18": {"max_iterations": 3, "hessian_samples": 128, "gradient_samples": 128, "damping": 0.01, "batch_size": 64},
+    "resnet18": {
+        "max_iterations": 3,
+        "hessian_samples": 128,
+        "gradient_samples": 128,
+        "damping": 0.01,
+        "batch_size": 64,
+    },
     "vgg11": {"max_iterations": 5, "hessian_samples": 256, "gradient_samples": 256, "damping": 0.01, "batch_size": 128},
 }
 BENCH_EVALUATION = {"resnet18": {"retain_samples": 500}, "vgg11": {"retain_samples": 1000}}
@@ -220,10 +236,21 @@ def job_spec(prepared: Prepared, request: dict, **fields: Any):
     return JobSpec.model_validate({"request": request, "solver": solver, "evaluation": evaluation, **fields})
 
 
-def edit(prepared: Prepared, request: dict, eval_data: Dataset | None = None, model: nn.Module | None = None,
-         validation_data: Dataset | None = None, **fields: Any):
+def edit(
+    prepared: Prepared,
+    request: dict,
+    eval_data: Dataset | None = None,
+    model: nn.Module | None = None,
+    validation_data: Dataset | None = None,
+    **fields: Any,
+):
     """Run one edit through ``gif.edit.run`` and return its outcome."""
     from gif.edit import run
 
-    return run(job_spec(prepared, request, **fields), model if model is not None else prepared.model, prepared.train,
-               prepared.test if eval_data is None else eval_data, validation_data=validation_data)
+    return run(
+        job_spec(prepared, request, **fields),
+        model if model is not None else prepared.model,
+        prepared.train,
+        prepared.test if eval_data is None else eval_data,
+        validation_data=validation_data,
+    )

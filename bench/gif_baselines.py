@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 
 from bench.common import QUICK, SETUPS, edit, markdown_table, prepare, write_section
+from gif.metrics import evaluate, evaluation_plan
 from gif.plan import RequestPlan
 from gif.result import EditResult
-from gif.metrics import evaluate, evaluation_plan
 from gif.spec import RemoveClass
 from gif.training import train
 
@@ -27,9 +27,18 @@ RATIOS = (0.1, 0.3, 0.5)
 def row(label: str, ratio: str, result: EditResult) -> list:
     a, s, t = result.metrics.after, result.solver, result.timings
     per_iteration = s.hvp_seconds / max(s.iterations, 1) if s.iterations else 0.0
-    return [label, ratio, f"{result.selection.modification_ratio:.1%}", a["test_accuracy"],
-            a["forget_test_accuracy"], a["score"], f"{s.iterations}", f"{s.relative_residual:.3f}",
-            f"{per_iteration:.2f}", f"{t.selection_s + t.solve_s + t.step_search_s:.1f}"]
+    return [
+        label,
+        ratio,
+        f"{result.selection.modification_ratio:.1%}",
+        a["test_accuracy"],
+        a["forget_test_accuracy"],
+        a["score"],
+        f"{s.iterations}",
+        f"{s.relative_residual:.3f}",
+        f"{per_iteration:.2f}",
+        f"{t.selection_s + t.solve_s + t.step_search_s:.1f}",
+    ]
 
 
 def main() -> None:
@@ -48,20 +57,62 @@ def main() -> None:
     start = time.perf_counter()
     retrained = train(prepared.fresh(1), plan.edited_training_data(prepared.train), prepared.setup.recipe)
     retrain_s = time.perf_counter() - start
-    reference = evaluate(retrained, evaluation_plan(prepared.train, prepared.test, plan.affected, plan.retained, None,
-                                                    [SHIP], 1000, 0, 512))
-    rows.insert(0, ["original", "-", "-", before["test_accuracy"], before["forget_test_accuracy"], before["score"],
-                    "-", "-", "-", "-"])
-    rows.append(["retrained", "-", "-", reference["test_accuracy"], reference["forget_test_accuracy"],
-                 reference["score"], "-", "-", "-", f"{retrain_s:.1f}"])
+    reference = evaluate(
+        retrained,
+        evaluation_plan(prepared.train, prepared.test, plan.affected, plan.retained, None, [SHIP], 1000, 0, 512),
+    )
+    rows.insert(
+        0,
+        [
+            "original",
+            "-",
+            "-",
+            before["test_accuracy"],
+            before["forget_test_accuracy"],
+            before["score"],
+            "-",
+            "-",
+            "-",
+            "-",
+        ],
+    )
+    rows.append(
+        [
+            "retrained",
+            "-",
+            "-",
+            reference["test_accuracy"],
+            reference["forget_test_accuracy"],
+            reference["score"],
+            "-",
+            "-",
+            "-",
+            f"{retrain_s:.1f}",
+        ]
+    )
     body = f"""
 VGG-11/CIFAR-10 subset (reference: {prepared.train_seconds:.0f} s of training), remove class 8 ("ship").
 Test acc = held-out images of the other nine classes; self acc = held-out ships; score = eq. 32.
 Seconds = selection + solve + step search (evaluation excluded); s/iteration = HVP seconds per solver
 iteration (two HVPs each).
 
-{markdown_table(["method", "ratio", "MR", "test acc", "self acc", "score", "iterations", "rel. residual",
-                 "s / iteration", "seconds"], rows)}
+{
+        markdown_table(
+            [
+                "method",
+                "ratio",
+                "MR",
+                "test acc",
+                "self acc",
+                "score",
+                "iterations",
+                "rel. residual",
+                "s / iteration",
+                "seconds",
+            ],
+            rows,
+        )
+    }
 """
     write_section("baselines", "2. GIF against FIF, PIF and IF (paper Table 2)", body, "python -m bench.gif_baselines")
 

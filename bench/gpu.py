@@ -15,8 +15,6 @@ Run: .venv/bin/python -m bench.gpu   (GIF_BENCH_QUICK=1: a smoke run in seconds,
 
 from __future__ import annotations
 
-import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
-
 import json
 import os
 import re
@@ -37,10 +35,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
 from bench.common import markdown_table
 from bench.service_bench import in_process, machine
 from gif.architectures import build_model
-from gif.curvature import HessianOperator, LossTerm, ModelObjective
+from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective
 from gif.data import Dataset
 from gif.demo import write_demo_assets
 from gif.devices import device_report, resolve_device, synchronize
@@ -51,7 +50,7 @@ from service.settings import Settings
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
 OUT = Path(__file__).with_name("GPU.quick.md" if QUICK else "GPU.md")
-IMPLEMENTATIONS = ("cached_double_backward", "double_backward", "forward_over_reverse")
+IMPLEMENTATIONS: tuple[HvpMethod, ...] = ("cached_double_backward", "double_backward", "forward_over_reverse")
 REPEATS = 3
 JOBS = 2 if QUICK else 7
 KILL_SETTLE_S = 0.5  # a job posted in the very milliseconds the worker dies may be taken by it: see section 3
@@ -61,12 +60,24 @@ STANDBY_WARM_S = 6.0  # an idle worker's next job process is warm well within th
 def hvp_models(device: torch.device) -> list[tuple[str, torch.nn.Module, tuple[int, ...], int]]:
     """(name, model, sample shape, batch) for the device's table."""
     batch = 16 if QUICK else 256
-    models = [("TinyNet", build_model({"name": "tinynet", "config": {}}), (1, 28, 28), batch)]
+    models: list[tuple[str, torch.nn.Module, tuple[int, ...], int]] = [
+        ("TinyNet", build_model({"name": "tinynet", "config": {}}), (1, 28, 28), batch)
+    ]
     if device.type == "cuda":
         models += [
             ("VGG-11", build_model({"name": "vgg11", "config": {"in_channels": 3}}), (3, 32, 32), batch),
-            ("ResNet-18 (3×3 stem)", build_model({"name": "resnet18", "config": {"in_channels": 3}}), (3, 32, 32), batch),
-            ("ViT-B/16 @224", torchvision.models.vit_b_16(weights=None, num_classes=10), (3, 224, 224), 4 if QUICK else 32),
+            (
+                "ResNet-18 (3×3 stem)",
+                build_model({"name": "resnet18", "config": {"in_channels": 3}}),
+                (3, 32, 32),
+                batch,
+            ),
+            (
+                "ViT-B/16 @224",
+                torchvision.models.vit_b_16(weights=None, num_classes=10),
+                (3, 224, 224),
+                4 if QUICK else 32,
+            ),
         ]
     else:
         models.append(("ResNet-18 (3×3 stem)", build_model({"name": "resnet18", "config": {}}), (1, 28, 28), batch))
@@ -86,38 +97,40 @@ def best_of(fn, device: torch.device) -> float:
     return min(times)
 
 
+def hvp_row(
+    name: str, model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device
+) -> list[object]:
+    """One table row: forward+backward milliseconds, each implementation's ratio, and auto's choice and ratio."""
+    torch.manual_seed(0)
+    model = model.to(device).eval()
+    x, y = torch.rand(batch, *shape, device=device), torch.randint(0, 10, (batch,), device=device)
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    fb = best_of(forward_backward, device)
+    model.zero_grad(set_to_none=True)
+    objective = ModelObjective(model, [LossTerm(Dataset(x, y), 1 / batch)], batch_size=batch)
+    ratios = {}
+    for method in (*IMPLEMENTATIONS, "auto"):
+        try:
+            operator = HessianOperator(objective, method=method)
+            v = torch.randn(operator.size, device=device)
+            ratio = best_of(lambda: operator(v), device) / fb
+            ratios[method] = f"{operator.method}: **{ratio:.2f}×**" if method == "auto" else f"{ratio:.2f}×"
+        except (RuntimeError, NotImplementedError) as exc:
+            ratios[method] = f"fails ({str(exc).splitlines()[0][:60]})"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return [name, batch, f"{fb * 1000:.1f}", *ratios.values()]
+
+
 def hvp_costs(device: torch.device) -> list[list[object]]:
     rows = []
     for name, model, shape, batch in hvp_models(device):
-        torch.manual_seed(0)
-        model = model.to(device).eval()
-        x, y = torch.rand(batch, *shape, device=device), torch.randint(0, 10, (batch,), device=device)
-
-        def forward_backward() -> None:
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-
-        fb = best_of(forward_backward, device)
-        model.zero_grad(set_to_none=True)
-        objective = ModelObjective(model, [LossTerm(Dataset(x, y), 1 / batch)], batch_size=batch)
-        ratios = {}
-        for method in IMPLEMENTATIONS:
-            try:
-                operator = HessianOperator(objective, method=method)
-                v = torch.randn(operator.size, device=device)
-                ratios[method] = f"{best_of(lambda: operator(v), device) / fb:.2f}×"
-            except (RuntimeError, NotImplementedError) as exc:
-                ratios[method] = f"fails ({str(exc).splitlines()[0][:60]})"
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        auto = HessianOperator(objective)
-        v = torch.randn(auto.size, device=device)
-        auto_ratio = best_of(lambda: auto(v), device) / fb
-        rows.append([name, batch, f"{fb * 1000:.1f}", *ratios.values(), f"{auto.method}: **{auto_ratio:.2f}×**"])
+        rows.append(hvp_row(name, model, shape, batch, device))
         print(rows[-1], flush=True)
-        del auto, objective, model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     return rows
 
 
@@ -131,8 +144,9 @@ def start_overhead(workdir: Path) -> dict[str, object]:
     with ExitStack() as stack:
         url = stack.enter_context(redis_for(workdir / "redis"))
         tag = f"bench-{secrets.token_hex(4)}"
-        settings = Settings(redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts",
-                            port=free_port())
+        settings = Settings(
+            redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts", port=free_port()
+        )
         env = {**os.environ, **settings.as_env()}
         logs = stack.enter_context(open(workdir / "stack.log", "wb"))
         stack.enter_context(worker_process(env, stderr=logs))
@@ -158,8 +172,13 @@ def start_overhead(workdir: Path) -> dict[str, object]:
             back_to_back.append(seconds_between(job, "created_at", "started_at"))
     local = in_process(demo, JobSpec.model_validate(body))
     in_process_s = statistics.median(local["edit_s"][1:]) + statistics.median(local["load_s"][1:])
-    return {"idle": idle, "back_to_back": back_to_back, "end_to_end": end_to_end, "in_process_s": in_process_s,
-            "device": device}
+    return {
+        "idle": idle,
+        "back_to_back": back_to_back,
+        "end_to_end": end_to_end,
+        "in_process_s": in_process_s,
+        "device": device,
+    }
 
 
 READY = re.compile(r"ready on (\S+) .*worker pid (\d+)")
@@ -170,8 +189,14 @@ def healing(workdir: Path) -> dict[str, float]:
     """``make run``'s launcher: kill its worker, submit a job at once; seconds until it runs and succeeds."""
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GIF_REDIS_URL")}
     env |= {"GIF_PORT": str(free_port()), "GIF_STORAGE_DIR": str(workdir / "artifacts")}
-    launcher = subprocess.Popen([sys.executable, "-m", "service.launch"], cwd=workdir, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "service.launch"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(launcher.stderr), daemon=True).start()  # type: ignore[arg-type]
 
@@ -213,12 +238,12 @@ def report(started: datetime, device: torch.device, hvp_rows: list, jobs: dict, 
     median = statistics.median
     where = device_report(device)
     overhead = median(jobs["end_to_end"][1:] or jobs["end_to_end"]) - jobs["in_process_s"]
-    return f"""# The worker and the engine on {where['name']} ({device.type})
+    return f"""# The worker and the engine on {where["name"]} ({device.type})
 
 Command: `.venv/bin/python -m bench.gpu` (this file is written by it)
 Date: {started:%Y-%m-%d %H:%M} UTC
 Machine: {machine()}; at the end {os.getloadavg()[0]:.2f}
-Device: {where['type']} · {where['name']}{'' if QUICK else ''}
+Device: {where["type"]} · {where["name"]}{"" if QUICK else ""}
 
 ## 1. One Hessian-vector product against one forward+backward of the same batch (best of {REPEATS} after a warm-up)
 
@@ -228,14 +253,14 @@ Targets (issue 8): ≤ 2.5× on CUDA for VGG-11, ResNet-18 and ViT-B/16; ≤ 3×
 `auto` times one product of each implementation on the first batch and keeps the fastest; the cache
 budget is half of the device's free memory. Attention runs on the math kernel inside curvature code.
 
-## 2. Job start overhead (demo job: MLP on the digits, CG 20 iterations, auto step; jobs ran on {jobs['device']['type']})
+## 2. Job start overhead (demo job: MLP on the digits, CG 20 iterations, auto step; jobs ran on {jobs["device"]["type"]})
 
 | | median s | max s | runs |
 | --- | --- | --- | --- |
-| created → running, worker idle (its standby job process warm) | {median(jobs['idle']):.3f} | {max(jobs['idle']):.3f} | {len(jobs['idle'])} |
-| created → running, jobs back to back | {median(jobs['back_to_back']):.3f} | {max(jobs['back_to_back']):.3f} | {len(jobs['back_to_back'])} |
-| submit → succeeded seen by a client polling every 5 ms | {median(jobs['end_to_end'][1:] or jobs['end_to_end']):.3f} | {max(jobs['end_to_end']):.3f} | {len(jobs['end_to_end'])} |
-| the same edit in-process (loading + `gif.edit.run`) | {jobs['in_process_s']:.3f} | | |
+| created → running, worker idle (its standby job process warm) | {median(jobs["idle"]):.3f} | {max(jobs["idle"]):.3f} | {len(jobs["idle"])} |
+| created → running, jobs back to back | {median(jobs["back_to_back"]):.3f} | {max(jobs["back_to_back"]):.3f} | {len(jobs["back_to_back"])} |
+| submit → succeeded seen by a client polling every 5 ms | {median(jobs["end_to_end"][1:] or jobs["end_to_end"]):.3f} | {max(jobs["end_to_end"]):.3f} | {len(jobs["end_to_end"])} |
+| the same edit in-process (loading + `gif.edit.run`) | {jobs["in_process_s"]:.3f} | | |
 | **overhead over the in-process edit** | **{overhead:.3f}** | | |
 
 Target: ≤ 1 s. Each job runs in a fresh interpreter that was started and warmed up before the job came
@@ -250,8 +275,8 @@ warmed-up process ran the edit a little faster than this long-lived one.
 
 | worker killed (SIGKILL) → | seconds |
 | --- | --- |
-| a job submitted {KILL_SETTLE_S} s later is running | {heal['to_running_s']:.2f} |
-| … and has succeeded | {heal['to_succeeded_s']:.2f} |
+| a job submitted {KILL_SETTLE_S} s later is running | {heal["to_running_s"]:.2f} |
+| … and has succeeded | {heal["to_succeeded_s"]:.2f} |
 
 Target: back and taking jobs within 10 s. The launcher restarts the worker after 1 s (doubling to 30 s
 while it keeps dying); the API stays up throughout. A job posted in the very milliseconds the worker dies

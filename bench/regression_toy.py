@@ -28,8 +28,11 @@ def plot(toy) -> None:
 
     points = torch.stack([toy.original, toy.retrained, *toy.edited.values()])[:, :2]
     lo, hi = points.min(0).values - 0.3, points.max(0).values + 0.3
-    g0, g1 = torch.meshgrid(torch.linspace(lo[0], hi[0], 120, dtype=torch.float64),
-                            torch.linspace(lo[1], hi[1], 120, dtype=torch.float64), indexing="ij")
+    g0, g1 = torch.meshgrid(
+        torch.linspace(lo[0], hi[0], 120, dtype=torch.float64),
+        torch.linspace(lo[1], hi[1], 120, dtype=torch.float64),
+        indexing="ij",
+    )
     grid = torch.stack([g0.flatten(), g1.flatten(), torch.full_like(g0.flatten(), float(toy.original[2]))], 1)
     losses = torch.tensor([toy.retained_loss(w) for w in grid]).view(g0.shape)
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
@@ -56,8 +59,13 @@ def main() -> None:
     optimum = toy.retained_loss(toy.retrained)
 
     def row(label: str, w: torch.Tensor) -> list:
-        return [label, f"({float(w[0]):.3f}, {float(w[1]):.3f}, {float(w[2]):.3f})", float((w - toy.retrained).norm()), toy.retained_gradient_norm(w),
-                toy.retained_loss(w) - optimum]
+        return [
+            label,
+            f"({float(w[0]):.3f}, {float(w[1]):.3f}, {float(w[2]):.3f})",
+            float((w - toy.retrained).norm()),
+            toy.retained_gradient_norm(w),
+            toy.retained_loss(w) - optimum,
+        ]
 
     rows = [row("trained on all data", toy.original), row("retrained optimum", toy.retrained)]
     rows += [row(m.upper(), w) for m, w in toy.edited.items()]

@@ -11,6 +11,7 @@ Run: python -m bench.removal_cost
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from bench.common import SETUPS, best_of, markdown_table, prepare, write_section
 from gif.edit import run
@@ -20,12 +21,16 @@ from gif.result import EditResult
 from gif.spec import JobSpec, RemoveClass
 from gif.training import train
 
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "gif, product defaults (CG ≤5 it., 512/256 samples, λ=0.01)": {"method": "gif"},
     "gif, tighter (CG ≤20 it., 1024/512 samples, λ=0.01)": {
-        "method": "gif", "solver": {"max_iterations": 20, "hessian_samples": 1024, "gradient_samples": 512}},
+        "method": "gif",
+        "solver": {"max_iterations": 20, "hessian_samples": 1024, "gradient_samples": 512},
+    },
     "gif, the contract's example solver (CG ≤100 it., 1024/512 samples, λ=0)": {
-        "method": "gif", "solver": {"max_iterations": 100, "hessian_samples": 1024, "gradient_samples": 512, "damping": 0.0}},
+        "method": "gif",
+        "solver": {"max_iterations": 100, "hessian_samples": 1024, "gradient_samples": 512, "damping": 0.0},
+    },
     "fif, product defaults (same selection, solver and step search)": {"method": "fif"},
     "pif, product defaults (same selection, solver and step search)": {"method": "pif"},
     "first_order ablation (same selection and step search)": {"method": "first_order"},
@@ -54,8 +59,19 @@ def main() -> None:
     eval_plan = evaluation_plan(prepared.train, prepared.test, plan.affected, plan.retained, None, [8], 5000, 0, 512)
     reference = evaluate(retrained, eval_plan)
 
-    rows = [["retrained from scratch (full recipe)", "-", f"{retrain_s:.1f}", f"{retrain_s / two_epochs:.2f}",
-             reference["forget_test_accuracy"], reference["test_accuracy"], reference["score"], "-", "-"]]
+    rows = [
+        [
+            "retrained from scratch (full recipe)",
+            "-",
+            f"{retrain_s:.1f}",
+            f"{retrain_s / two_epochs:.2f}",
+            reference["forget_test_accuracy"],
+            reference["test_accuracy"],
+            reference["score"],
+            "-",
+            "-",
+        ]
+    ]
     verdicts = []
     for label, fields in CONFIGS.items():
         spec = JobSpec.model_validate({"request": request.model_dump(), **fields})
@@ -66,14 +82,37 @@ def main() -> None:
             and after["forget_test_accuracy"] <= 0.01
             and after["test_accuracy"] >= reference["test_accuracy"] - 0.01
         )
-        verdicts.append(f"- {label}: {'meets' if met else 'misses'} the targets (cost ≤ 2 epochs, forget-class held-out "
-                        f"accuracy ≤ 1%, other classes within 1 point of retraining).")
-        rows.append([label, f"{result.solver.iterations} it. / {result.solver.hvp_count} HVPs",
-                     f"{cost:.2f}", f"{cost / two_epochs:.2f}", after["forget_test_accuracy"], after["test_accuracy"],
-                     after["score"], f"{result.solver.relative_residual:.3f}", f"{result.step.scale:.3g}"])
+        verdicts.append(
+            f"- {label}: {'meets' if met else 'misses'} the targets (cost ≤ 2 epochs, forget-class held-out "
+            f"accuracy ≤ 1%, other classes within 1 point of retraining)."
+        )
+        rows.append(
+            [
+                label,
+                f"{result.solver.iterations} it. / {result.solver.hvp_count} HVPs",
+                f"{cost:.2f}",
+                f"{cost / two_epochs:.2f}",
+                after["forget_test_accuracy"],
+                after["test_accuracy"],
+                after["score"],
+                f"{result.solver.relative_residual:.3f}",
+                f"{result.step.scale:.3g}",
+            ]
+        )
     table = markdown_table(
-        ["model", "solve", "seconds", "÷ 2 epochs", "forget-test acc", "test acc (other classes)", "score",
-         "rel. residual", "step"], rows)
+        [
+            "model",
+            "solve",
+            "seconds",
+            "÷ 2 epochs",
+            "forget-test acc",
+            "test acc (other classes)",
+            "score",
+            "rel. residual",
+            "step",
+        ],
+        rows,
+    )
     body = f"""
 TinyNet/MNIST reference model (15 epochs, {prepared.train_seconds:.1f} s to train), remove class 8, Top-k
 outputs 10%, step searched on a validation split of the training data. Two epochs of the same recipe on
@@ -84,8 +123,9 @@ are selection + solve + step search (evaluation excluded); retraining runs the w
 
 {chr(10).join(verdicts)}
 """
-    write_section("engine-cost", "0. Engine cost and quality (class removal, TinyNet/MNIST)", body,
-                  "python -m bench.removal_cost")
+    write_section(
+        "engine-cost", "0. Engine cost and quality (class removal, TinyNet/MNIST)", body, "python -m bench.removal_cost"
+    )
 
 
 if __name__ == "__main__":

@@ -18,22 +18,58 @@ RATIOS = (0.05, 0.1, 0.3, 0.5)
 def table(setup_name: str) -> str:
     prepared = prepare(SETUPS[setup_name])
     rows = []
-    before = None
+    before: dict[str, float] = {}
     for criterion in CRITERIA[:2] if QUICK else CRITERIA:
         for ratio in RATIOS[:1] if QUICK else RATIOS:
-            outcome = edit(prepared, {"kind": "remove_class", "classes": [8]},
-                           selection={"criterion": criterion, "ratio": ratio, "seed": 0})
+            outcome = edit(
+                prepared,
+                {"kind": "remove_class", "classes": [8]},
+                selection={"criterion": criterion, "ratio": ratio, "seed": 0},
+            )
             r = outcome.result
             before = r.metrics.before
             a = r.metrics.after
-            rows.append([criterion, f"{ratio:.0%}", f"{r.selection.modification_ratio:.2%}", a["forget_test_loss"],
-                         a["forget_test_accuracy"], a["test_loss"], a["test_accuracy"], a["score"],
-                         f"{r.timings.total_s:.1f}"])
-    rows.insert(0, ["(original model)", "-", "-", before["forget_test_loss"], before["forget_test_accuracy"],
-                    before["test_loss"], before["test_accuracy"], before["score"], "-"])
+            rows.append(
+                [
+                    criterion,
+                    f"{ratio:.0%}",
+                    f"{r.selection.modification_ratio:.2%}",
+                    a["forget_test_loss"],
+                    a["forget_test_accuracy"],
+                    a["test_loss"],
+                    a["test_accuracy"],
+                    a["score"],
+                    f"{r.timings.total_s:.1f}",
+                ]
+            )
+    rows.insert(
+        0,
+        [
+            "(original model)",
+            "-",
+            "-",
+            before["forget_test_loss"],
+            before["forget_test_accuracy"],
+            before["test_loss"],
+            before["test_accuracy"],
+            before["score"],
+            "-",
+        ],
+    )
     return f"**{setup_name}** (reference trained in {prepared.train_seconds:.0f} s)\n\n" + markdown_table(
-        ["criterion", "ratio", "MR", "forget-test loss", "forget-test acc", "test loss", "test acc", "score", "seconds"],
-        rows)
+        [
+            "criterion",
+            "ratio",
+            "MR",
+            "forget-test loss",
+            "forget-test acc",
+            "test loss",
+            "test acc",
+            "score",
+            "seconds",
+        ],
+        rows,
+    )
 
 
 def main() -> None:

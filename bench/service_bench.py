@@ -14,8 +14,6 @@ The stack is real: a redis-server (REDIS_URL when it answers), ``python -m servi
 
 from __future__ import annotations
 
-import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
-
 import asyncio
 import json
 import os
@@ -35,6 +33,7 @@ import httpx
 import numpy as np
 import torch
 
+import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
 from gif.architectures import load_checkpoint
 from gif.data import read_dataset
 from gif.demo import write_demo_assets
@@ -64,7 +63,9 @@ async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(head.decode(errors="replace"))
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     await reader.readexactly(length)
     return time.perf_counter() - started
 
@@ -95,9 +96,13 @@ def polling_latency(port: int, job_id: str) -> dict[str, dict[str, float]]:
     results = {}
     for name, interval in (("closed loop", None), (f"every {POLL_INTERVAL_S * 1000:.0f} ms", POLL_INTERVAL_S)):
         latencies = np.array(asyncio.run(_poll(port, f"/v1/jobs/{job_id}", POLL_SECONDS, interval))) * 1000
-        results[name] = {"requests": len(latencies), "per_second": len(latencies) / POLL_SECONDS,
-                         "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
-                         "max_ms": float(latencies.max())}
+        results[name] = {
+            "requests": len(latencies),
+            "per_second": len(latencies) / POLL_SECONDS,
+            "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)),
+            "max_ms": float(latencies.max()),
+        }
         print(name, results[name], flush=True)
     return results
 
@@ -156,10 +161,17 @@ def upload_memory(base: str, api_pid: int, workdir: Path) -> dict[str, float]:
     done.set()
     sampler.join()
     path.unlink()
-    result = {"file_bytes": size, "num_parameters": record["num_parameters"], "seconds": seconds,
-              "rss_before_mib": before / 2**20, "rss_peak_sampled_mib": peak / 2**20,
-              "rss_peak_kernel_mib": rss_bytes(api_pid, "VmHWM") / 2**20}
-    result["increase_mib"] = max(result["rss_peak_sampled_mib"], result["rss_peak_kernel_mib"]) - result["rss_before_mib"]
+    result = {
+        "file_bytes": size,
+        "num_parameters": record["num_parameters"],
+        "seconds": seconds,
+        "rss_before_mib": before / 2**20,
+        "rss_peak_sampled_mib": peak / 2**20,
+        "rss_peak_kernel_mib": rss_bytes(api_pid, "VmHWM") / 2**20,
+    }
+    result["increase_mib"] = (
+        max(result["rss_peak_sampled_mib"], result["rss_peak_kernel_mib"]) - result["rss_before_mib"]
+    )
     print(result, flush=True)
     return result
 
@@ -203,21 +215,39 @@ def median(values: list[float], skip_first: bool = True) -> float:
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__} (CPU), load average at start "
-            f"{os.getloadavg()[0]:.2f}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__} (CPU), load average at start "
+        f"{os.getloadavg()[0]:.2f}"
+    )
 
 
-def report(started: datetime, host: str, redis_url: str, polling: dict, body_bytes: int, memory: dict, local: dict,
-           service: dict) -> str:
+def report(
+    started: datetime,
+    host: str,
+    redis_url: str,
+    polling: dict,
+    body_bytes: int,
+    memory: dict,
+    local: dict,
+    service: dict,
+) -> str:
     edit, load = median(local["edit_s"]), median(local["load_s"])
     e2e = median(service["submit_to_succeeded_s"])
     rows = "\n".join(
         f"| {name} | {r['requests']:,} | {r['per_second']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
-        f"{'yes' if r['p99_ms'] < 20 else 'no'} |" for name, r in polling.items())
+        f"{'yes' if r['p99_ms'] < 20 else 'no'} |"
+        for name, r in polling.items()
+    )
     return f"""# Service performance (issue 3)
 
 Command: `.venv/bin/python -m bench.service_bench` (this file is written by it)
@@ -237,11 +267,11 @@ Closed loop measures saturation: 50 clients asking again the moment they are ans
 queued, so each waits for the ~49 ahead of it and latency is 50 / throughput. The 100 ms interval is what
 a polling client does; that is the case the < 20 ms p99 target is about.
 
-## 2. Uploading a {memory['file_bytes'] / 2**30:.2f} GiB safetensors checkpoint (`mlp` {BIG_SIZES}, {memory['num_parameters']:,} parameters)
+## 2. Uploading a {memory["file_bytes"] / 2**30:.2f} GiB safetensors checkpoint (`mlp` {BIG_SIZES}, {memory["num_parameters"]:,} parameters)
 
 | API RSS before | peak while uploading (sampled every 20 ms) | peak (kernel VmHWM) | increase | upload + validation |
 | --- | --- | --- | --- | --- |
-| {memory['rss_before_mib']:.0f} MiB | {memory['rss_peak_sampled_mib']:.0f} MiB | {memory['rss_peak_kernel_mib']:.0f} MiB | **{memory['increase_mib']:.0f} MiB** | {memory['seconds']:.1f} s |
+| {memory["rss_before_mib"]:.0f} MiB | {memory["rss_peak_sampled_mib"]:.0f} MiB | {memory["rss_peak_kernel_mib"]:.0f} MiB | **{memory["increase_mib"]:.0f} MiB** | {memory["seconds"]:.1f} s |
 
 The body streams to a staging file in the store (hashed on the way), and `gif.files.scan_safetensors` checks
 shapes, dtypes and finiteness in 8 MiB chunks; the weights are never loaded whole.
@@ -255,11 +285,11 @@ Median of {E2E_RUNS} runs after one warm-up run each:
 | in-process `gif.edit.run` (the edit alone) | {edit:.3f} |
 | in-process model and data loading | {load:.3f} |
 | service: submit → `succeeded` seen by a client polling every 5 ms | {e2e:.3f} |
-| of which the worker's `gif.edit.run` (`result.timings.total_s`) | {median(service['worker_edit_s']):.3f} |
-| of which waiting in the queue (created → started) | {median(service['queue_wait_s']):.3f} |
+| of which the worker's `gif.edit.run` (`result.timings.total_s`) | {median(service["worker_edit_s"]):.3f} |
+| of which waiting in the queue (created → started) | {median(service["queue_wait_s"]):.3f} |
 | **overhead: service − (in-process edit + loading)** | **{e2e - edit - load:.3f}** |
 
-First runs: in-process edit {local['edit_s'][0]:.3f} s; service {service['submit_to_succeeded_s'][0]:.3f} s ({service['queue_wait_s'][0]:.3f} s of it in the queue).
+First runs: in-process edit {local["edit_s"][0]:.3f} s; service {service["submit_to_succeeded_s"][0]:.3f} s ({service["queue_wait_s"][0]:.3f} s of it in the queue).
 Lazy first-use costs are paid before a job comes, not by the job: each job's process runs one tiny edit while
 it waits for its job, and the API runs its meta-device check once at start-up. Both sides compute alike: {torch.get_num_threads()} torch threads and
 `OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY")}` (the worker's default, see `worker/__init__.py`).
@@ -274,8 +304,9 @@ def main() -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gif-bench-")))
         url = stack.enter_context(redis_for(workdir / "redis"))
         tag = f"bench-{secrets.token_hex(4)}"
-        settings = Settings(redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts",
-                            port=free_port())
+        settings = Settings(
+            redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts", port=free_port()
+        )
         env = {**os.environ, **settings.as_env()}
         logs = stack.enter_context(open(workdir / "stack.log", "wb"))
         stack.enter_context(worker_process(env, stderr=logs))

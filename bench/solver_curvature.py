@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bench.common import QUICK, SETUPS, best_of, markdown_table, prepare, write_section
 from gif.architectures import build_model
-from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
+from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset
 from gif.influence import normal_equations
 from gif.plan import RequestPlan
@@ -36,7 +36,7 @@ HVP_METHODS = ("forward_over_reverse", "double_backward", "cached_double_backwar
 TOLERANCES = (1e-2, 1e-3, 1e-4)
 
 
-def hvp_worker(model_name: str, method: str, batch: int) -> dict:
+def hvp_worker(model_name: str, method: HvpMethod, batch: int) -> dict:
     """Time one HVP implementation against forward+backward in this process; report max RSS."""
     torch.manual_seed(0)
     model = build_model({"name": model_name, "config": {}}).eval()
@@ -50,14 +50,22 @@ def hvp_worker(model_name: str, method: str, batch: int) -> dict:
     fb = best_of(forward_backward)
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    operator = HessianOperator(ModelObjective(model, [LossTerm(Dataset(x, y), 1 / batch)], batch_size=batch), method=method)
+    operator = HessianOperator(
+        ModelObjective(model, [LossTerm(Dataset(x, y), 1 / batch)], batch_size=batch), method=method
+    )
     setup_s = time.perf_counter() - start
     v = torch.randn(operator.size)
     hvp = best_of(lambda: operator(v))
     return {
-        "model": model_name, "method": method, "batch": batch, "forward_backward_s": fb, "hvp_s": hvp,
-        "ratio": hvp / fb, "setup_s": setup_s,
-        "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mib": rss_before / 1024,
+        "model": model_name,
+        "method": method,
+        "batch": batch,
+        "forward_backward_s": fb,
+        "hvp_s": hvp,
+        "ratio": hvp / fb,
+        "setup_s": setup_s,
+        "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mib": rss_before / 1024,
     }
 
 
@@ -67,27 +75,53 @@ def hvp_table(models: list[str], batch: int) -> str:
         for method in HVP_METHODS:
             out = subprocess.run(
                 [sys.executable, "-m", "bench.solver_curvature", "--hvp-worker", model_name, method, str(batch)],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append([model_name, method, batch, r["forward_backward_s"], r["hvp_s"], f"{r['ratio']:.2f}×",
-                         r["setup_s"], f"{r['max_rss_mib']:.0f}"])
+            rows.append(
+                [
+                    model_name,
+                    method,
+                    batch,
+                    r["forward_backward_s"],
+                    r["hvp_s"],
+                    f"{r['ratio']:.2f}×",
+                    r["setup_s"],
+                    f"{r['max_rss_mib']:.0f}",
+                ]
+            )
     return markdown_table(
-        ["model", "HVP implementation", "batch", "forward+backward s", "HVP s", "HVP / f+b",
-         "setup s (graph cache)", "peak RSS MiB"], rows)
+        [
+            "model",
+            "HVP implementation",
+            "batch",
+            "forward+backward s",
+            "HVP s",
+            "HVP / f+b",
+            "setup s (graph cache)",
+            "peak RSS MiB",
+        ],
+        rows,
+    )
 
 
 def solver_table(hessian_samples: int, cg_iterations: int, neumann_iterations: int) -> tuple[str, dict]:
     prepared = prepare(SETUPS["tinynet-mnist"])
     plan = RequestPlan.of(RemoveClass(classes=[8]), prepared.train)
     model = prepared.model
-    hessian = HessianOperator(ModelObjective(
-        model, [LossTerm(prepared.train.subset(plan.retained[:hessian_samples]), 1 / hessian_samples)]))
+    hessian = HessianOperator(
+        ModelObjective(model, [LossTerm(prepared.train.subset(plan.retained[:hessian_samples]), 1 / hessian_samples)])
+    )
     gradient = ModelObjective(model, plan.gradient_terms(prepared.train, plan.affected[:512]))
     selected = select(model, SelectionSpec(ratio=0.1), gradient.batches, cross_entropy_sum).mask
     matvec, rhs = normal_equations(hessian, gradient.gradient(), None, selected)
     rows, reached = [], {}
-    for name, solver, iterations in (("cg", conjugate_gradient, cg_iterations), ("neumann", neumann, neumann_iterations)):
+    for name, solver, iterations in (
+        ("cg", conjugate_gradient, cg_iterations),
+        ("neumann", neumann, neumann_iterations),
+    ):
         marks: dict[float, tuple[int, float]] = {}
         start_count, start = hessian.count, time.perf_counter()
 
@@ -98,9 +132,14 @@ def solver_table(hessian_samples: int, cg_iterations: int, neumann_iterations: i
 
         result = solver(matvec, rhs, min(TOLERANCES), iterations, monitor)
         reached[name] = marks
-        cells = [f"{marks[t][0]} HVPs / {marks[t][1]:.1f} s" if t in marks else f"not in {iterations} it." for t in TOLERANCES]
+        cells = [
+            f"{marks[t][0]} HVPs / {marks[t][1]:.1f} s" if t in marks else f"not in {iterations} it."
+            for t in TOLERANCES
+        ]
         rows.append([name, *cells, result.iterations, f"{result.relative_residual:.2e}", hessian.count - start_count])
-    table = markdown_table(["solver", *[f"to {t:g}" for t in TOLERANCES], "iterations", "final residual", "HVPs in all"], rows)
+    table = markdown_table(
+        ["solver", *[f"to {t:g}" for t in TOLERANCES], "iterations", "final residual", "HVPs in all"], rows
+    )
     return table, reached
 
 
@@ -120,9 +159,12 @@ def main() -> None:
     if 1e-3 in reached["cg"]:
         cg = reached["cg"][1e-3][0]
         neu = reached["neumann"].get(1e-3)
-        ratio = (f"To 1e-3, CG needed {cg} HVPs; Neumann needed {neu[0]} ({neu[0] / cg:.1f}× as many)." if neu else
-                 f"To 1e-3, CG needed {cg} HVPs; Neumann did not get there within {sizes[2]} iterations "
-                 f"({2 * sizes[2] + 41} HVPs, ≥ {(2 * sizes[2] + 41) / cg:.0f}× as many).")
+        ratio = (
+            f"To 1e-3, CG needed {cg} HVPs; Neumann needed {neu[0]} ({neu[0] / cg:.1f}× as many)."
+            if neu
+            else f"To 1e-3, CG needed {cg} HVPs; Neumann did not get there within {sizes[2]} iterations "
+            f"({2 * sizes[2] + 41} HVPs, ≥ {(2 * sizes[2] + 41) / cg:.0f}× as many)."
+        )
     body = f"""
 HVP cost against one forward+backward of the same batch (best of 3 after a warm-up; each row in
 its own process, so that peak RSS is its own). `cached_double_backward` builds the first-order

@@ -7,9 +7,10 @@ dtype and value and reports all problems at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -72,7 +73,8 @@ class TinyNet(nn.Module):
         its initial loss plateau for whole epochs (and, with 10% poisoned labels, never leaves it)."""
         for layer in (self.conv1, self.conv2, self.conv3, self.conv4, self.fc):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
@@ -90,7 +92,7 @@ class VGG11(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         for item in self.LAYOUT:
-            if item == "M":
+            if not isinstance(item, int):  # "M": a max-pool
                 layers.append(nn.MaxPool2d(2, 2))
             else:
                 layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]

@@ -11,8 +11,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -40,14 +41,21 @@ class ProgressBar:
         self.last = 0.0
         self.started = time.perf_counter()
 
-    def __call__(self, phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None) -> None:
+    def __call__(
+        self, phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None
+    ) -> None:
         now = time.perf_counter()
         if now - self.last < 0.1 and fraction < 1.0:
             return
         self.last = now
         filled = int(self.WIDTH * fraction)
-        detail = f" it {iteration} res {relative_residual:.2e}" if iteration is not None and relative_residual is not None else ""
-        line = f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:4.0%} {phase}{detail} {now - self.started:6.1f}s"
+        detail = (
+            f" it {iteration} res {relative_residual:.2e}"
+            if iteration is not None and relative_residual is not None
+            else ""
+        )
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        line = f"\r[{bar}] {fraction:4.0%} {phase}{detail} {now - self.started:6.1f}s"
         self.stream.write(line.ljust(80))
         self.stream.flush()
 
@@ -59,12 +67,12 @@ class ProgressBar:
 def metrics_table(metrics: dict[str, dict[str, float] | None]) -> str:
     from gif.metrics import METRIC_KEYS
 
-    columns = [name for name in ("before", "after", "retrained") if metrics.get(name)]
-    keys = [k for k in METRIC_KEYS if any(k in metrics[c] for c in columns)]
+    columns = {name: values for name in ("before", "after", "retrained") if (values := metrics.get(name))}
+    keys = [k for k in METRIC_KEYS if any(k in values for values in columns.values())]
     width = max(len(k) for k in keys) if keys else 10
     lines = [f"{'metric':<{width}}" + "".join(f"{c:>12}" for c in columns)]
     for key in keys:
-        cells = "".join(f"{metrics[c][key]:>12.4f}" if key in metrics[c] else f"{'-':>12}" for c in columns)
+        cells = "".join(f"{values[key]:>12.4f}" if key in values else f"{'-':>12}" for values in columns.values())
         lines.append(f"{key:<{width}}{cells}")
     return "\n".join(lines)
 
@@ -124,16 +132,24 @@ def cmd_demo_assets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gif", description="Edit trained classifiers with Generalized Influence Functions.")
+    parser = argparse.ArgumentParser(
+        prog="gif", description="Edit trained classifiers with Generalized Influence Functions."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     edit = commands.add_parser("edit", help="run one edit job in-process")
     edit.add_argument("--spec", required=True, help="the job specification (JSON file or string)")
     edit.add_argument("--model", required=True, help="weights: .safetensors or a torch zip state dict")
-    edit.add_argument("--architecture", required=True, help='e.g. \'{"name": "tinynet", "config": {}}\' (or a JSON file)')
-    edit.add_argument("--train-data", required=True, help="the data the model was trained on (.safetensors/.npz with x, y)")
+    edit.add_argument(
+        "--architecture", required=True, help='e.g. \'{"name": "tinynet", "config": {}}\' (or a JSON file)'
+    )
+    edit.add_argument(
+        "--train-data", required=True, help="the data the model was trained on (.safetensors/.npz with x, y)"
+    )
     edit.add_argument("--eval-data", help="held-out data for the reported metrics")
-    edit.add_argument("--validation-data", help="held-out data for the automatic step search (default: a split of the training data)")
+    edit.add_argument(
+        "--validation-data", help="held-out data for the automatic step search (default: a split of the training data)"
+    )
     edit.add_argument("--out", required=True, help="where to write the edited weights (.safetensors)")
     edit.add_argument("--result", help="where to write the result object (JSON)")
     edit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -161,7 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        print(f"gif: error: invalid job specification: {where}: {first['msg']} ({exc.error_count()} error(s))", file=sys.stderr)
+        print(
+            f"gif: error: invalid job specification: {where}: {first['msg']} ({exc.error_count()} error(s))",
+            file=sys.stderr,
+        )
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"gif: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
     return EXIT_BAD_INPUT

@@ -23,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,7 @@ class _SavedBytes:
             self.total += t.untyped_storage().nbytes()
         return t
 
-    def __enter__(self) -> "_SavedBytes":
+    def __enter__(self) -> _SavedBytes:
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
         self._ctx.__enter__()
         return self
@@ -100,7 +101,9 @@ class _SavedBytes:
 class ModelObjective:
     """A model (in eval mode, weights frozen) with a weighted sum of loss terms over fixed batches."""
 
-    def __init__(self, model: nn.Module, terms: list[LossTerm], loss_fn: LossFn = cross_entropy_sum, batch_size: int = 256):
+    def __init__(
+        self, model: nn.Module, terms: list[LossTerm], loss_fn: LossFn = cross_entropy_sum, batch_size: int = 256
+    ):
         self.model = model.eval()
         self.space = ParameterSpace.of(model)
         self.params = model_parameters(model)
@@ -108,12 +111,12 @@ class ModelObjective:
         self.loss_fn = loss_fn
         device = next(iter(self.params.values())).device
         self.batches = [
-            (x.to(device), y.to(device), term.weight)
-            for term in terms
-            for x, y in term.data.batches(batch_size)
+            (x.to(device), y.to(device), term.weight) for term in terms for x, y in term.data.batches(batch_size)
         ]
 
-    def batch_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, weight: float) -> torch.Tensor:
+    def batch_loss(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, weight: float
+    ) -> torch.Tensor:
         outputs = functional_call(self.model, {**params, **self.buffers}, (x,))
         return weight * self.loss_fn(outputs, y)
 
@@ -163,7 +166,7 @@ class HessianOperator:
         self.damping = damping
         self.count = 0
         self.seconds = 0.0
-        self.trial_seconds: dict[str, float] = {}
+        self.trial_seconds: dict[HvpMethod, float] = {}
         self.device = next(iter(objective.params.values())).device
         fitting, first_graph = 0, None
         if method in ("auto", "cached_double_backward"):
@@ -174,8 +177,10 @@ class HessianOperator:
         self.method = method
         self.cached_batches = fitting if method == "cached_double_backward" else 0
         with curvature_kernels():
-            self._cache = [first_graph if i == 0 and first_graph is not None else self._first_order_graph(*batch)
-                           for i, batch in enumerate(objective.batches[: self.cached_batches])]
+            self._cache = [
+                first_graph if i == 0 and first_graph is not None else self._first_order_graph(*batch)
+                for i, batch in enumerate(objective.batches[: self.cached_batches])
+            ]
 
     @property
     def size(self) -> int:
@@ -198,13 +203,13 @@ class HessianOperator:
             fitting += 1
         return fitting
 
-    def _fastest(self, cached_available: bool) -> tuple[str, object]:
+    def _fastest(self, cached_available: bool) -> tuple[HvpMethod, object]:
         """Time one product of each implementation that works here on the first batch: the fastest, and the
         first batch's first-order graph when the cached implementation was tried (it becomes the cache's first)."""
         batch = self.objective.batches[0]
         v_parts = self.objective.space.unflatten(torch.randn_like(self.objective.space.zeros(batch[0])))
         graph = None
-        trials: dict[str, Callable[[], object]] = {
+        trials: dict[HvpMethod, Callable[[], object]] = {
             "double_backward": lambda: self._product_via_graph(self._first_order_graph(*batch), v_parts, keep=False),
             "forward_over_reverse": lambda: self._product_forward_over_reverse(batch, v_parts),
         }

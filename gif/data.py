@@ -10,9 +10,10 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -47,15 +48,15 @@ class Dataset:
     def sample_shape(self) -> list[int]:
         return list(self.x.shape[1:])
 
-    def subset(self, indices: torch.Tensor | Sequence[int]) -> "Dataset":
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> Dataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return Dataset(self.x[idx], self.y[idx])
 
-    def split(self, mask: torch.Tensor) -> tuple["Dataset", "Dataset"]:
+    def split(self, mask: torch.Tensor) -> tuple[Dataset, Dataset]:
         """(the examples where ``mask`` holds, the others), each in the original order."""
         return self.subset(torch.nonzero(mask).flatten()), self.subset(torch.nonzero(~mask).flatten())
 
-    def relabelled(self, indices: Sequence[int], labels: Sequence[int]) -> "Dataset":
+    def relabelled(self, indices: Sequence[int], labels: Sequence[int]) -> Dataset:
         y = self.y.clone()
         y[torch.as_tensor(indices, dtype=torch.long)] = torch.as_tensor(labels, dtype=torch.long)
         return Dataset(self.x, y)

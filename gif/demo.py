@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,7 +18,7 @@ from gif.files import write_safetensors
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
 
-DEMOS = {
+DEMOS: dict[str, dict[str, Any]] = {
     "digits": {
         "architecture": {"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}},
         "recipe": RetrainSpec(epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4),
@@ -56,7 +57,11 @@ def write_demo_assets(out: Path, dataset: str = "digits", seed: int = 0) -> list
     paths["architecture"].write_text(json.dumps(architecture))
     train_data.save(paths["train"])
     eval_data.save(paths["eval"])
-    job = {"request": {"kind": "remove_class", "classes": [8]}, "method": "gif",
-           "selection": {"criterion": "topk_outputs", "ratio": 0.1}, "solver": {"kind": "cg", "max_iterations": 20}}
+    job = {
+        "request": {"kind": "remove_class", "classes": [8]},
+        "method": "gif",
+        "selection": {"criterion": "topk_outputs", "ratio": 0.1},
+        "solver": {"kind": "cg", "max_iterations": 20},
+    }
     paths["job"].write_text(json.dumps(job, indent=2))
     return list(paths.values())

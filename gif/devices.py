@@ -8,6 +8,7 @@ entry: the device, its name (the GPU model or the CPU's) and the peak memory of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -30,7 +31,9 @@ def resolve_device(name: str | torch.device) -> torch.device:
         if not torch.cuda.is_available():
             raise InvalidSpecError(f"device {name!r} was asked for, but this process sees no CUDA device")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InvalidSpecError(f"device {name!r} does not exist; {torch.cuda.device_count()} CUDA device(s) visible")
+            raise InvalidSpecError(
+                f"device {name!r} does not exist; {torch.cuda.device_count()} CUDA device(s) visible"
+            )
     return device
 
 
@@ -86,10 +89,8 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set size
-    except OSError:
-        pass
 
 
 def _peak_resident_bytes() -> int:
@@ -120,10 +121,20 @@ def device_report(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         properties = torch.cuda.get_device_properties(index)
-        return {"type": "cuda", "index": index, "name": properties.name, "total_memory_bytes": properties.total_memory,
-                "peak_memory_bytes": int(torch.cuda.max_memory_allocated(index))}
-    return {"type": device.type, "index": None, "name": _cpu_name(), "total_memory_bytes": _meminfo_total_bytes(),
-            "peak_memory_bytes": _peak_resident_bytes()}
+        return {
+            "type": "cuda",
+            "index": index,
+            "name": properties.name,
+            "total_memory_bytes": properties.total_memory,
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(index)),
+        }
+    return {
+        "type": device.type,
+        "index": None,
+        "name": _cpu_name(),
+        "total_memory_bytes": _meminfo_total_bytes(),
+        "peak_memory_bytes": _peak_resident_bytes(),
+    }
 
 
 def _meminfo_total_bytes() -> int | None:

@@ -59,7 +59,9 @@ class ProgressSink(Protocol):
     ) -> None: ...
 
 
-def _ignore_progress(phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None) -> None:
+def _ignore_progress(
+    phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None
+) -> None:
     return None
 
 
@@ -71,8 +73,9 @@ class EditOutcome:
 
     def write_checkpoint(self, path: str | Path) -> CheckpointInfo:
         """Write the edited weights as safetensors, atomically, and record them as the result's ``checkpoint``."""
-        write_safetensors(path, self.state_dict, metadata={"gif_method": self.result.method,
-                                                           "gif_request": self.result.request})
+        write_safetensors(
+            path, self.state_dict, metadata={"gif_method": self.result.method, "gif_request": self.result.request}
+        )
         self.result.checkpoint = CheckpointInfo(sha256=sha256_file(path), size_bytes=Path(path).stat().st_size)
         return self.result.checkpoint
 
@@ -105,7 +108,11 @@ class PhaseClock:
 
 
 def check_inputs(
-    model: nn.Module, spec: JobSpec, train: Dataset, eval_data: Dataset | None = None, validation_data: Dataset | None = None
+    model: nn.Module,
+    spec: JobSpec,
+    train: Dataset,
+    eval_data: Dataset | None = None,
+    validation_data: Dataset | None = None,
 ) -> int:
     """Refuse what can be refused before any work (input shape, labels, request ranges); return the class count."""
     device = next(model.parameters()).device
@@ -178,8 +185,14 @@ def _select(spec: JobSpec, model: nn.Module, gradient_objective: ModelObjective,
 
 
 def _solve(
-    spec: JobSpec, model: nn.Module, train_data: Dataset, samples: Samples, selection: Selection,
-    gradient_objective: ModelObjective, loss_fn: LossFn, report: _Progress,
+    spec: JobSpec,
+    model: nn.Module,
+    train_data: Dataset,
+    samples: Samples,
+    selection: Selection,
+    gradient_objective: ModelObjective,
+    loss_fn: LossFn,
+    report: _Progress,
 ) -> tuple[InfluenceSolution, HessianOperator | None]:
     solver = spec.solver
     device = next(model.parameters()).device
@@ -189,7 +202,8 @@ def _solve(
         hessian_sample = train_data.subset(samples.hessian)
         hessian = HessianOperator(
             ModelObjective(model, [LossTerm(hessian_sample, 1.0 / len(hessian_sample))], loss_fn, solver.batch_size),
-            solver.damping, solver.hvp,
+            solver.damping,
+            solver.hvp,
         )
 
     def monitor(iteration: int, residual: float) -> None:
@@ -217,14 +231,22 @@ def _apply(model: nn.Module, new_theta: torch.Tensor, scale: float) -> nn.Module
 
 
 def _edit_once(
-    spec: JobSpec, model: nn.Module, train_data: Dataset, plan: RequestPlan, samples: Samples, policy: StepPolicy,
-    loss_fn: LossFn, report: _Progress, clock: PhaseClock,
+    spec: JobSpec,
+    model: nn.Module,
+    train_data: Dataset,
+    plan: RequestPlan,
+    samples: Samples,
+    policy: StepPolicy,
+    loss_fn: LossFn,
+    report: _Progress,
+    clock: PhaseClock,
 ) -> _Edit:
     """select → solve → step → apply on ``model`` (left untouched)."""
     with clock("selection"):
         report("selection", 0.0)
-        gradient_objective = ModelObjective(model, plan.gradient_terms(train_data, samples.gradient), loss_fn,
-                                            spec.solver.batch_size)
+        gradient_objective = ModelObjective(
+            model, plan.gradient_terms(train_data, samples.gradient), loss_fn, spec.solver.batch_size
+        )
         selection = _select(spec, model, gradient_objective, loss_fn)
         report("selection", 1.0)
     with clock("solve"):
@@ -239,14 +261,25 @@ def _edit_once(
 
     with clock("step_search"):
         unit_change = float(delta[modified].norm() / theta[modified].norm().clamp_min(1e-12))
-        step = policy.choose(lambda s: {**space.unflatten(weights_at(s)), **buffers}, unit_change,
-                             lambda fraction: report("step_search", fraction))
+        step = policy.choose(
+            lambda s: {**space.unflatten(weights_at(s)), **buffers},
+            unit_change,
+            lambda fraction: report("step_search", fraction),
+        )
     return _Edit(_apply(model, weights_at(step.scale), step.scale), selection, solution, hessian, step)
 
 
 def _edit_within_memory(
-    spec: JobSpec, model: nn.Module, train_data: Dataset, plan: RequestPlan, samples: Samples, policy: StepPolicy,
-    loss_fn: LossFn, report: _Progress, clock: PhaseClock, warnings: list[str],
+    spec: JobSpec,
+    model: nn.Module,
+    train_data: Dataset,
+    plan: RequestPlan,
+    samples: Samples,
+    policy: StepPolicy,
+    loss_fn: LossFn,
+    report: _Progress,
+    clock: PhaseClock,
+    warnings: list[str],
 ) -> _Edit:
     """``_edit_once``; if the device runs out of memory, once more with half the batch and no graph cache."""
     try:
@@ -256,30 +289,48 @@ def _edit_within_memory(
     device = next(model.parameters()).device
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    solver = spec.solver.model_copy(update={"batch_size": max(1, spec.solver.batch_size // 2), "hvp": "double_backward"})
+    solver = spec.solver.model_copy(
+        update={"batch_size": max(1, spec.solver.batch_size // 2), "hvp": "double_backward"}
+    )
     try:
-        edit = _edit_once(spec.model_copy(update={"solver": solver}), model, train_data, plan, samples, policy, loss_fn,
-                          report, clock)
+        edit = _edit_once(
+            spec.model_copy(update={"solver": solver}), model, train_data, plan, samples, policy, loss_fn, report, clock
+        )
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(
             f"the edit ran out of memory on {device}, also with solver.batch_size {solver.batch_size} and no graph "
-            "cache; lower solver.batch_size, solver.hessian_samples or selection.ratio, or use a device with more memory"
+            "cache; lower solver.batch_size, solver.hessian_samples or selection.ratio, or use a device with more "
+            "memory"
         ) from None
-    warnings.append(f"the device ran out of memory; the edit was redone with solver.batch_size {solver.batch_size} "
-                    "and no first-order graph cache")
+    warnings.append(
+        f"the device ran out of memory; the edit was redone with solver.batch_size {solver.batch_size} "
+        "and no first-order graph cache"
+    )
     return edit
 
 
 def _evaluate(
-    spec: JobSpec, original: nn.Module, edited: nn.Module, train_data: Dataset, eval_data: Dataset | None,
-    plan: RequestPlan, report: _Progress,
+    spec: JobSpec,
+    original: nn.Module,
+    edited: nn.Module,
+    train_data: Dataset,
+    eval_data: Dataset | None,
+    plan: RequestPlan,
+    report: _Progress,
 ) -> tuple[EvaluationPlan, dict[str, float], dict[str, float]]:
     """The metrics before and after the edit, and the plan they were measured on (retraining reuses it)."""
     report("evaluation", 0.0)
     removed_classes = spec.request.classes if isinstance(spec.request, RemoveClass) else None
     eval_plan = evaluation_plan(
-        train_data, eval_data, plan.affected, plan.retained, plan.new_labels, removed_classes,
-        spec.evaluation.retain_samples, spec.solver.seed, spec.evaluation.batch_size,
+        train_data,
+        eval_data,
+        plan.affected,
+        plan.retained,
+        plan.new_labels,
+        removed_classes,
+        spec.evaluation.retain_samples,
+        spec.solver.seed,
+        spec.evaluation.batch_size,
     )
     device = next(original.parameters()).device
     try:
@@ -293,14 +344,22 @@ def _evaluate(
 
 
 def _retrain(
-    spec: JobSpec, original: nn.Module, train_data: Dataset, plan: RequestPlan, eval_plan: EvaluationPlan,
+    spec: JobSpec,
+    original: nn.Module,
+    train_data: Dataset,
+    plan: RequestPlan,
+    eval_plan: EvaluationPlan,
     report: _Progress,
 ) -> dict[str, float]:
     """The ground truth: the same architecture trained from scratch on the edited training data, measured alike."""
     assert spec.retrain is not None
     model = reinitialised(original, spec.retrain.seed)
-    train(model, plan.edited_training_data(train_data), spec.retrain,
-          on_epoch=lambda done, total: report("retrain", done / total))
+    train(
+        model,
+        plan.edited_training_data(train_data),
+        spec.retrain,
+        on_epoch=lambda done, total: report("retrain", done / total),
+    )
     return evaluate(model, eval_plan)
 
 
@@ -354,16 +413,22 @@ def run(
         method=spec.method,
         request=spec.request.kind,
         selection=SelectionSummary(
-            **edit.selection.summary(), criterion="all" if spec.method in USES_FULL_SELECTION else spec.selection.criterion,
+            **edit.selection.summary(),
+            criterion="all" if spec.method in USES_FULL_SELECTION else spec.selection.criterion,
             layers=[LayerSelection(**vars(layer)) for layer in edit.selection.layers],
         ),
         solver=_solver_summary(spec, edit.solution, edit.hessian),
         step=edit.step,
         metrics=Metrics(before=before, after=after, retrained=retrained),
         timings=Timings(**clock.seconds, total_s=time.perf_counter() - started),
-        data=DataSummary(train_samples=len(train_data), affected_samples=len(plan.affected),
-                         hessian_samples=len(samples.hessian), gradient_samples=len(samples.gradient),
-                         coefficient=plan.coefficient, device=str(device)),
+        data=DataSummary(
+            train_samples=len(train_data),
+            affected_samples=len(plan.affected),
+            hessian_samples=len(samples.hessian),
+            gradient_samples=len(samples.gradient),
+            coefficient=plan.coefficient,
+            device=str(device),
+        ),
         device=DeviceReport(**device_report(device)),
         warnings=warnings,
     )
@@ -386,7 +451,7 @@ def _solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: Hessian
         lambda_max=solve.lambda_max,
         damping=spec.solver.damping,
         hvp_method=hessian.method if hessian else None,
-        hvp_trial_seconds=hessian.trial_seconds if hessian else {},
+        hvp_trial_seconds={name: s for name, s in hessian.trial_seconds.items()} if hessian else {},  # noqa: C416
         hvp_cached_batches=hessian.cached_batches if hessian else 0,
         hvp_seconds=hessian.seconds if hessian else 0.0,
         residual_history=solve.history[-200:],

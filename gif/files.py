@@ -15,9 +15,9 @@ import os
 import struct
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class TensorInfo:
     finite: bool
 
     @classmethod
-    def of(cls, tensor: torch.Tensor) -> "TensorInfo":
+    def of(cls, tensor: torch.Tensor) -> TensorInfo:
         finite = bool(torch.isfinite(tensor).all()) if tensor.is_floating_point() else True
         return cls(tuple(tensor.shape), tensor.dtype, finite)
 
@@ -200,12 +200,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     from safetensors.torch import save_file
 
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
-
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -27,8 +27,8 @@ through the normal equations AᵀA x = Aᵀb (two Hessian-vector products per it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -63,8 +63,12 @@ def normal_equations(
 
 
 def _solve(
-    hessian: HessianOperator, g: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor,
-    spec: SolverSpec, monitor: Monitor,
+    hessian: HessianOperator,
+    g: torch.Tensor,
+    rows: torch.Tensor | None,
+    cols: torch.Tensor,
+    spec: SolverSpec,
+    monitor: Monitor,
 ) -> InfluenceSolution:
     matvec, rhs = normal_equations(hessian, g, rows, cols)
     options = {"scale": spec.neumann_scale, "seed": spec.seed} if spec.kind == "neumann" else {}

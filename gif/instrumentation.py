@@ -7,8 +7,8 @@ an analysed loss with respect to that output. Hooks are removed on exit, even on
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gif.data import Dataset, sample_indices
+from gif.spec import SampleCount
 
 METRIC_KEYS = (
     "test_accuracy",
@@ -107,11 +108,11 @@ def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
     affected_logits = logits(plan.affected)
     retain_logits = logits(plan.retain)
     metrics: dict[str, float] = {"retain_accuracy": accuracy(retain_logits, plan.retain.y)}
-    kept_logits = None
+    kept = None  # (logits, labels) of the eval data the request keeps
     if plan.eval_kept is not None and len(plan.eval_kept):
-        kept_logits = logits(plan.eval_kept)
-        metrics["test_accuracy"] = accuracy(kept_logits, plan.eval_kept.y)
-        metrics["test_loss"] = mean_loss(kept_logits, plan.eval_kept.y)
+        kept = (logits(plan.eval_kept), plan.eval_kept.y)
+        metrics["test_accuracy"] = accuracy(*kept)
+        metrics["test_loss"] = mean_loss(*kept)
     if plan.removal:
         metrics["forget_accuracy"] = accuracy(affected_logits, plan.affected.y)
         if plan.class_level and plan.eval_forgotten is not None and len(plan.eval_forgotten):
@@ -120,9 +121,9 @@ def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
             metrics["forget_test_loss"] = mean_loss(forgotten_logits, plan.eval_forgotten.y)
             if "test_accuracy" in metrics:
                 metrics["score"] = removal_score(metrics["test_accuracy"], metrics["forget_test_accuracy"])
-        if kept_logits is not None:
+        if kept is not None:
             metrics["mia_efficacy"] = mia_efficacy(
-                (retain_logits, plan.retain.y), (kept_logits, plan.eval_kept.y), (affected_logits, plan.affected.y)
+                (retain_logits, plan.retain.y), kept, (affected_logits, plan.affected.y)
             )
     else:
         assert plan.new_labels is not None
@@ -140,7 +141,7 @@ def evaluation_plan(
     retained: torch.Tensor,
     new_labels: torch.Tensor | None,
     removed_classes: list[int] | None,
-    retain_samples: int | str,
+    retain_samples: SampleCount,
     seed: int,
     batch_size: int,
 ) -> EvaluationPlan:

@@ -23,7 +23,7 @@ class ParameterSpace:
     size: int
 
     @classmethod
-    def of(cls, model: nn.Module) -> "ParameterSpace":
+    def of(cls, model: nn.Module) -> ParameterSpace:
         names, shapes, offsets, total = [], [], [], 0
         for name, param in model.named_parameters():
             names.append(name)
@@ -49,7 +49,7 @@ class ParameterSpace:
         return torch.zeros(self.size, dtype=like.dtype, device=like.device)
 
 
-def target_modules(model: nn.Module) -> dict[str, nn.Module]:
+def target_modules(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
     """The Conv2d and Linear modules, by qualified name, in registration order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, TARGET_MODULE_TYPES)}
 

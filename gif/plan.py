@@ -26,7 +26,7 @@ class RequestPlan:
     class_level: bool  # remove_class: affected examples stand for a whole class
 
     @classmethod
-    def of(cls, request: RemoveClass | RemoveSamples | Relabel, train: Dataset) -> "RequestPlan":
+    def of(cls, request: RemoveClass | RemoveSamples | Relabel, train: Dataset) -> RequestPlan:
         n = len(train)
         if isinstance(request, RemoveClass):
             affected_mask = torch.isin(train.y, torch.tensor(request.classes))

@@ -106,7 +106,9 @@ class EditResult(_Result):
     step: StepSummary
     metrics: Metrics
     timings: Timings
-    data: DataSummary | None = Field(None, description="Sample sizes of the edit (absent from records of old versions).")
+    data: DataSummary | None = Field(
+        None, description="Sample sizes of the edit (absent from records of old versions)."
+    )
     device: DeviceReport | None = Field(None, description="Where the edit ran (absent from records of old versions).")
     warnings: list[str] = []
     checkpoint: CheckpointInfo | None = Field(None, description="The edited weights, once written.")

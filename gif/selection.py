@@ -9,8 +9,8 @@ for a given seed and analysed sample.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -60,6 +60,12 @@ def _random(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=generator)[:k]
 
 
+def _measured(grads: torch.Tensor | None) -> torch.Tensor:
+    """The output gradients, which ``unit_statistics`` measures when the criterion needs them."""
+    assert grads is not None, "unit_statistics(..., with_gradients=True) was not asked for"
+    return grads
+
+
 def _threshold(outputs: torch.Tensor, _grads, k: int, generator: torch.Generator, spec: SelectionSpec) -> torch.Tensor:
     scores = outputs.abs()
     threshold = spec.threshold if spec.threshold is not None else float(scores.mean())
@@ -69,7 +75,7 @@ def _threshold(outputs: torch.Tensor, _grads, k: int, generator: torch.Generator
 
 CRITERIA: dict[str, Criterion] = {
     "topk_outputs": lambda outputs, _grads, k, _gen, _spec: _top(outputs.abs(), k),
-    "topk_gradients": lambda _outputs, grads, k, _gen, _spec: _top(grads.abs(), k),
+    "topk_gradients": lambda _outputs, grads, k, _gen, _spec: _top(_measured(grads).abs(), k),
     "threshold": _threshold,
     "random": lambda outputs, _grads, k, gen, _spec: _random(len(outputs), k, gen),
 }

@@ -7,8 +7,8 @@ iteration; the monitor may raise to cancel. Solvers are registered by name in ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -6,11 +6,11 @@ removes or relabels the data*; a fixed step applies exactly θ_J ← θ_J + scal
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-SampleCount = Union[PositiveInt, Literal["all"]]
+SampleCount = PositiveInt | Literal["all"]
 
 
 class _Strict(BaseModel):
@@ -51,7 +51,7 @@ class Relabel(_Strict):
     labels: list[NonNegative] = Field(min_length=1, examples=[[1, 7]])
 
     @model_validator(mode="after")
-    def _same_length(self) -> "Relabel":
+    def _same_length(self) -> Relabel:
         if len(self.indices) != len(self.labels):
             raise ValueError(
                 f"indices and labels must have the same length ({len(self.indices)} != {len(self.labels)})"
@@ -59,7 +59,7 @@ class Relabel(_Strict):
         return self
 
 
-EditRequest = Annotated[Union[RemoveClass, RemoveSamples, Relabel], Field(discriminator="kind")]
+EditRequest = Annotated[RemoveClass | RemoveSamples | Relabel, Field(discriminator="kind")]
 
 Method = Literal["gif", "fif", "pif", "if", "first_order"]
 Criterion = Literal["topk_outputs", "topk_gradients", "threshold", "random"]
@@ -90,14 +90,19 @@ class SolverSpec(_Strict):
 
     kind: Literal["cg", "neumann"] = "cg"
     max_iterations: int = Field(5, ge=1, le=100_000)
-    tolerance: float = Field(1e-3, gt=0.0, lt=1.0, description="Relative residual ‖Aᵀ(Ax − b)‖ / ‖Aᵀb‖ at which to stop.")
-    damping: float = Field(0.01, ge=0.0, description="λ added to the Hessian (H + λI), e.g. the training's weight decay.")
+    tolerance: float = Field(
+        1e-3, gt=0.0, lt=1.0, description="Relative residual ‖Aᵀ(Ax − b)‖ / ‖Aᵀb‖ at which to stop."
+    )
+    damping: float = Field(
+        0.01, ge=0.0, description="λ added to the Hessian (H + λI), e.g. the training's weight decay."
+    )
     hessian_samples: SampleCount = Field(512, description="Retained training examples in the fixed Hessian sample.")
     gradient_samples: SampleCount = Field(256, description="Affected examples in the gradient (and selection) sample.")
     seed: int = 0
     batch_size: PositiveInt = Field(256, le=65536)
     hvp: Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward"] = Field(
-        "auto", description="Hessian-vector product implementation; auto times each on the first batch and keeps the "
+        "auto",
+        description="Hessian-vector product implementation; auto times each on the first batch and keeps the "
         "fastest (the result's solver.hvp_method and hvp_trial_seconds say which and why).",
     )
     neumann_scale: float | None = Field(
@@ -129,7 +134,7 @@ class FixedStep(_Strict):
     scale: float = Field(allow_inf_nan=False, examples=[95.0])
 
 
-Step = Annotated[Union[AutoStep, FixedStep], Field(discriminator="mode")]
+Step = Annotated[AutoStep | FixedStep, Field(discriminator="mode")]
 
 
 class RetrainSpec(_Strict):
@@ -155,7 +160,9 @@ class JobSpec(_Strict):
 
     model_id: str | None = Field(None, description="HTTP only: an uploaded model.")
     train_dataset_id: str | None = Field(None, description="HTTP only: the data the model was trained on.")
-    eval_dataset_id: str | None = Field(None, description="HTTP only, optional: held-out data for the reported metrics.")
+    eval_dataset_id: str | None = Field(
+        None, description="HTTP only, optional: held-out data for the reported metrics."
+    )
     validation_dataset_id: str | None = Field(
         None,
         description="HTTP only, optional: held-out data (not the eval data) for the automatic step search. "

@@ -22,8 +22,8 @@ Both answer ``choose(weights_at, unit_change, report)`` with the result's ``Step
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -184,16 +184,25 @@ class AutoStepPolicy:
 
             @torch.no_grad()
             def logits(d: Dataset) -> torch.Tensor:
-                return torch.cat([functional_call(self.model, params, (x.to(device),)).float().cpu()
-                                  for x, _ in d.batches(self.batch_size)])
+                return torch.cat(
+                    [
+                        functional_call(self.model, params, (x.to(device),)).float().cpu()
+                        for x, _ in d.batches(self.batch_size)
+                    ]
+                )
 
             return self.objective(self.data, logits)
 
         search = search_step(objective_at, unit_change)
-        return StepSummary(mode="auto", scale=search.scale, objective=search.objective,
-                           relative_change=search.relative_change, evaluations=len(search.trace),
-                           validation="provided" if self.provided else "carved",
-                           validation_samples={"affected": len(self.data.affected), "kept": len(self.data.kept)})
+        return StepSummary(
+            mode="auto",
+            scale=search.scale,
+            objective=search.objective,
+            relative_change=search.relative_change,
+            evaluations=len(search.trace),
+            validation="provided" if self.provided else "carved",
+            validation_samples={"affected": len(self.data.affected), "kept": len(self.data.kept)},
+        )
 
 
 @dataclass
@@ -217,15 +226,22 @@ def step_policy(
     if isinstance(step, FixedStep):
         return FixedStepPolicy(step.scale)
     data = validation_data(spec, step, plan, train, carved, provided)
-    return AutoStepPolicy(model, data, request_objective(spec, step, model, data), provided is not None,
-                          spec.evaluation.batch_size)
+    return AutoStepPolicy(
+        model, data, request_objective(spec, step, model, data), provided is not None, spec.evaluation.batch_size
+    )
 
 
 def carved_validation_warning(spec: JobSpec, provided: Dataset | None) -> str | None:
     """Removing samples, a step that targets the loss of training examples the model has seen is biased."""
     step = spec.step
-    if isinstance(spec.request, RemoveSamples) and isinstance(step, AutoStep) and step.target_loss is None \
-            and provided is None:
-        return ("the step targets the loss of a validation split carved from the training data, which the model "
-                "has seen; give validation data the model did not train on, or step.target_loss")
+    if (
+        isinstance(spec.request, RemoveSamples)
+        and isinstance(step, AutoStep)
+        and step.target_loss is None
+        and provided is None
+    ):
+        return (
+            "the step targets the loss of a validation split carved from the training data, which the model "
+            "has seen; give validation data the model did not train on, or step.target_loss"
+        )
     return None

@@ -63,7 +63,9 @@ def linear_regression_toy(
     g = torch.Generator().manual_seed(seed)
     cov = torch.full((3, 3), correlation, dtype=torch.float64).fill_diagonal_(1.0)
     x = torch.randn(n, 3, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
-    y = x @ torch.tensor([1.0, -0.5, 0.5], dtype=torch.float64) + noise * torch.randn(n, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -0.5, 0.5], dtype=torch.float64) + noise * torch.randn(
+        n, generator=g, dtype=torch.float64
+    )
     removed = x[:, 0].argsort(descending=True)[: int(n * removed_fraction)].sort().values
     y[removed] += 1.5 * x[removed, 2]
     return Dataset(x, y), removed

@@ -7,7 +7,7 @@ over all steps, seeded initialisation and shuffling.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +25,13 @@ def reinitialised(model: nn.Module, seed: int) -> nn.Module:
     fresh = copy.deepcopy(model)
     torch.manual_seed(seed)
     for module in reversed(list(fresh.modules())):
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-        if hasattr(module, "reset_running_stats"):
-            module.reset_running_stats()
+        for reset in ("reset_parameters", "reset_running_stats"):
+            if callable(method := getattr(module, reset, None)):
+                method()
     return fresh
 
 
-def train(
-    model: nn.Module, data: Dataset, recipe: RetrainSpec, on_epoch: EpochCallback | None = None
-) -> nn.Module:
+def train(model: nn.Module, data: Dataset, recipe: RetrainSpec, on_epoch: EpochCallback | None = None) -> nn.Module:
     """Train ``model`` in place on ``data`` with ``recipe``; returns it in eval mode."""
     device = next(model.parameters()).device
     optimizer = torch.optim.SGD(

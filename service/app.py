@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -69,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = job_registry(ctx)
     problems.install(app)
     app.add_middleware(
-        BodySizeLimit, default_limit=settings.max_json_bytes, upload_limit=settings.max_upload_bytes,
+        BodySizeLimit,
+        default_limit=settings.max_json_bytes,
+        upload_limit=settings.max_upload_bytes,
         upload_paths=frozenset({"/v1/models", "/v1/datasets"}),
     )
     app.add_middleware(HttpMetrics, registry=app.state.metrics)

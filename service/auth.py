@@ -36,8 +36,11 @@ async def caller(request: Request, credentials: Annotated[HTTPAuthorizationCrede
     given = credentials.credentials.encode() if credentials else b""
     matched = [key for key in keys if hmac.compare_digest(key.encode(), given)]
     if not matched:
-        raise ServiceError("unauthorized", "send a valid API key as 'Authorization: Bearer <key>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise ServiceError(
+            "unauthorized",
+            "send a valid API key as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return owner_of(matched[0])
 
 

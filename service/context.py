@@ -31,7 +31,7 @@ class ServiceContext:
     queue: Queue
 
     @classmethod
-    def create(cls, settings: Settings) -> "ServiceContext":
+    def create(cls, settings: Settings) -> ServiceContext:
         client = connect(settings)
         keys = Keys(settings.key_prefix)
         artifacts = Artifacts(LocalArtifactStore(settings.storage_dir), client, keys)

@@ -25,8 +25,11 @@ class PageParams:
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
     ):
         if cursor is not None and not cursor.isdigit():
-            raise ServiceError("validation-error", "invalid cursor",
-                               [{"parameter": "cursor", "in": "query", "detail": "use next_cursor of a previous page"}])
+            raise ServiceError(
+                "validation-error",
+                "invalid cursor",
+                [{"parameter": "cursor", "in": "query", "detail": "use next_cursor of a previous page"}],
+            )
         self.limit = limit
         self.cursor = int(cursor) if cursor is not None else None
 

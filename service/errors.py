@@ -77,15 +77,23 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
     @classmethod
-    def from_engine(cls, exc: engine.GifError, pointer: str | None = None) -> "ServiceError":
+    def from_engine(cls, exc: engine.GifError, pointer: str | None = None) -> ServiceError:
         """An engine error, each of its problems attached to ``pointer`` (a JSON pointer into the request)."""
         located = {"pointer": pointer} if pointer else {}
-        items = [{**located, "detail": p} for p in exc.problems] or ([{**located, "detail": exc.detail}] if pointer else [])
+        items = [{**located, "detail": p} for p in exc.problems] or (
+            [{**located, "detail": exc.detail}] if pointer else []
+        )
         return cls(exc.code, str(exc), items)
 
 
 def job_error(code: str, detail: str, problems: list[str] | None = None, retryable: bool = False) -> dict[str, Any]:
     """A failed or cancelled job's ``error`` object."""
     kind = kind_of(code)
-    return {"type": kind.type, "code": kind.code, "title": kind.title, "detail": detail,
-            "problems": list(problems or []), "retryable": retryable}
+    return {
+        "type": kind.type,
+        "code": kind.code,
+        "title": kind.title,
+        "detail": detail,
+        "problems": list(problems or []),
+        "retryable": retryable,
+    }

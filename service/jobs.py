@@ -9,7 +9,8 @@ heartbeat key with a short TTL; ``reap_lost`` fails running jobs whose heartbeat
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -48,15 +49,15 @@ class JobStore:
         """The record (JSON fields decoded), or None if missing or owned by someone else."""
         if not is_id("job", job_id):
             return None
-        return self._decode(self.client.hgetall(self.keys.job(job_id)), owner)
+        return self._decode(cast(dict[str, str], self.client.hgetall(self.keys.job(job_id))), owner)
 
     async def poll(self, job_id: str, owner: str, client: redis.asyncio.Redis) -> dict[str, Any] | None:
         """``get`` on an asyncio client, for the route clients poll."""
         if not is_id("job", job_id):
             return None
-        return self._decode(await client.hgetall(self.keys.job(job_id)), owner)
+        return self._decode(cast(dict[str, str], await client.hgetall(self.keys.job(job_id))), owner)
 
-    def list(
+    def page(
         self, owner: str, status: str | None, limit: int, cursor: int | None
     ) -> tuple[list[dict[str, Any]], int | None]:
         ids, next_cursor = page_ids(self.client, self.keys.jobs_of(owner, status), limit, cursor)
@@ -74,7 +75,7 @@ class JobStore:
 
     def durations(self) -> dict[str, str]:
         """Raw histogram counters: ``<status>:le:<bucket>``, ``<status>:count``, ``<status>:sum``."""
-        return self.client.hgetall(self.keys.durations)
+        return cast(dict[str, str], self.client.hgetall(self.keys.durations))
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.client.exists(self.keys.cancel_flag(job_id)))
@@ -93,10 +94,12 @@ class JobStore:
 
     # --- the API's side ----------------------------------------------------------------------
 
-    def create(self, owner: str, spec: dict[str, Any], inputs: dict[str, dict[str, Any]], queue: str) -> dict[str, Any] | None:
+    def create(
+        self, owner: str, spec: dict[str, Any], inputs: dict[str, dict[str, Any]], queue: str
+    ) -> dict[str, Any] | None:
         """Record a job queued on ``queue`` holding its input blobs; None if an input blob has vanished meanwhile."""
         job_id = new_id("job")
-        held = []
+        held: list[str] = []
         for item in inputs.values():
             if not self.artifacts.hold(item["sha256"], f"job:{job_id}"):
                 self._release(job_id, held)
@@ -106,8 +109,16 @@ class JobStore:
         with self.client.pipeline() as pipe:
             pipe.hset(
                 self.keys.job(job_id),
-                mapping={"id": job_id, "owner": owner, "seq": seq, "status": "queued", "created_at": utc_now(),
-                         "queue": queue, "spec": json.dumps(spec), "inputs": json.dumps(inputs)},
+                mapping={
+                    "id": job_id,
+                    "owner": owner,
+                    "seq": seq,
+                    "status": "queued",
+                    "created_at": utc_now(),
+                    "queue": queue,
+                    "spec": json.dumps(spec),
+                    "inputs": json.dumps(inputs),
+                },
             )
             pipe.zadd(self.keys.jobs_of(owner), {job_id: seq})
             pipe.zadd(self.keys.jobs_of(owner, "queued"), {job_id: seq})
@@ -117,7 +128,9 @@ class JobStore:
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued job at once, or ask a running one to stop; returns the status it had."""
-        if self._transition(job_id, {"queued"}, "cancelled", error=job_error("cancelled", "cancelled before it started")):
+        if self._transition(
+            job_id, {"queued"}, "cancelled", error=job_error("cancelled", "cancelled before it started")
+        ):
             return "queued"
         with self.client.pipeline() as pipe:
             pipe.set(self.keys.cancel_flag(job_id), "1", ex=7 * 24 * 3600)
@@ -147,9 +160,10 @@ class JobStore:
     def reap_lost(self) -> list[str]:
         """Fail every running job whose heartbeat expired (its worker died); returns their ids."""
         lost = []
-        for job_id in self.client.zrange(self.keys.jobs_with("running"), 0, -1):
-            error = job_error("worker-lost", "the worker running this job stopped answering; submit it again",
-                              retryable=True)
+        for job_id in cast(list[str], self.client.zrange(self.keys.jobs_with("running"), 0, -1)):
+            error = job_error(
+                "worker-lost", "the worker running this job stopped answering; submit it again", retryable=True
+            )
             if self._transition(job_id, {"running"}, "failed", unless_alive=True, error=error):
                 lost.append(job_id)
         return lost
@@ -157,14 +171,17 @@ class JobStore:
     def queued_longer_than(self, seconds: float, queue: str) -> list[str]:
         """Ids of jobs on ``queue`` still queued ``seconds`` after they were recorded (candidates for re-enqueueing);
         deployments with several queues share records, and each re-enqueues only onto its own."""
-        ids = self.client.zrange(self.keys.jobs_with("queued"), 0, -1)
+        ids = cast(list[str], self.client.zrange(self.keys.jobs_with("queued"), 0, -1))
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hmget(self.keys.job(job_id), "created_at", "queue")
             rows = pipe.execute()
         now = parse_time(utc_now())
-        return [job_id for job_id, (at, on) in zip(ids, rows, strict=True)
-                if at and on in (queue, None) and (now - parse_time(at)).total_seconds() > seconds]
+        return [
+            job_id
+            for job_id, (at, on) in zip(ids, rows, strict=True)
+            if at and on in (queue, None) and (now - parse_time(at)).total_seconds() > seconds
+        ]
 
     # --- the worker's side -------------------------------------------------------------------
 
@@ -191,7 +208,9 @@ class JobStore:
         for sha in set(shas):
             self.artifacts.release(sha, f"job:{job_id}")
 
-    def _transition(self, job_id: str, allowed: set[str], new: str, unless_alive: bool = False, **fields: Any) -> str | None:
+    def _transition(
+        self, job_id: str, allowed: set[str], new: str, unless_alive: bool = False, **fields: Any
+    ) -> str | None:
         """Atomically move a job from one of ``allowed`` to ``new``, writing ``fields``; the old status, or None."""
         key, heartbeat = self.keys.job(job_id), self.keys.heartbeat(job_id)
         now = utc_now()
@@ -202,12 +221,14 @@ class JobStore:
             while True:
                 try:
                     pipe.watch(key, heartbeat)
-                    old, owner, seq, started_at = pipe.hmget(key, "status", "owner", "seq", "started_at")
+                    old, owner, seq, started_at = cast(
+                        list[str], pipe.hmget(key, "status", "owner", "seq", "started_at")
+                    )
                     if old not in allowed or (unless_alive and pipe.exists(heartbeat)):
                         pipe.unwatch()
                         return None
                     pipe.multi()
-                    pipe.hset(key, mapping={"status": new, **values})
+                    pipe.hset(key, mapping={"status": new, **values})  # type: ignore[dict-item]  # str keys are fine
                     for index in (self.keys.jobs_of(owner, old), self.keys.jobs_with(old)):
                         pipe.zrem(index, job_id)
                     for index in (self.keys.jobs_of(owner, new), self.keys.jobs_with(new)):

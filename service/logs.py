@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 current_job: ContextVar[str | None] = ContextVar("current_job", default=None)
 # LogRecord attributes that are not extras; uvicorn adds "color_message" (the message with ANSI colours).
-_NOT_EXTRA = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName", "color_message"}
+_NOT_EXTRA = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,8 +59,10 @@ def configure_logging(level: str) -> dict[str, Any]:
         "formatters": {"json": {"()": JsonFormatter}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level.upper()},
-        "loggers": {name: {"handlers": [], "propagate": True}
-                    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "rq.worker")},
+        "loggers": {
+            name: {"handlers": [], "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "rq.worker")
+        },
     }
     logging.config.dictConfig(config)
     return config

@@ -7,7 +7,7 @@ replica reports the same totals; HTTP metrics are per process.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -27,7 +27,9 @@ class JobCollector(Collector):
         for status, count in self.ctx.jobs.count_by_status().items():
             jobs.add_metric([status], count)
         yield jobs
-        yield GaugeMetricFamily("gif_queue_depth", "Jobs waiting in the queue for a worker.", value=self.ctx.queue.count)
+        yield GaugeMetricFamily(
+            "gif_queue_depth", "Jobs waiting in the queue for a worker.", value=self.ctx.queue.count
+        )
         raw = self.ctx.jobs.durations()
         durations = HistogramMetricFamily(
             "gif_job_duration_seconds", "Running time of finished jobs (start to finish).", labels=["status"]
@@ -45,8 +47,13 @@ class HttpMetrics:
     def __init__(self, app: ASGIApp, registry: CollectorRegistry):
         self.app = app
         self.requests = Counter("gif_http_requests", "HTTP requests.", ["method", "route", "status"], registry=registry)
-        self.latency = Histogram("gif_http_request_duration_seconds", "HTTP request latency.", ["method", "route"],
-                                 registry=registry, buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5, 30))
+        self.latency = Histogram(
+            "gif_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "route"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5, 30),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,4 +80,3 @@ def job_registry(ctx: ServiceContext) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobCollector(ctx))
     return registry
-

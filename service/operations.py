@@ -5,8 +5,9 @@ except for reading the streamed upload body.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -36,8 +37,11 @@ def blame(pointer: str) -> Iterator[None]:
 def _require(upload: Upload, fields: tuple[str, ...]) -> None:
     missing = (["file"] if not upload.has_file else []) + [f for f in fields if f not in upload.fields]
     if missing:
-        raise ServiceError("validation-error", f"missing form field(s): {', '.join(missing)}",
-                           [{"pointer": f"/{name}", "detail": "required"} for name in missing])
+        raise ServiceError(
+            "validation-error",
+            f"missing form field(s): {', '.join(missing)}",
+            [{"pointer": f"/{name}", "detail": "required"} for name in missing],
+        )
 
 
 def _file_facts(upload: Upload) -> dict[str, Any]:
@@ -68,25 +72,34 @@ async def upload_dataset(ctx: ServiceContext, owner: str, request: Request) -> d
 
 async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, facts: dict[str, Any]) -> dict[str, Any]:
     record = await run_in_threadpool(ctx.catalog.add, kind, owner, upload.path, {**facts, **_file_facts(upload)})
-    log.info("%s stored", kind, extra={f"{kind}_id": record["id"], "sha256": record["sha256"],
-                                       "size_bytes": record["size_bytes"]})
+    log.info(
+        "%s stored",
+        kind,
+        extra={f"{kind}_id": record["id"], "sha256": record["sha256"], "size_bytes": record["size_bytes"]},
+    )
     return record
 
 
 def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> dict[str, Any]:
     """Check the job against its model and data now (a bad job is a 4xx, not a failed job later), then queue it."""
     model = ctx.catalog.get("model", body.model_id, owner)
-    datasets = {role: ctx.catalog.get("dataset", getattr(body, field), owner)
-                for role, field in DATA_INPUTS.items() if getattr(body, field) is not None}
+    datasets = {
+        role: ctx.catalog.get("dataset", getattr(body, field), owner)
+        for role, field in DATA_INPUTS.items()
+        if getattr(body, field) is not None
+    }
     unknown = ([{"pointer": "/model_id", "detail": f"no model {body.model_id!r}"}] if model is None else []) + [
         {"pointer": f"/{DATA_INPUTS[role]}", "detail": f"no dataset {getattr(body, DATA_INPUTS[role])!r}"}
-        for role, record in datasets.items() if record is None
+        for role, record in datasets.items()
+        if record is None
     ]
     if unknown:
         raise ServiceError("unknown-reference", "the job refers to uploads that do not exist", unknown)
-    check_job(body, model, datasets)
+    assert model is not None
+    found = {role: record for role, record in datasets.items() if record is not None}
+    check_job(body, model, found)
     inputs = {"model": {"id": model["id"], "sha256": model["sha256"], "architecture": model["architecture"]}}
-    inputs |= {role: {"id": record["id"], "sha256": record["sha256"]} for role, record in datasets.items()}
+    inputs |= {role: {"id": record["id"], "sha256": record["sha256"]} for role, record in found.items()}
     record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs, ctx.settings.queue_name)
     if record is None:
         raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")
@@ -105,4 +118,7 @@ def cancel_job(ctx: ServiceContext, owner: str, job_id: str) -> tuple[dict[str, 
     elif previous != "running":
         raise ServiceError("conflict", f"the job is {previous}; only queued or running jobs can be cancelled")
     log.info("job cancel %s", "done" if previous == "queued" else "requested", extra={"job_id": job_id})
-    return ctx.jobs.get(job_id), previous == "queued"
+    job = ctx.jobs.get(job_id)
+    if job is None:  # deleted in between: it had ended
+        raise ServiceError("not-found", f"no job {job_id!r}")
+    return job, previous == "queued"

@@ -9,6 +9,7 @@ path parameter. Unexpected exceptions become a 500 problem and are logged; bad i
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
@@ -22,17 +23,32 @@ from gif.errors import GifError
 from service.errors import ErrorKind, ServiceError, kind_of
 
 PROBLEM_JSON = "application/problem+json"
-STATUS_CODES = {400: "bad-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed",
-                409: "conflict", 413: "payload-too-large", 415: "unsupported-media-type"}
+STATUS_CODES = {
+    400: "bad-request",
+    401: "unauthorized",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+}
 log = logging.getLogger("service.problems")
 
 
 def problem(
-    kind: ErrorKind, detail: str, instance: str, errors: list[dict[str, Any]] | None = None,
+    kind: ErrorKind,
+    detail: str,
+    instance: str,
+    errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": kind.type, "title": kind.title, "status": kind.status, "detail": detail,
-                            "instance": instance}
+    body: dict[str, Any] = {
+        "type": kind.type,
+        "title": kind.title,
+        "status": kind.status,
+        "detail": detail,
+        "instance": instance,
+    }
     if errors:
         body["errors"] = errors
     return JSONResponse(body, status_code=kind.status, headers=headers, media_type=PROBLEM_JSON)
@@ -85,8 +101,9 @@ def install(app: FastAPI) -> None:
         errors = _validation_errors(exc)
         content_type = request.headers.get("content-type", "")
         if any(e.get("pointer") == "" for e in errors) and content_type and "json" not in content_type:
-            return problem(kind_of("unsupported-media-type"), f"expected application/json, got {content_type}",
-                           request.url.path)
+            return problem(
+                kind_of("unsupported-media-type"), f"expected application/json, got {content_type}", request.url.path
+            )
         if any(e["code"] == "json_invalid" for e in errors):
             return problem(kind_of("bad-request"), "the body is not valid JSON", request.url.path, errors)
         return problem(kind_of("validation-error"), f"{len(errors)} invalid field(s)", request.url.path, errors)
@@ -99,8 +116,12 @@ def install(app: FastAPI) -> None:
 
     async def on_redis_down(request: Request, exc: redis.ConnectionError | redis.TimeoutError) -> JSONResponse:
         log.error("redis unavailable: %s", exc)
-        return problem(kind_of("service-unavailable"), "the job store (Redis) is unavailable; try again",
-                       request.url.path, headers={"Retry-After": "5"})
+        return problem(
+            kind_of("service-unavailable"),
+            "the job store (Redis) is unavailable; try again",
+            request.url.path,
+            headers={"Retry-After": "5"},
+        )
 
     async def on_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
         log.info("client disconnected during %s %s", request.method, request.url.path)
@@ -110,14 +131,18 @@ def install(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(kind_of("internal"), "an unexpected error occurred; it has been logged", request.url.path)
 
-    app.add_exception_handler(ServiceError, on_service_error)
-    app.add_exception_handler(GifError, on_engine_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(redis.ConnectionError, on_redis_down)
-    app.add_exception_handler(redis.TimeoutError, on_redis_down)
-    app.add_exception_handler(ClientDisconnect, on_disconnect)
-    app.add_exception_handler(Exception, on_unexpected)
+    handlers: list[tuple[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]]] = [
+        (ServiceError, on_service_error),
+        (GifError, on_engine_error),
+        (RequestValidationError, on_validation_error),
+        (HTTPException, on_http_error),
+        (redis.ConnectionError, on_redis_down),
+        (redis.TimeoutError, on_redis_down),
+        (ClientDisconnect, on_disconnect),
+        (Exception, on_unexpected),
+    ]
+    for exc_type, handler in handlers:
+        app.add_exception_handler(exc_type, handler)
 
 
 def responses(*codes: str) -> dict[int | str, dict[str, Any]]:

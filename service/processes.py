@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 STOP_GRACE_S = 10.0
 RQ_COLD_SHUTDOWN_DELAY_S = 1.2  # RQ ignores a second stop signal within one second of the first
@@ -28,11 +28,17 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
         _libc.prctl(PR_SET_PDEATHSIG, signum)
 
 
-def spawn(args: Sequence[str], env: dict[str, str] | None = None, death_signal: int = signal.SIGTERM,
-          **kwargs) -> subprocess.Popen:
+def spawn(
+    args: Sequence[str], env: dict[str, str] | None = None, death_signal: int = signal.SIGTERM, **kwargs
+) -> subprocess.Popen:
     """A child in its own session that receives ``death_signal`` when this process dies."""
-    return subprocess.Popen(list(args), env=env, start_new_session=True,
-                            preexec_fn=(lambda: die_with_parent(death_signal)) if _libc is not None else None, **kwargs)
+    return subprocess.Popen(
+        list(args),
+        env=env,
+        start_new_session=True,
+        preexec_fn=(lambda: die_with_parent(death_signal)) if _libc is not None else None,
+        **kwargs,
+    )
 
 
 def stop(process: subprocess.Popen, cold_restop: bool = False) -> None:
@@ -57,9 +63,16 @@ class Supervised:
     """A child kept running: when it exits it is started again after a back-off that doubles with each quick
     death (``first_delay_s`` up to ``max_delay_s``) and resets once the child has stayed up ``stable_s``."""
 
-    def __init__(self, name: str, start: Callable[[], subprocess.Popen], log: logging.Logger,
-                 cold_restop: bool = False, first_delay_s: float = 1.0, max_delay_s: float = 30.0,
-                 stable_s: float = 60.0):
+    def __init__(
+        self,
+        name: str,
+        start: Callable[[], subprocess.Popen],
+        log: logging.Logger,
+        cold_restop: bool = False,
+        first_delay_s: float = 1.0,
+        max_delay_s: float = 30.0,
+        stable_s: float = 60.0,
+    ):
         self.name, self.start, self.log, self.cold_restop = name, start, log, cold_restop
         self.first_delay_s, self.max_delay_s, self.stable_s = first_delay_s, max_delay_s, stable_s
         self.delay_s = first_delay_s
@@ -81,17 +94,26 @@ class Supervised:
             if now - self.started_at >= self.stable_s:
                 self.delay_s = self.first_delay_s
             self.restart_at = now + self.delay_s
-            self.log.warning("the %s (pid %d) exited with status %s; restarting in %.0f s",
-                             self.name, self.process.pid, self.process.returncode, self.delay_s,
-                             extra={"child": self.name, "status": self.process.returncode, "delay_s": self.delay_s})
+            self.log.warning(
+                "the %s (pid %d) exited with status %s; restarting in %.0f s",
+                self.name,
+                self.process.pid,
+                self.process.returncode,
+                self.delay_s,
+                extra={"child": self.name, "status": self.process.returncode, "delay_s": self.delay_s},
+            )
             self.delay_s = min(self.delay_s * 2, self.max_delay_s)
         elif now >= self.restart_at:
             self.restart_at = None
             self.process = self.start()
             self.started_at = now
             self.restarts += 1
-            self.log.warning("the %s was restarted (pid %d)", self.name, self.process.pid,
-                             extra={"child": self.name, "pid": self.process.pid, "restarts": self.restarts})
+            self.log.warning(
+                "the %s was restarted (pid %d)",
+                self.name,
+                self.process.pid,
+                extra={"child": self.name, "pid": self.process.pid, "restarts": self.restarts},
+            )
 
     def stop(self) -> None:
         self.restart_at = None

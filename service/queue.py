@@ -26,8 +26,13 @@ def job_queue(settings: Settings) -> Queue:
 
 def enqueue_job(queue: Queue, job_id: str, timeout_s: int) -> None:
     queue.enqueue(
-        TASK, job_id, job_id=job_id, job_timeout=timeout_s, result_ttl=RQ_RESULT_TTL_S,
-        failure_ttl=RQ_FAILURE_TTL_S, description=f"edit {job_id}",
+        TASK,
+        job_id,
+        job_id=job_id,
+        job_timeout=timeout_s,
+        result_ttl=RQ_RESULT_TTL_S,
+        failure_ttl=RQ_FAILURE_TTL_S,
+        description=f"edit {job_id}",
     )
 
 

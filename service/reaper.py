@@ -21,8 +21,11 @@ log = logging.getLogger("service.reaper")
 def requeue_lost(ctx: ServiceContext) -> list[str]:
     """Enqueue again every job queued for longer than a heartbeat window that the queue no longer holds."""
     held = held_job_ids(ctx.queue)
-    lost = [job_id for job_id in ctx.jobs.queued_longer_than(ctx.settings.heartbeat_ttl_s, ctx.settings.queue_name)
-            if job_id not in held]
+    lost = [
+        job_id
+        for job_id in ctx.jobs.queued_longer_than(ctx.settings.heartbeat_ttl_s, ctx.settings.queue_name)
+        if job_id not in held
+    ]
     for job_id in lost:
         enqueue_again(ctx.queue, job_id, ctx.settings.job_timeout_s)
     return lost

@@ -96,7 +96,9 @@ class Keys:
 def page_ids(client: redis.Redis, key: str, limit: int, cursor: int | None) -> tuple[list[str], int | None]:
     """Newest first: up to ``limit`` ids scored below ``cursor``, and the cursor of the next page (or None)."""
     top = f"({cursor}" if cursor is not None else "+inf"
-    rows = client.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 1, withscores=True)
+    rows: list[tuple[str, float]] = client.zrevrangebyscore(  # type: ignore[assignment]  # decoded client
+        key, top, "-inf", start=0, num=limit + 1, withscores=True
+    )
     ids = [member for member, _ in rows[:limit]]
     next_cursor = int(rows[limit - 1][1]) if len(rows) > limit else None
     return ids, next_cursor

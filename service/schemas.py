@@ -29,21 +29,33 @@ JOB_EXAMPLES = {
     "remove_class": {
         "summary": "Forget a class",
         "description": "Forget every training example of class 8. Replace the ids with your uploads' ids.",
-        "value": {**_IDS, "eval_dataset_id": "dataset_00000000000000000000",
-                  "request": {"kind": "remove_class", "classes": [8]}, "method": "gif",
-                  "selection": {"criterion": "topk_outputs", "ratio": 0.1}, "solver": {"kind": "cg", "max_iterations": 20}},
+        "value": {
+            **_IDS,
+            "eval_dataset_id": "dataset_00000000000000000000",
+            "request": {"kind": "remove_class", "classes": [8]},
+            "method": "gif",
+            "selection": {"criterion": "topk_outputs", "ratio": 0.1},
+            "solver": {"kind": "cg", "max_iterations": 20},
+        },
     },
     "remove_samples": {
         "summary": "Forget some training examples",
         "description": "Forget three training examples (indices into the training data), with a fixed step.",
-        "value": {**_IDS, "request": {"kind": "remove_samples", "indices": [12, 40, 97]},
-                  "solver": {"kind": "cg", "max_iterations": 50, "damping": 0.001}, "step": {"mode": "fixed", "scale": 1.0}},
+        "value": {
+            **_IDS,
+            "request": {"kind": "remove_samples", "indices": [12, 40, 97]},
+            "solver": {"kind": "cg", "max_iterations": 50, "damping": 0.001},
+            "step": {"mode": "fixed", "scale": 1.0},
+        },
     },
     "relabel": {
         "summary": "Repair labels (backdoor or mislabels)",
         "description": "Give two training examples new labels; the auto step targets their new labels.",
-        "value": {**_IDS, "request": {"kind": "relabel", "indices": [3, 17], "labels": [1, 7]},
-                  "selection": {"criterion": "topk_gradients", "ratio": 0.1}},
+        "value": {
+            **_IDS,
+            "request": {"kind": "relabel", "indices": [3, 17], "labels": [1, 7]},
+            "selection": {"criterion": "topk_gradients", "ratio": 0.1},
+        },
     },
 }
 

@@ -21,7 +21,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("GIF_REDIS_URL", "REDIS_URL"),
         description="Redis holding job records, the queue and the artifact index (GIF_REDIS_URL or REDIS_URL).",
     )
-    key_prefix: str = Field("gif", pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of every Redis key this service writes.")
+    key_prefix: str = Field(
+        "gif", pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of every Redis key this service writes."
+    )
     queue_name: str = Field("gif-edits", pattern=r"^[A-Za-z0-9_.-]+$")
     storage_dir: Path = Field(Path("var/artifacts"), description="Root of the local content-addressed artifact store.")
 
@@ -35,15 +37,20 @@ class Settings(BaseSettings):
 
     job_timeout_s: int = Field(6 * 3600, ge=1, description="A running job is stopped and failed after this long.")
     heartbeat_ttl_s: float = Field(15.0, gt=0, description="A running job whose worker stays silent this long is lost.")
-    reaper_interval_s: float = Field(10.0, gt=0, description="How often the API and each worker host look for lost jobs.")
+    reaper_interval_s: float = Field(
+        10.0, gt=0, description="How often the API and each worker host look for lost jobs."
+    )
     cancel_check_interval_s: float = Field(0.2, gt=0, description="How often a running job looks for a cancel request.")
     progress_interval_s: float = Field(0.5, ge=0, description="Least time between two progress writes of a job.")
 
     worker_device: str = Field(
-        "auto", pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$",
+        "auto",
+        pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$",
         description="Where jobs run: auto (one worker per visible GPU, else the CPU), cpu, cuda (every GPU) or cuda:N.",
     )
-    worker_torch_threads: int | None = Field(None, ge=1, description="torch threads per job; unset: every core it may run on.")
+    worker_torch_threads: int | None = Field(
+        None, ge=1, description="torch threads per job; unset: every core it may run on."
+    )
     api_torch_threads: int = Field(1, ge=1, description="torch threads in the API (dataset checks only).")
     log_level: str = "INFO"
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import redis
 
@@ -44,7 +45,7 @@ class ArtifactStore(Protocol):
 
 
 class LocalArtifactStore:
-    """Blobs at ``root/blobs/ab/<sha256>``; staging files at ``root/staging`` (same file system, so renames are atomic)."""
+    """Blobs at ``root/blobs/ab/<sha256>``; staging files at ``root/staging`` (one file system: renames are atomic)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)

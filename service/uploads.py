@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -92,12 +95,16 @@ class _Sink:
         self._name: str | None = None
         self._text = bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
-            "on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
-            "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
-            "on_part_end": self.on_part_end, "on_end": self.on_end,
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
         }
 
     def on_part_begin(self) -> None:
@@ -122,7 +129,7 @@ class _Sink:
         if name == self.file_field:
             if self.upload.has_file or self.out is not None:
                 raise _invalid(f"/{name}", "send one file only")
-            self.out = open(self.upload.path, "wb")
+            self.out = open(self.upload.path, "wb")  # noqa: SIM115 -- written across parser callbacks, closed in close()
         elif name not in self.text_fields:
             raise _invalid(f"/{name or ''}", f"unexpected form field {name!r}")
 

@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from gif.architectures import ArchitectureSpec, build_model, check_weights, checkpoint_tensor_infos, num_classes, resolve
+from gif.architectures import (
+    ArchitectureSpec,
+    build_model,
+    check_weights,
+    checkpoint_tensor_infos,
+    num_classes,
+    resolve,
+)
 from gif.data import summarize_dataset
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
 from gif.files import sniff_format
@@ -76,19 +83,33 @@ def check_job(spec: JobSpec, model: dict[str, Any], datasets: dict[str, dict[str
     shape = _logits_shape(json.dumps(model["architecture"], sort_keys=True), tuple(train["sample_shape"]))
     if isinstance(shape, str) or len(shape) != 2 or shape[1] != classes:
         reason = shape if isinstance(shape, str) else f"it returns shape {list(shape)}"
-        errors.append({"pointer": "/train_dataset_id",
-                       "detail": f"the model cannot take samples of shape {train['sample_shape']}: {reason}"})
+        errors.append(
+            {
+                "pointer": "/train_dataset_id",
+                "detail": f"the model cannot take samples of shape {train['sample_shape']}: {reason}",
+            }
+        )
     for role in ("eval", "validation"):
         data = datasets.get(role)
         if data is None:
             continue
         pointer = "/" + DATA_INPUTS[role]
         if data["sample_shape"] != train["sample_shape"]:
-            errors.append({"pointer": pointer, "detail": f"{role} samples have shape {data['sample_shape']} "
-                           f"but training samples {train['sample_shape']}"})
+            errors.append(
+                {
+                    "pointer": pointer,
+                    "detail": f"{role} samples have shape {data['sample_shape']} "
+                    f"but training samples {train['sample_shape']}",
+                }
+            )
         if data["num_classes"] > classes:
-            errors.append({"pointer": pointer, "detail": f"the {role} data has label {data['num_classes'] - 1} "
-                           f"but the model has {classes} classes"})
+            errors.append(
+                {
+                    "pointer": pointer,
+                    "detail": f"the {role} data has label {data['num_classes'] - 1} "
+                    f"but the model has {classes} classes",
+                }
+            )
     if errors:
         raise ServiceError(InvalidSpecError.code, "the job does not fit its model and data", errors)
 
@@ -98,8 +119,11 @@ def parse_architecture(raw: str | dict[str, Any], pointer: str) -> ArchitectureS
     try:
         value = json.loads(raw) if isinstance(raw, str) else raw
     except json.JSONDecodeError as exc:
-        raise ServiceError("validation-error", "the architecture is not valid JSON",
-                           [{"pointer": pointer, "detail": f"{exc.msg} at position {exc.pos}"}]) from None
+        raise ServiceError(
+            "validation-error",
+            "the architecture is not valid JSON",
+            [{"pointer": pointer, "detail": f"{exc.msg} at position {exc.pos}"}],
+        ) from None
     try:
         entry, config = resolve(value)
     except UnknownArchitectureError as exc:

@@ -103,8 +103,13 @@ def isolated_settings(redis_url, tmp_path_factory):
     @contextmanager
     def make(**overrides) -> Iterator[Settings]:
         tag = f"test-{secrets.token_hex(4)}"
-        yield Settings(redis_url=redis_url, key_prefix=tag, queue_name=tag,
-                       storage_dir=tmp_path_factory.mktemp("artifacts"), **overrides)
+        yield Settings(
+            redis_url=redis_url,
+            key_prefix=tag,
+            queue_name=tag,
+            storage_dir=tmp_path_factory.mktemp("artifacts"),
+            **overrides,
+        )
         client = redis.Redis.from_url(redis_url)
         for pattern in (f"{tag}:*", f"rq:*{tag}*"):
             for key in client.scan_iter(pattern):
@@ -122,8 +127,13 @@ def demo(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def stack_settings(isolated_settings):
     """Short windows, so that lost jobs are found and cancels seen quickly."""
-    with isolated_settings(heartbeat_ttl_s=2.0, reaper_interval_s=0.5, progress_interval_s=0.1,
-                           cancel_check_interval_s=0.1, worker_torch_threads=1) as settings:
+    with isolated_settings(
+        heartbeat_ttl_s=2.0,
+        reaper_interval_s=0.5,
+        progress_interval_s=0.1,
+        cancel_check_interval_s=0.1,
+        worker_torch_threads=1,
+    ) as settings:
         yield settings
 
 

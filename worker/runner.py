@@ -8,8 +8,9 @@ is idle, which loads the engine and warms up on the device, then waits on its st
 When RQ hands the worker a job, the standby receives it and becomes RQ's work-horse; RQ's parent
 loop watches it as it would a forked one (time limit, cancel, death). The next standby starts at once,
 beside the running job, so that back-to-back jobs also start warm (it costs the running job a couple of
-CPU-seconds of imports, and on a GPU one more CUDA context while they overlap). Every job gets a process that no earlier job or parent touched; a crash, a CUDA error or
-an out-of-memory kill costs that job only (failed, retryable), never the worker.
+CPU-seconds of imports, and on a GPU one more CUDA context while they overlap). Every job gets a
+process that no earlier job or parent touched; a crash, a CUDA error or an out-of-memory kill costs
+that job only (failed, retryable), never the worker.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ PARENT_PID_ENV = "GIF_HORSE_PARENT_PID"
 def on_horse_killed(job, retpid: int, ret_val: int, rusage: object) -> None:
     """The process running a job died (killed, out of memory, a crash, or stopped past its time limit)."""
     with job_context(job.id):
-        error = job_error("worker-lost", f"the process running the job died (wait status {ret_val}); submit it again",
-                          retryable=True)
+        error = job_error(
+            "worker-lost", f"the process running the job died (wait status {ret_val}); submit it again", retryable=True
+        )
         if context().jobs.fail(job.id, error):
             log.warning("job's process died; marked failed")
 
@@ -62,6 +64,7 @@ class StandbyHorseWorker(Worker):
         self.start_standby()  # a no-op unless the standby died while waiting
         horse, self.standby = self.standby, None
         assert horse is not None and horse.stdin is not None
+        assert self.execution is not None  # RQ prepared it before forking
         handoff = {"worker_key": self.key, "job_id": job.id, "queue": queue.name, "execution_id": self.execution.id}
         try:
             horse.stdin.write(json.dumps(handoff).encode() + b"\n")
@@ -90,7 +93,8 @@ def main() -> None:
     configure_logging(settings.log_level)
     ctx = context()
     worker = StandbyHorseWorker(
-        [ctx.queue], connection=ctx.queue.connection,
+        [ctx.queue],
+        connection=ctx.queue.connection,
         name=f"gif-{socket.gethostname()}-{os.getpid()}-{settings.worker_device.replace(':', '')}",
         work_horse_killed_handler=on_horse_killed,
     )

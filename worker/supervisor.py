@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from functools import partial
 
 from service.logs import configure_logging
 from service.processes import Supervised, spawn
@@ -36,7 +37,9 @@ def visible_gpus() -> int:
     if not glob.glob("/dev/nvidia[0-9]*") and "CUDA_VISIBLE_DEVICES" not in os.environ:
         return 0
     try:
-        out = subprocess.run([sys.executable, "-c", COUNT_GPUS], capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", COUNT_GPUS], capture_output=True, text=True, timeout=120, check=True
+        )
         return int(out.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, ValueError, IndexError) as exc:
         log.warning("could not count the GPUs (%s); using the CPU", exc)
@@ -77,10 +80,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     devices = worker_devices(settings.worker_device)
-    runners = [Supervised(f"worker on {device}", lambda device=device: start_runner(device), log, cold_restop=True)
-               for device in devices]
+    runners = [
+        Supervised(f"worker on {device}", partial(start_runner, device), log, cold_restop=True) for device in devices
+    ]
     log.info("workers started", extra={"devices": devices, "pids": [r.pid for r in runners]})
-    threading.Thread(target=reap_forever, args=(stopped, settings.reaper_interval_s), name="reaper", daemon=True).start()
+    threading.Thread(
+        target=reap_forever, args=(stopped, settings.reaper_interval_s), name="reaper", daemon=True
+    ).start()
     while not stopped.wait(CHECK_INTERVAL_S):
         for runner in runners:
             runner.check()

@@ -1,9 +1,10 @@
 """One job, by id: load the record and inputs, run ``gif.edit.run``, store the checkpoint, complete the record.
 
 This runs in a standby horse (``worker.horse``): a fresh interpreter per job, already warmed up on the
-worker's device (``GIF_WORKER_DEVICE``), so CUDA is this process's own. While the job runs, a thread refreshes its heartbeat; the engine's progress callback writes progress (throttled)
-and raises ``EditCancelled`` once it sees a cancel request. Every outcome ends the record:
-succeeded, failed (with a typed error) or cancelled.
+worker's device (``GIF_WORKER_DEVICE``), so CUDA is this process's own. While the job runs, a thread
+refreshes its heartbeat; the engine's progress callback writes progress (throttled) and raises
+``EditCancelled`` once it sees a cancel request. Every outcome ends the record: succeeded, failed (with a
+typed error) or cancelled.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Heartbeat:
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc, extra={"job_id": self.job_id})
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self.thread.start()
         return self
 
@@ -75,8 +76,9 @@ class JobProgress:
         self.last_write = self.last_check = float("-inf")
         self.phase: str | None = None
 
-    def __call__(self, phase: str, fraction: float, iteration: int | None = None,
-                 relative_residual: float | None = None) -> None:
+    def __call__(
+        self, phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None
+    ) -> None:
         now = time.monotonic()
         if now - self.last_check >= self.check_every:
             self.last_check = now
@@ -84,8 +86,15 @@ class JobProgress:
                 raise EditCancelled("cancelled on request")
         if phase != self.phase or fraction >= 1.0 or now - self.last_write >= self.write_every:
             self.last_write, self.phase = now, phase
-            self.jobs.report_progress(self.job_id, {"phase": phase, "fraction": round(fraction, 4), "iteration": iteration,
-                                                    "relative_residual": relative_residual})
+            self.jobs.report_progress(
+                self.job_id,
+                {
+                    "phase": phase,
+                    "fraction": round(fraction, 4),
+                    "iteration": iteration,
+                    "relative_residual": relative_residual,
+                },
+            )
 
 
 def warm_up(device: str) -> None:
@@ -94,7 +103,9 @@ def warm_up(device: str) -> None:
     generator = torch.Generator().manual_seed(0)
     model = build_model({"name": "mlp", "config": {"sizes": [4, 8, 3]}})
     data = Dataset(torch.randn(90, 4, generator=generator), torch.arange(90) % 3)
-    spec = JobSpec.model_validate({"request": {"kind": "remove_class", "classes": [0]}, "solver": {"max_iterations": 2}})
+    spec = JobSpec.model_validate(
+        {"request": {"kind": "remove_class", "classes": [0]}, "solver": {"max_iterations": 2}}
+    )
     run(spec, model, data, data, device=resolve_device(device))
 
 
@@ -106,8 +117,12 @@ def run_job(job_id: str) -> None:
             log.info("job is no longer queued; skipped")
             return
         log.info("job started")
+        record = ctx.jobs.get(job_id)
+        if record is None:
+            log.info("job was deleted; skipped")
+            return
         with Heartbeat(ctx.jobs, job_id, ctx.settings.heartbeat_interval_s):
-            status = _execute(ctx, ctx.jobs.get(job_id))
+            status = _execute(ctx, record)
         log.info("job %s", status)
 
 
@@ -120,8 +135,15 @@ def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
         progress("starting", 0.0)
         spec = JobSpec.model_validate(record["spec"])
         model, data = _load_inputs(ctx, record["inputs"])
-        outcome = run(spec, model, data["train"], data.get("eval"), progress, validation_data=data.get("validation"),
-                      device=resolve_device(ctx.settings.worker_device))
+        outcome = run(
+            spec,
+            model,
+            data["train"],
+            data.get("eval"),
+            progress,
+            validation_data=data.get("validation"),
+            device=resolve_device(ctx.settings.worker_device),
+        )
         checkpoint = _store_checkpoint(ctx, job_id, outcome)
         if jobs.succeed(job_id, outcome.result.model_dump(mode="json")):
             return "succeeded"
@@ -150,7 +172,9 @@ def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
 def _load_inputs(ctx: ServiceContext, inputs: dict[str, dict[str, Any]]) -> tuple[torch.nn.Module, dict[str, Dataset]]:
     model_input = inputs["model"]
     model = load_checkpoint(model_input["architecture"], ctx.artifacts.local_path(model_input["sha256"]))
-    data = {role: read_dataset(ctx.artifacts.local_path(item["sha256"])) for role, item in inputs.items() if role != "model"}
+    data = {
+        role: read_dataset(ctx.artifacts.local_path(item["sha256"])) for role, item in inputs.items() if role != "model"
+    }
     return model, data
 
 

@@ -18,23 +18,31 @@ router = APIRouter(prefix="/v1/architectures", tags=["architectures"])
 
 @router.get("", summary="The registry: name, description, config schema")
 def list_architectures() -> list[ArchitectureInfo]:
-    return [ArchitectureInfo(name=a.name, description=a.description, config_schema=a.config_schema())
-            for a in REGISTRY.values()]
+    return [
+        ArchitectureInfo(name=a.name, description=a.description, config_schema=a.config_schema())
+        for a in REGISTRY.values()
+    ]
 
 
-@router.get("/{name}", summary="Parameters of one architecture and config, in forward order",
-            responses=responses("not-found", "unknown-architecture"))
+@router.get(
+    "/{name}",
+    summary="Parameters of one architecture and config, in forward order",
+    responses=responses("not-found", "unknown-architecture"),
+)
 def describe_architecture(
     name: str,
-    config: Annotated[str, Query(description="The config as URL-encoded JSON.", examples=['{"sizes": [64, 32, 10]}'])] = "{}",
+    config: Annotated[
+        str, Query(description="The config as URL-encoded JSON.", examples=['{"sizes": [64, 32, 10]}'])
+    ] = "{}",
 ) -> ParameterListing:
     if name not in REGISTRY:
         raise ServiceError("not-found", f"unknown architecture {name!r}; known: {', '.join(sorted(REGISTRY))}")
     try:
         parsed = json.loads(config)
     except json.JSONDecodeError as exc:
-        raise ServiceError("validation-error", "config is not valid JSON",
-                           [{"parameter": "config", "in": "query", "detail": exc.msg}]) from None
+        raise ServiceError(
+            "validation-error", "config is not valid JSON", [{"parameter": "config", "in": "query", "detail": exc.msg}]
+        ) from None
     try:
         return ParameterListing.model_validate(parameter_listing({"name": name, "config": parsed}))
     except UnknownArchitectureError as exc:

@@ -19,8 +19,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: Redis and the artifact store are reachable",
-            responses=responses("service-unavailable"))
+@router.get(
+    "/readyz",
+    summary="Readiness: Redis and the artifact store are reachable",
+    responses=responses("service-unavailable"),
+)
 def readyz(ctx: Context) -> dict[str, str]:
     try:
         ctx.client.ping()
@@ -33,8 +36,12 @@ def readyz(ctx: Context) -> dict[str, str]:
     return {"status": "ready", "redis": "ok", "storage": "ok"}
 
 
-@router.get("/metrics", summary="Prometheus metrics: jobs by status, job durations, queue depth, HTTP requests",
-            response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: jobs by status, job durations, queue depth, HTTP requests",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
 async def metrics(request: Request) -> Response:
     body = await run_in_threadpool(generate_latest, request.app.state.metrics)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -31,12 +31,19 @@ def get_or_404(ctx: ServiceContext, owner: str, job_id: str) -> dict[str, Any]:
     return record
 
 
-@router.post("", status_code=202, response_model=JobOut, summary="Submit an edit job",
-             description="The job is checked against its model and data before it is queued: unknown ids, "
-             "classes or indices out of range, labels the model does not have, an empty forget set or data of the "
-             "wrong shape are refused here with a 422 that names the field.",
-             responses={**responses("unknown-reference", "invalid-spec", "validation-error", "unsupported-media-type"),
-                        202: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}}}}})
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit an edit job",
+    description="The job is checked against its model and data before it is queued: unknown ids, "
+    "classes or indices out of range, labels the model does not have, an empty forget set or data of the "
+    "wrong shape are refused here with a 422 that names the field.",
+    responses={
+        **responses("unknown-reference", "invalid-spec", "validation-error", "unsupported-media-type"),
+        202: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}}}},
+    },
+)
 def submit(body: Annotated[JobRequest, Body(openapi_examples=JOB_EXAMPLES)], owner: Caller, ctx: Context) -> Response:
     record = submit_job(ctx, owner, body)
     return job_response(record, 202, {"Location": f"/v1/jobs/{record['id']}"})
@@ -44,14 +51,18 @@ def submit(body: Annotated[JobRequest, Body(openapi_examples=JOB_EXAMPLES)], own
 
 @router.get("", summary="Your jobs, newest first")
 def list_jobs(
-    owner: Caller, ctx: Context, page: Pagination,
+    owner: Caller,
+    ctx: Context,
+    page: Pagination,
     status: Annotated[JobStatus | None, Query(description="Only jobs with this status.")] = None,
 ) -> Page[JobOut]:
-    items, cursor = ctx.jobs.list(owner, status, page.limit, page.cursor)
-    return Page[JobOut](items=[public(r, JobOut) for r in items], next_cursor=page.next(cursor))
+    items, cursor = ctx.jobs.page(owner, status, page.limit, page.cursor)
+    return Page[JobOut](items=[JobOut.model_validate(public(r, JobOut)) for r in items], next_cursor=page.next(cursor))
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="One job: status, progress, result or error", responses=not_found)
+@router.get(
+    "/{job_id}", response_model=JobOut, summary="One job: status, progress, result or error", responses=not_found
+)
 async def read(job_id: str, owner: Caller, ctx: Context) -> Response:
     record = await ctx.jobs.poll(job_id, owner, ctx.async_client)
     if record is None:
@@ -59,22 +70,36 @@ async def read(job_id: str, owner: Caller, ctx: Context) -> Response:
     return job_response(record)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job",
-             description="A queued job is cancelled at once (200). A running job is asked to stop (202, "
-             "cancel_requested: true) and turns cancelled within about a second, at its next progress report.",
-             responses={**not_found, **responses("conflict"), 202: {"description": "Cancel requested"}})
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    summary="Cancel a queued or running job",
+    description="A queued job is cancelled at once (200). A running job is asked to stop (202, "
+    "cancel_requested: true) and turns cancelled within about a second, at its next progress report.",
+    responses={**not_found, **responses("conflict"), 202: {"description": "Cancel requested"}},
+)
 def cancel(job_id: str, owner: Caller, ctx: Context) -> Response:
     record, done = cancel_job(ctx, owner, job_id)
     return job_response(record, 200 if done else 202)
 
 
-@router.get("/{job_id}/checkpoint", summary="The edited weights (safetensors)", response_class=FileResponse,
-            description="409 until the job succeeded. The ETag is the file's sha256 (also result.checkpoint.sha256).",
-            responses={**not_found, **responses("conflict"),
-                       200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                       304: {"description": "If-None-Match matched the sha256"}})
+@router.get(
+    "/{job_id}/checkpoint",
+    summary="The edited weights (safetensors)",
+    response_class=FileResponse,
+    description="409 until the job succeeded. The ETag is the file's sha256 (also result.checkpoint.sha256).",
+    responses={
+        **not_found,
+        **responses("conflict"),
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        304: {"description": "If-None-Match matched the sha256"},
+    },
+)
 def checkpoint(
-    job_id: str, owner: Caller, ctx: Context, if_none_match: Annotated[str | None, Header()] = None,
+    job_id: str,
+    owner: Caller,
+    ctx: Context,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     record = get_or_404(ctx, owner, job_id)
     if record["status"] != "succeeded":
@@ -83,12 +108,20 @@ def checkpoint(
     etag = f'"{sha256}"'
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
-    return FileResponse(ctx.artifacts.local_path(sha256), media_type="application/octet-stream",
-                        filename=f"{job_id}.safetensors", headers={"ETag": etag})
+    return FileResponse(
+        ctx.artifacts.local_path(sha256),
+        media_type="application/octet-stream",
+        filename=f"{job_id}.safetensors",
+        headers={"ETag": etag},
+    )
 
 
-@router.delete("/{job_id}", status_code=204, summary="Delete a finished job and its checkpoint",
-               responses={**not_found, **responses("conflict")})
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a finished job and its checkpoint",
+    responses={**not_found, **responses("conflict")},
+)
 def delete(job_id: str, owner: Caller, ctx: Context) -> Response:
     record = get_or_404(ctx, owner, job_id)
     if not ctx.jobs.delete(job_id):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -29,8 +30,13 @@ Uploader = Callable[[ServiceContext, str, Request], Awaitable[dict[str, Any]]]
 
 def multipart(description: str, **parts: dict[str, Any]) -> dict[str, Any]:
     schema = {"type": "object", "properties": parts, "required": list(parts)}
-    return {"requestBody": {"required": True, "description": description,
-                            "content": {"multipart/form-data": {"schema": schema}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"multipart/form-data": {"schema": schema}},
+        }
+    }
 
 
 def catalog_router(
@@ -45,8 +51,14 @@ def catalog_router(
             raise ServiceError("not-found", f"no {kind} {item_id!r}")
         return record
 
-    @router.post("", status_code=201, summary=f"Upload a {kind}", response_model=out, openapi_extra=body,
-                 responses=responses(*errors))
+    @router.post(
+        "",
+        status_code=201,
+        summary=f"Upload a {kind}",
+        response_model=out,
+        openapi_extra=body,
+        responses=responses(*errors),
+    )
     async def create(request: Request, owner: Caller, ctx: Context) -> Response:
         record = await upload(ctx, owner, request)
         return JSONResponse(public(record, out), status_code=201, headers={"Location": f"/v1/{kind}s/{record['id']}"})
@@ -60,9 +72,13 @@ def catalog_router(
     def read(item_id: str, owner: Caller, ctx: Context) -> dict[str, Any]:
         return public(get_or_404(ctx, owner, item_id), out)
 
-    @router.delete("/{item_id}", status_code=204, summary=f"Delete a {kind}",
-                   description="Jobs that used it keep their copy of the file until they are deleted.",
-                   responses=not_found)
+    @router.delete(
+        "/{item_id}",
+        status_code=204,
+        summary=f"Delete a {kind}",
+        description="Jobs that used it keep their copy of the file until they are deleted.",
+        responses=not_found,
+    )
     def delete(item_id: str, owner: Caller, ctx: Context) -> Response:
         get_or_404(ctx, owner, item_id)
         ctx.catalog.delete(kind, item_id, owner)
@@ -72,14 +88,23 @@ def catalog_router(
 
 
 models = catalog_router(
-    "model", ModelOut, upload_model,
-    multipart("Weights (.safetensors, or a torch zip state dict) and their architecture.",
-              file=FILE_PART, architecture=ARCHITECTURE_PART),
+    "model",
+    ModelOut,
+    upload_model,
+    multipart(
+        "Weights (.safetensors, or a torch zip state dict) and their architecture.",
+        file=FILE_PART,
+        architecture=ARCHITECTURE_PART,
+    ),
     UPLOAD_ERRORS + ("unknown-architecture",),
 )
 datasets = catalog_router(
-    "dataset", DatasetOut, upload_dataset,
-    multipart("A .safetensors or .npz file holding x (float32 or uint8, N × sample shape) and y (int64 labels, N).",
-              file=FILE_PART),
+    "dataset",
+    DatasetOut,
+    upload_dataset,
+    multipart(
+        "A .safetensors or .npz file holding x (float32 or uint8, N × sample shape) and y (int64 labels, N).",
+        file=FILE_PART,
+    ),
     UPLOAD_ERRORS[:1] + ("invalid-dataset",) + UPLOAD_ERRORS[2:],
 )

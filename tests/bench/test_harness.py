@@ -17,10 +17,15 @@ SECTIONS = ("engine-cost", "selection", "baselines", "backdoor", "toy", "alterna
 
 def test_every_experiment_runs_in_its_smallest_configuration(tmp_path):
     results = tmp_path / "RESULTS.md"
-    env = {**os.environ, "GIF_BENCH_QUICK": "1", "GIF_BENCH_RESULTS": str(results),
-           "GIF_BENCH_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "bench.run_all"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    env = {
+        **os.environ,
+        "GIF_BENCH_QUICK": "1",
+        "GIF_BENCH_RESULTS": str(results),
+        "GIF_BENCH_CACHE": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run_all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = results.read_text()
     assert len(EXPERIMENTS) == len(SECTIONS)

@@ -53,9 +53,10 @@ def test_the_cache_keeps_as_many_first_order_graphs_as_fit(objective):
 def test_gradient_is_the_weighted_sum_of_terms(tanh_mlp, digits_double):
     a, b = digits_double.subset(torch.arange(10)), digits_double.subset(torch.arange(10, 30))
     both = ModelObjective(tanh_mlp, [LossTerm(a, 0.5), LossTerm(b, -2.0)]).gradient()
-    separate = 0.5 * ModelObjective(tanh_mlp, [LossTerm(a, 1.0)]).gradient() - 2.0 * ModelObjective(
-        tanh_mlp, [LossTerm(b, 1.0)]
-    ).gradient()
+    separate = (
+        0.5 * ModelObjective(tanh_mlp, [LossTerm(a, 1.0)]).gradient()
+        - 2.0 * ModelObjective(tanh_mlp, [LossTerm(b, 1.0)]).gradient()
+    )
     assert torch.allclose(both, separate, rtol=1e-10, atol=1e-12)
 
 

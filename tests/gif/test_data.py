@@ -20,7 +20,7 @@ def test_mnist_matches_the_published_files(data_dir):
     assert mnist.x.shape == (10_000, 1, 28, 28) and mnist.x.dtype == torch.float32
     assert mnist.y[:5].tolist() == [7, 2, 1, 0, 4]
     assert torch.bincount(mnist.y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    assert 0.0 <= float(mnist.x.min()) and float(mnist.x.max()) == 1.0
+    assert float(mnist.x.min()) >= 0.0 and float(mnist.x.max()) == 1.0
 
 
 def test_cifar_subset(data_dir):

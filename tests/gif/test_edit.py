@@ -20,8 +20,13 @@ def job(**fields) -> JobSpec:
 def class_removal(mnist_tinynet, mnist_split):
     train, held_out = mnist_split
     events = []
-    outcome = run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, held_out,
-                  lambda *event: events.append(event))
+    outcome = run(
+        job(request={"kind": "remove_class", "classes": [8]}),
+        mnist_tinynet,
+        train,
+        held_out,
+        lambda *event: events.append(event),
+    )
     return outcome, events
 
 
@@ -63,8 +68,22 @@ def test_progress_reports_phases_in_order_and_ends_at_one(class_removal):
 
 def test_result_has_the_contract_shape(class_removal):
     result = class_removal[0].result
-    assert set(result.solver.model_dump()) >= {"kind", "iterations", "hvp_count", "relative_residual", "converged", "scale"}
-    assert set(result.timings.model_dump()) >= {"selection_s", "solve_s", "step_search_s", "evaluation_s", "total_s", "retrain_s"}
+    assert set(result.solver.model_dump()) >= {
+        "kind",
+        "iterations",
+        "hvp_count",
+        "relative_residual",
+        "converged",
+        "scale",
+    }
+    assert set(result.timings.model_dump()) >= {
+        "selection_s",
+        "solve_s",
+        "step_search_s",
+        "evaluation_s",
+        "total_s",
+        "retrain_s",
+    }
     assert result.metrics.retrained is None
     assert result.solver.hvp_count >= 2 * result.solver.iterations
     assert result.solver.hvp_method in result.solver.hvp_trial_seconds
@@ -92,7 +111,7 @@ def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(mnist_ti
     monkeypatch.setattr(HessianOperator, "__call__", oom_at_full_batch)
     train, held_out = mnist_split
     outcome = run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, held_out)
-    assert seen[0][0] == 256 and {s for s in seen[1:]} == {(128, "double_backward")}
+    assert seen[0][0] == 256 and set(seen[1:]) == {(128, "double_backward")}
     assert any("out of memory" in w and "batch_size 128" in w for w in outcome.result.warnings)
     assert outcome.result.solver.hvp_method == "double_backward"
 
@@ -104,7 +123,9 @@ def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(mnist_ti
 def test_a_fixed_step_is_applied_exactly(mnist_tinynet, mnist_split):
     train, _ = mnist_split
     spec = job(request={"kind": "remove_class", "classes": [1]}, step={"mode": "fixed", "scale": 2.0}, method="fif")
-    one = run(job(**{**spec.model_dump(exclude_none=True), "step": {"mode": "fixed", "scale": 1.0}}), mnist_tinynet, train)
+    one = run(
+        job(**{**spec.model_dump(exclude_none=True), "step": {"mode": "fixed", "scale": 1.0}}), mnist_tinynet, train
+    )
     two = run(spec, mnist_tinynet, train)
     original = mnist_tinynet.state_dict()
     for name in original:
@@ -141,16 +162,24 @@ def test_relabel_repairs_a_backdoor(backdoored):
 
 def test_method_if_modifies_every_conv_linear_weight(mnist_tinynet, mnist_split):
     train, _ = mnist_split
-    outcome = run(job(request={"kind": "remove_samples", "indices": list(range(50))}, method="if",
-                      step={"mode": "fixed", "scale": 1.0}), mnist_tinynet, train)
+    outcome = run(
+        job(
+            request={"kind": "remove_samples", "indices": list(range(50))},
+            method="if",
+            step={"mode": "fixed", "scale": 1.0},
+        ),
+        mnist_tinynet,
+        train,
+    )
     assert outcome.result.selection.modification_ratio == 1.0
     assert outcome.result.selection.criterion == "all"
 
 
 def test_first_order_ablation_needs_no_hessian(mnist_tinynet, mnist_split):
     train, held_out = mnist_split
-    outcome = run(job(request={"kind": "remove_class", "classes": [8]}, method="first_order"), mnist_tinynet, train,
-                  held_out)
+    outcome = run(
+        job(request={"kind": "remove_class", "classes": [8]}, method="first_order"), mnist_tinynet, train, held_out
+    )
     assert outcome.result.solver.hvp_count == 0 and outcome.result.solver.kind == "none"
     assert outcome.result.metrics.after["forget_test_accuracy"] < 0.5
 
@@ -220,8 +249,9 @@ def test_retrain_reports_the_ground_truth_beside_the_edit():
 
     _, model, train, held_out = demo_model("digits")
     events = []
-    spec = job(request={"kind": "remove_class", "classes": [3]},
-               retrain={"epochs": 5, "batch_size": 64, "lr": 0.05, "seed": 1})
+    spec = job(
+        request={"kind": "remove_class", "classes": [3]}, retrain={"epochs": 5, "batch_size": 64, "lr": 0.05, "seed": 1}
+    )
     outcome = run(spec, model, train, held_out, lambda *e: events.append(e))
     metrics, timings = outcome.result.metrics, outcome.result.timings
     assert metrics.retrained is not None and set(metrics.retrained) == set(metrics.after)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
 from gif.influence import solve_influence
-from gif.plan import RequestPlan
 from gif.parameters import ParameterSpace, candidate_mask
+from gif.plan import RequestPlan
 from gif.selection import select
 from gif.spec import Relabel, RemoveClass, SelectionSpec, SolverSpec
 from gif.toy import toy_edits
@@ -39,9 +39,11 @@ def dense_reference(p, method: str, damping: float) -> torch.Tensor:
 
 # CG is exact at the small damping; Neumann converges at the rate 1 − λ_min/λ_max of the *squared*
 # system, so the classic IF (κ(H_CC)² ≈ 10⁵ at λ = 0.05 on this net) is checked at a larger damping.
-CASES = [("cg", m, 0.05) for m in ("gif", "fif", "pif", "if")] + [("neumann", m, 0.05) for m in ("gif", "fif")] + [
-    ("neumann", m, 0.3) for m in ("gif", "fif", "pif", "if")
-]
+CASES = (
+    [("cg", m, 0.05) for m in ("gif", "fif", "pif", "if")]
+    + [("neumann", m, 0.05) for m in ("gif", "fif")]
+    + [("neumann", m, 0.3) for m in ("gif", "fif", "pif", "if")]
+)
 
 
 @pytest.mark.parametrize("kind, method, damping", CASES)
@@ -76,10 +78,18 @@ def test_scaling_the_loss_changes_nothing(tanh_mlp, digits_double, problem):
     objective = ModelObjective(tanh_mlp, [LossTerm(digits_double.subset(plan.retained[:300]), 1 / 300)], scaled)
     g = ModelObjective(tanh_mlp, plan.gradient_terms(digits_double, plan.affected), scaled).gradient()
     spec = SolverSpec(tolerance=1e-8, max_iterations=1000, damping=0.05 * M)
-    scaled_delta = solve_influence("gif", HessianOperator(objective, 0.05 * M), g, problem["J"], problem["C"], spec,
-                                   lambda i, r: None).delta
-    delta = solve_influence("gif", HessianOperator(problem["objective"], 0.05), problem["g"], problem["J"],
-                            problem["C"], spec.model_copy(update={"damping": 0.05}), lambda i, r: None).delta
+    scaled_delta = solve_influence(
+        "gif", HessianOperator(objective, 0.05 * M), g, problem["J"], problem["C"], spec, lambda i, r: None
+    ).delta
+    delta = solve_influence(
+        "gif",
+        HessianOperator(problem["objective"], 0.05),
+        problem["g"],
+        problem["J"],
+        problem["C"],
+        spec.model_copy(update={"damping": 0.05}),
+        lambda i, r: None,
+    ).delta
     assert (scaled_delta - delta).norm() / delta.norm() <= 1e-6
 
 

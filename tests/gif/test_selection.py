@@ -27,8 +27,10 @@ def test_ratio_honoured_within_one_percent(mnist_tinynet, analysed, criterion, r
 
 
 def test_random_depends_on_the_seed_and_topk_does_not(mnist_tinynet, analysed):
-    masks = {seed: select(mnist_tinynet, SelectionSpec(criterion="random", seed=seed), analysed, cross_entropy_sum).mask
-             for seed in (0, 1)}
+    masks = {
+        seed: select(mnist_tinynet, SelectionSpec(criterion="random", seed=seed), analysed, cross_entropy_sum).mask
+        for seed in (0, 1)
+    }
     assert not torch.equal(masks[0], masks[1])
     top = [select(mnist_tinynet, SelectionSpec(seed=seed), analysed, cross_entropy_sum).mask for seed in (0, 1)]
     assert torch.equal(top[0], top[1])
@@ -41,8 +43,13 @@ def test_topk_outputs_takes_the_largest_mean_outputs(mnist_tinynet, analysed):
         for conv in (mnist_tinynet.conv1, mnist_tinynet.conv2, mnist_tinynet.conv3, mnist_tinynet.conv4):
             h = torch.relu(conv(h))
         fc_mean = mnist_tinynet.fc(torch.flatten(h, 1)).mean(0).abs()
-        conv4_mean = mnist_tinynet.conv4(torch.relu(mnist_tinynet.conv3(torch.relu(
-            mnist_tinynet.conv2(torch.relu(mnist_tinynet.conv1(x))))))).mean((0, 2, 3)).abs()
+        conv4_mean = (
+            mnist_tinynet.conv4(
+                torch.relu(mnist_tinynet.conv3(torch.relu(mnist_tinynet.conv2(torch.relu(mnist_tinynet.conv1(x))))))
+            )
+            .mean((0, 2, 3))
+            .abs()
+        )
     selection = select(mnist_tinynet, SelectionSpec(ratio=0.3), analysed, cross_entropy_sum)
     space = ParameterSpace.of(mnist_tinynet)
     fc_rows = selection.mask[space.slice_of("fc.bias")]
@@ -59,8 +66,9 @@ def test_threshold_only_picks_units_above_it(mnist_tinynet, analysed):
 
     outputs, _ = unit_statistics(mnist_tinynet, analysed, cross_entropy_sum, with_gradients=False)
     threshold = float(outputs["conv4"].abs().median())
-    selection = select(mnist_tinynet, SelectionSpec(criterion="threshold", ratio=0.3, threshold=threshold), analysed,
-                       cross_entropy_sum)
+    selection = select(
+        mnist_tinynet, SelectionSpec(criterion="threshold", ratio=0.3, threshold=threshold), analysed, cross_entropy_sum
+    )
     space = ParameterSpace.of(mnist_tinynet)
     chosen = torch.nonzero(selection.mask[space.slice_of("conv4.bias")]).flatten()
     assert len(chosen) == 77 and bool((outputs["conv4"].abs()[chosen] > threshold).all())

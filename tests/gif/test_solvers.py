@@ -39,7 +39,7 @@ def test_unscaled_neumann_divergence_is_detected_and_recovered():
     b = torch.randn(30, dtype=torch.float64)
     result = neumann(lambda x: A @ x, b, tolerance=1e-8, max_iterations=5000, scale=1.0)
     assert result.restarts >= 1 and result.converged
-    assert result.scale ** 2 >= 200.0  # rescaled until λ_max / M² < 2
+    assert result.scale**2 >= 200.0  # rescaled until λ_max / M² < 2
     assert torch.allclose(result.x, torch.linalg.solve(A, b), rtol=1e-6, atol=1e-9)
     assert max(result.history) > 10.0  # the growth really happened and was reported
 
@@ -78,7 +78,8 @@ def test_zero_right_hand_side_and_cancellation():
 def test_monitor_sees_every_iteration():
     A = spd(30, 100.0)
     seen = []
-    result = conjugate_gradient(lambda x: A @ x, torch.randn(30, dtype=torch.float64), 1e-6, 100,
-                                lambda i, r: seen.append((i, r)))
+    result = conjugate_gradient(
+        lambda x: A @ x, torch.randn(30, dtype=torch.float64), 1e-6, 100, lambda i, r: seen.append((i, r))
+    )
     assert [i for i, _ in seen] == list(range(1, result.iterations + 1))
     assert seen[-1][1] <= 1e-6

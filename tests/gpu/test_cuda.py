@@ -20,18 +20,28 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 def class_removal_spec() -> JobSpec:
     """A fixed step, so that the edit is exactly θ_J + Δ_J and the solved vectors can be compared."""
-    return JobSpec.model_validate({"request": {"kind": "remove_class", "classes": [8]}, "step": {"mode": "fixed", "scale": 1.0},
-                                   "solver": {"max_iterations": 40, "tolerance": 1e-4, "hvp": "double_backward"}})
+    return JobSpec.model_validate(
+        {
+            "request": {"kind": "remove_class", "classes": [8]},
+            "step": {"mode": "fixed", "scale": 1.0},
+            "solver": {"max_iterations": 40, "tolerance": 1e-4, "hvp": "double_backward"},
+        }
+    )
 
 
 def test_a_class_removal_on_cuda_agrees_with_the_cpu(mnist_tinynet, mnist_split):
     train, held_out = mnist_split
     original = {k: v.detach().clone() for k, v in mnist_tinynet.state_dict().items()}
-    outcomes = {device: run(class_removal_spec(), mnist_tinynet, train, held_out, device=device) for device in ("cpu", "cuda")}
+    outcomes = {
+        device: run(class_removal_spec(), mnist_tinynet, train, held_out, device=device) for device in ("cpu", "cuda")
+    }
     cpu, cuda = (outcomes[d] for d in ("cpu", "cuda"))
     assert cuda.result.device.type == "cuda" and cuda.result.device.peak_memory_bytes > 0
     assert cpu.result.selection.layers == cuda.result.selection.layers  # the same selection
-    delta = {d: torch.cat([(o.state_dict[k] - original[k]).flatten().double() for k in original]) for d, o in outcomes.items()}
+    delta = {
+        d: torch.cat([(o.state_dict[k] - original[k]).flatten().double() for k in original])
+        for d, o in outcomes.items()
+    }
     assert torch.equal(delta["cpu"] != 0, delta["cuda"] != 0)
     assert (delta["cuda"] - delta["cpu"]).norm() <= 1e-3 * delta["cpu"].norm()
 

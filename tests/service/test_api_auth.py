@@ -40,8 +40,9 @@ def test_each_key_sees_only_its_own_uploads_and_jobs(keyed, demo, problem):
     keyed.headers.update(as_key("alpha-key"))
     model = alpha.upload_model(demo["model"], json.loads(demo["architecture"].read_text()))
     train = alpha.upload_dataset(demo["train"])
-    job = alpha.submit({"model_id": model["id"], "train_dataset_id": train["id"],
-                        "request": {"kind": "remove_class", "classes": [3]}})
+    job = alpha.submit(
+        {"model_id": model["id"], "train_dataset_id": train["id"], "request": {"kind": "remove_class", "classes": [3]}}
+    )
     keyed.headers.update(as_key("beta-key"))
     for path in (f"/v1/models/{model['id']}", f"/v1/datasets/{train['id']}", f"/v1/jobs/{job['id']}"):
         problem(keyed.get(path), 404, "not-found")
@@ -49,9 +50,18 @@ def test_each_key_sees_only_its_own_uploads_and_jobs(keyed, demo, problem):
     problem(keyed.post(f"/v1/jobs/{job['id']}/cancel"), 404, "not-found")
     for path in ("/v1/models", "/v1/datasets", "/v1/jobs"):
         assert keyed.get(path).json()["items"] == []
-    body = problem(keyed.post("/v1/jobs", json={"model_id": model["id"], "train_dataset_id": train["id"],
-                                                "request": {"kind": "remove_class", "classes": [3]}}),
-                   422, "unknown-reference")
+    body = problem(
+        keyed.post(
+            "/v1/jobs",
+            json={
+                "model_id": model["id"],
+                "train_dataset_id": train["id"],
+                "request": {"kind": "remove_class", "classes": [3]},
+            },
+        ),
+        422,
+        "unknown-reference",
+    )
     assert len(body["errors"]) == 2
     keyed.headers.update(as_key("alpha-key"))
     assert keyed.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"

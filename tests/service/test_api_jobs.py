@@ -14,8 +14,11 @@ from service.records import Keys
 
 @pytest.fixture()
 def base(inputs):
-    return {"model_id": inputs["model_id"], "train_dataset_id": inputs["train_dataset_id"],
-            "request": {"kind": "remove_class", "classes": [8]}}
+    return {
+        "model_id": inputs["model_id"],
+        "train_dataset_id": inputs["train_dataset_id"],
+        "request": {"kind": "remove_class", "classes": [8]},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +40,28 @@ def test_a_valid_job_is_queued_with_its_full_spec(http, base, inputs, settings):
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["progress"] is None and job["result"] is None and job["error"] is None
     assert job["spec"]["solver"]["kind"] == "cg" and job["spec"]["eval_dataset_id"] == inputs["eval_dataset_id"]
-    assert set(job) >= {"id", "status", "created_at", "started_at", "finished_at", "spec", "progress", "result", "error"}
+    assert set(job) >= {
+        "id",
+        "status",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "spec",
+        "progress",
+        "result",
+        "error",
+    }
     assert http.get(f"/v1/jobs/{job['id']}").json() == job
     queued = job_queue(settings).fetch_job(job["id"])
     assert list(queued.args) == [job["id"]] and not queued.kwargs  # a worker gets the job id, nothing else
 
 
 def test_unknown_ids_are_all_named(http, base, problem):
-    body = problem(http.post("/v1/jobs", json={**base, "model_id": "model_nope", "eval_dataset_id": "dataset_nope"}),
-                   422, "unknown-reference")
+    body = problem(
+        http.post("/v1/jobs", json={**base, "model_id": "model_nope", "eval_dataset_id": "dataset_nope"}),
+        422,
+        "unknown-reference",
+    )
     assert sorted(e["pointer"] for e in body["errors"]) == ["/eval_dataset_id", "/model_id"]
 
 
@@ -82,8 +98,11 @@ def test_malformed_requests_name_the_field(http, base, problem, request_, pointe
 
 
 def test_missing_and_unknown_fields_are_listed(http, base, problem):
-    body = problem(http.post("/v1/jobs", json={"request": base["request"], "solver": {"kind": "cg", "tolerance": 2}}),
-                   422, "validation-error")
+    body = problem(
+        http.post("/v1/jobs", json={"request": base["request"], "solver": {"kind": "cg", "tolerance": 2}}),
+        422,
+        "validation-error",
+    )
     assert {"/model_id", "/train_dataset_id", "/solver/tolerance"} <= {e["pointer"] for e in body["errors"]}
     body = problem(http.post("/v1/jobs", json={**base, "methd": "gif"}), 422, "validation-error")
     assert [e["pointer"] for e in body["errors"]] == ["/methd"]
@@ -99,15 +118,23 @@ def test_data_of_the_wrong_shape_is_refused(http, base, dataset_id, problem):
     wrong = dataset_id(torch.rand(20, 3, 5), torch.arange(20) % 10)
     body = problem(http.post("/v1/jobs", json={**base, "train_dataset_id": wrong}), 422, "invalid-spec")
     assert [e["pointer"] for e in body["errors"]] == ["/train_dataset_id"]
-    body = problem(http.post("/v1/jobs", json={**base, "eval_dataset_id": wrong, "validation_dataset_id": wrong}),
-                   422, "invalid-spec")
+    body = problem(
+        http.post("/v1/jobs", json={**base, "eval_dataset_id": wrong, "validation_dataset_id": wrong}),
+        422,
+        "invalid-spec",
+    )
     assert {e["pointer"] for e in body["errors"]} == {"/eval_dataset_id", "/validation_dataset_id"}
 
 
 def test_unreadable_bodies_are_4xx(http, problem):
-    problem(http.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}), 400, "bad-request")
-    problem(http.post("/v1/jobs", content=b"model_id=x", headers={"content-type": "text/plain"}), 415,
-            "unsupported-media-type")
+    problem(
+        http.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}), 400, "bad-request"
+    )
+    problem(
+        http.post("/v1/jobs", content=b"model_id=x", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported-media-type",
+    )
     problem(http.post("/v1/jobs", json=[1, 2]), 422, "validation-error")
 
 
@@ -173,7 +200,9 @@ def test_lists_are_paginated_newest_first_and_filtered_by_status(http, base):
         if cursor is None:
             break
     assert seen[:5] == ids[::-1] and len(seen) == len(set(seen))
-    cancelled = [job["id"] for job in http.get("/v1/jobs", params={"status": "cancelled", "limit": 200}).json()["items"]]
+    cancelled = [
+        job["id"] for job in http.get("/v1/jobs", params={"status": "cancelled", "limit": 200}).json()["items"]
+    ]
     assert ids[1] in cancelled and not (set(ids) - {ids[1]}) & set(cancelled)
     queued = http.get("/v1/jobs", params={"status": "queued", "limit": 200}).json()["items"]
     assert {job["status"] for job in queued} == {"queued"}

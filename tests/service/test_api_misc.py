@@ -52,8 +52,11 @@ def test_metrics_count_jobs_by_status_queue_depth_and_requests(http, inputs):
     assert http.post("/v1/jobs", json=body).status_code == 202
     response = http.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in response.text.splitlines() if line and not line.startswith("#")}
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in response.text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert samples['gif_jobs{status="queued"}'] >= 1
     assert samples["gif_queue_depth"] >= 1
     assert 'gif_job_duration_seconds_count{status="succeeded"}' in samples

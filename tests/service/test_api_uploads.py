@@ -120,8 +120,9 @@ def test_nan_weights_are_refused(http, problem):
     ],
 )
 def test_bad_architectures_name_the_field(http, problem, demo, architecture, pointer_detail):
-    response = http.post("/v1/models", files={"file": ("m.safetensors", demo["model"].read_bytes())},
-                         data={"architecture": architecture})
+    response = http.post(
+        "/v1/models", files={"file": ("m.safetensors", demo["model"].read_bytes())}, data={"architecture": architecture}
+    )
     assert response.status_code == 422
     body = response.json()
     assert all(e["pointer"] == "/architecture" for e in body["errors"])
@@ -129,32 +130,50 @@ def test_bad_architectures_name_the_field(http, problem, demo, architecture, poi
 
 
 def test_missing_form_fields_are_all_listed(http, problem):
-    body = problem(http.post("/v1/models", files={"architecture": (None, json.dumps(DIGITS_MLP))}), 422, "validation-error")
+    body = problem(
+        http.post("/v1/models", files={"architecture": (None, json.dumps(DIGITS_MLP))}), 422, "validation-error"
+    )
     assert [e["pointer"] for e in body["errors"]] == ["/file"]
-    body = problem(http.post("/v1/models", data={"unrelated": "x"}, files={"other": ("x", b"x")}), 422, "validation-error")
+    body = problem(
+        http.post("/v1/models", data={"unrelated": "x"}, files={"other": ("x", b"x")}), 422, "validation-error"
+    )
     assert body["errors"][0]["pointer"] in ("/unrelated", "/other")
 
 
 def test_wrong_content_types_are_refused(http, problem, demo):
     problem(http.post("/v1/models", json={"architecture": DIGITS_MLP}), 415, "unsupported-media-type")
-    problem(http.post("/v1/datasets", content=demo["train"].read_bytes(),
-                      headers={"content-type": "application/octet-stream"}), 415, "unsupported-media-type")
-    problem(http.post("/v1/datasets", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}),
-            400, "bad-request")
+    problem(
+        http.post(
+            "/v1/datasets", content=demo["train"].read_bytes(), headers={"content-type": "application/octet-stream"}
+        ),
+        415,
+        "unsupported-media-type",
+    )
+    problem(
+        http.post("/v1/datasets", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}),
+        400,
+        "bad-request",
+    )
 
 
 def test_a_truncated_multipart_body_leaves_nothing_behind(http, problem, settings):
     before = stored_files(settings)
     body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="d"\r\n\r\n' + b"x" * 5000
-    problem(http.post("/v1/datasets", content=body, headers={"content-type": "multipart/form-data; boundary=b"}),
-            400, "bad-request")
+    problem(
+        http.post("/v1/datasets", content=body, headers={"content-type": "multipart/form-data; boundary=b"}),
+        400,
+        "bad-request",
+    )
     assert stored_files(settings) == before
 
 
 def test_an_interrupted_upload_leaves_nothing_behind(http, settings):
     """The client goes away mid-file: the staging file is removed and nothing is recorded."""
     head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="d"\r\n\r\n'
-    messages = [{"type": "http.request", "body": head + b"\0" * 3 * 2**20, "more_body": True}, {"type": "http.disconnect"}]
+    messages = [
+        {"type": "http.request", "body": head + b"\0" * 3 * 2**20, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
     sent = []
 
     async def receive():
@@ -163,10 +182,20 @@ def test_an_interrupted_upload_leaves_nothing_behind(http, settings):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/datasets", "raw_path": b"/v1/datasets", "root_path": "", "query_string": b"",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=b")], "server": ("test", 80),
-             "client": ("test", 1)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/datasets",
+        "raw_path": b"/v1/datasets",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+        "server": ("test", 80),
+        "client": ("test", 1),
+    }
     before, listed = stored_files(settings), http.get("/v1/datasets").json()["items"]
     asyncio.run(http.app(scope, receive, send))
     assert sent[0]["status"] == 400
@@ -185,10 +214,16 @@ def test_oversize_uploads_are_cut_off_with_413(settings, demo, problem):
             for _ in range(10):
                 yield b"\0" * 1024
 
-        problem(http.post("/v1/datasets", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}),
-                413, "payload-too-large")
-        problem(http.post("/v1/jobs", json={"request": {"kind": "remove_samples", "indices": list(range(200))}}),
-                413, "payload-too-large")
+        problem(
+            http.post("/v1/datasets", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}),
+            413,
+            "payload-too-large",
+        )
+        problem(
+            http.post("/v1/jobs", json={"request": {"kind": "remove_samples", "indices": list(range(200))}}),
+            413,
+            "payload-too-large",
+        )
     assert stored_files(settings) == before
 
 

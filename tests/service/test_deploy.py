@@ -36,8 +36,14 @@ def test_compose_runs_redis_api_and_scalable_cpu_and_gpu_workers_on_shared_stora
     assert "--appendonly" in redis["command"] and "yes" in redis["command"]
     assert any(v.endswith(":/data") and v.split(":")[0] in compose["volumes"] for v in redis["volumes"])
     assert redis["healthcheck"]["test"]
-    storage = {s: [v for v in services[s]["volumes"] if v.startswith("artifacts:")] for s in ("api", "worker", "worker-gpu")}
-    assert storage["api"] == storage["worker"] == storage["worker-gpu"] and storage["api"] and "artifacts" in compose["volumes"]
+    storage = {
+        s: [v for v in services[s]["volumes"] if v.startswith("artifacts:")] for s in ("api", "worker", "worker-gpu")
+    }
+    assert (
+        storage["api"] == storage["worker"] == storage["worker-gpu"]
+        and storage["api"]
+        and "artifacts" in compose["volumes"]
+    )
     for name in ("api", "worker", "worker-gpu"):
         env = services[name]["environment"]
         assert env["GIF_REDIS_URL"].startswith("redis://redis:")

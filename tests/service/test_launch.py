@@ -26,8 +26,14 @@ def launcher_env(port: int) -> dict[str, str]:
 
 
 def launch(cwd, port: int) -> tuple[subprocess.Popen, list[str]]:
-    process = subprocess.Popen([sys.executable, "-m", "service.launch"], cwd=cwd, env=launcher_env(port),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.launch"],
+        cwd=cwd,
+        env=launcher_env(port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
     return process, lines
@@ -54,7 +60,12 @@ def test_launcher_starts_the_stack_restarts_a_dead_worker_and_sigint_stops_every
     process, lines = launch(tmp_path, free_port())
     try:
         ready = wait_for_line(process, lines, READY)
-        base, redis_url, first_worker, api_pid = ready.group(1), ready.group(2), int(ready.group(3)), int(ready.group(4))
+        base, redis_url, first_worker, api_pid = (
+            ready.group(1),
+            ready.group(2),
+            int(ready.group(3)),
+            int(ready.group(4)),
+        )
         with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
             assert response.status == 200
         assert redis_answers(redis_url) and alive(first_worker) and alive(api_pid)
@@ -78,8 +89,14 @@ def test_launcher_refuses_a_port_in_use(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = subprocess.run([sys.executable, "-m", "service.launch"], cwd=tmp_path, capture_output=True, text=True,
-                                env=launcher_env(taken.getsockname()[1]), timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "service.launch"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=launcher_env(taken.getsockname()[1]),
+            timeout=60,
+        )
     assert result.returncode == 1
     assert "already in use" in result.stderr
     assert not (tmp_path / "var").exists()  # nothing was started

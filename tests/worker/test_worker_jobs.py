@@ -28,7 +28,10 @@ def download(http, job: dict) -> dict[str, torch.Tensor]:
     assert response.headers["etag"] == f'"{checkpoint["sha256"]}"'
     assert hashlib.sha256(response.content).hexdigest() == checkpoint["sha256"]
     assert len(response.content) == checkpoint["size_bytes"]
-    assert http.get(f"/v1/jobs/{job['id']}/checkpoint", headers={"If-None-Match": response.headers["etag"]}).status_code == 304
+    assert (
+        http.get(f"/v1/jobs/{job['id']}/checkpoint", headers={"If-None-Match": response.headers["etag"]}).status_code
+        == 304
+    )
     return load_safetensors(response.content)
 
 
@@ -50,9 +53,13 @@ def test_relabel_end_to_end(api, inputs, demo):
     train = load_file(demo["train"])
     indices = list(range(0, 200, 10))
     labels = [(int(train["y"][i]) + 1) % 10 for i in indices]
-    spec = {**inputs, "request": {"kind": "relabel", "indices": indices, "labels": labels},
-            "selection": {"criterion": "topk_gradients", "ratio": 0.1}, "solver": {"max_iterations": 30},
-            "step": {"mode": "fixed", "scale": 1.0}}
+    spec = {
+        **inputs,
+        "request": {"kind": "relabel", "indices": indices, "labels": labels},
+        "selection": {"criterion": "topk_gradients", "ratio": 0.1},
+        "solver": {"max_iterations": 30},
+        "step": {"mode": "fixed", "scale": 1.0},
+    }
     job = api.wait(api.submit(spec)["id"])
     assert job["status"] == "succeeded", job["error"]
     metrics = job["result"]["metrics"]
@@ -78,8 +85,9 @@ def test_a_running_job_reports_progress_and_can_be_cancelled(api, inputs, long_s
 
 
 def test_an_engine_refusal_fails_the_job_with_its_code(api, inputs):
-    job = api.wait(api.submit({**inputs, "request": {"kind": "remove_class", "classes": [2]},
-                               "selection": {"ratio": 1e-6}})["id"])
+    job = api.wait(
+        api.submit({**inputs, "request": {"kind": "remove_class", "classes": [2]}, "selection": {"ratio": 1e-6}})["id"]
+    )
     assert job["status"] == "failed"
     assert job["error"]["code"] == "invalid-spec" and job["error"]["type"] == "urn:gif:problem:invalid-spec"
     assert "selects no parameters" in job["error"]["detail"] and job["error"]["retryable"] is False
@@ -88,14 +96,19 @@ def test_an_engine_refusal_fails_the_job_with_its_code(api, inputs):
 def test_a_job_past_its_time_limit_fails(stack_settings, inputs, worker, long_solve):
     with TestClient(create_app(stack_settings.model_copy(update={"job_timeout_s": 1}))) as http:
         api = ApiClient(http)
-        job = api.wait(api.submit({**inputs, "request": {"kind": "remove_class", "classes": [4]}, "solver": long_solve})["id"],
-                       timeout_s=60)
+        job = api.wait(
+            api.submit({**inputs, "request": {"kind": "remove_class", "classes": [4]}, "solver": long_solve})["id"],
+            timeout_s=60,
+        )
     assert job["status"] == "failed" and job["error"]["code"] == "timeout", job["error"]
 
 
 def test_finished_jobs_show_in_the_metrics(api, inputs):
-    api.wait(api.submit({**inputs, "request": {"kind": "remove_samples", "indices": [1, 2, 3]},
-                         "solver": {"max_iterations": 5}})["id"])
+    api.wait(
+        api.submit(
+            {**inputs, "request": {"kind": "remove_samples", "indices": [1, 2, 3]}, "solver": {"max_iterations": 5}}
+        )["id"]
+    )
     metrics = api.http.get("/metrics").text
     lines = [line for line in metrics.splitlines() if line.startswith("gif_job_duration_seconds_count")]
     assert any('status="succeeded"' in line and float(line.split()[-1]) >= 1 for line in lines)

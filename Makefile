@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	@$(PY) -m service.launch
+	@$(PY) -m service.tools.launch
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 openapi: $(STAMP)
-	$(PY) -m service.openapi_snapshot
+	$(PY) -m service.tools.openapi_snapshot
 
 demo-assets: $(STAMP)
 	$(VENV)/bin/gif demo-assets --out demo

@@ -7,7 +7,7 @@
 2. Job start overhead through a real stack (Redis, ``python -m worker``, the API): created → running, with
    the worker idle (its standby horse warm) and back to back, and submit → succeeded against the same edit
    in-process.
-3. Healing: ``python -m service.launch`` (``make run``), its worker killed with SIGKILL, a job submitted
+3. Healing: ``python -m service.tools.launch`` (``make run``), its worker killed with SIGKILL, a job submitted
    half a second later: seconds from the kill until the job runs and until it succeeds.
 
 Run: .venv/bin/python -m bench.gpu   (GIF_BENCH_QUICK=1: a smoke run in seconds, writes bench/GPU.quick.md)
@@ -44,9 +44,9 @@ from gif.data import Dataset
 from gif.demo import write_demo_assets
 from gif.devices import device_report, resolve_device, synchronize
 from gif.spec import JobSpec
-from service.client import ApiClient
-from service.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
-from service.settings import Settings
+from service.core.settings import Settings
+from service.tools.client import ApiClient
+from service.tools.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
 OUT = Path(__file__).with_name("GPU.quick.md" if QUICK else "GPU.md")
@@ -190,7 +190,7 @@ def healing(workdir: Path) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GIF_REDIS_URL")}
     env |= {"GIF_PORT": str(free_port()), "GIF_STORAGE_DIR": str(workdir / "artifacts")}
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "service.launch"],
+        [sys.executable, "-m", "service.tools.launch"],
         cwd=workdir,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -271,7 +271,7 @@ job). Real edits take seconds to minutes, long enough for the next standby to be
 The in-process row runs in this benchmark's own process; a negative overhead means the worker's fresh,
 warmed-up process ran the edit a little faster than this long-lived one.
 
-## 3. Healing under `make run` (`python -m service.launch`)
+## 3. Healing under `make run` (`python -m service.tools.launch`)
 
 | worker killed (SIGKILL) → | seconds |
 | --- | --- |

@@ -39,9 +39,9 @@ from gif.data import read_dataset
 from gif.demo import write_demo_assets
 from gif.edit import run
 from gif.spec import JobSpec
-from service.client import ApiClient
-from service.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
-from service.settings import Settings
+from service.core.settings import Settings
+from service.tools.client import ApiClient
+from service.tools.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"  # a smoke run of the script itself: seconds, numbers not kept
 OUT = Path(__file__).with_name("SERVICE.md" if not QUICK else "SERVICE.quick.md")

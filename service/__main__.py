@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import uvicorn
 
-from service.app import create_app
-from service.logs import configure_logging
-from service.settings import Settings
+from service.core.logs import configure_logging
+from service.core.settings import Settings
+from service.web.app import create_app
 
 
 def main() -> None:

@@ -20,10 +20,10 @@ from gif.data import Dataset, load_digits, load_mnist, shared_data_dir, split_in
 from gif.demo import write_demo_assets
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
-from service.app import create_app
-from service.client import ApiClient
-from service.launch import redis_for, worker_process
-from service.settings import Settings
+from service.core.settings import Settings
+from service.tools.client import ApiClient
+from service.tools.launch import redis_for, worker_process
+from service.web.app import create_app
 
 
 @pytest.fixture(scope="session")

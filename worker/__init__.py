@@ -22,8 +22,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from functools import lru_cache  # noqa: E402
 
-from service.context import ServiceContext  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.core.context import ServiceContext  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
 
 
 @lru_cache(maxsize=1)

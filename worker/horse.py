@@ -17,9 +17,9 @@ from rq import Queue, Worker
 from rq.executions import Execution
 from rq.job import Job
 
-from service.logs import configure_logging
-from service.processes import die_with_parent
-from service.settings import Settings
+from service.core.logs import configure_logging
+from service.core.processes import die_with_parent
+from service.core.settings import Settings
 from worker import context
 from worker.runner import PARENT_PID_ENV
 from worker.tasks import warm_up

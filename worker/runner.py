@@ -24,10 +24,10 @@ import sys
 
 from rq import Worker
 
-from service.errors import job_error
-from service.logs import configure_logging, job_context
-from service.processes import stop
-from service.settings import Settings
+from service.core.errors import job_error
+from service.core.logs import configure_logging, job_context
+from service.core.processes import stop
+from service.core.settings import Settings
 from worker import context
 
 log = logging.getLogger("worker.runner")

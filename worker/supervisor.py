@@ -4,7 +4,7 @@
 (every visible GPU, else the CPU). Each device gets its own ``worker.runner`` process with
 ``GIF_WORKER_DEVICE`` set to that one device; one that dies is restarted with back-off. The GPUs are
 counted in a short-lived interpreter, so this process never imports torch (and never touches CUDA).
-The reaper pass (``service.reaper``) runs here too, so lost jobs are failed or re-enqueued even on a
+The reaper pass (``service.core.reaper``) runs here too, so lost jobs are failed or re-enqueued even on a
 deployment where no API process is up.
 """
 
@@ -19,10 +19,10 @@ import sys
 import threading
 from functools import partial
 
-from service.logs import configure_logging
-from service.processes import Supervised, spawn
-from service.reaper import reap
-from service.settings import Settings
+from service.core.logs import configure_logging
+from service.core.processes import Supervised, spawn
+from service.core.reaper import reap
+from service.core.settings import Settings
 from worker import context
 
 log = logging.getLogger("worker.supervisor")

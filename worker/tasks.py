@@ -27,11 +27,11 @@ from gif.edit import EditOutcome, run
 from gif.errors import EditCancelled, GifError
 from gif.result import CheckpointInfo
 from gif.spec import JobSpec
-from service.context import ServiceContext
-from service.errors import job_error
-from service.jobs import JobStore
-from service.logs import job_context
-from service.settings import Settings
+from service.core.context import ServiceContext
+from service.core.errors import job_error
+from service.core.jobs import JobStore
+from service.core.logs import job_context
+from service.core.settings import Settings
 from worker import context
 
 log = logging.getLogger("worker.tasks")

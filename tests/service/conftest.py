@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.client import ApiClient
-from service.errors import PROBLEM_TYPE_PREFIX
+from service.core.errors import PROBLEM_TYPE_PREFIX
+from service.tools.client import ApiClient
+from service.web.app import create_app
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from service.queue import job_queue, withdraw_job
-from service.records import Keys
+from service.core.queue import job_queue, withdraw_job
+from service.core.records import Keys
 
 
 @pytest.fixture()

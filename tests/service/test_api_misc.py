@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gif.architectures import REGISTRY, parameter_listing
-from service.openapi_snapshot import SNAPSHOT, render
+from service.tools.openapi_snapshot import SNAPSHOT, render
 
 
 def test_the_registry_is_listed_with_config_schemas(http):
@@ -38,8 +38,8 @@ def test_health_and_readiness(http):
 def test_readiness_fails_without_redis(settings, problem):
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.launch import free_port
+    from service.tools.launch import free_port
+    from service.web.app import create_app
 
     gone = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with TestClient(create_app(gone)) as http:

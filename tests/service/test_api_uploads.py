@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
 from gif.architectures import build_model
-from service.app import create_app
+from service.web.app import create_app
 
 DIGITS_MLP = {"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}}
 

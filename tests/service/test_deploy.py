@@ -76,17 +76,25 @@ def test_dockerfile_images_run_non_root_and_their_commands_exist():
         assert (ROOT / copied).exists(), copied
 
 
-def imported_by(code: str) -> set[str]:
-    """Top-level modules imported by running ``code`` in a fresh interpreter."""
-    script = code + "\nimport sys, json; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+def modules_imported_by(code: str) -> set[str]:
+    """Every module imported by running ``code`` in a fresh interpreter."""
+    script = code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
     return set(json.loads(out.stdout.splitlines()[-1]))
 
 
+def imported_by(code: str) -> set[str]:
+    """Top-level modules (and service's rooms: ``service.core``, ``service.web``…) imported by running ``code``."""
+    return {
+        ".".join(m.split(".")[:2]) if m.startswith("service.") else m.split(".")[0] for m in modules_imported_by(code)
+    }
+
+
 def test_the_layers_import_only_what_they_may():
-    engine = imported_by("import gif.cli, gif.edit, gif.architectures, gif.files, gif.data, gif.spec")
+    engine = imported_by("import gif.cli, gif.edit, gif.architectures, gif.files, gif.data, gif.spec, gif.result")
     assert not engine & {"fastapi", "starlette", "rq", "redis", "service", "worker"}
     worker = imported_by("import worker.__main__, worker.tasks, worker.horse")
-    assert not worker & {"fastapi", "starlette", "uvicorn"}
+    assert not worker & {"fastapi", "starlette", "uvicorn", "service.web", "service.tools"}
     assert "torch" not in imported_by("import worker.__main__, worker.supervisor, worker.runner")  # only horses load it
-    assert not imported_by("import service.jobs, service.context") & {"fastapi", "starlette", "worker"}
+    core = imported_by("import service.core.jobs, service.core.context, service.core.reaper, service.core.processes")
+    assert not core & {"fastapi", "starlette", "worker", "service.web", "service.tools"}

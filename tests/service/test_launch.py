@@ -1,4 +1,4 @@
-"""`make run` (python -m service.launch): starts Redis, a worker and the API; restarts a child that dies;
+"""`make run` (python -m service.tools.launch): starts Redis, a worker and the API; restarts a child that dies;
 Ctrl-C stops all of them."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.request
 
-from service.launch import free_port, redis_answers
+from service.tools.launch import free_port, redis_answers
 
 READY = re.compile(r"ready on (\S+) .*Redis (\S+); worker pid (\d+), api pid (\d+)")
 RESTARTED = re.compile(r"the worker was restarted \(pid (\d+)\)")
@@ -27,7 +27,7 @@ def launcher_env(port: int) -> dict[str, str]:
 
 def launch(cwd, port: int) -> tuple[subprocess.Popen, list[str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.launch"],
+        [sys.executable, "-m", "service.tools.launch"],
         cwd=cwd,
         env=launcher_env(port),
         stdout=subprocess.DEVNULL,
@@ -90,7 +90,7 @@ def test_launcher_refuses_a_port_in_use(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         result = subprocess.run(
-            [sys.executable, "-m", "service.launch"],
+            [sys.executable, "-m", "service.tools.launch"],
             cwd=tmp_path,
             capture_output=True,
             text=True,

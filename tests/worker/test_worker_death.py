@@ -9,8 +9,8 @@ import signal
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.client import ApiClient
+from service.tools.client import ApiClient
+from service.web.app import create_app
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
-from service.app import create_app
-from service.client import ApiClient
+from service.tools.client import ApiClient
+from service.web.app import create_app
 
 
 def changed_entries(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.context import ServiceContext
-from service.processes import Supervised
+from service.core.context import ServiceContext
+from service.core.processes import Supervised
 from worker.supervisor import worker_devices
 
 

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ServiceError
+from service.core.errors import ServiceError
 
 PARSE_BATCH_BYTES = 1 << 20
 MAX_TEXT_FIELD_BYTES = 64 * 1024

@@ -27,7 +27,7 @@ from gif.data import summarize_dataset
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
 from gif.files import sniff_format
 from gif.spec import JobSpec, check_request
-from service.errors import ServiceError
+from service.core.errors import ServiceError
 
 DATA_INPUTS = {"train": "train_dataset_id", "eval": "eval_dataset_id", "validation": "validation_dataset_id"}
 

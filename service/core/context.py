@@ -12,12 +12,12 @@ import redis
 import redis.asyncio
 from rq import Queue
 
-from service.catalog import Catalog
-from service.jobs import JobStore
-from service.queue import job_queue
-from service.records import Keys, connect, connect_async
-from service.settings import Settings
-from service.storage import Artifacts, LocalArtifactStore
+from service.core.catalog import Catalog
+from service.core.jobs import JobStore
+from service.core.queue import job_queue
+from service.core.records import Keys, connect, connect_async
+from service.core.settings import Settings
+from service.core.storage import Artifacts, LocalArtifactStore
 
 
 @dataclass

@@ -9,14 +9,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from service.auth import Caller
-from service.catalog import Kind
-from service.context import ServiceContext
-from service.dependencies import Context, Pagination
-from service.errors import ServiceError
-from service.operations import upload_dataset, upload_model
-from service.problems import responses
-from service.schemas import DatasetOut, ModelOut, Page, public
+from service.core.catalog import Kind
+from service.core.context import ServiceContext
+from service.core.errors import ServiceError
+from service.web.auth import Caller
+from service.web.dependencies import Context, Pagination
+from service.web.operations import upload_dataset, upload_model
+from service.web.problems import responses
+from service.web.schemas import DatasetOut, ModelOut, Page, public
 
 FILE_PART = {"type": "string", "format": "binary"}
 ARCHITECTURE_PART = {

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import redis
 import redis.asyncio
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 ID_HEX_DIGITS = 20
 

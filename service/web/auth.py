@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import ServiceError
+from service.core.errors import ServiceError
 
 ANONYMOUS = "anonymous"
 bearer = HTTPBearer(auto_error=False, description="An API key, when the server is configured with GIF_API_KEYS.")

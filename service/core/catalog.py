@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import redis
 
-from service.records import Keys, is_id, new_id, page_ids, utc_now
-from service.storage import Artifacts
+from service.core.records import Keys, is_id, new_id, page_ids, utc_now
+from service.core.storage import Artifacts
 
 Kind = Literal["model", "dataset"]
 

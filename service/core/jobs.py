@@ -15,9 +15,9 @@ from typing import Any, cast
 import redis
 import redis.asyncio
 
-from service.errors import job_error
-from service.records import Keys, is_id, new_id, page_ids, parse_time, utc_now
-from service.storage import Artifacts
+from service.core.errors import job_error
+from service.core.records import Keys, is_id, new_id, page_ids, parse_time, utc_now
+from service.core.storage import Artifacts
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})

@@ -1,6 +1,6 @@
 """Every error the API returns is an RFC 9457 ``application/problem+json`` document.
 
-``type`` is stable per error kind (``service.errors.KINDS``), ``detail`` says what went wrong in
+``type`` is stable per error kind (``service.core.errors.KINDS``), ``detail`` says what went wrong in
 words, and ``errors`` lists field-level problems: ``pointer`` is a JSON pointer into the JSON
 body or the multipart form (``/file``, ``/request/classes/0``), ``parameter`` names a query or
 path parameter. Unexpected exceptions become a 500 problem and are logged; bad input never does.
@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from gif.errors import GifError
-from service.errors import ErrorKind, ServiceError, kind_of
+from service.core.errors import ErrorKind, ServiceError, kind_of
 
 PROBLEM_JSON = "application/problem+json"
 STATUS_CODES = {
@@ -32,7 +32,7 @@ STATUS_CODES = {
     413: "payload-too-large",
     415: "unsupported-media-type",
 }
-log = logging.getLogger("service.problems")
+log = logging.getLogger("service.web.problems")
 
 
 def problem(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
+from service.web.app import create_app
 
-SNAPSHOT = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
+SNAPSHOT = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
 
 
 def render() -> str:

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import redis
 
-from service.logs import configure_logging
-from service.processes import Supervised, spawn, stop
-from service.settings import Settings
+from service.core.logs import configure_logging
+from service.core.processes import Supervised, spawn, stop
+from service.core.settings import Settings
 
 REDIS_DATA_DIR = Path("var/redis")
 START_TIMEOUT_S = 90.0
@@ -39,7 +39,7 @@ SUPERVISE_INTERVAL_S = 0.2
 WORKER_ARGS = (sys.executable, "-m", "worker")
 API_ARGS = (sys.executable, "-m", "service")
 
-log = logging.getLogger("service.launch")
+log = logging.getLogger("service.tools.launch")
 
 
 class LaunchError(RuntimeError):

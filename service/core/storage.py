@@ -19,7 +19,7 @@ from typing import Protocol
 
 import redis
 
-from service.records import Keys
+from service.core.records import Keys
 
 BLOB_LOCK_TIMEOUT_S = 30
 

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.auth import Caller
-from service.context import ServiceContext
-from service.dependencies import Context, Pagination
-from service.errors import ServiceError
-from service.operations import cancel_job, submit_job
-from service.problems import responses
-from service.schemas import JOB_EXAMPLES, JobOut, JobRequest, JobStatus, Page, public
+from service.core.context import ServiceContext
+from service.core.errors import ServiceError
+from service.web.auth import Caller
+from service.web.dependencies import Context, Pagination
+from service.web.operations import cancel_job, submit_job
+from service.web.problems import responses
+from service.web.schemas import JOB_EXAMPLES, JobOut, JobRequest, JobStatus, Page, public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 not_found = responses("not-found")

@@ -14,8 +14,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.context import ServiceContext
-from service.jobs import DURATION_BUCKETS_S, TERMINAL
+from service.core.context import ServiceContext
+from service.core.jobs import DURATION_BUCKETS_S, TERMINAL
 
 
 class JobCollector(Collector):

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 
 from gif.architectures import REGISTRY, parameter_listing
 from gif.errors import UnknownArchitectureError
-from service.errors import ServiceError
-from service.problems import responses
-from service.schemas import ArchitectureInfo, ParameterListing
+from service.core.errors import ServiceError
+from service.web.problems import responses
+from service.web.schemas import ArchitectureInfo, ParameterListing
 
 router = APIRouter(prefix="/v1/architectures", tags=["architectures"])
 

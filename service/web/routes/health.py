@@ -7,9 +7,9 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from service.dependencies import Context
-from service.errors import ServiceError
-from service.problems import responses
+from service.core.errors import ServiceError
+from service.web.dependencies import Context
+from service.web.problems import responses
 
 router = APIRouter(tags=["health"])
 

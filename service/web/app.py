@@ -1,6 +1,6 @@
 """The FastAPI application: routes, problem+json errors, body caps, metrics, and the lost-job reaper.
 
-The API process imports torch (see ``service.validation``) but never runs an edit and never
+The API process imports torch (see ``service.web.validation``) but never runs an edit and never
 initialises CUDA: models are only built on the ``meta`` device. Edits run in ``worker``.
 """
 
@@ -16,16 +16,17 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from service import problems, reaper, validation
-from service.auth import caller
-from service.context import ServiceContext
-from service.metrics import HttpMetrics, job_registry
-from service.routes import architectures, health, jobs, uploads
-from service.schemas import Problem
-from service.settings import Settings
-from service.uploads import BodySizeLimit
+from service.core import reaper
+from service.core.context import ServiceContext
+from service.core.settings import Settings
+from service.web import problems, validation
+from service.web.auth import caller
+from service.web.metrics import HttpMetrics, job_registry
+from service.web.routes import architectures, health, jobs, uploads
+from service.web.schemas import Problem
+from service.web.uploads import BodySizeLimit
 
-log = logging.getLogger("service.app")
+log = logging.getLogger("service.web.app")
 
 DESCRIPTION = """Edit trained PyTorch classifiers with Generalized Influence Functions: forget classes or
 training examples, or repair labels (backdoors), without retraining.
@@ -42,7 +43,7 @@ what a key creates is visible to that key only.
 
 
 async def reap_lost_jobs(ctx: ServiceContext) -> None:
-    """Every ``reaper_interval_s``: ``service.reaper.reap`` (worker supervisors run it too)."""
+    """Every ``reaper_interval_s``: ``service.core.reaper.reap`` (worker supervisors run it too)."""
     while True:
         await asyncio.sleep(ctx.settings.reaper_interval_s)
         try:

@@ -11,7 +11,7 @@ import time
 import redis
 from rq import Queue
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 TASK = "worker.tasks.run_job"
 RQ_RESULT_TTL_S = 600

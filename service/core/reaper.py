@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 
-from service.context import ServiceContext
-from service.queue import enqueue_again, held_job_ids
+from service.core.context import ServiceContext
+from service.core.queue import enqueue_again, held_job_ids
 
-log = logging.getLogger("service.reaper")
+log = logging.getLogger("service.core.reaper")
 
 
 def requeue_lost(ctx: ServiceContext) -> list[str]:

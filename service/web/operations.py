@@ -13,15 +13,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from gif.errors import GifError
-from service.catalog import Kind
-from service.context import ServiceContext
-from service.errors import ServiceError
-from service.queue import enqueue_job, withdraw_job
-from service.schemas import JobRequest
-from service.uploads import Upload, receive_upload
-from service.validation import DATA_INPUTS, check_job, inspect_dataset, inspect_weights, parse_architecture
+from service.core.catalog import Kind
+from service.core.context import ServiceContext
+from service.core.errors import ServiceError
+from service.core.queue import enqueue_job, withdraw_job
+from service.web.schemas import JobRequest
+from service.web.uploads import Upload, receive_upload
+from service.web.validation import DATA_INPUTS, check_job, inspect_dataset, inspect_weights, parse_architecture
 
-log = logging.getLogger("service.operations")
+log = logging.getLogger("service.web.operations")
 MAX_FILENAME_CHARS = 255
 
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from service.context import ServiceContext
-from service.errors import ServiceError
+from service.core.context import ServiceContext
+from service.core.errors import ServiceError
 
 
 async def context(request: Request) -> ServiceContext:

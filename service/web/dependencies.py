@@ -1,13 +1,19 @@
-"""FastAPI dependencies: the process's ``ServiceContext`` and pagination parameters."""
+"""FastAPI dependencies: the process's ``ServiceContext``, pagination parameters, and the caller's own job, model or
+dataset named by the path (a 404 problem when it does not exist or belongs to another key).
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: ``owned_item`` builds a dependency per kind whose path parameter's
+alias depends on the kind, and FastAPI must see that annotation evaluated, not as a string.
+"""
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 
+from service.core.catalog import Kind
 from service.core.context import ServiceContext
 from service.core.errors import ServiceError
+from service.web.auth import Caller
 
 
 async def context(request: Request) -> ServiceContext:
@@ -39,3 +45,26 @@ class PageParams:
 
 
 Pagination = Annotated[PageParams, Depends()]
+
+
+async def owned_job(job_id: str, owner: Caller, ctx: Context) -> dict[str, Any]:
+    """The caller's job named by ``{job_id}``, read on the asyncio client (the route clients poll)."""
+    record = await ctx.jobs.poll(job_id, owner, ctx.async_client)
+    if record is None:
+        raise ServiceError("not-found", f"no job {job_id!r}")
+    return record
+
+
+OwnedJob = Annotated[dict[str, Any], Depends(owned_job)]
+
+
+def owned_item(kind: Kind) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """A dependency giving the caller's ``kind`` (model or dataset) named by the path's ``{<kind>_id}``."""
+
+    async def load(item_id: Annotated[str, Path(alias=f"{kind}_id")], owner: Caller, ctx: Context) -> dict[str, Any]:
+        record = ctx.catalog.get(kind, item_id, owner)
+        if record is None:
+            raise ServiceError("not-found", f"no {kind} {item_id!r}")
+        return record
+
+    return load

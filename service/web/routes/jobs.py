@@ -7,10 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.core.context import ServiceContext
 from service.core.errors import ServiceError
 from service.web.auth import Caller
-from service.web.dependencies import Context, Pagination
+from service.web.dependencies import Context, OwnedJob, Pagination
 from service.web.operations import cancel_job, submit_job
 from service.web.problems import responses
 from service.web.schemas import JOB_EXAMPLES, JobOut, JobRequest, JobStatus, Page, public
@@ -22,13 +21,6 @@ not_found = responses("not-found")
 def job_response(record: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
     """The job resource, serialised directly: records are written by this service, and polling must be cheap."""
     return JSONResponse(public(record, JobOut), status_code=status_code, headers=headers)
-
-
-def get_or_404(ctx: ServiceContext, owner: str, job_id: str) -> dict[str, Any]:
-    record = ctx.jobs.get(job_id, owner)
-    if record is None:
-        raise ServiceError("not-found", f"no job {job_id!r}")
-    return record
 
 
 @router.post(
@@ -63,10 +55,7 @@ def list_jobs(
 @router.get(
     "/{job_id}", response_model=JobOut, summary="One job: status, progress, result or error", responses=not_found
 )
-async def read(job_id: str, owner: Caller, ctx: Context) -> Response:
-    record = await ctx.jobs.poll(job_id, owner, ctx.async_client)
-    if record is None:
-        raise ServiceError("not-found", f"no job {job_id!r}")
+async def read(record: OwnedJob) -> Response:
     return job_response(record)
 
 
@@ -96,12 +85,10 @@ def cancel(job_id: str, owner: Caller, ctx: Context) -> Response:
     },
 )
 def checkpoint(
-    job_id: str,
-    owner: Caller,
+    record: OwnedJob,
     ctx: Context,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    record = get_or_404(ctx, owner, job_id)
     if record["status"] != "succeeded":
         raise ServiceError("conflict", f"the job is {record['status']}; its checkpoint exists once it succeeded")
     sha256 = record["result"]["checkpoint"]["sha256"]
@@ -111,7 +98,7 @@ def checkpoint(
     return FileResponse(
         ctx.artifacts.local_path(sha256),
         media_type="application/octet-stream",
-        filename=f"{job_id}.safetensors",
+        filename=f"{record['id']}.safetensors",
         headers={"ETag": etag},
     )
 
@@ -122,8 +109,7 @@ def checkpoint(
     summary="Delete a finished job and its checkpoint",
     responses={**not_found, **responses("conflict")},
 )
-def delete(job_id: str, owner: Caller, ctx: Context) -> Response:
-    record = get_or_404(ctx, owner, job_id)
-    if not ctx.jobs.delete(job_id):
+def delete(record: OwnedJob, ctx: Context) -> Response:
+    if not ctx.jobs.delete(record["id"]):
         raise ServiceError("conflict", f"the job is {record['status']}; cancel it first")
     return Response(status_code=204)

@@ -1,19 +1,20 @@
-"""Uploaded models and datasets: POST (multipart, streamed), list, GET and DELETE; the same shape for both."""
+"""Uploaded models and datasets: POST (multipart, streamed), list, GET and DELETE; the same shape for both.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: the routes are built per kind inside ``catalog_router``, and
+FastAPI must see their annotations (which name that kind's dependency) evaluated, not as strings.
+"""
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from service.core.catalog import Kind
 from service.core.context import ServiceContext
-from service.core.errors import ServiceError
 from service.web.auth import Caller
-from service.web.dependencies import Context, Pagination
+from service.web.dependencies import Context, Pagination, owned_item
 from service.web.operations import upload_dataset, upload_model
 from service.web.problems import responses
 from service.web.schemas import DatasetOut, ModelOut, Page, public
@@ -44,12 +45,8 @@ def catalog_router(
 ) -> APIRouter:
     router = APIRouter(prefix=f"/v1/{kind}s", tags=[f"{kind}s"])
     not_found = responses("not-found")
-
-    def get_or_404(ctx: ServiceContext, owner: str, item_id: str) -> dict[str, Any]:
-        record = ctx.catalog.get(kind, item_id, owner)
-        if record is None:
-            raise ServiceError("not-found", f"no {kind} {item_id!r}")
-        return record
+    Owned = Annotated[dict[str, Any], Depends(owned_item(kind))]
+    item_path = f"/{{{kind}_id}}"
 
     @router.post(
         "",
@@ -68,20 +65,19 @@ def catalog_router(
         items, cursor = ctx.catalog.list(kind, owner, page.limit, page.cursor)
         return {"items": [public(r, out) for r in items], "next_cursor": page.next(cursor)}
 
-    @router.get("/{item_id}", summary=f"One {kind}", response_model=out, responses=not_found)
-    def read(item_id: str, owner: Caller, ctx: Context) -> dict[str, Any]:
-        return public(get_or_404(ctx, owner, item_id), out)
+    @router.get(item_path, summary=f"One {kind}", response_model=out, responses=not_found)
+    def read(record: Owned) -> dict[str, Any]:
+        return public(record, out)
 
     @router.delete(
-        "/{item_id}",
+        item_path,
         status_code=204,
         summary=f"Delete a {kind}",
         description="Jobs that used it keep their copy of the file until they are deleted.",
         responses=not_found,
     )
-    def delete(item_id: str, owner: Caller, ctx: Context) -> Response:
-        get_or_404(ctx, owner, item_id)
-        ctx.catalog.delete(kind, item_id, owner)
+    def delete(record: Owned, owner: Caller, ctx: Context) -> Response:
+        ctx.catalog.delete(kind, record["id"], owner)
         return Response(status_code=204)
 
     return router

@@ -32,13 +32,13 @@ class ServiceContext:
 
     @classmethod
     def create(cls, settings: Settings) -> ServiceContext:
-        client = connect(settings)
+        client = connect(settings.redis_url)
         keys = Keys(settings.key_prefix)
         artifacts = Artifacts(LocalArtifactStore(settings.storage_dir), client, keys)
         return cls(
             settings=settings,
             client=client,
-            async_client=connect_async(settings),
+            async_client=connect_async(settings.redis_url),
             artifacts=artifacts,
             catalog=Catalog(client, keys, artifacts),
             jobs=JobStore(client, keys, artifacts, settings.heartbeat_ttl_s),

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
-import redis
 from rq import Queue
 
+from service.core.records import connect
 from service.core.settings import Settings
 
 TASK = "worker.tasks.run_job"
@@ -20,8 +20,7 @@ RQ_FAILURE_TTL_S = 24 * 3600
 
 def job_queue(settings: Settings) -> Queue:
     """RQ pickles its own job metadata, so it gets a binary client of its own."""
-    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
-    return Queue(settings.queue_name, connection=connection)
+    return Queue(settings.queue_name, connection=connect(settings.redis_url, decode=False, timeout_s=None))
 
 
 def enqueue_job(queue: Queue, job_id: str, timeout_s: int) -> None:

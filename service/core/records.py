@@ -10,27 +10,37 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import datetime, timezone
+from typing import Any
 
 import redis
 import redis.asyncio
 
-from service.core.settings import Settings
-
 ID_HEX_DIGITS = 20
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A client that decodes replies to ``str`` (the job queue uses its own binary client)."""
-    return redis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
-    )
+CONNECT_TIMEOUT_S = 5.0
+REPLY_TIMEOUT_S = 30.0
 
 
-def connect_async(settings: Settings) -> redis.asyncio.Redis:
-    """The same, for the event loop: the API's hot path (polling a job) never waits for a thread."""
-    return redis.asyncio.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
-    )
+def _options(decode: bool, timeout_s: float | None) -> dict[str, Any]:
+    connect_s = CONNECT_TIMEOUT_S if timeout_s is None else min(CONNECT_TIMEOUT_S, timeout_s)
+    return {
+        "decode_responses": decode,
+        "socket_connect_timeout": connect_s,
+        "socket_timeout": timeout_s,
+        "health_check_interval": 30,
+    }
+
+
+def connect(url: str, *, decode: bool = True, timeout_s: float | None = REPLY_TIMEOUT_S) -> redis.Redis:
+    """Every synchronous Redis client is built here. Records use replies decoded to ``str``; RQ pickles its own
+    job metadata and needs a binary client without a reply timeout (its workers block on the queue for minutes)."""
+    return redis.Redis.from_url(url, **_options(decode, timeout_s))
+
+
+def connect_async(url: str) -> redis.asyncio.Redis:
+    """The same as ``connect``, for the event loop: the API's hot path (polling a job) never waits for a thread."""
+    return redis.asyncio.Redis.from_url(url, **_options(True, REPLY_TIMEOUT_S))
 
 
 def new_id(kind: str) -> str:

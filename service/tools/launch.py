@@ -31,6 +31,7 @@ import redis
 
 from service.core.logs import configure_logging
 from service.core.processes import Supervised, spawn, stop
+from service.core.records import connect
 from service.core.settings import Settings
 
 REDIS_DATA_DIR = Path("var/redis")
@@ -68,8 +69,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-        return bool(client.ping())
+        return bool(connect(url, timeout_s=timeout_s).ping())
     except (redis.RedisError, ValueError):
         return False
 

@@ -21,10 +21,10 @@ from service.core.context import ServiceContext
 from service.core.settings import Settings
 from service.web import problems, validation
 from service.web.auth import caller
-from service.web.metrics import HttpMetrics, job_registry
+from service.web.metrics import job_registry
+from service.web.middleware import BodySizeLimit, HttpMetrics
 from service.web.routes import architectures, health, jobs, uploads
 from service.web.schemas import Problem
-from service.web.uploads import BodySizeLimit
 
 log = logging.getLogger("service.web.app")
 

@@ -1,16 +1,15 @@
-"""What the routes do: accept uploads, submit and cancel jobs. Routers stay thin; this is HTTP-free logic
-except for reading the streamed upload body.
+"""What the routes do: accept uploads, submit and cancel jobs. Routers stay thin; this is HTTP-free logic:
+an upload arrives as its content type and an async byte stream, and errors are ``ServiceError``s.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from anyio.to_thread import run_sync as run_in_thread
 
 from gif.errors import GifError
 from service.core.catalog import Kind
@@ -49,29 +48,33 @@ def _file_facts(upload: Upload) -> dict[str, Any]:
     return {"sha256": upload.sha256, "size_bytes": upload.size_bytes, "filename": filename}
 
 
-async def upload_model(ctx: ServiceContext, owner: str, request: Request) -> dict[str, Any]:
+async def upload_model(
+    ctx: ServiceContext, owner: str, content_type: str | None, body: AsyncIterator[bytes]
+) -> dict[str, Any]:
     """Stream the weights to a staging file, check them against the architecture, then store them."""
     with ctx.artifacts.store.staging_file() as staged:
-        upload = await receive_upload(request, staged, "file", frozenset({"architecture"}))
+        upload = await receive_upload(content_type, body, staged, "file", frozenset({"architecture"}))
         _require(upload, ("architecture",))
         architecture = parse_architecture(upload.fields["architecture"], "/architecture")
         with blame("/file"):
-            facts = await run_in_threadpool(inspect_weights, staged, architecture)
+            facts = await run_in_thread(inspect_weights, staged, architecture)
         return await _store(ctx, "model", owner, upload, facts)
 
 
-async def upload_dataset(ctx: ServiceContext, owner: str, request: Request) -> dict[str, Any]:
+async def upload_dataset(
+    ctx: ServiceContext, owner: str, content_type: str | None, body: AsyncIterator[bytes]
+) -> dict[str, Any]:
     """Stream the data to a staging file, read and check it, record its shape and label counts, then store it."""
     with ctx.artifacts.store.staging_file() as staged:
-        upload = await receive_upload(request, staged, "file", frozenset())
+        upload = await receive_upload(content_type, body, staged, "file", frozenset())
         _require(upload, ())
         with blame("/file"):
-            facts = await run_in_threadpool(inspect_dataset, staged)
+            facts = await run_in_thread(inspect_dataset, staged)
         return await _store(ctx, "dataset", owner, upload, facts)
 
 
 async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, facts: dict[str, Any]) -> dict[str, Any]:
-    record = await run_in_threadpool(ctx.catalog.add, kind, owner, upload.path, {**facts, **_file_facts(upload)})
+    record = await run_in_thread(ctx.catalog.add, kind, owner, upload.path, {**facts, **_file_facts(upload)})
     log.info(
         "%s stored",
         kind,

@@ -1,15 +1,16 @@
-"""Uploads that stream to disk: a multipart reader that hashes as it writes, and a request size cap.
+"""Uploads that stream to disk: a multipart reader that hashes as it writes.
 
 Starlette's own form parsing spools files to the system temp directory and leaves the size open;
-here the one file part goes straight into a staging file of the artifact store, is hashed
-(sha256) on the way, and the body is cut off with a 413 as soon as it passes the route's cap
-(at once when ``Content-Length`` already says so). The parser runs in a thread, one ~1 MiB batch
-at a time, so a large upload does not stall the event loop.
+here the one file part goes straight into a staging file of the artifact store and is hashed
+(sha256) on the way, while ``service.web.middleware.BodySizeLimit`` cuts the body off with a 413 as
+soon as it passes the route's cap. The parser runs in a thread, one ~1 MiB batch at a time, so a
+large upload does not stall the event loop. It reads any async byte stream: no web framework here.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -20,52 +21,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.errors import ServiceError
 
 PARSE_BATCH_BYTES = 1 << 20
 MAX_TEXT_FIELD_BYTES = 64 * 1024
-
-
-class BodyTooLarge(HTTPException):
-    """Raised from ``receive``; an ``HTTPException`` so FastAPI's body reader passes it through unchanged."""
-
-    def __init__(self, limit: int):
-        super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
-
-
-class BodySizeLimit:
-    """ASGI middleware: cap request bodies, with a larger cap on the upload routes."""
-
-    def __init__(self, app: ASGIApp, default_limit: int, upload_limit: int, upload_paths: frozenset[str]):
-        self.app = app
-        self.default_limit = default_limit
-        self.upload_limit = upload_limit
-        self.upload_paths = upload_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.upload_limit if scope["path"].rstrip("/") in self.upload_paths else self.default_limit
-        declared = Headers(scope=scope).get("content-length", "")
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            if declared.isdigit() and int(declared) > limit:
-                raise BodyTooLarge(limit)
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge(limit)
-            return message
-
-        await self.app(scope, limited_receive, send)
 
 
 @dataclass
@@ -168,9 +128,15 @@ def _invalid(pointer: str, detail: str) -> ServiceError:
     return ServiceError("validation-error", "the form is invalid", [{"pointer": pointer, "detail": detail}])
 
 
-async def receive_upload(request: Request, staged: Path, file_field: str, text_fields: frozenset[str]) -> Upload:
+async def receive_upload(
+    content_type_header: str | None,
+    body: AsyncIterator[bytes],
+    staged: Path,
+    file_field: str,
+    text_fields: frozenset[str],
+) -> Upload:
     """Read a ``multipart/form-data`` body: the ``file_field`` part into ``staged``, text fields into memory."""
-    content_type, options = parse_options_header(request.headers.get("content-type"))
+    content_type, options = parse_options_header(content_type_header)
     if content_type != b"multipart/form-data":
         shown = content_type.decode("latin-1") or "none"
         raise ServiceError("unsupported-media-type", f"expected multipart/form-data, got {shown}")
@@ -181,7 +147,7 @@ async def receive_upload(request: Request, staged: Path, file_field: str, text_f
     try:
         parser = MultipartParser(options[b"boundary"], sink.callbacks())
         batch = bytearray()
-        async for chunk in request.stream():
+        async for chunk in body:
             batch += chunk
             if len(batch) >= PARSE_BATCH_BYTES:
                 await anyio.to_thread.run_sync(parser.write, bytes(batch))

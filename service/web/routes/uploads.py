@@ -4,7 +4,7 @@ No ``from __future__ import annotations`` here: the routes are built per kind in
 FastAPI must see their annotations (which name that kind's dependency) evaluated, not as strings.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -26,7 +26,7 @@ ARCHITECTURE_PART = {
     "example": '{"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}}',
 }
 UPLOAD_ERRORS = ("validation-error", "invalid-weights", "bad-request", "payload-too-large", "unsupported-media-type")
-Uploader = Callable[[ServiceContext, str, Request], Awaitable[dict[str, Any]]]
+Uploader = Callable[[ServiceContext, str, str | None, AsyncIterator[bytes]], Awaitable[dict[str, Any]]]
 
 
 def multipart(description: str, **parts: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def catalog_router(
         responses=responses(*errors),
     )
     async def create(request: Request, owner: Caller, ctx: Context) -> Response:
-        record = await upload(ctx, owner, request)
+        record = await upload(ctx, owner, request.headers.get("content-type"), request.stream())
         return JSONResponse(public(record, out), status_code=201, headers={"Location": f"/v1/{kind}s/{record['id']}"})
 
     @router.get("", summary=f"Your {kind}s, newest first", response_model=Page[out])  # type: ignore[valid-type]

@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 import time
-from typing import Any
 
 import redis
 import torch
@@ -29,7 +28,7 @@ from gif.result import CheckpointInfo
 from gif.spec import JobSpec
 from service.core.context import ServiceContext
 from service.core.errors import job_error
-from service.core.jobs import JobStore
+from service.core.jobs import InputRef, JobRecord, JobStore
 from service.core.logs import job_context
 from service.core.settings import Settings
 from worker import context
@@ -126,15 +125,15 @@ def run_job(job_id: str) -> None:
         log.info("job %s", status)
 
 
-def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
+def _execute(ctx: ServiceContext, record: JobRecord) -> str:
     """Run the edit and end the record; returns the final status."""
-    job_id, jobs = record["id"], ctx.jobs
+    job_id, jobs = record.id, ctx.jobs
     try:
         torch.set_num_threads(ctx.settings.worker_torch_threads or usable_cores())
         progress = JobProgress(jobs, job_id, ctx.settings)
         progress("starting", 0.0)
-        spec = JobSpec.model_validate(record["spec"])
-        model, data = _load_inputs(ctx, record["inputs"])
+        spec = JobSpec.model_validate(record.spec)
+        model, data = _load_inputs(ctx, record.inputs)
         outcome = run(
             spec,
             model,
@@ -169,11 +168,12 @@ def _execute(ctx: ServiceContext, record: dict[str, Any]) -> str:
     return status
 
 
-def _load_inputs(ctx: ServiceContext, inputs: dict[str, dict[str, Any]]) -> tuple[torch.nn.Module, dict[str, Dataset]]:
+def _load_inputs(ctx: ServiceContext, inputs: dict[str, InputRef]) -> tuple[torch.nn.Module, dict[str, Dataset]]:
     model_input = inputs["model"]
-    model = load_checkpoint(model_input["architecture"], ctx.artifacts.local_path(model_input["sha256"]))
+    assert model_input.architecture is not None  # recorded with every model input
+    model = load_checkpoint(model_input.architecture, ctx.artifacts.local_path(model_input.sha256))
     data = {
-        role: read_dataset(ctx.artifacts.local_path(item["sha256"])) for role, item in inputs.items() if role != "model"
+        role: read_dataset(ctx.artifacts.local_path(item.sha256)) for role, item in inputs.items() if role != "model"
     }
     return model, data
 

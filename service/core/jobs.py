@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import redis
 import redis.asyncio
+from pydantic import BaseModel
 
 from service.core.errors import job_error
 from service.core.records import Keys, is_id, new_id, page_ids, parse_time, utc_now
 from service.core.storage import Artifacts
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 JSON_FIELDS = ("spec", "inputs", "progress", "result", "error", "worker")
 DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
@@ -35,6 +37,38 @@ return 0
 """
 
 
+class InputRef(BaseModel):
+    """One input of a job: the upload it came from and the blob that holds it (models: with their architecture)."""
+
+    id: str
+    sha256: str
+    architecture: dict[str, Any] | None = None
+
+
+class JobRecord(BaseModel):
+    """A job as stored, decoded once from its Redis hash; the API shows the ``JobOut`` part of it."""
+
+    id: str
+    owner: str
+    seq: int
+    status: JobStatus
+    queue: str | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    spec: dict[str, Any]
+    inputs: dict[str, InputRef]
+    progress: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    worker: dict[str, Any] | None = None
+    cancel_requested: bool = False
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        return (self.result or {}).get("checkpoint", {}).get("sha256")
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, keys: Keys, artifacts: Artifacts, heartbeat_ttl_s: float):
         self.client = client
@@ -45,13 +79,13 @@ class JobStore:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def get(self, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
+    def get(self, job_id: str, owner: str | None = None) -> JobRecord | None:
         """The record (JSON fields decoded), or None if missing or owned by someone else."""
         if not is_id("job", job_id):
             return None
         return self._decode(cast(dict[str, str], self.client.hgetall(self.keys.job(job_id))), owner)
 
-    async def poll(self, job_id: str, owner: str, client: redis.asyncio.Redis) -> dict[str, Any] | None:
+    async def poll(self, job_id: str, owner: str, client: redis.asyncio.Redis) -> JobRecord | None:
         """``get`` on an asyncio client, for the route clients poll."""
         if not is_id("job", job_id):
             return None
@@ -59,7 +93,7 @@ class JobStore:
 
     def page(
         self, owner: str, status: str | None, limit: int, cursor: int | None
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[JobRecord], int | None]:
         ids, next_cursor = page_ids(self.client, self.keys.jobs_of(owner, status), limit, cursor)
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
@@ -81,30 +115,26 @@ class JobStore:
         return bool(self.client.exists(self.keys.cancel_flag(job_id)))
 
     @staticmethod
-    def _decode(row: dict[str, str], owner: str | None) -> dict[str, Any] | None:
+    def _decode(row: dict[str, str], owner: str | None) -> JobRecord | None:
         if not row or (owner is not None and row.get("owner") != owner):
             return None
-        record: dict[str, Any] = dict(row)
+        fields: dict[str, Any] = {name: value or None for name, value in row.items() if name in JobRecord.model_fields}
         for name in JSON_FIELDS:
-            record[name] = json.loads(row[name]) if row.get(name) else None
-        for name in ("started_at", "finished_at"):
-            record[name] = row.get(name) or None
-        record["cancel_requested"] = row.get("cancel_requested") == "1" and row.get("status") == "running"
-        return record
+            fields[name] = json.loads(row[name]) if row.get(name) else None
+        fields["cancel_requested"] = row.get("cancel_requested") == "1" and row.get("status") == "running"
+        return JobRecord.model_validate(fields)
 
     # --- the API's side ----------------------------------------------------------------------
 
-    def create(
-        self, owner: str, spec: dict[str, Any], inputs: dict[str, dict[str, Any]], queue: str
-    ) -> dict[str, Any] | None:
+    def create(self, owner: str, spec: dict[str, Any], inputs: dict[str, InputRef], queue: str) -> JobRecord | None:
         """Record a job queued on ``queue`` holding its input blobs; None if an input blob has vanished meanwhile."""
         job_id = new_id("job")
         held: list[str] = []
         for item in inputs.values():
-            if not self.artifacts.hold(item["sha256"], f"job:{job_id}"):
+            if not self.artifacts.hold(item.sha256, f"job:{job_id}"):
                 self._release(job_id, held)
                 return None
-            held.append(item["sha256"])
+            held.append(item.sha256)
         seq = self.client.incr(self.keys.sequence)
         with self.client.pipeline() as pipe:
             pipe.hset(
@@ -117,7 +147,7 @@ class JobStore:
                     "created_at": utc_now(),
                     "queue": queue,
                     "spec": json.dumps(spec),
-                    "inputs": json.dumps(inputs),
+                    "inputs": json.dumps({role: item.model_dump() for role, item in inputs.items()}),
                 },
             )
             pipe.zadd(self.keys.jobs_of(owner), {job_id: seq})
@@ -145,16 +175,16 @@ class JobStore:
     def delete(self, job_id: str) -> bool:
         """Forget a finished job and release its blobs (inputs and checkpoint)."""
         record = self.get(job_id)
-        if record is None or record["status"] not in TERMINAL:
+        if record is None or record.status not in TERMINAL:
             return False
         with self.client.pipeline() as pipe:
             pipe.delete(self.keys.job(job_id))
-            pipe.zrem(self.keys.jobs_of(record["owner"]), job_id)
-            pipe.zrem(self.keys.jobs_of(record["owner"], record["status"]), job_id)
-            pipe.zrem(self.keys.jobs_with(record["status"]), job_id)
+            pipe.zrem(self.keys.jobs_of(record.owner), job_id)
+            pipe.zrem(self.keys.jobs_of(record.owner, record.status), job_id)
+            pipe.zrem(self.keys.jobs_with(record.status), job_id)
             pipe.execute()
-        checkpoint = (record["result"] or {}).get("checkpoint", {}).get("sha256")
-        self._release(job_id, [i["sha256"] for i in record["inputs"].values()] + ([checkpoint] if checkpoint else []))
+        checkpoint = record.checkpoint_sha256
+        self._release(job_id, [i.sha256 for i in record.inputs.values()] + ([checkpoint] if checkpoint else []))
         return True
 
     def reap_lost(self) -> list[str]:

@@ -13,6 +13,7 @@ from fastapi import Depends, Path, Query, Request
 from service.core.catalog import Kind
 from service.core.context import ServiceContext
 from service.core.errors import ServiceError
+from service.core.jobs import JobRecord
 from service.web.auth import Caller
 
 
@@ -47,7 +48,7 @@ class PageParams:
 Pagination = Annotated[PageParams, Depends()]
 
 
-async def owned_job(job_id: str, owner: Caller, ctx: Context) -> dict[str, Any]:
+async def owned_job(job_id: str, owner: Caller, ctx: Context) -> JobRecord:
     """The caller's job named by ``{job_id}``, read on the asyncio client (the route clients poll)."""
     record = await ctx.jobs.poll(job_id, owner, ctx.async_client)
     if record is None:
@@ -55,7 +56,7 @@ async def owned_job(job_id: str, owner: Caller, ctx: Context) -> dict[str, Any]:
     return record
 
 
-OwnedJob = Annotated[dict[str, Any], Depends(owned_job)]
+OwnedJob = Annotated[JobRecord, Depends(owned_job)]
 
 
 def owned_item(kind: Kind) -> Callable[..., Awaitable[dict[str, Any]]]:

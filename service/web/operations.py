@@ -15,6 +15,7 @@ from gif.errors import GifError
 from service.core.catalog import Kind
 from service.core.context import ServiceContext
 from service.core.errors import ServiceError
+from service.core.jobs import InputRef, JobRecord
 from service.core.queue import enqueue_job, withdraw_job
 from service.web.schemas import JobRequest
 from service.web.uploads import Upload, receive_upload
@@ -83,7 +84,7 @@ async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, fa
     return record
 
 
-def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> dict[str, Any]:
+def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
     """Check the job against its model and data now (a bad job is a 4xx, not a failed job later), then queue it."""
     model = ctx.catalog.get("model", body.model_id, owner)
     datasets = {
@@ -101,17 +102,17 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> dict[str, A
     assert model is not None
     found = {role: record for role, record in datasets.items() if record is not None}
     check_job(body, model, found)
-    inputs = {"model": {"id": model["id"], "sha256": model["sha256"], "architecture": model["architecture"]}}
-    inputs |= {role: {"id": record["id"], "sha256": record["sha256"]} for role, record in found.items()}
+    inputs = {"model": InputRef(id=model["id"], sha256=model["sha256"], architecture=model["architecture"])}
+    inputs |= {role: InputRef(id=record["id"], sha256=record["sha256"]) for role, record in found.items()}
     record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs, ctx.settings.queue_name)
     if record is None:
         raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")
-    enqueue_job(ctx.queue, record["id"], ctx.settings.job_timeout_s)
-    log.info("job queued", extra={"job_id": record["id"], "request": body.request.kind, "method": body.method})
+    enqueue_job(ctx.queue, record.id, ctx.settings.job_timeout_s)
+    log.info("job queued", extra={"job_id": record.id, "request": body.request.kind, "method": body.method})
     return record
 
 
-def cancel_job(ctx: ServiceContext, owner: str, job_id: str) -> tuple[dict[str, Any], bool]:
+def cancel_job(ctx: ServiceContext, owner: str, job_id: str) -> tuple[JobRecord, bool]:
     """Cancel a queued job at once, or ask a running one to stop; (the job, whether it is cancelled already)."""
     if ctx.jobs.get(job_id, owner) is None:
         raise ServiceError("not-found", f"no job {job_id!r}")

@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 from gif.architectures import ArchitectureSpec
 from gif.result import EditResult
 from gif.spec import JobSpec
+from service.core.jobs import JobRecord, JobStatus
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Item = TypeVar("Item")
 
 
@@ -148,5 +148,13 @@ class JobOut(BaseModel):
 
 
 def public(record: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
-    """A stored record without its internal fields (owner, sequence number, inputs, worker)."""
+    """A stored upload record without its internal fields (owner, sequence number)."""
     return {name: record[name] for name in model.model_fields if name in record}
+
+
+JOB_OUT_FIELDS = set(JobOut.model_fields)
+
+
+def public_job(record: JobRecord) -> dict[str, Any]:
+    """The job resource: the record without its internal fields (owner, sequence number, queue, inputs, worker)."""
+    return record.model_dump(mode="json", include=JOB_OUT_FIELDS)

@@ -26,7 +26,7 @@ def start_long_job(http, inputs, solver) -> tuple[str, int]:
     api = ApiClient(http)
     job_id = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [5]}, "solver": solver})["id"]
     api.wait(job_id, statuses=("running",), timeout_s=60)
-    return job_id, http.app.state.context.jobs.get(job_id)["worker"]["pid"]
+    return job_id, http.app.state.context.jobs.get(job_id).worker["pid"]
 
 
 def assert_lost(http, job_id: str, words: str) -> None:

@@ -33,7 +33,7 @@ def children_of(pid: int) -> list[int]:
 def test_a_job_runs_in_a_fresh_interpreter_and_the_worker_never_loads_torch(api, inputs, worker, long_solve):
     job = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [6]}, "solver": long_solve})
     api.wait(job["id"], statuses=("running",))
-    horse = api.http.app.state.context.jobs.get(job["id"])["worker"]["pid"]
+    horse = api.http.app.state.context.jobs.get(job["id"]).worker["pid"]
     runner = parent_of(horse)
     try:
         assert parent_of(runner) == worker.pid  # supervisor → RQ worker → the job's process
@@ -61,14 +61,15 @@ def test_a_worker_host_reaps_lost_jobs_without_any_api(stack_settings, start_wor
     settings = stack_settings.model_copy(update={"queue_name": stack_settings.queue_name + "-reaper"})
     jobs = ServiceContext.create(settings).jobs
     record = jobs.create("anonymous", {}, {}, settings.queue_name)
-    assert record is not None and jobs.start(record["id"], worker={"host": "gone", "pid": 1})
+    assert record is not None and jobs.start(record.id, worker={"host": "gone", "pid": 1})
     with start_worker(settings):
         deadline = time.monotonic() + 60
-        while (found := jobs.get(record["id"]))["status"] == "running":
+        while (found := jobs.get(record.id)) is not None and found.status == "running":
             assert time.monotonic() < deadline, found
             time.sleep(0.2)
-    assert found["status"] == "failed" and found["error"]["code"] == "worker-lost"
-    assert found["error"]["retryable"] is True and "stopped answering" in found["error"]["detail"]
+    assert found is not None and found.status == "failed" and found.error is not None
+    assert found.error["code"] == "worker-lost" and found.error["retryable"] is True
+    assert "stopped answering" in found.error["detail"]
 
 
 def test_a_supervised_child_is_restarted_with_growing_back_off():

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from service.core.errors import ServiceError
+from service.core.jobs import JobRecord
 from service.web.auth import Caller
 from service.web.dependencies import Context, OwnedJob, Pagination
 from service.web.operations import cancel_job, submit_job
 from service.web.problems import responses
-from service.web.schemas import JOB_EXAMPLES, JobOut, JobRequest, JobStatus, Page, public
+from service.web.schemas import JOB_EXAMPLES, JobOut, JobRequest, JobStatus, Page, public_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 not_found = responses("not-found")
 
 
-def job_response(record: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+def job_response(record: JobRecord, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
     """The job resource, serialised directly: records are written by this service, and polling must be cheap."""
-    return JSONResponse(public(record, JobOut), status_code=status_code, headers=headers)
+    return JSONResponse(public_job(record), status_code=status_code, headers=headers)
 
 
 @router.post(
@@ -38,7 +39,7 @@ def job_response(record: dict[str, Any], status_code: int = 200, headers: dict[s
 )
 def submit(body: Annotated[JobRequest, Body(openapi_examples=JOB_EXAMPLES)], owner: Caller, ctx: Context) -> Response:
     record = submit_job(ctx, owner, body)
-    return job_response(record, 202, {"Location": f"/v1/jobs/{record['id']}"})
+    return job_response(record, 202, {"Location": f"/v1/jobs/{record.id}"})
 
 
 @router.get("", summary="Your jobs, newest first")
@@ -49,7 +50,7 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs with this status.")] = None,
 ) -> Page[JobOut]:
     items, cursor = ctx.jobs.page(owner, status, page.limit, page.cursor)
-    return Page[JobOut](items=[JobOut.model_validate(public(r, JobOut)) for r in items], next_cursor=page.next(cursor))
+    return Page[JobOut](items=[JobOut.model_validate(public_job(r)) for r in items], next_cursor=page.next(cursor))
 
 
 @router.get(
@@ -89,16 +90,16 @@ def checkpoint(
     ctx: Context,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    if record["status"] != "succeeded":
-        raise ServiceError("conflict", f"the job is {record['status']}; its checkpoint exists once it succeeded")
-    sha256 = record["result"]["checkpoint"]["sha256"]
+    sha256 = record.checkpoint_sha256
+    if record.status != "succeeded" or sha256 is None:
+        raise ServiceError("conflict", f"the job is {record.status}; its checkpoint exists once it succeeded")
     etag = f'"{sha256}"'
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
     return FileResponse(
         ctx.artifacts.local_path(sha256),
         media_type="application/octet-stream",
-        filename=f"{record['id']}.safetensors",
+        filename=f"{record.id}.safetensors",
         headers={"ETag": etag},
     )
 
@@ -110,6 +111,6 @@ def checkpoint(
     responses={**not_found, **responses("conflict")},
 )
 def delete(record: OwnedJob, ctx: Context) -> Response:
-    if not ctx.jobs.delete(record["id"]):
-        raise ServiceError("conflict", f"the job is {record['status']}; cancel it first")
+    if not ctx.jobs.delete(record.id):
+        raise ServiceError("conflict", f"the job is {record.status}; cancel it first")
     return Response(status_code=204)

@@ -129,6 +129,10 @@ class DatasetSummary:
     sample_shape: list[int]
     class_counts: list[int]
 
+    @classmethod
+    def of(cls, data: Dataset) -> DatasetSummary:
+        return cls(len(data), data.num_classes, data.sample_shape, torch.bincount(data.y).tolist())
+
 
 def summarize_dataset(path: str | Path) -> DatasetSummary:
     """Validate a dataset file as ``read_dataset`` does and summarise it.
@@ -141,8 +145,7 @@ def summarize_dataset(path: str | Path) -> DatasetSummary:
     except TensorFileError as exc:
         raise InvalidDatasetError(str(exc)) from None
     if fmt != "safetensors":
-        data = read_dataset(path)
-        return DatasetSummary(len(data), data.num_classes, data.sample_shape, torch.bincount(data.y).tolist())
+        return DatasetSummary.of(read_dataset(path))
     try:
         infos = scan_safetensors(path)
         _require_x_and_y(infos)
@@ -155,13 +158,6 @@ def summarize_dataset(path: str | Path) -> DatasetSummary:
         raise InvalidDatasetError("invalid dataset", problems)
     y = y.long()
     return DatasetSummary(len(y), int(y.max()) + 1, list(x.shape[1:]), torch.bincount(y).tolist())
-
-
-def check_labels(dataset: Dataset, num_classes: int, what: str = "dataset") -> None:
-    if dataset.num_classes > num_classes:
-        raise InvalidDatasetError(
-            f"{what} has label {dataset.num_classes - 1}, but the model has only {num_classes} classes"
-        )
 
 
 # --- the real datasets bundled with the project's shared data -------------------------------------

@@ -19,8 +19,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from gif.checks import JobPart, check_job_fit
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
-from gif.data import Dataset, check_labels, sample_indices
+from gif.data import Dataset, DatasetSummary, sample_indices
 from gif.devices import device_report, reset_peak_memory, resolve_device
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
@@ -41,7 +42,7 @@ from gif.result import (
     Timings,
 )
 from gif.selection import Selection, full_selection, select
-from gif.spec import AutoStep, JobSpec, RemoveClass, check_request
+from gif.spec import AutoStep, JobSpec, RemoveClass
 from gif.step import StepPolicy, carved_validation_indices, carved_validation_warning, step_policy
 from gif.training import reinitialised, train
 
@@ -114,28 +115,20 @@ def check_inputs(
     eval_data: Dataset | None = None,
     validation_data: Dataset | None = None,
 ) -> int:
-    """Refuse what can be refused before any work (input shape, labels, request ranges); return the class count."""
+    """Refuse what can be refused before any work (``gif.checks``: input shape, labels, request ranges); return the
+    class count. The model's output shape is measured on one real training sample."""
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            out = model.eval()(train.x[:1].to(device))
+            output_shape: tuple[int, ...] | str = tuple(model.eval()(train.x[:1].to(device)).shape)
     except RuntimeError as exc:
-        raise InvalidSpecError(
-            f"the model cannot take samples of shape {train.sample_shape}: {str(exc).splitlines()[0]}"
-        ) from None
-    if out.dim() != 2:
-        raise InvalidSpecError(f"the model returns shape {list(out.shape[1:])} per sample, not a vector of logits")
-    num_classes = int(out.shape[1])
-    check_labels(train, num_classes, "the training data")
-    for name, extra in (("eval", eval_data), ("validation", validation_data)):
-        if extra is not None:
-            check_labels(extra, num_classes, f"the {name} data")
-            if extra.sample_shape != train.sample_shape:
-                raise InvalidSpecError(
-                    f"{name} samples have shape {extra.sample_shape} but training samples {train.sample_shape}"
-                )
-    check_request(spec.request, torch.bincount(train.y, minlength=num_classes).tolist(), num_classes)
-    return num_classes
+        output_shape = str(exc).splitlines()[0]
+    data: dict[JobPart, DatasetSummary] = {"train": DatasetSummary.of(train)}
+    if eval_data is not None:
+        data["eval"] = DatasetSummary.of(eval_data)
+    if validation_data is not None:
+        data["validation"] = DatasetSummary.of(validation_data)
+    return check_job_fit(spec, output_shape, data)
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,20 @@ from gif.architectures import (
     num_classes,
     resolve,
 )
-from gif.data import summarize_dataset
+from gif.checks import JobPart, job_fit_problems
+from gif.data import DatasetSummary, summarize_dataset
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
 from gif.files import sniff_format
-from gif.spec import JobSpec, check_request
+from gif.spec import JobSpec
 from service.core.errors import ServiceError
 
-DATA_INPUTS = {"train": "train_dataset_id", "eval": "eval_dataset_id", "validation": "validation_dataset_id"}
+DATA_INPUTS: dict[JobPart, str] = {
+    "train": "train_dataset_id",
+    "eval": "eval_dataset_id",
+    "validation": "validation_dataset_id",
+}
+SUMMARY_FIELDS = ("num_samples", "num_classes", "sample_shape", "class_counts")  # recorded at upload
+POINTERS: dict[JobPart, str] = {"request": "/request", **{part: f"/{field}" for part, field in DATA_INPUTS.items()}}
 
 
 def inspect_weights(path: Path, architecture: ArchitectureSpec) -> dict[str, Any]:
@@ -71,46 +78,19 @@ def warm_up() -> None:
     _logits_shape(json.dumps({"name": "mlp", "config": {"sizes": [4, 2]}}), (4,))
 
 
-def check_job(spec: JobSpec, model: dict[str, Any], datasets: dict[str, dict[str, Any]]) -> None:
-    """Refuse a job that cannot run on its model and data, listing every problem with its field."""
-    classes = model["num_classes"]
-    train = datasets["train"]
-    errors = []
-    try:
-        check_request(spec.request, train["class_counts"], classes)
-    except InvalidSpecError as exc:
-        errors += [{"pointer": "/request", "detail": problem} for problem in exc.problems]
-    shape = _logits_shape(json.dumps(model["architecture"], sort_keys=True), tuple(train["sample_shape"]))
-    if isinstance(shape, str) or len(shape) != 2 or shape[1] != classes:
-        reason = shape if isinstance(shape, str) else f"it returns shape {list(shape)}"
-        errors.append(
-            {
-                "pointer": "/train_dataset_id",
-                "detail": f"the model cannot take samples of shape {train['sample_shape']}: {reason}",
-            }
+def check_job(spec: JobSpec, model: dict[str, Any], datasets: dict[JobPart, dict[str, Any]]) -> None:
+    """Refuse a job that cannot run on its model and data (``gif.checks``), every problem at its field's pointer."""
+    summaries = {
+        part: DatasetSummary(
+            record["num_samples"], record["num_classes"], record["sample_shape"], record["class_counts"]
         )
-    for role in ("eval", "validation"):
-        data = datasets.get(role)
-        if data is None:
-            continue
-        pointer = "/" + DATA_INPUTS[role]
-        if data["sample_shape"] != train["sample_shape"]:
-            errors.append(
-                {
-                    "pointer": pointer,
-                    "detail": f"{role} samples have shape {data['sample_shape']} "
-                    f"but training samples {train['sample_shape']}",
-                }
-            )
-        if data["num_classes"] > classes:
-            errors.append(
-                {
-                    "pointer": pointer,
-                    "detail": f"the {role} data has label {data['num_classes'] - 1} "
-                    f"but the model has {classes} classes",
-                }
-            )
-    if errors:
+        for part, record in datasets.items()
+    }
+    architecture = json.dumps(model["architecture"], sort_keys=True)
+    output_shape = _logits_shape(architecture, tuple(summaries["train"].sample_shape))
+    problems = job_fit_problems(spec, output_shape, summaries)
+    if problems:
+        errors = [{"pointer": POINTERS[p.part], "detail": p.detail} for p in problems]
         raise ServiceError(InvalidSpecError.code, "the job does not fit its model and data", errors)
 
 

@@ -1,0 +1,77 @@
+"""Whether a job fits its model and data: one check, from summaries alone, used by the engine and the API.
+
+``job_fit_problems`` needs the model's output shape for one sample (or why the model cannot take such a
+sample) and a ``DatasetSummary`` of each dataset: the engine measures both on the real tensors, the API
+on the ``meta`` device and the summaries recorded at upload, so a job that cannot run is refused at
+POST time in the same words the engine would use. Each problem names the part of the job it is about
+(``request``, ``train``, ``eval`` or ``validation``); the API turns that into a JSON pointer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gif.data import DatasetSummary
+from gif.errors import InvalidSpecError
+from gif.spec import JobSpec, check_request
+
+JobPart = Literal["request", "train", "eval", "validation"]
+
+
+@dataclass(frozen=True)
+class FitProblem:
+    part: JobPart
+    detail: str
+
+
+class JobMismatchError(InvalidSpecError):
+    """The job does not fit its model and data; ``mismatches`` says where, problem by problem."""
+
+    def __init__(self, mismatches: list[FitProblem]):
+        super().__init__("the job does not fit its model and data", [m.detail for m in mismatches])
+        self.mismatches = mismatches
+
+
+def job_fit_problems(
+    spec: JobSpec, output_shape: tuple[int, ...] | str, data: dict[JobPart, DatasetSummary]
+) -> list[FitProblem]:
+    """Every way the job fails to fit: ``output_shape`` is the model's output for one training sample, or the
+    reason it could not take one; ``data`` holds the ``train`` summary and, when given, ``eval`` and ``validation``."""
+    train = data["train"]
+    problems = []
+    if isinstance(output_shape, str) or len(output_shape) != 2:
+        reason = output_shape if isinstance(output_shape, str) else f"it returns shape {list(output_shape)}"
+        problems.append(FitProblem("train", f"the model cannot take samples of shape {train.sample_shape}: {reason}"))
+        return problems  # without logits, the class count is unknown
+    num_classes = output_shape[1]
+    try:
+        check_request(spec.request, train.class_counts, num_classes)
+    except InvalidSpecError as exc:
+        problems += [FitProblem("request", detail) for detail in exc.problems]
+    for part in ("eval", "validation"):
+        extra = data.get(part)
+        if extra is None:
+            continue
+        if extra.sample_shape != train.sample_shape:
+            problems.append(
+                FitProblem(
+                    part, f"{part} samples have shape {extra.sample_shape} but training samples {train.sample_shape}"
+                )
+            )
+        if extra.num_classes > num_classes:
+            problems.append(
+                FitProblem(
+                    part, f"the {part} data has label {extra.num_classes - 1} but the model has {num_classes} classes"
+                )
+            )
+    return problems
+
+
+def check_job_fit(spec: JobSpec, output_shape: tuple[int, ...] | str, data: dict[JobPart, DatasetSummary]) -> int:
+    """Raise ``JobMismatchError`` listing every problem; otherwise return the model's class count."""
+    problems = job_fit_problems(spec, output_shape, data)
+    if problems:
+        raise JobMismatchError(problems)
+    assert not isinstance(output_shape, str)
+    return output_shape[1]

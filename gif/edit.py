@@ -157,7 +157,7 @@ def draw_samples(spec: JobSpec, plan: RequestPlan, num_train: int, carve_validat
 
 
 @dataclass
-class _Edit:
+class _WeightEdit:
     """What was selected, solved, stepped and applied on the model's weights."""
 
     model: nn.Module
@@ -223,7 +223,7 @@ def _apply(model: nn.Module, new_theta: torch.Tensor, scale: float) -> nn.Module
     return edited
 
 
-def _edit_once(
+def _edit_weights(
     spec: JobSpec,
     model: nn.Module,
     train_data: Dataset,
@@ -233,7 +233,7 @@ def _edit_once(
     loss_fn: LossFn,
     report: _Progress,
     clock: PhaseClock,
-) -> _Edit:
+) -> _WeightEdit:
     """select → solve → step → apply on ``model`` (left untouched)."""
     with clock("selection"):
         report("selection", 0.0)
@@ -259,10 +259,10 @@ def _edit_once(
             unit_change,
             lambda fraction: report("step_search", fraction),
         )
-    return _Edit(_apply(model, weights_at(step.scale), step.scale), selection, solution, hessian, step)
+    return _WeightEdit(_apply(model, weights_at(step.scale), step.scale), selection, solution, hessian, step)
 
 
-def _edit_within_memory(
+def _edit_weights_within_memory(
     spec: JobSpec,
     model: nn.Module,
     train_data: Dataset,
@@ -273,10 +273,10 @@ def _edit_within_memory(
     report: _Progress,
     clock: PhaseClock,
     warnings: list[str],
-) -> _Edit:
-    """``_edit_once``; if the device runs out of memory, once more with half the batch and no graph cache."""
+) -> _WeightEdit:
+    """``_edit_weights``; if the device runs out of memory, once more with half the batch and no graph cache."""
     try:
-        return _edit_once(spec, model, train_data, plan, samples, policy, loss_fn, report, clock)
+        return _edit_weights(spec, model, train_data, plan, samples, policy, loss_fn, report, clock)
     except torch.OutOfMemoryError:
         pass  # leave the handler first, so that the failed attempt's tensors can be freed
     device = next(model.parameters()).device
@@ -286,7 +286,7 @@ def _edit_within_memory(
         update={"batch_size": max(1, spec.solver.batch_size // 2), "hvp": "double_backward"}
     )
     try:
-        edit = _edit_once(
+        edit = _edit_weights(
             spec.model_copy(update={"solver": solver}), model, train_data, plan, samples, policy, loss_fn, report, clock
         )
     except torch.OutOfMemoryError:
@@ -387,7 +387,9 @@ def run(
     policy = step_policy(spec, plan, train_data, samples.validation, validation_data, original)
     if warning := carved_validation_warning(spec, validation_data):
         warnings.append(warning)
-    edit = _edit_within_memory(spec, original, train_data, plan, samples, policy, loss_fn, report, clock, warnings)
+    edit = _edit_weights_within_memory(
+        spec, original, train_data, plan, samples, policy, loss_fn, report, clock, warnings
+    )
     solve = edit.solution.solve
     if solve is not None and not solve.converged:
         warnings.append(

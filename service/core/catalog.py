@@ -7,16 +7,45 @@ is refused at POST time from metadata alone.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import redis
+from pydantic import BaseModel
 
 from service.core.records import Keys, is_id, new_id, page_ids, utc_now
 from service.core.storage import Artifacts
 
 Kind = Literal["model", "dataset"]
+
+
+class UploadRecord(BaseModel):
+    """What every upload's record holds: who owns it, which blob holds it, and what the file was."""
+
+    id: str
+    owner: str
+    seq: int
+    created_at: str
+    sha256: str
+    size_bytes: int
+    filename: str | None = None
+    format: str
+
+
+class ModelRecord(UploadRecord):
+    architecture: dict[str, Any]
+    num_parameters: int
+    num_classes: int
+
+
+class DatasetRecord(UploadRecord):
+    num_samples: int
+    num_classes: int
+    sample_shape: list[int]
+    class_counts: list[int]
+
+
+RECORDS: dict[Kind, type[UploadRecord]] = {"model": ModelRecord, "dataset": DatasetRecord}
 
 
 class Catalog:
@@ -25,25 +54,34 @@ class Catalog:
         self.keys = keys
         self.artifacts = artifacts
 
-    def add(self, kind: Kind, owner: str, staged: Path, facts: dict[str, Any]) -> dict[str, Any]:
+    def add(self, kind: Kind, owner: str, staged: Path, facts: dict[str, Any]) -> UploadRecord:
         """Store a validated staged file and its record; ``facts`` must hold its ``sha256``."""
         item_id = new_id(kind)
         seq = self.client.incr(self.keys.sequence)
-        record = {"id": item_id, **facts, "created_at": utc_now(), "owner": owner, "seq": seq}
-        self.artifacts.add(staged, facts["sha256"], f"{kind}:{item_id}")
+        record = RECORDS[kind].model_validate(
+            {"id": item_id, **facts, "created_at": utc_now(), "owner": owner, "seq": seq}
+        )
+        self.artifacts.add(staged, record.sha256, f"{kind}:{item_id}")
         with self.client.pipeline() as pipe:
-            pipe.set(self.keys.item(kind, item_id), json.dumps(record))
+            pipe.set(self.keys.item(kind, item_id), record.model_dump_json())
             pipe.zadd(self.keys.items_of(kind, owner), {item_id: seq})
             pipe.execute()
         return record
 
-    def get(self, kind: Kind, item_id: str, owner: str) -> dict[str, Any] | None:
+    @overload
+    def get(self, kind: Literal["model"], item_id: str, owner: str) -> ModelRecord | None: ...
+    @overload
+    def get(self, kind: Literal["dataset"], item_id: str, owner: str) -> DatasetRecord | None: ...
+    @overload
+    def get(self, kind: Kind, item_id: str, owner: str) -> UploadRecord | None: ...
+
+    def get(self, kind: Kind, item_id: str, owner: str) -> UploadRecord | None:
         """The record, or None when it does not exist or belongs to someone else."""
         if not is_id(kind, item_id):
             return None
         raw = self.client.get(self.keys.item(kind, item_id))
-        record = json.loads(raw) if raw else None
-        return record if record and record["owner"] == owner else None
+        record = RECORDS[kind].model_validate_json(raw) if raw else None
+        return record if record is not None and record.owner == owner else None
 
     def delete(self, kind: Kind, item_id: str, owner: str) -> bool:
         record = self.get(kind, item_id, owner)
@@ -53,10 +91,10 @@ class Catalog:
             pipe.delete(self.keys.item(kind, item_id))
             pipe.zrem(self.keys.items_of(kind, owner), item_id)
             pipe.execute()
-        self.artifacts.release(record["sha256"], f"{kind}:{item_id}")
+        self.artifacts.release(record.sha256, f"{kind}:{item_id}")
         return True
 
-    def list(self, kind: Kind, owner: str, limit: int, cursor: int | None) -> tuple[list[dict[str, Any]], int | None]:
+    def page(self, kind: Kind, owner: str, limit: int, cursor: int | None) -> tuple[list[UploadRecord], int | None]:
         ids, next_cursor = page_ids(self.client, self.keys.items_of(kind, owner), limit, cursor)
         raws = self.client.mget([self.keys.item(kind, i) for i in ids]) if ids else []
-        return [json.loads(raw) for raw in raws if raw], next_cursor
+        return [RECORDS[kind].model_validate_json(raw) for raw in raws if raw], next_cursor

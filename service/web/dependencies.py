@@ -6,11 +6,11 @@ alias depends on the kind, and FastAPI must see that annotation evaluated, not a
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
-from service.core.catalog import Kind
+from service.core.catalog import Kind, UploadRecord
 from service.core.context import ServiceContext
 from service.core.errors import ServiceError
 from service.core.jobs import JobRecord
@@ -59,10 +59,10 @@ async def owned_job(job_id: str, owner: Caller, ctx: Context) -> JobRecord:
 OwnedJob = Annotated[JobRecord, Depends(owned_job)]
 
 
-def owned_item(kind: Kind) -> Callable[..., Awaitable[dict[str, Any]]]:
+def owned_item(kind: Kind) -> Callable[..., Awaitable[UploadRecord]]:
     """A dependency giving the caller's ``kind`` (model or dataset) named by the path's ``{<kind>_id}``."""
 
-    async def load(item_id: Annotated[str, Path(alias=f"{kind}_id")], owner: Caller, ctx: Context) -> dict[str, Any]:
+    async def load(item_id: Annotated[str, Path(alias=f"{kind}_id")], owner: Caller, ctx: Context) -> UploadRecord:
         record = ctx.catalog.get(kind, item_id, owner)
         if record is None:
             raise ServiceError("not-found", f"no {kind} {item_id!r}")

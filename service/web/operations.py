@@ -12,7 +12,7 @@ from typing import Any
 from anyio.to_thread import run_sync as run_in_thread
 
 from gif.errors import GifError
-from service.core.catalog import Kind
+from service.core.catalog import Kind, UploadRecord
 from service.core.context import ServiceContext
 from service.core.errors import ServiceError
 from service.core.jobs import InputRef, JobRecord
@@ -51,7 +51,7 @@ def _file_facts(upload: Upload) -> dict[str, Any]:
 
 async def upload_model(
     ctx: ServiceContext, owner: str, content_type: str | None, body: AsyncIterator[bytes]
-) -> dict[str, Any]:
+) -> UploadRecord:
     """Stream the weights to a staging file, check them against the architecture, then store them."""
     with ctx.artifacts.store.staging_file() as staged:
         upload = await receive_upload(content_type, body, staged, "file", frozenset({"architecture"}))
@@ -64,7 +64,7 @@ async def upload_model(
 
 async def upload_dataset(
     ctx: ServiceContext, owner: str, content_type: str | None, body: AsyncIterator[bytes]
-) -> dict[str, Any]:
+) -> UploadRecord:
     """Stream the data to a staging file, read and check it, record its shape and label counts, then store it."""
     with ctx.artifacts.store.staging_file() as staged:
         upload = await receive_upload(content_type, body, staged, "file", frozenset())
@@ -74,12 +74,10 @@ async def upload_dataset(
         return await _store(ctx, "dataset", owner, upload, facts)
 
 
-async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, facts: dict[str, Any]) -> dict[str, Any]:
+async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, facts: dict[str, Any]) -> UploadRecord:
     record = await run_in_thread(ctx.catalog.add, kind, owner, upload.path, {**facts, **_file_facts(upload)})
     log.info(
-        "%s stored",
-        kind,
-        extra={f"{kind}_id": record["id"], "sha256": record["sha256"], "size_bytes": record["size_bytes"]},
+        "%s stored", kind, extra={f"{kind}_id": record.id, "sha256": record.sha256, "size_bytes": record.size_bytes}
     )
     return record
 
@@ -102,8 +100,8 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
     assert model is not None
     found = {role: record for role, record in datasets.items() if record is not None}
     check_job(body, model, found)
-    inputs = {"model": InputRef(id=model["id"], sha256=model["sha256"], architecture=model["architecture"])}
-    inputs |= {role: InputRef(id=record["id"], sha256=record["sha256"]) for role, record in found.items()}
+    inputs = {"model": InputRef(id=model.id, sha256=model.sha256, architecture=model.architecture)}
+    inputs |= {role: InputRef(id=record.id, sha256=record.sha256) for role, record in found.items()}
     record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs, ctx.settings.queue_name)
     if record is None:
         raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")

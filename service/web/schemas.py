@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from gif.architectures import ArchitectureSpec
 from gif.result import EditResult
 from gif.spec import JobSpec
+from service.core.catalog import UploadRecord
 from service.core.jobs import JobRecord, JobStatus
 
 Item = TypeVar("Item")
@@ -147,9 +148,9 @@ class JobOut(BaseModel):
     cancel_requested: bool = Field(False, description="A cancel was asked for and the worker has not stopped yet.")
 
 
-def public(record: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+def public(record: UploadRecord, model: type[BaseModel]) -> dict[str, Any]:
     """A stored upload record without its internal fields (owner, sequence number)."""
-    return {name: record[name] for name in model.model_fields if name in record}
+    return record.model_dump(mode="json", include=set(model.model_fields))
 
 
 JOB_OUT_FIELDS = set(JobOut.model_fields)

@@ -28,6 +28,7 @@ from gif.data import DatasetSummary, summarize_dataset
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
 from gif.files import sniff_format
 from gif.spec import JobSpec
+from service.core.catalog import DatasetRecord, ModelRecord
 from service.core.errors import ServiceError
 
 DATA_INPUTS: dict[JobPart, str] = {
@@ -35,7 +36,6 @@ DATA_INPUTS: dict[JobPart, str] = {
     "eval": "eval_dataset_id",
     "validation": "validation_dataset_id",
 }
-SUMMARY_FIELDS = ("num_samples", "num_classes", "sample_shape", "class_counts")  # recorded at upload
 POINTERS: dict[JobPart, str] = {"request": "/request", **{part: f"/{field}" for part, field in DATA_INPUTS.items()}}
 
 
@@ -78,15 +78,13 @@ def warm_up() -> None:
     _logits_shape(json.dumps({"name": "mlp", "config": {"sizes": [4, 2]}}), (4,))
 
 
-def check_job(spec: JobSpec, model: dict[str, Any], datasets: dict[JobPart, dict[str, Any]]) -> None:
+def check_job(spec: JobSpec, model: ModelRecord, datasets: dict[JobPart, DatasetRecord]) -> None:
     """Refuse a job that cannot run on its model and data (``gif.checks``), every problem at its field's pointer."""
     summaries = {
-        part: DatasetSummary(
-            record["num_samples"], record["num_classes"], record["sample_shape"], record["class_counts"]
-        )
+        part: DatasetSummary(record.num_samples, record.num_classes, record.sample_shape, record.class_counts)
         for part, record in datasets.items()
     }
-    architecture = json.dumps(model["architecture"], sort_keys=True)
+    architecture = json.dumps(model.architecture, sort_keys=True)
     output_shape = _logits_shape(architecture, tuple(summaries["train"].sample_shape))
     problems = job_fit_problems(spec, output_shape, summaries)
     if problems:

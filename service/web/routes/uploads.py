@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from service.core.catalog import Kind
+from service.core.catalog import Kind, UploadRecord
 from service.core.context import ServiceContext
 from service.web.auth import Caller
 from service.web.dependencies import Context, Pagination, owned_item
@@ -26,7 +26,7 @@ ARCHITECTURE_PART = {
     "example": '{"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}}',
 }
 UPLOAD_ERRORS = ("validation-error", "invalid-weights", "bad-request", "payload-too-large", "unsupported-media-type")
-Uploader = Callable[[ServiceContext, str, str | None, AsyncIterator[bytes]], Awaitable[dict[str, Any]]]
+Uploader = Callable[[ServiceContext, str, str | None, AsyncIterator[bytes]], Awaitable[UploadRecord]]
 
 
 def multipart(description: str, **parts: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def catalog_router(
 ) -> APIRouter:
     router = APIRouter(prefix=f"/v1/{kind}s", tags=[f"{kind}s"])
     not_found = responses("not-found")
-    Owned = Annotated[dict[str, Any], Depends(owned_item(kind))]
+    Owned = Annotated[UploadRecord, Depends(owned_item(kind))]
     item_path = f"/{{{kind}_id}}"
 
     @router.post(
@@ -58,11 +58,11 @@ def catalog_router(
     )
     async def create(request: Request, owner: Caller, ctx: Context) -> Response:
         record = await upload(ctx, owner, request.headers.get("content-type"), request.stream())
-        return JSONResponse(public(record, out), status_code=201, headers={"Location": f"/v1/{kind}s/{record['id']}"})
+        return JSONResponse(public(record, out), status_code=201, headers={"Location": f"/v1/{kind}s/{record.id}"})
 
     @router.get("", summary=f"Your {kind}s, newest first", response_model=Page[out])  # type: ignore[valid-type]
     def list_items(owner: Caller, ctx: Context, page: Pagination) -> dict[str, Any]:
-        items, cursor = ctx.catalog.list(kind, owner, page.limit, page.cursor)
+        items, cursor = ctx.catalog.page(kind, owner, page.limit, page.cursor)
         return {"items": [public(r, out) for r in items], "next_cursor": page.next(cursor)}
 
     @router.get(item_path, summary=f"One {kind}", response_model=out, responses=not_found)
@@ -77,7 +77,7 @@ def catalog_router(
         responses=not_found,
     )
     def delete(record: Owned, owner: Caller, ctx: Context) -> Response:
-        ctx.catalog.delete(kind, record["id"], owner)
+        ctx.catalog.delete(kind, record.id, owner)
         return Response(status_code=204)
 
     return router

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import signal
 import statistics
 import subprocess
@@ -37,16 +36,15 @@ import torchvision
 
 import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
 from bench.common import markdown_table
-from bench.service_bench import in_process, machine
+from bench.service_bench import in_process, machine, start_stack
 from gif.architectures import build_model
 from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective
 from gif.data import Dataset
 from gif.demo import write_demo_assets
 from gif.devices import device_report, resolve_device, synchronize
 from gif.spec import JobSpec
-from service.core.settings import Settings
 from service.tools.client import ApiClient
-from service.tools.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
+from service.tools.launch import free_port
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
 OUT = Path(__file__).with_name("GPU.quick.md" if QUICK else "GPU.md")
@@ -142,21 +140,8 @@ def seconds_between(job: dict, start: str, end: str) -> float:
 def start_overhead(workdir: Path) -> dict[str, object]:
     """Jobs through a real stack: created → running when the worker is idle and back to back; end-to-end overhead."""
     with ExitStack() as stack:
-        url = stack.enter_context(redis_for(workdir / "redis"))
-        tag = f"bench-{secrets.token_hex(4)}"
-        settings = Settings(
-            redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts", port=free_port()
-        )
-        env = {**os.environ, **settings.as_env()}
-        logs = stack.enter_context(open(workdir / "stack.log", "wb"))
-        stack.enter_context(worker_process(env, stderr=logs))
-        api_proc = stack.enter_context(api_process(env, stderr=logs))
-        base = f"http://127.0.0.1:{settings.port}"
-        wait_until_healthy(base + "/healthz", api_proc)
-        demo = workdir / "demo"
-        write_demo_assets(demo)
-        api = ApiClient(stack.enter_context(httpx.Client(base_url=base, timeout=60)))
-        body = {**json.loads((demo / "job.json").read_text()), **api.upload_demo(demo)}
+        running = start_stack(stack, workdir)
+        api, body, demo = running.api, running.body, running.demo
         idle, end_to_end, device = [], [], None
         for _ in range(JOBS):
             time.sleep(0.5 if QUICK else STANDBY_WARM_S)

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -296,35 +297,55 @@ it waits for its job, and the API runs its meta-device check once at start-up. B
 """
 
 
+@dataclass
+class Stack:
+    """A real stack started by ``start_stack``: the API's client, the demo job's body and where things are."""
+
+    api: ApiClient
+    body: dict
+    demo: Path
+    base: str
+    redis_url: str
+    port: int
+    api_pid: int
+
+
+def start_stack(stack: ExitStack, workdir: Path) -> Stack:
+    """Redis, ``python -m worker`` and ``python -m service`` on free ports with throwaway storage under ``workdir``,
+    the demo model and data uploaded; everything stops when ``stack`` closes."""
+    url = stack.enter_context(redis_for(workdir / "redis"))
+    tag = f"bench-{secrets.token_hex(4)}"
+    settings = Settings(
+        redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts", port=free_port()
+    )
+    env = {**os.environ, **settings.as_env()}
+    logs = stack.enter_context(open(workdir / "stack.log", "wb"))  # noqa: SIM115 -- closed with the stack
+    stack.enter_context(worker_process(env, stderr=logs))
+    api_proc = stack.enter_context(api_process(env, stderr=logs))
+    base = f"http://127.0.0.1:{settings.port}"
+    wait_until_healthy(base + "/healthz", api_proc)
+    demo = workdir / "demo"
+    write_demo_assets(demo)
+    api = ApiClient(stack.enter_context(httpx.Client(base_url=base, timeout=60)))
+    body = {**json.loads((demo / "job.json").read_text()), **api.upload_demo(demo)}
+    return Stack(api, body, demo, base, url, settings.port, api_proc.pid)
+
+
 def main() -> int:
     started = datetime.now(timezone.utc)
     host = machine()
     print(host, flush=True)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gif-bench-")))
-        url = stack.enter_context(redis_for(workdir / "redis"))
-        tag = f"bench-{secrets.token_hex(4)}"
-        settings = Settings(
-            redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts", port=free_port()
-        )
-        env = {**os.environ, **settings.as_env()}
-        logs = stack.enter_context(open(workdir / "stack.log", "wb"))
-        stack.enter_context(worker_process(env, stderr=logs))
-        api_proc = stack.enter_context(api_process(env, stderr=logs))
-        base = f"http://127.0.0.1:{settings.port}"
-        wait_until_healthy(base + "/healthz", api_proc)
-        demo = workdir / "demo"
-        write_demo_assets(demo)
-        http = stack.enter_context(httpx.Client(base_url=base, timeout=60))
-        api = ApiClient(http)
-        body = {**json.loads((demo / "job.json").read_text()), **api.upload_demo(demo)}
+        running = start_stack(stack, workdir)
+        api, body = running.api, running.body
         service = through_service(api, body)
-        local = in_process(demo, JobSpec.model_validate(body))
+        local = in_process(running.demo, JobSpec.model_validate(body))
         job_id = api.wait(api.submit(body)["id"])["id"]
-        polling = polling_latency(settings.port, job_id)
-        body_bytes = len(http.get(f"/v1/jobs/{job_id}").content)
-        memory = upload_memory(base, api_proc.pid, workdir)
-    text = report(started, host, url, polling, body_bytes, memory, local, service)
+        polling = polling_latency(running.port, job_id)
+        body_bytes = len(api.http.get(f"/v1/jobs/{job_id}").content)
+        memory = upload_memory(running.base, running.api_pid, workdir)
+    text = report(started, host, running.redis_url, polling, body_bytes, memory, local, service)
     OUT.write_text(text)
     print(text)
     return 0

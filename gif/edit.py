@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,33 +262,21 @@ def _edit_weights(
     return _WeightEdit(_apply(model, weights_at(step.scale), step.scale), selection, solution, hessian, step)
 
 
-def _edit_weights_within_memory(
-    spec: JobSpec,
-    model: nn.Module,
-    train_data: Dataset,
-    plan: RequestPlan,
-    samples: Samples,
-    policy: StepPolicy,
-    loss_fn: LossFn,
-    report: _Progress,
-    clock: PhaseClock,
-    warnings: list[str],
+def _within_memory(
+    attempt: Callable[[JobSpec], _WeightEdit], spec: JobSpec, device: torch.device, warnings: list[str]
 ) -> _WeightEdit:
-    """``_edit_weights``; if the device runs out of memory, once more with half the batch and no graph cache."""
+    """``attempt(spec)``; if the device runs out of memory, once more with half the batch and no graph cache."""
     try:
-        return _edit_weights(spec, model, train_data, plan, samples, policy, loss_fn, report, clock)
+        return attempt(spec)
     except torch.OutOfMemoryError:
         pass  # leave the handler first, so that the failed attempt's tensors can be freed
-    device = next(model.parameters()).device
     if device.type == "cuda":
         torch.cuda.empty_cache()
     solver = spec.solver.model_copy(
         update={"batch_size": max(1, spec.solver.batch_size // 2), "hvp": "double_backward"}
     )
     try:
-        edit = _edit_weights(
-            spec.model_copy(update={"solver": solver}), model, train_data, plan, samples, policy, loss_fn, report, clock
-        )
+        edit = attempt(spec.model_copy(update={"solver": solver}))
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(
             f"the edit ran out of memory on {device}, also with solver.batch_size {solver.batch_size} and no graph "
@@ -387,8 +375,11 @@ def run(
     policy = step_policy(spec, plan, train_data, samples.validation, validation_data, original)
     if warning := carved_validation_warning(spec, validation_data):
         warnings.append(warning)
-    edit = _edit_weights_within_memory(
-        spec, original, train_data, plan, samples, policy, loss_fn, report, clock, warnings
+    edit = _within_memory(
+        lambda attempt: _edit_weights(attempt, original, train_data, plan, samples, policy, loss_fn, report, clock),
+        spec,
+        device,
+        warnings,
     )
     solve = edit.solution.solve
     if solve is not None and not solve.converged:

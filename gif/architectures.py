@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
+from gif import zoo
 from gif.errors import InvalidWeightsError, UnknownArchitectureError
 from gif.files import TensorFileError, TensorInfo, read_tensors, scan_safetensors, sniff_format
 
@@ -137,6 +138,7 @@ class Architecture:
     description: str
     config_model: type[BaseModel]
     builder: Callable[[Any], nn.Module]
+    family: str = "paper"  # paper (the four of the paper's experiments) | torchvision
 
     def config_schema(self) -> dict[str, Any]:
         return self.config_model.model_json_schema()
@@ -176,6 +178,16 @@ REGISTRY: dict[str, Architecture] = {
 }
 
 
+REGISTRY.update(
+    {
+        f"{zoo.FAMILY}.{name}": Architecture(
+            f"{zoo.FAMILY}.{name}", zoo.description(name), zoo.config_model(name), zoo.builder(name), zoo.FAMILY
+        )
+        for name in zoo.classifier_names()
+    }
+)
+
+
 def resolve(spec: ArchitectureSpec | dict[str, Any]) -> tuple[Architecture, BaseModel]:
     """Look up the entry and validate its config; raise ``UnknownArchitectureError`` with every problem."""
     try:
@@ -184,7 +196,10 @@ def resolve(spec: ArchitectureSpec | dict[str, Any]) -> tuple[Architecture, Base
         raise UnknownArchitectureError("invalid architecture", _pydantic_problems(exc)) from None
     arch = REGISTRY.get(spec.name)
     if arch is None:
-        raise UnknownArchitectureError(f"unknown architecture {spec.name!r}; known: {', '.join(sorted(REGISTRY))}")
+        paper = ", ".join(sorted(n for n, a in REGISTRY.items() if a.family == "paper"))
+        raise UnknownArchitectureError(
+            f"unknown architecture {spec.name!r}; known: {paper} and torchvision.<model> (GET /v1/architectures)"
+        )
     try:
         config = arch.config_model.model_validate(spec.config)
     except ValidationError as exc:

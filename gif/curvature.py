@@ -15,7 +15,8 @@ keeps the fastest: which one wins differs by device and model. No graph survives
 the next except that fixed first-order graph.
 
 Curvature code runs attention on PyTorch's math kernel (``scaled_dot_product_attention``'s fused CPU
-and CUDA kernels have no double-backward); the rest of the engine keeps the fast kernels.
+and CUDA kernels have no double-backward) and ``hardsigmoid`` as the equal ``relu6(x + 3) / 6`` (its
+backward has no derivative); the rest of the engine, and the user's model, keep the fast kernels.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from gif.data import Dataset
 from gif.devices import available_memory_bytes, synchronize
@@ -70,9 +72,22 @@ def default_cache_budget_bytes(device: torch.device) -> int:
     return FALLBACK_CACHE_BUDGET_BYTES if free is None else int(free * CACHE_SHARE_OF_FREE_MEMORY)
 
 
-def curvature_kernels() -> contextlib.AbstractContextManager:
-    """Kernels with second derivatives: attention on the math backend."""
-    return sdpa_kernel([SDPBackend.MATH])
+class _TwiceDifferentiable(TorchFunctionMode):
+    """Functions whose backward has no derivative, computed as equal functions that have one (curvature code only).
+
+    ``hardsigmoid`` (MobileNetV3's squeeze-excitation gate) is ``relu6(x + 3) / 6`` exactly."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.hardsigmoid:
+            return F.relu6(args[0] + 3) / 6
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def curvature_kernels() -> Iterator[None]:
+    """Kernels with second derivatives: attention on the math backend, activations rewritten where needed."""
+    with sdpa_kernel([SDPBackend.MATH]), _TwiceDifferentiable():
+        yield
 
 
 class _SavedBytes:

@@ -12,6 +12,28 @@ def test_the_registry_is_listed_with_config_schemas(http):
     listed = http.get("/v1/architectures").json()
     assert [a["name"] for a in listed] == list(REGISTRY)
     assert all(a["description"] and a["config_schema"]["type"] == "object" for a in listed)
+    paper = http.get("/v1/architectures", params={"family": "paper"}).json()
+    assert [a["name"] for a in paper] == ["tinynet", "resnet18", "vgg11", "mlp"]
+    resnets = http.get("/v1/architectures", params={"family": "torchvision", "q": "ResNet"}).json()
+    assert {a["name"] for a in resnets} >= {
+        "torchvision.resnet18",
+        "torchvision.resnet50",
+        "torchvision.wide_resnet50_2",
+    }
+    assert all(a["family"] == "torchvision" and "resnet" in a["name"] for a in resnets)
+
+
+def test_a_torchvision_architecture_is_described_and_its_config_checked(http, problem):
+    config = {"num_classes": 10}
+    response = http.get("/v1/architectures/torchvision.mobilenet_v3_small", params={"config": json.dumps(config)})
+    assert response.json() == parameter_listing({"name": "torchvision.mobilenet_v3_small", "config": config})
+    bad = {"num_classes": 10, "wingspan": 3}
+    body = problem(
+        http.get("/v1/architectures/torchvision.resnet18", params={"config": json.dumps(bad)}),
+        422,
+        "unknown-architecture",
+    )
+    assert "wingspan" in body["errors"][0]["detail"]
 
 
 def test_an_architecture_lists_its_parameters_as_the_engine_does(http):

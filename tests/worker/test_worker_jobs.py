@@ -11,6 +11,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
+from gif.architectures import build_model
+from gif.data import Dataset
+from gif.files import write_safetensors
 from service.tools.client import ApiClient
 from service.web.app import create_app
 
@@ -112,3 +115,25 @@ def test_finished_jobs_show_in_the_metrics(api, inputs):
     metrics = api.http.get("/metrics").text
     lines = [line for line in metrics.splitlines() if line.startswith("gif_job_duration_seconds_count")]
     assert any('status="succeeded"' in line and float(line.split()[-1]) >= 1 for line in lines)
+
+
+def test_a_torchvision_model_uploaded_by_name_is_edited(api, tmp_path):
+    architecture = {"name": "torchvision.mobilenet_v3_small", "config": {"num_classes": 4}}
+    torch.manual_seed(0)
+    model = build_model(architecture)
+    write_safetensors(tmp_path / "model.safetensors", model.state_dict())
+    Dataset(torch.randn(64, 3, 32, 32), torch.arange(64) % 4).save(tmp_path / "train.safetensors")
+    uploaded = api.upload_model(tmp_path / "model.safetensors", architecture)
+    assert uploaded["architecture"] == architecture
+    train = api.upload_dataset(tmp_path / "train.safetensors")
+    spec = {
+        "model_id": uploaded["id"],
+        "train_dataset_id": train["id"],
+        "request": {"kind": "remove_class", "classes": [2]},
+        "step": {"mode": "fixed", "scale": 1.0},
+        "solver": {"max_iterations": 3, "hessian_samples": 32, "gradient_samples": 16, "batch_size": 16},
+    }
+    job = api.wait(api.submit(spec)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    edited = download(api.http, job)
+    assert changed_entries(model.state_dict(), edited) > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -16,11 +16,17 @@ from service.web.schemas import ArchitectureInfo, ParameterListing
 router = APIRouter(prefix="/v1/architectures", tags=["architectures"])
 
 
-@router.get("", summary="The registry: name, description, config schema")
-def list_architectures() -> list[ArchitectureInfo]:
+@router.get("", summary="The registry: name, family, description, config schema")
+def list_architectures(
+    family: Annotated[
+        Literal["paper", "torchvision"] | None, Query(description="Only this family of architectures.")
+    ] = None,
+    q: Annotated[str | None, Query(max_length=100, description="Only names containing this, in any case.")] = None,
+) -> list[ArchitectureInfo]:
     return [
-        ArchitectureInfo(name=a.name, description=a.description, config_schema=a.config_schema())
+        ArchitectureInfo(name=a.name, family=a.family, description=a.description, config_schema=a.config_schema())
         for a in REGISTRY.values()
+        if (family is None or a.family == family) and (q is None or q.lower() in a.name.lower())
     ]
 
 
@@ -36,7 +42,7 @@ def describe_architecture(
     ] = "{}",
 ) -> ParameterListing:
     if name not in REGISTRY:
-        raise ServiceError("not-found", f"unknown architecture {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        raise ServiceError("not-found", f"unknown architecture {name!r}; GET /v1/architectures lists them")
     try:
         parsed = json.loads(config)
     except json.JSONDecodeError as exc:

@@ -1,0 +1,62 @@
+"""Torchvision's classifiers by name: registry entries, configs checked on the meta device, edits end to end."""
+
+import pytest
+import torch
+import torchvision
+
+from gif.architectures import REGISTRY, build_model, parameter_listing, resolve
+from gif.curvature import HessianOperator, LossTerm, ModelObjective
+from gif.data import Dataset
+from gif.edit import run
+from gif.errors import UnknownArchitectureError
+from gif.spec import JobSpec
+
+
+def test_every_torchvision_classifier_is_an_entry():
+    names = torchvision.models.list_models(module=torchvision.models)
+    assert {f"torchvision.{n}" for n in names} <= set(REGISTRY)
+    listing = parameter_listing({"name": "torchvision.resnet18", "config": {"num_classes": 10}})
+    model = torchvision.models.resnet18(num_classes=10)
+    assert [p["name"] for p in listing["parameters"]] == [n for n, _ in model.named_parameters()]
+    assert listing["num_parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_the_builders_keyword_arguments_are_accepted_and_unknown_ones_named():
+    _, config = resolve({"name": "torchvision.mobilenet_v3_small", "config": {"num_classes": 5, "dropout": 0.1}})
+    assert config.model_dump() == {"num_classes": 5, "dropout": 0.1}
+    with pytest.raises(UnknownArchitectureError, match="unexpected keyword argument 'wingspan'"):
+        resolve({"name": "torchvision.resnet18", "config": {"num_classes": 10, "wingspan": 3}})
+    with pytest.raises(UnknownArchitectureError, match="num_classes"):
+        resolve({"name": "torchvision.resnet18", "config": {"num_classes": 1}})
+
+
+def test_hvps_through_mobilenet_v3s_hardsigmoid_agree():
+    """hardsigmoid's backward has no derivative; curvature code computes it as relu6(x + 3) / 6."""
+    torch.manual_seed(0)
+    model = build_model({"name": "torchvision.mobilenet_v3_small", "config": {"num_classes": 4}}).double()
+    data = Dataset(torch.randn(6, 3, 32, 32, dtype=torch.float64), torch.arange(6) % 4)
+    objective = ModelObjective(model, [LossTerm(data, 1 / 6)], batch_size=3)
+    v = torch.randn(objective.space.size, dtype=torch.float64)
+    products = [HessianOperator(objective, method=m)(v) for m in ("cached_double_backward", "forward_over_reverse")]
+    assert torch.allclose(products[0], products[1], rtol=1e-8, atol=1e-10)
+    assert products[0].norm() > 0
+
+
+@pytest.mark.parametrize("name", ["torchvision.resnet18", "torchvision.mobilenet_v3_small"])
+def test_a_class_removal_runs_end_to_end_on_a_torchvision_model(name):
+    torch.manual_seed(0)
+    model = build_model({"name": name, "config": {"num_classes": 4}})
+    data = Dataset(torch.randn(96, 3, 32, 32), torch.arange(96) % 4)
+    spec = JobSpec.model_validate(
+        {
+            "request": {"kind": "remove_class", "classes": [1]},
+            "step": {"mode": "fixed", "scale": 1.0},
+            "solver": {"max_iterations": 3, "hessian_samples": 32, "gradient_samples": 16, "batch_size": 16},
+        }
+    )
+    outcome = run(spec, model, data, data)
+    original = model.state_dict()
+    changed = sum(int((outcome.state_dict[k] != original[k]).sum()) for k in original)
+    assert 0 < changed <= outcome.result.selection.num_selected
+    assert abs(outcome.result.selection.modification_ratio - 0.1) <= 0.02
+    assert outcome.result.solver.iterations >= 1 and outcome.result.metrics.after

@@ -71,7 +71,10 @@ def unit_statistics(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     with_gradients: bool,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Per module: (mean output per unit, mean output-gradient per unit) over the analysed batches.
+    """Per module that ran: (mean output per unit, mean output-gradient per unit) over the analysed batches.
+
+    A Conv2d/Linear module whose ``forward`` never runs (``nn.MultiheadAttention`` applies its ``out_proj``
+    weight functionally) has no statistics and is left out.
 
     ``batches`` are ``(x, y, weight)``; the analysed loss is ``Σ weight · loss_fn(model(x), y)``.
     Gradient statistics are empty unless ``with_gradients``.
@@ -86,6 +89,7 @@ def unit_statistics(
                 with torch.no_grad():
                     model(x)
     model.zero_grad(set_to_none=True)
-    output_means = {n: acc.mean() for n, acc in outputs.items()}
-    gradient_means = {n: acc.mean() for n, acc in gradients.items()} if with_gradients else {}
+    ran = [n for n, acc in outputs.items() if acc.total is not None]  # e.g. not MultiheadAttention.out_proj
+    output_means = {n: outputs[n].mean() for n in ran}
+    gradient_means = {n: gradients[n].mean() for n in ran if gradients[n].total is not None} if with_gradients else {}
     return output_means, gradient_means

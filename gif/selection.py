@@ -96,6 +96,8 @@ def select(
     mask = torch.zeros(space.size, dtype=torch.bool)
     layers = []
     for layer_index, (name, module) in enumerate(target_modules(model).items()):
+        if name not in outputs:  # its forward never ran: no statistics to choose units by
+            continue
         units = module.weight.shape[0]
         budget = int(round(spec.ratio * units))
         generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + layer_index)

@@ -3,9 +3,11 @@ import torch
 
 from gif.architectures import build_model
 from gif.curvature import cross_entropy_sum
+from gif.data import Dataset
+from gif.edit import run
 from gif.parameters import ParameterSpace, candidate_mask
 from gif.selection import CRITERIA, full_selection, select
-from gif.spec import SelectionSpec
+from gif.spec import JobSpec, SelectionSpec
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,37 @@ def test_topk_gradients_uses_the_output_gradient(mnist_tinynet, analysed):
     space = ParameterSpace.of(mnist_tinynet)
     fc_rows = torch.nonzero(selection.mask[space.slice_of("fc.bias")]).flatten()
     assert set(fc_rows.tolist()) == set(logits.grad.mean(0).abs().topk(3).indices.tolist())
+
+
+class AttentionClassifier(torch.nn.Module):
+    """nn.MultiheadAttention applies its out_proj weight functionally: that Linear's forward never runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 16)
+        self.attention = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        tokens = self.embed(x.view(-1, 4, 8))
+        return self.head(self.attention(tokens, tokens, tokens, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("criterion", ["topk_outputs", "topk_gradients"])
+def test_modules_whose_forward_never_runs_are_left_out(criterion):
+    torch.manual_seed(0)
+    model = AttentionClassifier()
+    data = Dataset(torch.randn(60, 32), torch.arange(60) % 3)
+    spec = JobSpec.model_validate(
+        {
+            "request": {"kind": "remove_class", "classes": [0]},
+            "selection": {"criterion": criterion, "ratio": 0.25},
+            "step": {"mode": "fixed", "scale": 1.0},
+            "solver": {"max_iterations": 3},
+        }
+    )
+    outcome = run(spec, model, data, data)
+    modules = {layer.module for layer in outcome.result.selection.layers}
+    assert modules == {"embed", "head"}  # attention.out_proj never ran
+    assert not torch.equal(outcome.state_dict["head.weight"], model.state_dict()["head.weight"])
+    assert torch.equal(outcome.state_dict["attention.out_proj.weight"], model.state_dict()["attention.out_proj.weight"])

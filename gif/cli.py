@@ -115,8 +115,9 @@ def cmd_architectures(args: argparse.Namespace) -> int:
     from gif.architectures import REGISTRY, parameter_listing
 
     if args.name is None:
+        width = max(len(name) for name in REGISTRY)
         for arch in REGISTRY.values():
-            print(f"{arch.name:<10} {arch.description}")
+            print(f"{arch.name:<{width}} {arch.description}")
         return 0
     config = _json_argument(args.config) if args.config else {}
     print(json.dumps(parameter_listing({"name": args.name, "config": config}), indent=2))

@@ -36,8 +36,11 @@ def test_paper_shapes():
     assert build_model({"name": "vgg11", "config": {"in_channels": 3}})(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_registry_lists_all_four():
-    assert set(REGISTRY) == {"tinynet", "resnet18", "vgg11", "mlp"}
+def test_registry_lists_the_papers_four_and_torchvisions_classifiers():
+    paper = {name for name, arch in REGISTRY.items() if arch.family == "paper"}
+    assert paper == {"tinynet", "resnet18", "vgg11", "mlp"}
+    assert all(name.startswith("torchvision.") for name, arch in REGISTRY.items() if arch.family == "torchvision")
+    assert set(REGISTRY) == paper | {name for name, arch in REGISTRY.items() if arch.family == "torchvision"}
 
 
 @pytest.mark.parametrize(

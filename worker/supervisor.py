@@ -47,10 +47,15 @@ def visible_gpus() -> int:
 
 
 def worker_devices(setting: str) -> list[str]:
-    """The device of each RQ worker to run for a ``GIF_WORKER_DEVICE`` value."""
-    if setting in ("cpu",) or setting.startswith("cuda:"):
+    """The device of each RQ worker to run for a ``GIF_WORKER_DEVICE`` value; a GPU that is not there stops the
+    supervisor with a message (rather than failing every job)."""
+    if setting == "cpu":
         return [setting]
     gpus = visible_gpus()
+    if setting.startswith("cuda:"):
+        if int(setting.split(":")[1]) >= gpus:
+            raise SystemExit(f"GIF_WORKER_DEVICE={setting}, but {gpus} CUDA device(s) are visible")
+        return [setting]
     if gpus:
         return [f"cuda:{index}" for index in range(gpus)]
     if setting == "cuda":

@@ -71,6 +71,8 @@ class StandbyHorseWorker(Worker):
             horse.stdin.close()
         except BrokenPipeError:
             pass  # the horse died just now; RQ's monitor sees it exit and fails the job
+        # Keep the Popen referenced until RQ has reaped the horse: a dropped one that is still running would be
+        # polled (and reaped) by subprocess's clean-up when the next standby starts, before RQ's wait4 sees it.
         self.running_horse = horse
         self._horse_pid = horse.pid
         self.procline(f"Handed job {job.id} to horse {horse.pid}")

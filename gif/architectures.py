@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,10 +139,27 @@ class Architecture:
     description: str
     config_model: type[BaseModel]
     builder: Callable[[Any], nn.Module]
-    family: str = "paper"  # paper (the four of the paper's experiments) | torchvision
+    family: str = "paper"  # paper (the four of the paper's experiments) | torchvision | timm
+    check: Callable[[Any], str | None] | None = None  # why a valid-looking config cannot build, or None
 
     def config_schema(self) -> dict[str, Any]:
-        return self.config_model.model_json_schema()
+        return _schema(self.config_model)
+
+
+@cache
+def _schema(config_model: type[BaseModel]) -> dict[str, Any]:
+    return config_model.model_json_schema()
+
+
+def _zoo_entry(family: str, model: str) -> Architecture:
+    return Architecture(
+        f"{family}.{model}",
+        zoo.description(family, model),
+        zoo.ZooConfig,
+        partial(zoo.build, family, model),
+        family,
+        partial(zoo.build_problem, family, model),
+    )
 
 
 REGISTRY: dict[str, Architecture] = {
@@ -178,14 +196,28 @@ REGISTRY: dict[str, Architecture] = {
 }
 
 
-REGISTRY.update(
-    {
-        f"{zoo.FAMILY}.{name}": Architecture(
-            f"{zoo.FAMILY}.{name}", zoo.description(name), zoo.config_model(name), zoo.builder(name), zoo.FAMILY
-        )
-        for name in zoo.classifier_names()
-    }
-)
+REGISTRY.update({a.name: a for a in (_zoo_entry("torchvision", m) for m in sorted(zoo.model_names("torchvision")))})
+LAZY_FAMILIES = ("timm",)  # thousands of names, and a package that takes seconds to import: entries made on demand
+
+
+@lru_cache(maxsize=4096)
+def lookup(name: str) -> Architecture | None:
+    """The registry entry called ``name`` (``timm.<model>`` entries are made on first use), or None."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    family, _, model = name.partition(".")
+    if family in LAZY_FAMILIES and model in zoo.model_names(family):
+        return _zoo_entry(family, model)
+    return None
+
+
+def architectures(family: str | None = None) -> list[Architecture]:
+    """Every entry of ``family`` (of every family when None), the paper's first."""
+    entries = [a for a in REGISTRY.values() if family is None or a.family == family]
+    for lazy in LAZY_FAMILIES:
+        if family in (None, lazy):
+            entries += [a for a in (lookup(f"{lazy}.{m}") for m in sorted(zoo.model_names(lazy))) if a is not None]
+    return entries
 
 
 def resolve(spec: ArchitectureSpec | dict[str, Any]) -> tuple[Architecture, BaseModel]:
@@ -194,16 +226,20 @@ def resolve(spec: ArchitectureSpec | dict[str, Any]) -> tuple[Architecture, Base
         spec = spec if isinstance(spec, ArchitectureSpec) else ArchitectureSpec.model_validate(spec)
     except ValidationError as exc:
         raise UnknownArchitectureError("invalid architecture", _pydantic_problems(exc)) from None
-    arch = REGISTRY.get(spec.name)
+    arch = lookup(spec.name)
     if arch is None:
         paper = ", ".join(sorted(n for n, a in REGISTRY.items() if a.family == "paper"))
         raise UnknownArchitectureError(
-            f"unknown architecture {spec.name!r}; known: {paper} and torchvision.<model> (GET /v1/architectures)"
+            f"unknown architecture {spec.name!r}; known: {paper}, torchvision.<model> and timm.<model> "
+            "(GET /v1/architectures)"
         )
     try:
         config = arch.config_model.model_validate(spec.config)
     except ValidationError as exc:
         raise UnknownArchitectureError(f"invalid config for {spec.name!r}", _pydantic_problems(exc)) from None
+    problem = arch.check(config) if arch.check is not None else None
+    if problem is not None:
+        raise UnknownArchitectureError(f"invalid config for {spec.name!r}", [problem])
     return arch, config
 
 

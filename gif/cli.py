@@ -112,11 +112,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_architectures(args: argparse.Namespace) -> int:
-    from gif.architectures import REGISTRY, parameter_listing
+    from gif.architectures import architectures, parameter_listing
 
     if args.name is None:
-        width = max(len(name) for name in REGISTRY)
-        for arch in REGISTRY.values():
+        entries = architectures()
+        width = max(len(arch.name) for arch in entries)
+        for arch in entries:
             print(f"{arch.name:<{width}} {arch.description}")
         return 0
     config = _json_argument(args.config) if args.config else {}

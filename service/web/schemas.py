@@ -81,7 +81,7 @@ class Page(BaseModel, Generic[Item]):
 
 class ArchitectureInfo(BaseModel):
     name: str
-    family: str = Field(description="paper (the paper's four architectures) or torchvision.")
+    family: str = Field(description="paper (the paper's four architectures), torchvision or timm.")
     description: str
     config_schema: dict[str, Any]
 

@@ -1,10 +1,10 @@
-"""Torchvision's classifiers by name: registry entries, configs checked on the meta device, edits end to end."""
+"""The zoos by name (torchvision, timm): registry entries, configs checked on the meta device, edits end to end."""
 
 import pytest
 import torch
 import torchvision
 
-from gif.architectures import REGISTRY, build_model, parameter_listing, resolve
+from gif.architectures import REGISTRY, architectures, build_model, parameter_listing, resolve
 from gif.curvature import HessianOperator, LossTerm, ModelObjective
 from gif.data import Dataset
 from gif.edit import run
@@ -42,7 +42,23 @@ def test_hvps_through_mobilenet_v3s_hardsigmoid_agree():
     assert products[0].norm() > 0
 
 
-@pytest.mark.parametrize("name", ["torchvision.resnet18", "torchvision.mobilenet_v3_small"])
+def test_timm_architectures_are_entries_made_on_first_use():
+    import timm
+
+    entries = architectures("timm")
+    assert {a.name for a in entries} == {f"timm.{m}" for m in timm.list_models()}
+    listing = parameter_listing({"name": "timm.test_vit", "config": {"num_classes": 4}})
+    model = timm.create_model("test_vit", pretrained=False, num_classes=4)
+    assert [p["name"] for p in listing["parameters"]] == [n for n, _ in model.named_parameters()]
+    with pytest.raises(UnknownArchitectureError, match="unexpected keyword argument 'wingspan'"):
+        resolve({"name": "timm.test_vit", "config": {"num_classes": 4, "wingspan": 3}})
+    with pytest.raises(UnknownArchitectureError, match="unknown architecture 'timm.no_such_net'"):
+        resolve({"name": "timm.no_such_net", "config": {}})
+
+
+@pytest.mark.parametrize(
+    "name", ["torchvision.resnet18", "torchvision.mobilenet_v3_small", "timm.test_vit", "timm.test_convnext"]
+)
 def test_a_class_removal_runs_end_to_end_on_a_torchvision_model(name):
     torch.manual_seed(0)
     model = build_model({"name": name, "config": {"num_classes": 4}})

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
-from gif.architectures import REGISTRY, parameter_listing
+from gif.architectures import architectures, parameter_listing
 from service.tools.openapi_snapshot import SNAPSHOT, render
 
 
 def test_the_registry_is_listed_with_config_schemas(http):
     listed = http.get("/v1/architectures").json()
-    assert [a["name"] for a in listed] == list(REGISTRY)
+    assert [a["name"] for a in listed] == [a.name for a in architectures()]
+    assert {a["family"] for a in listed} == {"paper", "torchvision", "timm"}
     assert all(a["description"] and a["config_schema"]["type"] == "object" for a in listed)
     paper = http.get("/v1/architectures", params={"family": "paper"}).json()
     assert [a["name"] for a in paper] == ["tinynet", "resnet18", "vgg11", "mlp"]
@@ -21,6 +22,9 @@ def test_the_registry_is_listed_with_config_schemas(http):
         "torchvision.wide_resnet50_2",
     }
     assert all(a["family"] == "torchvision" and "resnet" in a["name"] for a in resnets)
+    tiny = http.get("/v1/architectures", params={"family": "timm", "q": "test_vit"}).json()
+    assert {a["name"] for a in tiny} >= {"timm.test_vit", "timm.test_vit2"}
+    assert http.get("/v1/architectures/timm.test_vit", params={"config": '{"num_classes": 4}'}).json()["num_parameters"]
 
 
 def test_a_torchvision_architecture_is_described_and_its_config_checked(http, problem):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
@@ -117,8 +118,9 @@ def test_finished_jobs_show_in_the_metrics(api, inputs):
     assert any('status="succeeded"' in line and float(line.split()[-1]) >= 1 for line in lines)
 
 
-def test_a_torchvision_model_uploaded_by_name_is_edited(api, tmp_path):
-    architecture = {"name": "torchvision.mobilenet_v3_small", "config": {"num_classes": 4}}
+@pytest.mark.parametrize("name", ["torchvision.mobilenet_v3_small", "timm.test_vit"])
+def test_a_zoo_model_uploaded_by_name_is_edited(api, tmp_path, name):
+    architecture = {"name": name, "config": {"num_classes": 4}}
     torch.manual_seed(0)
     model = build_model(architecture)
     write_safetensors(tmp_path / "model.safetensors", model.state_dict())

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from gif.architectures import REGISTRY, parameter_listing
+from gif.architectures import architectures, lookup, parameter_listing
 from gif.errors import UnknownArchitectureError
 from service.core.errors import ServiceError
 from service.web.problems import responses
@@ -19,14 +19,14 @@ router = APIRouter(prefix="/v1/architectures", tags=["architectures"])
 @router.get("", summary="The registry: name, family, description, config schema")
 def list_architectures(
     family: Annotated[
-        Literal["paper", "torchvision"] | None, Query(description="Only this family of architectures.")
+        Literal["paper", "torchvision", "timm"] | None, Query(description="Only this family of architectures.")
     ] = None,
     q: Annotated[str | None, Query(max_length=100, description="Only names containing this, in any case.")] = None,
 ) -> list[ArchitectureInfo]:
     return [
         ArchitectureInfo(name=a.name, family=a.family, description=a.description, config_schema=a.config_schema())
-        for a in REGISTRY.values()
-        if (family is None or a.family == family) and (q is None or q.lower() in a.name.lower())
+        for a in architectures(family)
+        if q is None or q.lower() in a.name.lower()
     ]
 
 
@@ -41,7 +41,7 @@ def describe_architecture(
         str, Query(description="The config as URL-encoded JSON.", examples=['{"sizes": [64, 32, 10]}'])
     ] = "{}",
 ) -> ParameterListing:
-    if name not in REGISTRY:
+    if lookup(name) is None:
         raise ServiceError("not-found", f"unknown architecture {name!r}; GET /v1/architectures lists them")
     try:
         parsed = json.loads(config)

@@ -222,7 +222,8 @@ class HessianOperator:
         """Time one product of each implementation that works here on the first batch: the fastest, and the
         first batch's first-order graph when the cached implementation was tried (it becomes the cache's first)."""
         batch = self.objective.batches[0]
-        v_parts = self.objective.space.unflatten(torch.randn_like(self.objective.space.zeros(batch[0])))
+        like = next(iter(self.objective.params.values()))  # the parameters' dtype and device, not the data's
+        v_parts = self.objective.space.unflatten(torch.randn_like(self.objective.space.zeros(like)))
         graph = None
         trials: dict[HvpMethod, Callable[[], object]] = {
             "double_backward": lambda: self._product_via_graph(self._first_order_graph(*batch), v_parts, keep=False),

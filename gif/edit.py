@@ -203,7 +203,7 @@ def _solve(
         done = math.log(max(residual, 1e-300)) / math.log(solver.tolerance) if residual < 1 else 0.0
         report("solve", max(iteration / solver.max_iterations, done), iteration, residual)
 
-    space = ParameterSpace.of(model)
+    space = gradient_objective.space
     solution = solve_influence(
         spec.method, hessian, g, selection.mask.to(device), candidate_mask(model, space).to(device), solver, monitor
     )
@@ -212,13 +212,13 @@ def _solve(
     return solution, hessian
 
 
-def _apply(model: nn.Module, new_theta: torch.Tensor, scale: float) -> nn.Module:
+def _apply(model: nn.Module, space: ParameterSpace, new_theta: torch.Tensor, scale: float) -> nn.Module:
     """A copy of ``model`` with the flat parameters ``new_theta``; every buffer stays bit-identical."""
     if not bool(torch.isfinite(new_theta).all()):
         raise NonFiniteError(f"the step {scale:g} makes the weights NaN or Inf")
     edited = copy.deepcopy(model)
     with torch.no_grad():
-        for name, value in ParameterSpace.of(model).unflatten(new_theta).items():
+        for name, value in space.unflatten(new_theta).items():
             edited.get_parameter(name).copy_(value)
     return edited
 
@@ -244,7 +244,7 @@ def _edit_weights(
         report("selection", 1.0)
     with clock("solve"):
         solution, hessian = _solve(spec, model, train_data, samples, selection, gradient_objective, loss_fn, report)
-    space = ParameterSpace.of(model)
+    space = gradient_objective.space
     theta = space.flatten(dict(model.named_parameters())).detach()
     modified, delta = solution.modified, solution.delta
     buffers = dict(model.named_buffers())
@@ -259,7 +259,7 @@ def _edit_weights(
             unit_change,
             lambda fraction: report("step_search", fraction),
         )
-    return _WeightEdit(_apply(model, weights_at(step.scale), step.scale), selection, solution, hessian, step)
+    return _WeightEdit(_apply(model, space, weights_at(step.scale), step.scale), selection, solution, hessian, step)
 
 
 def _within_memory(

@@ -5,7 +5,7 @@ No ``from __future__ import annotations`` here: ``owned_item`` builds a dependen
 alias depends on the kind, and FastAPI must see that annotation evaluated, not as a string.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
@@ -59,10 +59,11 @@ async def owned_job(job_id: str, owner: Caller, ctx: Context) -> JobRecord:
 OwnedJob = Annotated[JobRecord, Depends(owned_job)]
 
 
-def owned_item(kind: Kind) -> Callable[..., Awaitable[UploadRecord]]:
+def owned_item(kind: Kind) -> Callable[..., UploadRecord]:
     """A dependency giving the caller's ``kind`` (model or dataset) named by the path's ``{<kind>_id}``."""
 
-    async def load(item_id: Annotated[str, Path(alias=f"{kind}_id")], owner: Caller, ctx: Context) -> UploadRecord:
+    def load(item_id: Annotated[str, Path(alias=f"{kind}_id")], owner: Caller, ctx: Context) -> UploadRecord:
+        """Synchronous, so FastAPI runs it in its thread pool: the catalog reads Redis with a blocking client."""
         record = ctx.catalog.get(kind, item_id, owner)
         if record is None:
             raise ServiceError("not-found", f"no {kind} {item_id!r}")

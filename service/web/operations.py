@@ -110,10 +110,9 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
     return record
 
 
-def cancel_job(ctx: ServiceContext, owner: str, job_id: str) -> tuple[JobRecord, bool]:
-    """Cancel a queued job at once, or ask a running one to stop; (the job, whether it is cancelled already)."""
-    if ctx.jobs.get(job_id, owner) is None:
-        raise ServiceError("not-found", f"no job {job_id!r}")
+def cancel_job(ctx: ServiceContext, job_id: str) -> tuple[JobRecord, bool]:
+    """Cancel a queued job at once, or ask a running one to stop (the caller's own job: ``OwnedJob`` checked that);
+    (the job, whether it is cancelled already)."""
     previous = ctx.jobs.cancel(job_id)
     if previous == "queued":
         withdraw_job(ctx.queue, job_id)

@@ -68,8 +68,8 @@ async def read(record: OwnedJob) -> Response:
     "cancel_requested: true) and turns cancelled within about a second, at its next progress report.",
     responses={**not_found, **responses("conflict"), 202: {"description": "Cancel requested"}},
 )
-def cancel(job_id: str, owner: Caller, ctx: Context) -> Response:
-    record, done = cancel_job(ctx, owner, job_id)
+def cancel(job: OwnedJob, ctx: Context) -> Response:
+    record, done = cancel_job(ctx, job.id)
     return job_response(record, 200 if done else 202)
 
 

@@ -72,13 +72,16 @@ def default_cache_budget_bytes(device: torch.device) -> int:
     return FALLBACK_CACHE_BUDGET_BYTES if free is None else int(free * CACHE_SHARE_OF_FREE_MEMORY)
 
 
+_HARDSIGMOIDS = {F.hardsigmoid, torch.ops.aten.hardsigmoid.default}
+
+
 class _TwiceDifferentiable(TorchFunctionMode):
     """Functions whose backward has no derivative, computed as equal functions that have one (curvature code only).
 
     ``hardsigmoid`` (MobileNetV3's squeeze-excitation gate) is ``relu6(x + 3) / 6`` exactly."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.hardsigmoid:
+        if func in _HARDSIGMOIDS:  # the functional, or an exported program's ATen node
             return F.relu6(args[0] + 3) / 6
         return func(*args, **(kwargs or {}))
 

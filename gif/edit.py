@@ -27,7 +27,7 @@ from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
 from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, solve_influence
 from gif.metrics import EvaluationPlan, evaluate, evaluation_plan
-from gif.parameters import ParameterSpace, candidate_mask
+from gif.parameters import ParameterSpace
 from gif.plan import RequestPlan
 from gif.result import (
     CheckpointInfo,
@@ -169,7 +169,7 @@ class _WeightEdit:
 
 def _select(spec: JobSpec, model: nn.Module, gradient_objective: ModelObjective, loss_fn: LossFn) -> Selection:
     if spec.method in USES_FULL_SELECTION:
-        selection = full_selection(model)
+        selection = full_selection(model, gradient_objective.batches[0][0][:1])
     else:
         selection = select(model, spec.selection, gradient_objective.batches, loss_fn)
     if selection.num_selected == 0:
@@ -203,9 +203,8 @@ def _solve(
         done = math.log(max(residual, 1e-300)) / math.log(solver.tolerance) if residual < 1 else 0.0
         report("solve", max(iteration / solver.max_iterations, done), iteration, residual)
 
-    space = gradient_objective.space
     solution = solve_influence(
-        spec.method, hessian, g, selection.mask.to(device), candidate_mask(model, space).to(device), solver, monitor
+        spec.method, hessian, g, selection.mask.to(device), selection.candidates.to(device), solver, monitor
     )
     if not bool(torch.isfinite(solution.delta).all()):
         raise NonFiniteError("the solved influence vector contains NaN or Inf")

@@ -1,18 +1,20 @@
 """The flat parameter space in which influence vectors live.
 
 Every parameter of the model (BatchNorm included) has a place in one flat vector of length p,
-in forward order. Conv2d and Linear weights and biases are the *candidates* that selection may
-move; everything else keeps its offset but is never edited.
+in the order of ``model.named_parameters()``. The weights and biases of the model's layers
+(``gif.instrumentation``) are the *candidates* that selection may move; everything else keeps its
+offset but is never edited.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-TARGET_MODULE_TYPES = (nn.Conv2d, nn.Linear)
+from gif.instrumentation import Layer
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class ParameterSpace:
             total += param.numel()
         return cls(tuple(names), tuple(shapes), tuple(offsets), total)
 
+    def shape_of(self, name: str) -> torch.Size:
+        return self.shapes[self.names.index(name)]
+
     def slice_of(self, name: str) -> slice:
         i = self.names.index(name)
         return slice(self.offsets[i], self.offsets[i] + self.shapes[i].numel())
@@ -49,21 +54,12 @@ class ParameterSpace:
         return torch.zeros(self.size, dtype=like.dtype, device=like.device)
 
 
-def target_modules(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
-    """The Conv2d and Linear modules, by qualified name, in registration order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, TARGET_MODULE_TYPES)}
-
-
-def qualified_name(module_name: str, parameter_name: str) -> str:
-    return f"{module_name}.{parameter_name}" if module_name else parameter_name
-
-
-def candidate_mask(model: nn.Module, space: ParameterSpace) -> torch.Tensor:
-    """Flat boolean mask of every Conv2d/Linear weight and bias (the parameters an edit may move)."""
+def layer_mask(space: ParameterSpace, layers: Iterable[Layer]) -> torch.Tensor:
+    """Flat boolean mask of every weight and bias of ``layers`` (the parameters an edit may move)."""
     mask = torch.zeros(space.size, dtype=torch.bool)
-    for module_name, module in target_modules(model).items():
-        for pname, _ in module.named_parameters(recurse=False):
-            mask[space.slice_of(qualified_name(module_name, pname))] = True
+    for layer in layers:
+        for name in layer.parameters:
+            mask[space.slice_of(name)] = True
     return mask
 
 

@@ -1,10 +1,10 @@
 """Which parameters an edit may move (method.md §3): four criteria, registered by name.
 
-The unit of selection is an output unit of a Conv2d or Linear module (a Linear row or a Conv
-output channel, with its whole fan-in and its bias). Each layer gets a budget of
-``round(ratio × its number of units)`` units, so every layer gives up the same share of its
-parameters. BatchNorm/LayerNorm parameters are never selected. Every criterion is deterministic
-for a given seed and analysed sample.
+The unit of selection is an output unit of a layer (``gif.instrumentation``: a Linear row, a
+convolution's output channel, a row of an attention input projection, with its whole fan-in and its
+bias). Each layer gets a budget of ``round(ratio × its number of units)`` units, so every layer gives
+up the same share of its parameters. Normalisation parameters and embeddings are never selected.
+Every criterion is deterministic for a given seed and analysed sample.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gif.instrumentation import unit_statistics
-from gif.parameters import ParameterSpace, candidate_mask, qualified_name, target_modules
+from gif.instrumentation import find_layers, unit_statistics
+from gif.parameters import ParameterSpace, layer_mask
 from gif.spec import SelectionSpec
 
 
@@ -32,7 +32,11 @@ class LayerSelection:
 class Selection:
     mask: torch.Tensor  # flat bool over the whole parameter space
     layers: list[LayerSelection]
-    num_candidates: int  # Conv/Linear parameter count
+    candidates: torch.Tensor  # flat bool: every parameter of every layer
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.candidates.sum())
 
     @property
     def num_selected(self) -> int:
@@ -87,36 +91,34 @@ def select(
     analysed_batches: list[tuple[torch.Tensor, torch.Tensor, float]],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> Selection:
-    """Run the analysed data through the hooked model and choose units layer by layer."""
+    """Run the analysed data through the watched model and choose units layer by layer."""
     space = ParameterSpace.of(model)
-    outputs, grads = unit_statistics(
+    layers, outputs, grads = unit_statistics(
         model, analysed_batches, loss_fn, with_gradients=spec.criterion == "topk_gradients"
     )
     choose = CRITERIA[spec.criterion]
     mask = torch.zeros(space.size, dtype=torch.bool)
-    layers = []
-    for layer_index, (name, module) in enumerate(target_modules(model).items()):
-        if name not in outputs:  # its forward never ran: no statistics to choose units by
-            continue
-        units = module.weight.shape[0]
-        budget = int(round(spec.ratio * units))
+    chosen_layers = []
+    for layer_index, layer in enumerate(layers):
+        budget = int(round(spec.ratio * layer.units))
         generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + layer_index)
-        chosen = choose(outputs[name], grads.get(name), budget, generator, spec).sort().values
+        chosen = choose(outputs[layer.name], grads.get(layer.name), budget, generator, spec).sort().values
         selected = 0
-        for pname, param in module.named_parameters(recurse=False):
-            flat = mask[space.slice_of(qualified_name(name, pname))].view(param.shape)
-            flat[chosen] = True
-            selected += int(flat[chosen].numel())
-        layers.append(LayerSelection(name, len(chosen), units, selected))
-    return Selection(mask, layers, int(candidate_mask(model, space).sum()))
+        for name in layer.parameters:
+            rows = mask[space.slice_of(name)].view(space.shape_of(name))
+            rows[chosen] = True
+            selected += int(rows[chosen].numel())
+        chosen_layers.append(LayerSelection(layer.name, len(chosen), layer.units, selected))
+    return Selection(mask, chosen_layers, layer_mask(space, layers))
 
 
-def full_selection(model: nn.Module) -> Selection:
-    """Every Conv/Linear parameter: the classic influence function's target set."""
+def full_selection(model: nn.Module, sample: torch.Tensor) -> Selection:
+    """Every parameter of every layer (seen on ``sample``): the classic influence function's target set."""
     space = ParameterSpace.of(model)
-    mask = candidate_mask(model, space)
-    layers = [
-        LayerSelection(name, m.weight.shape[0], m.weight.shape[0], sum(p.numel() for p in m.parameters(recurse=False)))
-        for name, m in target_modules(model).items()
+    layers = find_layers(model, sample)
+    mask = layer_mask(space, layers)
+    summaries = [
+        LayerSelection(layer.name, layer.units, layer.units, sum(space.shape_of(n).numel() for n in layer.parameters))
+        for layer in layers
     ]
-    return Selection(mask, layers, int(mask.sum()))
+    return Selection(mask, summaries, mask)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
 from gif.influence import solve_influence
-from gif.parameters import ParameterSpace, candidate_mask
+from gif.parameters import ParameterSpace
 from gif.plan import RequestPlan
 from gif.selection import select
 from gif.spec import Relabel, RemoveClass, SelectionSpec, SolverSpec
@@ -21,8 +21,8 @@ def problem(tanh_mlp, digits_double, dense_hessian):
     objective = ModelObjective(tanh_mlp, [LossTerm(hessian_sample, 1 / 300)])
     gradient_objective = ModelObjective(tanh_mlp, plan.gradient_terms(digits_double, plan.affected))
     g = gradient_objective.gradient()
-    selected = select(tanh_mlp, SelectionSpec(ratio=0.1), gradient_objective.batches, cross_entropy_sum).mask
-    candidates = candidate_mask(tanh_mlp, objective.space)
+    selection = select(tanh_mlp, SelectionSpec(ratio=0.1), gradient_objective.batches, cross_entropy_sum)
+    selected, candidates = selection.mask, selection.candidates
     return {"objective": objective, "H": dense_hessian(objective), "g": g, "J": selected, "C": candidates}
 
 

@@ -5,7 +5,8 @@ from gif.architectures import build_model
 from gif.curvature import cross_entropy_sum
 from gif.data import Dataset
 from gif.edit import run
-from gif.parameters import ParameterSpace, candidate_mask
+from gif.instrumentation import unit_statistics
+from gif.parameters import ParameterSpace
 from gif.selection import CRITERIA, full_selection, select
 from gif.spec import JobSpec, SelectionSpec
 
@@ -64,9 +65,7 @@ def test_topk_outputs_takes_the_largest_mean_outputs(mnist_tinynet, analysed):
 
 
 def test_threshold_only_picks_units_above_it(mnist_tinynet, analysed):
-    from gif.instrumentation import unit_statistics
-
-    outputs, _ = unit_statistics(mnist_tinynet, analysed, cross_entropy_sum, with_gradients=False)
+    _, outputs, _ = unit_statistics(mnist_tinynet, analysed, cross_entropy_sum, with_gradients=False)
     threshold = float(outputs["conv4"].abs().median())
     selection = select(
         mnist_tinynet, SelectionSpec(criterion="threshold", ratio=0.3, threshold=threshold), analysed, cross_entropy_sum
@@ -85,14 +84,12 @@ def test_batchnorm_is_never_selected_but_counts_in_offsets():
         if ".1." in name:  # features.1 is the first BatchNorm
             assert not selection.mask[space.slice_of(name)].any()
     assert selection.mask.numel() == sum(p.numel() for p in model.parameters())
-    assert not (selection.mask & ~candidate_mask(model, space)).any()
-    assert full_selection(model).modification_ratio == 1.0
+    assert not (selection.mask & ~selection.candidates).any()
+    assert full_selection(model, x[:1]).modification_ratio == 1.0
 
 
 def test_topk_gradients_uses_the_output_gradient(mnist_tinynet, analysed):
-    from gif.instrumentation import unit_statistics
-
-    _, grads = unit_statistics(mnist_tinynet, analysed, cross_entropy_sum, with_gradients=True)
+    _, _, grads = unit_statistics(mnist_tinynet, analysed, cross_entropy_sum, with_gradients=True)
     x, y, w = analysed[0]
     logits = mnist_tinynet(x).detach().requires_grad_()
     (w * cross_entropy_sum(logits, y)).backward()
@@ -104,21 +101,35 @@ def test_topk_gradients_uses_the_output_gradient(mnist_tinynet, analysed):
 
 
 class AttentionClassifier(torch.nn.Module):
-    """nn.MultiheadAttention applies its out_proj weight functionally: that Linear's forward never runs."""
-
     def __init__(self):
         super().__init__()
         self.embed = torch.nn.Linear(8, 16)
         self.attention = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = torch.nn.LayerNorm(16)
         self.head = torch.nn.Linear(16, 3)
 
     def forward(self, x):
         tokens = self.embed(x.view(-1, 4, 8))
-        return self.head(self.attention(tokens, tokens, tokens, need_weights=False)[0].mean(1))
+        return self.head(self.norm(self.attention(tokens, tokens, tokens, need_weights=False)[0]).mean(1))
+
+
+def test_attention_input_projection_rows_are_units_with_exact_statistics():
+    """The packed q/k/v projection is a layer of 3·E units; its statistics are those of F.linear on the query."""
+    torch.manual_seed(0)
+    model = AttentionClassifier().eval()
+    x, y = torch.randn(6, 32), torch.arange(6) % 3
+    layers, outputs, grads = unit_statistics(model, [(x, y, 1.0)], cross_entropy_sum, with_gradients=True)
+    assert [layer.name for layer in layers] == ["embed", "attention.in_proj", "head"]  # out_proj runs inside MHA
+    assert layers[1].units == 48 and layers[1].parameters == ("attention.in_proj_weight", "attention.in_proj_bias")
+    tokens = model.embed(x.view(-1, 4, 8))
+    projection = torch.nn.functional.linear(tokens, model.attention.in_proj_weight, model.attention.in_proj_bias)
+    assert torch.allclose(outputs["attention.in_proj"], projection.mean((0, 1)), atol=1e-6)
+    bias_grad = torch.autograd.grad(cross_entropy_sum(model(x), y), model.attention.in_proj_bias)[0]
+    assert torch.allclose(grads["attention.in_proj"], bias_grad / 24, atol=1e-6)  # 6 samples × 4 tokens
 
 
 @pytest.mark.parametrize("criterion", ["topk_outputs", "topk_gradients"])
-def test_modules_whose_forward_never_runs_are_left_out(criterion):
+def test_attention_edits_move_selected_projection_rows_only(criterion):
     torch.manual_seed(0)
     model = AttentionClassifier()
     data = Dataset(torch.randn(60, 32), torch.arange(60) % 3)
@@ -131,7 +142,11 @@ def test_modules_whose_forward_never_runs_are_left_out(criterion):
         }
     )
     outcome = run(spec, model, data, data)
-    modules = {layer.module for layer in outcome.result.selection.layers}
-    assert modules == {"embed", "head"}  # attention.out_proj never ran
-    assert not torch.equal(outcome.state_dict["head.weight"], model.state_dict()["head.weight"])
-    assert torch.equal(outcome.state_dict["attention.out_proj.weight"], model.state_dict()["attention.out_proj.weight"])
+    layers = {layer.module: layer for layer in outcome.result.selection.layers}
+    assert set(layers) == {"embed", "attention.in_proj", "head"}
+    assert layers["attention.in_proj"].units_selected == 12
+    before, after = model.state_dict(), outcome.state_dict
+    moved_rows = (before["attention.in_proj_weight"] != after["attention.in_proj_weight"]).any(1)
+    assert 0 < int(moved_rows.sum()) <= 12
+    for frozen in ("attention.out_proj.weight", "norm.weight", "norm.bias"):
+        assert torch.equal(after[frozen], before[frozen])

@@ -20,6 +20,7 @@ from torch import nn
 from gif import zoo
 from gif.errors import InvalidWeightsError, UnknownArchitectureError
 from gif.files import TensorFileError, TensorInfo, read_tensors, scan_safetensors, sniff_format
+from gif.programs import load_program
 
 
 class ArchitectureSpec(BaseModel):
@@ -333,5 +334,34 @@ def checkpoint_tensor_infos(path: str | Path) -> dict[str, TensorInfo]:
 
 
 def load_checkpoint(spec: ArchitectureSpec | dict[str, Any], path: str | Path) -> nn.Module:
-    """Build the architecture and load the checkpoint at ``path`` strictly."""
+    """Build the architecture and load the checkpoint at ``path`` strictly; an ``exported`` program loads itself."""
+    if is_exported(spec):
+        return load_program(path)
     return load_weights(build_model(spec), read_checkpoint(path))
+
+
+EXPORTED = "exported"
+
+
+def is_exported(spec: ArchitectureSpec | dict[str, Any] | None) -> bool:
+    """Whether ``spec`` names an exported program (``{"name": "exported"}``), whose file is its own architecture."""
+    name = spec.name if isinstance(spec, ArchitectureSpec) else (spec or {}).get("name")
+    return name == EXPORTED
+
+
+def model_architecture(path: str | Path, spec: ArchitectureSpec | dict[str, Any] | None) -> dict[str, Any]:
+    """The architecture a model file is loaded with: ``spec``, or ``exported`` for a ``.pt2`` program (whose
+    own architecture any other ``spec`` would contradict); ``InvalidWeightsError``/``UnknownArchitectureError``."""
+    try:
+        program = sniff_format(path) == "pt2"
+    except TensorFileError as exc:
+        raise InvalidWeightsError(str(exc)) from None
+    if program:
+        if spec is not None and not is_exported(spec):
+            raise UnknownArchitectureError(
+                'a .pt2 program carries its own architecture: give none, or {"name": "exported"}'
+            )
+        return {"name": EXPORTED, "config": {}}
+    if spec is None or is_exported(spec):
+        raise UnknownArchitectureError("weights need their architecture (only a .pt2 program carries its own)")
+    return spec.model_dump() if isinstance(spec, ArchitectureSpec) else dict(spec)

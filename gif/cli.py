@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gif.errors import GifError
+from gif.errors import GifError, InvalidSpecError
 
 EXIT_BAD_INPUT = 2
 
@@ -78,13 +78,14 @@ def metrics_table(metrics: dict[str, dict[str, float] | None]) -> str:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from gif.architectures import load_checkpoint
+    from gif.architectures import is_exported, load_checkpoint, model_architecture
     from gif.data import read_dataset
     from gif.edit import run
     from gif.spec import JobSpec
 
     spec = JobSpec.model_validate(_json_argument(args.spec))
-    model = load_checkpoint(_json_argument(args.architecture), args.model)
+    architecture = model_architecture(args.model, _json_argument(args.architecture) if args.architecture else None)
+    model = load_checkpoint(architecture, args.model)
     train = read_dataset(args.train_data)
     eval_data = read_dataset(args.eval_data) if args.eval_data else None
     validation = read_dataset(args.validation_data) if args.validation_data else None
@@ -93,7 +94,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
         outcome = run(spec, model, train, eval_data, bar, validation_data=validation, device=args.device)
     finally:
         bar.close()
-    checkpoint = outcome.write_checkpoint(args.out)
+    if str(args.out).endswith(".pt2"):
+        if not is_exported(architecture):
+            raise InvalidSpecError("--out .pt2 writes an edited program: the model must be a .pt2 program")
+        checkpoint = outcome.write_program(args.model, args.out)
+    else:
+        checkpoint = outcome.write_checkpoint(args.out)
     result = outcome.result
     if args.result:
         Path(args.result).write_text(result.model_dump_json(indent=2))
@@ -141,9 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = commands.add_parser("edit", help="run one edit job in-process")
     edit.add_argument("--spec", required=True, help="the job specification (JSON file or string)")
-    edit.add_argument("--model", required=True, help="weights: .safetensors or a torch zip state dict")
     edit.add_argument(
-        "--architecture", required=True, help='e.g. \'{"name": "tinynet", "config": {}}\' (or a JSON file)'
+        "--model", required=True, help="weights (.safetensors or a torch zip state dict), or a .pt2 exported program"
+    )
+    edit.add_argument(
+        "--architecture",
+        help='for weights: e.g. \'{"name": "tinynet", "config": {}}\' (or a JSON file); none for a .pt2 program',
     )
     edit.add_argument(
         "--train-data", required=True, help="the data the model was trained on (.safetensors/.npz with x, y)"
@@ -152,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument(
         "--validation-data", help="held-out data for the automatic step search (default: a split of the training data)"
     )
-    edit.add_argument("--out", required=True, help="where to write the edited weights (.safetensors)")
+    edit.add_argument(
+        "--out", required=True, help="where to write the edited weights (.safetensors; .pt2 for an edited program)"
+    )
     edit.add_argument("--result", help="where to write the result object (JSON)")
     edit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     edit.set_defaults(handler=cmd_edit)

@@ -29,6 +29,7 @@ from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution
 from gif.metrics import EvaluationPlan, evaluate, evaluation_plan
 from gif.parameters import ParameterSpace
 from gif.plan import RequestPlan
+from gif.programs import read_program, write_program
 from gif.result import (
     CheckpointInfo,
     DataSummary,
@@ -79,6 +80,13 @@ class EditOutcome:
         )
         self.result.checkpoint = CheckpointInfo(sha256=sha256_file(path), size_bytes=Path(path).stat().st_size)
         return self.result.checkpoint
+
+    def write_program(self, original: str | Path, path: str | Path) -> CheckpointInfo:
+        """Write the edited model as a ``.pt2`` program: the ``original`` program (re-read by the validating
+        loader) with the edited weights; recorded as the result's ``program``."""
+        write_program(read_program(original), self.state_dict, path)
+        self.result.program = CheckpointInfo(sha256=sha256_file(path), size_bytes=Path(path).stat().st_size)
+        return self.result.program
 
 
 class _Progress:
@@ -362,6 +370,10 @@ def run(
     ``device`` is a device or ``"auto"`` (the default: CUDA when there is one); the result's ``device`` entry
     names it and reports the edit's peak memory there.
     """
+    if spec.retrain is not None and isinstance(model, torch.fx.GraphModule):
+        raise InvalidSpecError(
+            "retrain needs an architecture that can be trained from scratch; an exported program has no initialisation"
+        )
     started = time.perf_counter()
     clock, report, warnings = PhaseClock(), _Progress(progress or _ignore_progress, spec.retrain is not None), []
     device = resolve_device(device if device is not None else "auto")

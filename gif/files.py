@@ -57,7 +57,7 @@ class TensorInfo:
 
 
 def sniff_format(path: str | Path) -> str:
-    """``"safetensors"``, ``"torch_zip"`` or ``"npz"``; anything else (a raw pickle included) is refused."""
+    """``"safetensors"``, ``"torch_zip"``, ``"npz"`` or ``"pt2"``; anything else (a raw pickle included) is refused."""
     with open(path, "rb") as fh:
         head = fh.read(9)
     if len(head) == 9 and head[8:9] == b"{":
@@ -70,9 +70,13 @@ def sniff_format(path: str | Path) -> str:
             raise TensorFileError(f"corrupt zip archive: {exc}") from None
         if any(n.endswith(".npy") for n in names):
             return "npz"
+        from gif.programs import is_program_archive
+
+        if is_program_archive(names):
+            return "pt2"
         if any(n.endswith("data.pkl") for n in names):
             return "torch_zip"
-        raise TensorFileError("zip archive is neither a torch state dict nor an .npz")
+        raise TensorFileError("zip archive is neither a torch state dict, an .npz nor a .pt2 program")
     if head[:1] == b"\x80":
         raise TensorFileError("pickle files are refused; save with safetensors or torch.save (zip format)")
     raise TensorFileError("unrecognised file: expected safetensors, a torch zip state dict or .npz")
@@ -184,11 +188,11 @@ def read_tensors(path: str | Path, allowed: tuple[str, ...]) -> dict[str, torch.
     return dict(loaded)
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".part") -> None:
     """Call ``write(tmp_path)`` then rename into ``path``: readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)

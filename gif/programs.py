@@ -7,7 +7,8 @@ marked ``use_pickle`` (``torch.load(weights_only=False)``), evaluates symbolic-s
 ``zipfile`` and ``json`` only, and refuses, naming what it refused: any pickled payload, any operator
 outside ATen/prims, sub-graphs, symbolic expressions outside a small grammar, and names that are not
 plain identifiers. It drops guard code and node metadata and reads weights as raw bytes; only then does
-torch's graph deserializer see the (plain, checked) program. Sample inputs are never read.
+torch's graph deserializer see the (plain, checked) program. Sample inputs are only checked to be plain
+tensors (``torch.load(weights_only=True)``), never used.
 
 The program must take one tensor batch and return logits, be exported in eval mode (no buffer
 mutations) and have a dynamic batch dimension: the engine feeds it batches of any size.
@@ -15,6 +16,7 @@ mutations) and have a dynamic batch dimension: the engine feeds it batches of an
 
 from __future__ import annotations
 
+import io
 import json
 import keyword
 import re
@@ -258,6 +260,17 @@ def _payloads(archive: _Archive, kind: str, model: str, max_bytes: int) -> dict[
     return {fqn: _tensor(archive, f"data/{kind}", fqn, entry, max_bytes) for fqn, entry in entries.items()}
 
 
+def _check_sample_inputs(archive: _Archive, name: str) -> None:
+    """Refuse sample inputs that only a full unpickler could read: stock ``torch.export.load`` would run them.
+    They are not used here; the restricted (``weights_only``) unpickler builds tensors and containers only."""
+    if name not in archive.names or not archive.zf.getinfo(f"{archive.root}/{name}").file_size:
+        return  # absent, or empty as torch writes it for a program without sample inputs
+    try:
+        torch.load(io.BytesIO(archive.read(name, MAX_PROGRAM_JSON_BYTES)), weights_only=True)
+    except Exception:  # the restricted unpickler raises many types on what it refuses
+        raise _refuse(f"{name} holds more than tensors (stock torch.export.load would unpickle it as code)") from None
+
+
 def read_program(path: str | Path, max_bytes: int = 1 << 34) -> torch.export.ExportedProgram:
     """The exported program in ``path``, validated as the module docstring says; ``InvalidWeightsError`` if refused.
 
@@ -281,6 +294,7 @@ def read_program(path: str | Path, max_bytes: int = 1 << 34) -> torch.export.Exp
         for legacy in (f"data/weights/{model}.pt", f"data/constants/{model}.pt"):
             if legacy in archive.names:
                 raise _refuse(f"{legacy} is a pickle (the legacy weight format); save with torch 2.14")
+        _check_sample_inputs(archive, f"data/sample_inputs/{model}.pt")
         program = _sanitized_program(archive.json(models[0]))
         weights = _payloads(archive, "weights", model, max_bytes)
         constants = _payloads(archive, "constants", model, max_bytes)
@@ -325,4 +339,4 @@ def write_program(program: torch.export.ExportedProgram, state: dict[str, torch.
         own[name] = (
             nn.Parameter(edited, requires_grad=value.requires_grad) if isinstance(value, nn.Parameter) else edited
         )
-    atomic_write(path, lambda tmp: torch.export.save(program, tmp))
+    atomic_write(path, lambda tmp: torch.export.save(program, tmp), suffix=".part.pt2")  # torch warns on other names

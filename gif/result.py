@@ -112,3 +112,8 @@ class EditResult(_Result):
     device: DeviceReport | None = Field(None, description="Where the edit ran (absent from records of old versions).")
     warnings: list[str] = []
     checkpoint: CheckpointInfo | None = Field(None, description="The edited weights, once written.")
+    program: CheckpointInfo | None = Field(
+        None,
+        description="The edited exported program (.pt2), for models uploaded as one: "
+        "GET /v1/jobs/{id}/checkpoint?format=pt2.",
+    )

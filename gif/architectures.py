@@ -349,14 +349,21 @@ def is_exported(spec: ArchitectureSpec | dict[str, Any] | None) -> bool:
     return name == EXPORTED
 
 
-def model_architecture(path: str | Path, spec: ArchitectureSpec | dict[str, Any] | None) -> dict[str, Any]:
-    """The architecture a model file is loaded with: ``spec``, or ``exported`` for a ``.pt2`` program (whose
-    own architecture any other ``spec`` would contradict); ``InvalidWeightsError``/``UnknownArchitectureError``."""
+def model_format(path: str | Path) -> str:
+    """The format of a model file (``safetensors``, ``torch_zip`` or ``pt2``); ``InvalidWeightsError`` otherwise."""
     try:
-        program = sniff_format(path) == "pt2"
+        fmt = sniff_format(path)
     except TensorFileError as exc:
         raise InvalidWeightsError(str(exc)) from None
-    if program:
+    if fmt not in (*WEIGHT_FORMATS, "pt2"):
+        raise InvalidWeightsError(f"{fmt} files are not models (accepted: safetensors, torch zip state dicts, .pt2)")
+    return fmt
+
+
+def model_architecture(file_format: str, spec: ArchitectureSpec | dict[str, Any] | None) -> dict[str, Any]:
+    """The architecture a model file of ``file_format`` is loaded with: ``spec``, or ``exported`` for a ``.pt2``
+    program (whose own architecture any other ``spec`` would contradict); ``UnknownArchitectureError``."""
+    if file_format == "pt2":
         if spec is not None and not is_exported(spec):
             raise UnknownArchitectureError(
                 'a .pt2 program carries its own architecture: give none, or {"name": "exported"}'

@@ -78,13 +78,14 @@ def metrics_table(metrics: dict[str, dict[str, float] | None]) -> str:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from gif.architectures import is_exported, load_checkpoint, model_architecture
+    from gif.architectures import is_exported, load_checkpoint, model_architecture, model_format
     from gif.data import read_dataset
     from gif.edit import run
     from gif.spec import JobSpec
 
     spec = JobSpec.model_validate(_json_argument(args.spec))
-    architecture = model_architecture(args.model, _json_argument(args.architecture) if args.architecture else None)
+    given = _json_argument(args.architecture) if args.architecture else None
+    architecture = model_architecture(model_format(args.model), given)
     model = load_checkpoint(architecture, args.model)
     train = read_dataset(args.train_data)
     eval_data = read_dataset(args.eval_data) if args.eval_data else None

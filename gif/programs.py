@@ -22,6 +22,7 @@ import keyword
 import re
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +311,31 @@ def read_program(path: str | Path, max_bytes: int = 1 << 34) -> torch.export.Exp
         raise
     except Exception as exc:  # the deserializer raises many types for inconsistent programs
         raise _refuse(f"the program could not be rebuilt: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+@dataclass(frozen=True)
+class ProgramFacts:
+    """What the API records about an uploaded program, to check jobs against it without loading it again."""
+
+    input_shape: list[int]  # one sample's shape (the batch dimension left out)
+    num_classes: int
+    num_parameters: int
+
+
+def describe_program(program: torch.export.ExportedProgram) -> ProgramFacts:
+    """The sample shape the program takes and the class count it returns; refuses a program that takes
+    samples of variable shape or does not return ``[batch, classes]`` logits."""
+    user_input = program.graph_signature.user_inputs[0]
+    placeholder = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_input)
+    sample = list(placeholder.meta["val"].shape[1:])
+    output = program.graph.output_node().args[0][0].meta["val"]
+    if not all(isinstance(d, int) for d in sample):
+        raise _refuse(
+            f"only the batch dimension may be dynamic; the input has shape {list(placeholder.meta['val'].shape)}"
+        )
+    if output.dim() != 2 or not isinstance(output.shape[1], int):
+        raise _refuse(f"the program must return logits of shape [batch, classes]; it returns {list(output.shape)}")
+    return ProgramFacts(sample, int(output.shape[1]), sum(p.numel() for p in program.parameters()))
 
 
 def program_module(program: torch.export.ExportedProgram) -> nn.Module:

@@ -20,6 +20,7 @@ from gif.data import Dataset, load_digits, load_mnist, shared_data_dir, split_in
 from gif.demo import write_demo_assets
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
+from service.core.errors import PROBLEM_TYPE_PREFIX
 from service.core.settings import Settings
 from service.tools.client import ApiClient
 from service.tools.launch import redis_for, worker_process
@@ -166,3 +167,18 @@ def api(stack_settings, worker):
 @pytest.fixture(scope="session")
 def inputs(api, demo) -> dict[str, str]:
     return api.upload_demo(demo["model"].parent)
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    """An RFC 9457 problem of this kind; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["type"] == PROBLEM_TYPE_PREFIX + code, body
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+@pytest.fixture(scope="session")
+def problem():
+    return assert_problem

@@ -14,12 +14,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import redis
 import torch
 from rq.timeouts import JobTimeoutException
 
-from gif.architectures import build_model, load_checkpoint
+from gif.architectures import build_model, is_exported, load_checkpoint
 from gif.data import Dataset, read_dataset
 from gif.devices import is_device_failure, resolve_device
 from gif.edit import EditOutcome, run
@@ -143,10 +145,11 @@ def _execute(ctx: ServiceContext, record: JobRecord) -> str:
             validation_data=data.get("validation"),
             device=resolve_device(ctx.settings.worker_device),
         )
-        checkpoint = _store_checkpoint(ctx, job_id, outcome)
+        stored = _store_outputs(ctx, job_id, outcome, record.inputs["model"])
         if jobs.succeed(job_id, outcome.result.model_dump(mode="json")):
             return "succeeded"
-        ctx.artifacts.release(checkpoint.sha256, f"job:{job_id}")
+        for sha256 in stored:
+            ctx.artifacts.release(sha256, f"job:{job_id}")
         return "abandoned: the job was ended elsewhere (lost or deleted) while it ran"
     except EditCancelled:
         error, status = job_error("cancelled", "cancelled on request while running"), "cancelled"
@@ -178,9 +181,16 @@ def _load_inputs(ctx: ServiceContext, inputs: dict[str, InputRef]) -> tuple[torc
     return model, data
 
 
-def _store_checkpoint(ctx: ServiceContext, job_id: str, outcome: EditOutcome) -> CheckpointInfo:
-    """Write the edited weights into the store (staged, then added under their sha256), as ``gif edit`` writes them."""
-    with ctx.artifacts.store.staging_file() as staged:
-        checkpoint = outcome.write_checkpoint(staged)
-        ctx.artifacts.add(staged, checkpoint.sha256, f"job:{job_id}")
-    return checkpoint
+def _store_outputs(ctx: ServiceContext, job_id: str, outcome: EditOutcome, model: InputRef) -> list[str]:
+    """Write the edited weights into the store (staged, then added under their sha256), as ``gif edit`` writes
+    them, and for an exported program the edited ``.pt2`` too; returns the stored sha256s."""
+    writers: list[Callable[[Path], CheckpointInfo]] = [outcome.write_checkpoint]
+    if is_exported(model.architecture):
+        writers.append(lambda path: outcome.write_program(ctx.artifacts.local_path(model.sha256), path))
+    stored = []
+    for write in writers:
+        with ctx.artifacts.store.staging_file() as staged:
+            info = write(staged)
+            ctx.artifacts.add(staged, info.sha256, f"job:{job_id}")
+            stored.append(info.sha256)
+    return stored

@@ -36,6 +36,7 @@ class ModelRecord(UploadRecord):
     architecture: dict[str, Any]
     num_parameters: int
     num_classes: int
+    input_shape: list[int] | None = None  # exported programs: one sample's shape
 
 
 class DatasetRecord(UploadRecord):

@@ -68,6 +68,15 @@ class JobRecord(BaseModel):
     def checkpoint_sha256(self) -> str | None:
         return (self.result or {}).get("checkpoint", {}).get("sha256")
 
+    @property
+    def program_sha256(self) -> str | None:
+        """The edited ``.pt2`` program, for jobs on exported programs."""
+        return ((self.result or {}).get("program") or {}).get("sha256")
+
+    @property
+    def output_sha256s(self) -> list[str]:
+        return [sha for sha in (self.checkpoint_sha256, self.program_sha256) if sha]
+
 
 class JobStore:
     def __init__(self, client: redis.Redis, keys: Keys, artifacts: Artifacts, heartbeat_ttl_s: float):
@@ -183,8 +192,7 @@ class JobStore:
             pipe.zrem(self.keys.jobs_of(record.owner, record.status), job_id)
             pipe.zrem(self.keys.jobs_with(record.status), job_id)
             pipe.execute()
-        checkpoint = record.checkpoint_sha256
-        self._release(job_id, [i.sha256 for i in record.inputs.values()] + ([checkpoint] if checkpoint else []))
+        self._release(job_id, [i.sha256 for i in record.inputs.values()] + record.output_sha256s)
         return True
 
     def reap_lost(self) -> list[str]:

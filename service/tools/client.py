@@ -34,11 +34,11 @@ class ApiClient:
             raise ApiError(response)
         return response.json()
 
-    def upload_model(self, path: str | Path, architecture: dict[str, Any]) -> dict[str, Any]:
+    def upload_model(self, path: str | Path, architecture: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Weights with their architecture, or a .pt2 program (no architecture)."""
+        data = {"architecture": json.dumps(architecture)} if architecture is not None else {}
         with open(path, "rb") as fh:
-            response = self.http.post(
-                "/v1/models", files={"file": (Path(path).name, fh)}, data={"architecture": json.dumps(architecture)}
-            )
+            response = self.http.post("/v1/models", files={"file": (Path(path).name, fh)}, data=data)
         return self._expect(response, 201)
 
     def upload_dataset(self, path: str | Path) -> dict[str, Any]:

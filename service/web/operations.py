@@ -11,6 +11,7 @@ from typing import Any
 
 from anyio.to_thread import run_sync as run_in_thread
 
+from gif.architectures import ArchitectureSpec, model_architecture, model_format
 from gif.errors import GifError
 from service.core.catalog import Kind, UploadRecord
 from service.core.context import ServiceContext
@@ -19,7 +20,7 @@ from service.core.jobs import InputRef, JobRecord
 from service.core.queue import enqueue_job, withdraw_job
 from service.web.schemas import JobRequest
 from service.web.uploads import Upload, receive_upload
-from service.web.validation import DATA_INPUTS, check_job, inspect_dataset, inspect_weights, parse_architecture
+from service.web.validation import DATA_INPUTS, check_job, inspect_dataset, inspect_model, parse_architecture
 
 log = logging.getLogger("service.web.operations")
 MAX_FILENAME_CHARS = 255
@@ -55,10 +56,15 @@ async def upload_model(
     """Stream the weights to a staging file, check them against the architecture, then store them."""
     with ctx.artifacts.store.staging_file() as staged:
         upload = await receive_upload(content_type, body, staged, "file", frozenset({"architecture"}))
-        _require(upload, ("architecture",))
-        architecture = parse_architecture(upload.fields["architecture"], "/architecture")
+        _require(upload, ())
+        given = upload.fields.get("architecture")
+        architecture = parse_architecture(given, "/architecture") if given is not None else None
         with blame("/file"):
-            facts = await run_in_thread(inspect_weights, staged, architecture)
+            file_format = await run_in_thread(model_format, staged)
+        with blame("/architecture"):
+            resolved = ArchitectureSpec.model_validate(model_architecture(file_format, architecture))
+        with blame("/file"):
+            facts = await run_in_thread(inspect_model, staged, resolved, ctx.settings.max_upload_bytes)
         return await _store(ctx, "model", owner, upload, facts)
 
 

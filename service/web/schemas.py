@@ -102,7 +102,10 @@ class ModelOut(BaseModel):
     num_parameters: int
     sha256: str
     size_bytes: int
-    format: Literal["safetensors", "torch_zip"]
+    format: Literal["safetensors", "torch_zip", "pt2"]
+    input_shape: list[int] | None = Field(
+        None, description="Exported programs: the shape of one sample the program takes (the batch left out)."
+    )
     filename: str | None = None
     created_at: str
 

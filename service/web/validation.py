@@ -16,10 +16,12 @@ from typing import Any
 import torch
 
 from gif.architectures import (
+    EXPORTED,
     ArchitectureSpec,
     build_model,
     check_weights,
     checkpoint_tensor_infos,
+    is_exported,
     num_classes,
     resolve,
 )
@@ -27,6 +29,7 @@ from gif.checks import JobPart, job_fit_problems
 from gif.data import DatasetSummary, summarize_dataset
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
 from gif.files import sniff_format
+from gif.programs import describe_program, read_program
 from gif.spec import JobSpec
 from service.core.catalog import DatasetRecord, ModelRecord
 from service.core.errors import ServiceError
@@ -37,6 +40,25 @@ DATA_INPUTS: dict[JobPart, str] = {
     "validation": "validation_dataset_id",
 }
 POINTERS: dict[JobPart, str] = {"request": "/request", **{part: f"/{field}" for part, field in DATA_INPUTS.items()}}
+
+
+def inspect_model(path: Path, architecture: ArchitectureSpec, max_bytes: int) -> dict[str, Any]:
+    """Check a model file: weights against their architecture, or an exported program with the validating loader."""
+    if is_exported(architecture):
+        return inspect_program(path, max_bytes)
+    return inspect_weights(path, architecture)
+
+
+def inspect_program(path: Path, max_bytes: int) -> dict[str, Any]:
+    """Load a ``.pt2`` program with the validating loader (nothing from it runs); its facts for the record."""
+    program = read_program(path, max_bytes)
+    facts = describe_program(program)
+    non_finite = [n for n, t in program.state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if non_finite:
+        raise InvalidWeightsError(
+            "the program's weights are not finite", [f"{n}: contains NaN or Inf" for n in non_finite]
+        )
+    return {"architecture": {"name": EXPORTED, "config": {}}, **asdict(facts), "format": "pt2"}
 
 
 def inspect_weights(path: Path, architecture: ArchitectureSpec) -> dict[str, Any]:
@@ -84,11 +106,23 @@ def check_job(spec: JobSpec, model: ModelRecord, datasets: dict[JobPart, Dataset
         part: DatasetSummary(record.num_samples, record.num_classes, record.sample_shape, record.class_counts)
         for part, record in datasets.items()
     }
-    architecture = json.dumps(model.architecture, sort_keys=True)
-    output_shape = _logits_shape(architecture, tuple(summaries["train"].sample_shape))
-    problems = job_fit_problems(spec, output_shape, summaries)
-    if problems:
-        errors = [{"pointer": POINTERS[p.part], "detail": p.detail} for p in problems]
+    sample_shape = tuple(summaries["train"].sample_shape)
+    errors = []
+    if is_exported(model.architecture):
+        takes = tuple(model.input_shape or ())
+        output_shape: tuple[int, ...] | str = (
+            (1, model.num_classes)
+            if sample_shape == takes
+            else f"the exported program takes samples of shape {list(takes)}"
+        )
+        if spec.retrain is not None:
+            errors.append({"pointer": "/retrain", "detail": "an exported program cannot be retrained from scratch"})
+    else:
+        output_shape = _logits_shape(json.dumps(model.architecture, sort_keys=True), sample_shape)
+    errors += [
+        {"pointer": POINTERS[p.part], "detail": p.detail} for p in job_fit_problems(spec, output_shape, summaries)
+    ]
+    if errors:
         raise ServiceError(InvalidSpecError.code, "the job does not fit its model and data", errors)
 
 
@@ -102,6 +136,14 @@ def parse_architecture(raw: str | dict[str, Any], pointer: str) -> ArchitectureS
             "the architecture is not valid JSON",
             [{"pointer": pointer, "detail": f"{exc.msg} at position {exc.pos}"}],
         ) from None
+    if is_exported(value if isinstance(value, dict) else None):
+        if value.get("config"):
+            raise ServiceError(
+                "validation-error",
+                "an exported program takes no config",
+                [{"pointer": f"{pointer}/config", "detail": "must be empty"}],
+            )
+        return ArchitectureSpec(name=EXPORTED)
     try:
         entry, config = resolve(value)
     except UnknownArchitectureError as exc:

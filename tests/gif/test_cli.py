@@ -72,3 +72,28 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "gif"
     out = subprocess.run([str(script), "architectures", "tinynet"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["num_parameters"] == 398_090
+
+
+def test_an_exported_program_is_edited_as_its_eager_model_is(demo, capsys):
+    """``--model model.pt2`` with no architecture: the same edit as the weights with their architecture."""
+    import torch
+    from safetensors.torch import load_file
+
+    from gif.architectures import load_checkpoint
+    from gif.programs import load_program
+
+    model = load_checkpoint(json.loads((demo / "architecture.json").read_text()), demo / "model.safetensors").eval()
+    sample = load_file(str(demo / "train.safetensors"))["x"][:2]
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    program = torch.export.export(model, (sample,), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, str(demo / "model.pt2"))
+    assert main(edit_args(demo)) == 0
+    args = edit_args(demo, **{"--model": str(demo / "model.pt2"), "--out": str(demo / "edited.pt2")})
+    architecture = args.index("--architecture")
+    assert main(args[:architecture] + args[architecture + 2 :]) == 0
+    capsys.readouterr()
+    eager, exported = load_file(str(demo / "edited.safetensors")), load_program(demo / "edited.pt2").state_dict()
+    assert eager.keys() == exported.keys()
+    assert all(torch.allclose(eager[k], exported[k], atol=1e-6) for k in eager)
+    assert main(edit_args(demo, **{"--model": str(demo / "model.pt2")})) == 2  # an architecture contradicts it
+    assert "carries its own architecture" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gif.architectures import load_checkpoint, model_architecture
+from gif.architectures import load_checkpoint, model_architecture, model_format
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum, curvature_kernels
 from gif.data import Dataset
 from gif.edit import run
@@ -72,9 +72,10 @@ def test_the_loaded_program_computes_what_the_model_computes(trained):
     assert list(program.state_dict()) == list(model.state_dict())  # the program's state-dict names
     with torch.no_grad():
         assert torch.allclose(program(data.x[:7]), model(data.x[:7]), atol=1e-6)  # any batch size
-    assert model_architecture(path, None) == {"name": "exported", "config": {}}
+    assert model_format(path) == "pt2"
+    assert model_architecture("pt2", None) == {"name": "exported", "config": {}}
     with pytest.raises(UnknownArchitectureError, match="carries its own architecture"):
-        model_architecture(path, {"name": "tinynet", "config": {}})
+        model_architecture("pt2", {"name": "tinynet", "config": {}})
 
 
 def test_layers_are_found_in_the_graph(trained):

@@ -1,5 +1,5 @@
 """API fixtures: the app in-process on a real Redis with no worker on its queue (jobs stay queued),
-the demo model and data uploaded once, and problem checks.
+the demo model and data uploaded once.
 """
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from service.core.errors import PROBLEM_TYPE_PREFIX
 from service.tools.client import ApiClient
 from service.web.app import create_app
 
@@ -33,18 +32,3 @@ def api(http):
 def inputs(api, demo) -> dict[str, str]:
     """The demo model, training and held-out data, uploaded once: their ids as a job body names them."""
     return api.upload_demo(demo["model"].parent)
-
-
-def assert_problem(response, status: int, code: str) -> dict:
-    """An RFC 9457 problem of this kind; returns its body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["type"] == PROBLEM_TYPE_PREFIX + code, body
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
-
-
-@pytest.fixture(scope="session")
-def problem():
-    return assert_problem

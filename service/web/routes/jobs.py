@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -75,9 +75,10 @@ def cancel(job: OwnedJob, ctx: Context) -> Response:
 
 @router.get(
     "/{job_id}/checkpoint",
-    summary="The edited weights (safetensors)",
+    summary="The edited weights (safetensors), or the edited exported program (?format=pt2)",
     response_class=FileResponse,
-    description="409 until the job succeeded. The ETag is the file's sha256 (also result.checkpoint.sha256).",
+    description="409 until the job succeeded. The ETag is the file's sha256 (result.checkpoint.sha256, or "
+    "result.program.sha256 for ?format=pt2, which only jobs on an exported program have).",
     responses={
         **not_found,
         **responses("conflict"),
@@ -89,17 +90,25 @@ def checkpoint(
     record: OwnedJob,
     ctx: Context,
     if_none_match: Annotated[str | None, Header()] = None,
+    file_format: Annotated[
+        Literal["safetensors", "pt2"],
+        Query(
+            alias="format", description="safetensors (the state dict), or pt2 (the edited program, for exported models)"
+        ),
+    ] = "safetensors",
 ) -> Response:
-    sha256 = record.checkpoint_sha256
-    if record.status != "succeeded" or sha256 is None:
+    if record.status != "succeeded":
         raise ServiceError("conflict", f"the job is {record.status}; its checkpoint exists once it succeeded")
+    sha256 = record.program_sha256 if file_format == "pt2" else record.checkpoint_sha256
+    if sha256 is None:
+        raise ServiceError("conflict", "only jobs on an exported (.pt2) model have an edited program; use safetensors")
     etag = f'"{sha256}"'
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
     return FileResponse(
         ctx.artifacts.local_path(sha256),
         media_type="application/octet-stream",
-        filename=f"{record.id}.safetensors",
+        filename=f"{record.id}.{file_format}",
         headers={"ETag": etag},
     )
 

@@ -22,15 +22,16 @@ from service.web.schemas import DatasetOut, ModelOut, Page, public
 FILE_PART = {"type": "string", "format": "binary"}
 ARCHITECTURE_PART = {
     "type": "string",
-    "description": 'The architecture as JSON: {"name": …, "config": {…}} (see GET /v1/architectures).',
+    "description": 'The architecture as JSON: {"name": …, "config": {…}} (see GET /v1/architectures); '
+    'leave it out (or give {"name": "exported"}) for a .pt2 program.',
     "example": '{"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}}',
 }
 UPLOAD_ERRORS = ("validation-error", "invalid-weights", "bad-request", "payload-too-large", "unsupported-media-type")
 Uploader = Callable[[ServiceContext, str, str | None, AsyncIterator[bytes]], Awaitable[UploadRecord]]
 
 
-def multipart(description: str, **parts: dict[str, Any]) -> dict[str, Any]:
-    schema = {"type": "object", "properties": parts, "required": list(parts)}
+def multipart(description: str, optional: tuple[str, ...] = (), **parts: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": parts, "required": [p for p in parts if p not in optional]}
     return {
         "requestBody": {
             "required": True,
@@ -88,7 +89,10 @@ models = catalog_router(
     ModelOut,
     upload_model,
     multipart(
-        "Weights (.safetensors, or a torch zip state dict) and their architecture.",
+        "Weights (.safetensors, or a torch zip state dict) and their architecture; or a .pt2 program "
+        "(torch.export.save, eval mode, a dynamic batch dimension) with no architecture: it is read by a "
+        "validating loader that runs nothing from the file.",
+        optional=("architecture",),
         file=FILE_PART,
         architecture=ARCHITECTURE_PART,
     ),

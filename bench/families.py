@@ -88,7 +88,8 @@ def main() -> int:
     started = datetime.now(timezone.utc)
     device = resolve_device("auto")
     print(machine(), device, flush=True)
-    hvp_rows, edit_rows = [], []
+    hvp_rows: list[list[object]] = []
+    edit_rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="gif-bench-") as tmp:
         models = [(label, arch["name"], build_model(arch)) for label, arch in FAMILIES]
         models.append((EXPORTED[0], "exported", exported(EXPORTED[1], Path(tmp))))

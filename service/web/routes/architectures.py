@@ -10,24 +10,34 @@ from fastapi import APIRouter, Query
 from gif.architectures import architectures, lookup, parameter_listing
 from gif.errors import UnknownArchitectureError
 from service.core.errors import ServiceError
+from service.web.dependencies import Pagination
 from service.web.problems import responses
-from service.web.schemas import ArchitectureInfo, ParameterListing
+from service.web.schemas import ArchitectureInfo, Page, ParameterListing
 
 router = APIRouter(prefix="/v1/architectures", tags=["architectures"])
 
 
-@router.get("", summary="The registry: name, family, description, config schema")
+@router.get(
+    "",
+    summary="The registry: name, family, description, config schema",
+    description="In registry order (the paper's four, torchvision's, timm's), paginated like every list. "
+    'A .pt2 program needs no entry: it is uploaded with no architecture (or {"name": "exported"}).',
+)
 def list_architectures(
+    page: Pagination,
     family: Annotated[
         Literal["paper", "torchvision", "timm"] | None, Query(description="Only this family of architectures.")
     ] = None,
     q: Annotated[str | None, Query(max_length=100, description="Only names containing this, in any case.")] = None,
-) -> list[ArchitectureInfo]:
-    return [
+) -> Page[ArchitectureInfo]:
+    matching = [a for a in architectures(family) if q is None or q.lower() in a.name.lower()]
+    start = page.cursor or 0
+    end = start + page.limit
+    items = [
         ArchitectureInfo(name=a.name, family=a.family, description=a.description, config_schema=a.config_schema())
-        for a in architectures(family)
-        if q is None or q.lower() in a.name.lower()
+        for a in matching[start:end]
     ]
+    return Page(items=items, next_cursor=page.next(end if end < len(matching) else None))
 
 
 @router.get(

@@ -4,7 +4,7 @@
 sample) and a ``DatasetSummary`` of each dataset: the engine measures both on the real tensors, the API
 on the ``meta`` device and the summaries recorded at upload, so a job that cannot run is refused at
 POST time in the same words the engine would use. Each problem names the part of the job it is about
-(``request``, ``train``, ``eval`` or ``validation``); the API turns that into a JSON pointer.
+(``request``, ``train``, ``eval``, ``validation`` or ``attack``); the API turns that into a JSON pointer.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Literal
 
 from gif.data import DatasetSummary
 from gif.errors import InvalidSpecError
-from gif.spec import JobSpec, check_request
+from gif.spec import JobSpec, Relabel, check_request
 
-JobPart = Literal["request", "train", "eval", "validation"]
+JobPart = Literal["request", "train", "eval", "validation", "attack"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ def job_fit_problems(
     spec: JobSpec, output_shape: tuple[int, ...] | str, data: dict[JobPart, DatasetSummary]
 ) -> list[FitProblem]:
     """Every way the job fails to fit: ``output_shape`` is the model's output for one training sample, or the
-    reason it could not take one; ``data`` holds the ``train`` summary and, when given, ``eval`` and ``validation``."""
+    reason it could not take one; ``data`` holds the ``train`` summary and, when given, ``eval``, ``validation``
+    and ``attack``."""
     train = data["train"]
     problems = []
     if isinstance(output_shape, str) or len(output_shape) != 2:
@@ -49,7 +50,9 @@ def job_fit_problems(
         check_request(spec.request, train.class_counts, num_classes)
     except InvalidSpecError as exc:
         problems += [FitProblem("request", detail) for detail in exc.problems]
-    for part in ("eval", "validation"):
+    if "attack" in data and not isinstance(spec.request, Relabel):
+        problems.append(FitProblem("attack", "attack data measures a backdoor: it goes with relabel requests only"))
+    for part in ("eval", "validation", "attack"):
         extra = data.get(part)
         if extra is None:
             continue

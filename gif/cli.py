@@ -90,9 +90,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     train = read_dataset(args.train_data)
     eval_data = read_dataset(args.eval_data) if args.eval_data else None
     validation = read_dataset(args.validation_data) if args.validation_data else None
+    attack = read_dataset(args.attack_data) if args.attack_data else None
     bar = ProgressBar()
     try:
-        outcome = run(spec, model, train, eval_data, bar, validation_data=validation, device=args.device)
+        outcome = run(
+            spec, model, train, eval_data, bar, validation_data=validation, attack_data=attack, device=args.device
+        )
     finally:
         bar.close()
     if str(args.out).endswith(".pt2"):
@@ -161,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--eval-data", help="held-out data for the reported metrics")
     edit.add_argument(
         "--validation-data", help="held-out data for the automatic step search (default: a split of the training data)"
+    )
+    edit.add_argument(
+        "--attack-data",
+        help="relabel only: held-out inputs carrying the backdoor's trigger, with their true labels "
+        "(for heldout_attack_success_rate)",
     )
     edit.add_argument(
         "--out", required=True, help="where to write the edited weights (.safetensors; .pt2 for an edited program)"

@@ -43,7 +43,7 @@ from gif.result import (
     Timings,
 )
 from gif.selection import Selection, full_selection, select
-from gif.spec import AutoStep, JobSpec, RemoveClass
+from gif.spec import AutoStep, JobSpec, Relabel, RemoveClass
 from gif.step import StepPolicy, carved_validation_indices, carved_validation_warning, step_policy
 from gif.training import reinitialised, train
 
@@ -122,6 +122,7 @@ def check_inputs(
     train: Dataset,
     eval_data: Dataset | None = None,
     validation_data: Dataset | None = None,
+    attack_data: Dataset | None = None,
 ) -> int:
     """Refuse what can be refused before any work (``gif.checks``: input shape, labels, request ranges); return the
     class count. The model's output shape is measured on one real training sample."""
@@ -136,6 +137,8 @@ def check_inputs(
         data["eval"] = DatasetSummary.of(eval_data)
     if validation_data is not None:
         data["validation"] = DatasetSummary.of(validation_data)
+    if attack_data is not None:
+        data["attack"] = DatasetSummary.of(attack_data)
     return check_job_fit(spec, output_shape, data)
 
 
@@ -303,6 +306,7 @@ def _evaluate(
     edited: nn.Module,
     train_data: Dataset,
     eval_data: Dataset | None,
+    attack_data: Dataset | None,
     plan: RequestPlan,
     report: _Progress,
 ) -> tuple[EvaluationPlan, dict[str, float], dict[str, float]]:
@@ -319,6 +323,8 @@ def _evaluate(
         spec.evaluation.retain_samples,
         spec.solver.seed,
         spec.evaluation.batch_size,
+        attack=attack_data,
+        attack_target=spec.request.attack_target if isinstance(spec.request, Relabel) else None,
     )
     device = next(original.parameters()).device
     try:
@@ -359,6 +365,7 @@ def run(
     progress: ProgressSink | None = None,
     *,
     validation_data: Dataset | None = None,
+    attack_data: Dataset | None = None,
     loss_fn: LossFn = cross_entropy_sum,
     device: torch.device | str | None = None,
 ) -> EditOutcome:
@@ -366,7 +373,8 @@ def run(
 
     ``train_data`` is the data the model was trained on (indices in the request refer to it);
     ``eval_data``, when given, is held-out data for the reported metrics only; ``validation_data``,
-    when given, is held-out data the step search uses instead of a split carved from the training data.
+    when given, is held-out data the step search uses instead of a split carved from the training data;
+    ``attack_data`` (relabel only), held-out inputs carrying a backdoor's trigger with their true labels.
     ``device`` is a device or ``"auto"`` (the default: CUDA when there is one); the result's ``device`` entry
     names it and reports the edit's peak memory there.
     """
@@ -379,7 +387,7 @@ def run(
     device = resolve_device(device if device is not None else "auto")
     reset_peak_memory(device)
     original = copy.deepcopy(model).to(device).eval()
-    check_inputs(original, spec, train_data, eval_data, validation_data)
+    check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
 
     plan = RequestPlan.of(spec.request, train_data)
     samples = draw_samples(spec, plan, len(train_data), carve_validation=validation_data is None)
@@ -400,7 +408,9 @@ def run(
             "raise solver.max_iterations for a tighter solve"
         )
     with clock("evaluation"):
-        eval_plan, before, after = _evaluate(spec, original, edit.model, train_data, eval_data, plan, report)
+        eval_plan, before, after = _evaluate(
+            spec, original, edit.model, train_data, eval_data, attack_data, plan, report
+        )
     retrained = None
     if spec.retrain is not None:
         with clock("retrain"):

@@ -4,7 +4,9 @@ Keys (fractions in [0, 1]; a key is absent where it does not apply):
 ``test_accuracy``, ``test_loss`` (eval data, removed classes excluded), ``forget_test_accuracy``,
 ``forget_test_loss`` (eval examples of removed classes), ``forget_accuracy`` (the removed training
 examples), ``retain_accuracy``, ``score`` (paper eq. 32), ``mia_efficacy``, and for relabel
-``relabel_accuracy``, ``attack_success_rate`` and ``clean_accuracy``.
+``relabel_accuracy``, ``attack_success_rate`` (relabelled examples whose label changes, still predicted as
+their old label), ``clean_accuracy`` and ``heldout_attack_success_rate`` (held-out triggered inputs whose true
+label is not the attack target, predicted as the target).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ METRIC_KEYS = (
     "relabel_accuracy",
     "attack_success_rate",
     "clean_accuracy",
+    "heldout_attack_success_rate",
 )
 MIA_MAX_PER_SIDE = 2000
 
@@ -99,6 +102,8 @@ class EvaluationPlan:
     removal: bool
     class_level: bool
     batch_size: int = 512
+    attack: Dataset | None = None  # held-out triggered inputs, true labels (relabel only)
+    attack_target: int | None = None  # the class the backdoor sends them to
 
 
 def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
@@ -128,9 +133,16 @@ def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
     else:
         assert plan.new_labels is not None
         metrics["relabel_accuracy"] = accuracy(affected_logits, plan.new_labels)
-        metrics["attack_success_rate"] = accuracy(affected_logits, plan.affected.y)
+        changed = plan.affected.y != plan.new_labels  # an example relabelled to its own label carries no attack
+        if changed.any():
+            metrics["attack_success_rate"] = accuracy(affected_logits[changed], plan.affected.y[changed])
         if "test_accuracy" in metrics:
             metrics["clean_accuracy"] = metrics["test_accuracy"]
+        if plan.attack is not None and plan.attack_target is not None:
+            victims = plan.attack.subset(torch.nonzero(plan.attack.y != plan.attack_target).flatten())
+            if len(victims):
+                target = torch.full_like(victims.y, plan.attack_target)
+                metrics["heldout_attack_success_rate"] = accuracy(logits(victims), target)
     return metrics
 
 
@@ -144,7 +156,11 @@ def evaluation_plan(
     retain_samples: SampleCount,
     seed: int,
     batch_size: int,
+    attack: Dataset | None = None,
+    attack_target: int | None = None,
 ) -> EvaluationPlan:
+    """The data every model of one job is measured on. ``attack_target`` defaults to the most common old label
+    among the relabelled examples whose label changes (the class a backdoor sends triggered inputs to)."""
     eval_kept = eval_forgotten = None
     if eval_data is not None:
         if removed_classes:
@@ -160,4 +176,16 @@ def evaluation_plan(
         removal=new_labels is None,
         class_level=bool(removed_classes),
         batch_size=batch_size,
+        attack=attack,
+        attack_target=attack_target
+        if attack_target is not None
+        else _most_common_old_label(train, affected, new_labels),
     )
+
+
+def _most_common_old_label(train: Dataset, affected: torch.Tensor, new_labels: torch.Tensor | None) -> int | None:
+    if new_labels is None:
+        return None
+    old = train.y[affected]
+    changed = old[old != new_labels]
+    return int(torch.mode(changed).values) if len(changed) else None

@@ -49,6 +49,11 @@ class Relabel(_Strict):
     kind: Literal["relabel"] = "relabel"
     indices: UniqueIndices = Field(examples=[[3, 17]])
     labels: list[NonNegative] = Field(min_length=1, examples=[[1, 7]])
+    attack_target: NonNegative | None = Field(
+        None,
+        description="The backdoor's target class, for heldout_attack_success_rate; null: the most common old "
+        "label among the relabelled examples whose label changes.",
+    )
 
     @model_validator(mode="after")
     def _same_length(self) -> Relabel:
@@ -167,6 +172,11 @@ class JobSpec(_Strict):
         None,
         description="HTTP only, optional: held-out data (not the eval data) for the automatic step search. "
         "Null: a split carved from the training data.",
+    )
+    attack_dataset_id: str | None = Field(
+        None,
+        description="HTTP only, optional, relabel only: held-out inputs carrying the trigger, labelled with their "
+        "true labels, for heldout_attack_success_rate.",
     )
     request: EditRequest
     method: Method = "gif"

@@ -143,6 +143,7 @@ def _execute(ctx: ServiceContext, record: JobRecord) -> str:
             data.get("eval"),
             progress,
             validation_data=data.get("validation"),
+            attack_data=data.get("attack"),
             device=resolve_device(ctx.settings.worker_device),
         )
         stored = _store_outputs(ctx, job_id, outcome, record.inputs["model"])

@@ -38,6 +38,7 @@ DATA_INPUTS: dict[JobPart, str] = {
     "train": "train_dataset_id",
     "eval": "eval_dataset_id",
     "validation": "validation_dataset_id",
+    "attack": "attack_dataset_id",
 }
 POINTERS: dict[JobPart, str] = {"request": "/request", **{part: f"/{field}" for part, field in DATA_INPUTS.items()}}
 

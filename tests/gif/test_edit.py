@@ -150,12 +150,26 @@ def backdoored(mnist_split):
 
 
 def test_relabel_repairs_a_backdoor(backdoored):
+    from gif.data import Dataset, checkerboard_trigger
+    from gif.metrics import predict
+
     model, poisoned, indices, true_labels, held_out = backdoored
+    attack = Dataset(checkerboard_trigger(held_out.x), held_out.y)  # triggered, with their true labels
     spec = job(request={"kind": "relabel", "indices": indices.tolist(), "labels": true_labels.tolist()})
-    outcome = run(spec, model, poisoned, held_out)
+    outcome = run(spec, model, poisoned, held_out, attack_data=attack)
     before, after = outcome.result.metrics.before, outcome.result.metrics.after
+    # over the relabelled examples whose label changes (true label not 4), as the contract defines it
+    changed = true_labels != 4
+    still_four = predict(model, poisoned.x[indices[changed]]).argmax(1) == 4
+    assert before["attack_success_rate"] == pytest.approx(float(still_four.float().mean()))
     assert before["attack_success_rate"] > 0.9
     assert after["attack_success_rate"] < 0.5 * before["attack_success_rate"]
+    # held-out triggered digits that are not 4, sent to 4 (the target defaults to the most common old label)
+    victims = held_out.y != 4
+    sent = predict(model, attack.x[victims]).argmax(1) == 4
+    assert before["heldout_attack_success_rate"] == pytest.approx(float(sent.float().mean()))
+    assert before["heldout_attack_success_rate"] > 0.5
+    assert after["heldout_attack_success_rate"] < before["heldout_attack_success_rate"]
     assert after["relabel_accuracy"] > before["relabel_accuracy"] + 0.3
     assert after["clean_accuracy"] >= before["clean_accuracy"] - 0.1  # quality vs retraining: see bench/
 

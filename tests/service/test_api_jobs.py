@@ -119,11 +119,19 @@ def test_data_of_the_wrong_shape_is_refused(http, base, dataset_id, problem):
     body = problem(http.post("/v1/jobs", json={**base, "train_dataset_id": wrong}), 422, "invalid-spec")
     assert [e["pointer"] for e in body["errors"]] == ["/train_dataset_id"]
     body = problem(
-        http.post("/v1/jobs", json={**base, "eval_dataset_id": wrong, "validation_dataset_id": wrong}),
+        http.post(
+            "/v1/jobs",
+            json={**base, "eval_dataset_id": wrong, "validation_dataset_id": wrong, "attack_dataset_id": wrong},
+        ),
         422,
         "invalid-spec",
     )
-    assert {e["pointer"] for e in body["errors"]} == {"/eval_dataset_id", "/validation_dataset_id"}
+    assert {e["pointer"] for e in body["errors"]} == {
+        "/eval_dataset_id",
+        "/validation_dataset_id",
+        "/attack_dataset_id",
+    }
+    assert any("relabel requests only" in e["detail"] for e in body["errors"])
 
 
 def test_unreadable_bodies_are_4xx(http, problem):

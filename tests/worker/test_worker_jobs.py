@@ -59,7 +59,8 @@ def test_relabel_end_to_end(api, inputs, demo):
     labels = [(int(train["y"][i]) + 1) % 10 for i in indices]
     spec = {
         **inputs,
-        "request": {"kind": "relabel", "indices": indices, "labels": labels},
+        "attack_dataset_id": inputs["eval_dataset_id"],  # stands in for triggered held-out inputs
+        "request": {"kind": "relabel", "indices": indices, "labels": labels, "attack_target": 3},
         "selection": {"criterion": "topk_gradients", "ratio": 0.1},
         "solver": {"max_iterations": 30},
         "step": {"mode": "fixed", "scale": 1.0},
@@ -67,7 +68,9 @@ def test_relabel_end_to_end(api, inputs, demo):
     job = api.wait(api.submit(spec)["id"])
     assert job["status"] == "succeeded", job["error"]
     metrics = job["result"]["metrics"]
-    assert {"relabel_accuracy", "attack_success_rate", "clean_accuracy"} <= set(metrics["after"])
+    assert {"relabel_accuracy", "attack_success_rate", "clean_accuracy", "heldout_attack_success_rate"} <= set(
+        metrics["after"]
+    )
     changed = changed_entries(load_file(demo["model"]), download(api.http, job))
     assert 0 < changed <= job["result"]["selection"]["num_selected"]
 

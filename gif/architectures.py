@@ -18,8 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from gif import zoo
-from gif.errors import InvalidWeightsError, UnknownArchitectureError
-from gif.files import TensorFileError, TensorInfo, read_tensors, scan_safetensors, sniff_format
+from gif.errors import InvalidWeightsError, TooLargeError, UnknownArchitectureError
+from gif.files import (
+    DeclaredSizeError,
+    TensorFileError,
+    TensorInfo,
+    check_archive_sizes,
+    read_tensors,
+    scan_safetensors,
+    sniff_format,
+)
 from gif.programs import load_program
 
 
@@ -319,15 +327,19 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise InvalidWeightsError(str(exc)) from None
 
 
-def checkpoint_tensor_infos(path: str | Path) -> dict[str, TensorInfo]:
+def checkpoint_tensor_infos(path: str | Path, max_bytes: int = 1 << 40) -> dict[str, TensorInfo]:
     """Shape, dtype and finiteness of every tensor of a checkpoint file, for ``check_weights``.
 
     Safetensors are scanned in bounded chunks and torch zip files are memory-mapped, so memory
-    does not grow with the checkpoint.
+    does not grow with the checkpoint; a torch zip declaring more than ``max_bytes`` uncompressed (or
+    expanding like a decompression bomb) is refused with ``TooLargeError`` before it is read.
     """
     try:
         if sniff_format(path) == "safetensors":
             return scan_safetensors(path)
+        check_archive_sizes(path, max_bytes, "GIF_MAX_MODEL_BYTES")
+    except DeclaredSizeError as exc:
+        raise TooLargeError(str(exc)) from None
     except TensorFileError as exc:
         raise InvalidWeightsError(str(exc)) from None
     return {name: TensorInfo.of(value) for name, value in read_checkpoint(path).items()}

@@ -18,11 +18,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from gif.errors import InvalidDatasetError
+from gif.errors import InvalidDatasetError, TooLargeError
 from gif.files import (
+    DeclaredSizeError,
     TensorFileError,
     read_safetensors_tensor,
     read_tensors,
+    scan_npz,
     scan_safetensors,
     sniff_format,
     write_safetensors,
@@ -134,22 +136,27 @@ class DatasetSummary:
         return cls(len(data), data.num_classes, data.sample_shape, torch.bincount(data.y).tolist())
 
 
-def summarize_dataset(path: str | Path) -> DatasetSummary:
+def summarize_dataset(path: str | Path, max_bytes: int = 1 << 40) -> DatasetSummary:
     """Validate a dataset file as ``read_dataset`` does and summarise it.
 
-    For safetensors only the labels are loaded; ``x`` is checked for NaN/Inf in bounded chunks, so
-    memory does not grow with the file. ``.npz`` archives are read whole.
+    Only the labels are loaded; ``x`` is checked for NaN/Inf in bounded chunks, so memory does not grow
+    with the file. An ``.npz`` whose members declare more than ``max_bytes`` uncompressed, or expand like a
+    decompression bomb, is refused (``TooLargeError``) before any of it is read.
     """
     try:
         fmt = sniff_format(path)
-    except TensorFileError as exc:
-        raise InvalidDatasetError(str(exc)) from None
-    if fmt != "safetensors":
-        return DatasetSummary.of(read_dataset(path))
-    try:
-        infos = scan_safetensors(path)
-        _require_x_and_y(infos)
-        y = read_safetensors_tensor(path, "y")
+        if fmt not in DATASET_FORMATS:
+            raise TensorFileError(f"{fmt} files are not datasets (accepted: {', '.join(DATASET_FORMATS)})")
+        if fmt == "safetensors":
+            infos = scan_safetensors(path)
+            _require_x_and_y(infos)
+            y = read_safetensors_tensor(path, "y")
+        else:
+            infos, whole = scan_npz(path, max_bytes, read_whole=("y",))
+            _require_x_and_y(infos)
+            y = whole["y"]
+    except DeclaredSizeError as exc:
+        raise TooLargeError(str(exc)) from None
     except TensorFileError as exc:
         raise InvalidDatasetError(str(exc)) from None
     x = infos["x"]

@@ -47,6 +47,12 @@ class InvalidDatasetError(GifError):
     code = "invalid-dataset"
 
 
+class TooLargeError(GifError):
+    """An upload declares (or would expand to) more bytes than the service's limit allows."""
+
+    code = "payload-too-large"
+
+
 class NonFiniteError(GifError):
     """A Hessian-vector product, gradient or solution became NaN/Inf and could not be recovered."""
 

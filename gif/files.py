@@ -42,6 +42,82 @@ class TensorFileError(ValueError):
     """The file is not a readable tensor file of an accepted format; the message says why."""
 
 
+class DeclaredSizeError(TensorFileError):
+    """An archive declares more bytes than allowed, or expands too much: refused before it is read."""
+
+
+MAX_EXPANSION_RATIO = 100  # deflate reaches ~1000× on zeros; image arrays compress far less
+EXPANSION_CHECKED_ABOVE = 64 * 1024 * 1024  # small members may compress as they like
+
+
+def check_archive_sizes(path: str | Path, max_bytes: int, limit_name: str) -> None:
+    """Refuse a zip whose members declare more than ``max_bytes`` uncompressed in all, or one that expands more
+    than ``MAX_EXPANSION_RATIO`` times (a decompression bomb), from the central directory alone."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile as exc:
+        raise TensorFileError(f"corrupt zip archive: {exc}") from None
+    declared = sum(info.file_size for info in infos)
+    if declared > max_bytes:
+        raise DeclaredSizeError(f"the archive expands to {declared} bytes, over {limit_name} = {max_bytes}")
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > EXPANSION_CHECKED_ABOVE and ratio > MAX_EXPANSION_RATIO:
+            raise DeclaredSizeError(
+                f"{info.filename} expands {ratio:.0f}× ({info.compress_size} → {info.file_size} bytes), more than "
+                f"{MAX_EXPANSION_RATIO}×: store it uncompressed (np.savez) or as safetensors"
+            )
+
+
+NUMPY_TO_TORCH = {np.dtype(n): t for n, t in SAFETENSORS_DTYPES.values() if n is not None}
+
+
+def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header bytes) of a ``.npy`` stream, which is left at the start of the data."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = reader(fh, max_header_size=10_000)
+    except ValueError as exc:
+        raise TensorFileError(f"malformed .npy header: {exc}") from None
+    if dtype.hasobject or dtype not in NUMPY_TO_TORCH:
+        raise TensorFileError(f"unsupported dtype {dtype}")
+    if fortran_order and len(shape) > 1:
+        raise TensorFileError("Fortran-ordered arrays are not accepted; save a C-ordered array")
+    return shape, dtype, fh.tell()
+
+
+def scan_npz(path: str | Path, max_bytes: int, read_whole: tuple[str, ...] = ()) -> tuple[dict[str, TensorInfo], dict]:
+    """Shapes, dtypes and finiteness of every array of an ``.npz``, read in bounded chunks after its declared sizes
+    passed ``check_archive_sizes``; the arrays named in ``read_whole`` (small ones: labels) are also returned."""
+    check_archive_sizes(path, max_bytes, "GIF_MAX_DATASET_BYTES")
+    infos, whole = {}, {}
+    with zipfile.ZipFile(path) as zf:
+        for member in zf.infolist():
+            if not member.filename.endswith(".npy"):
+                raise TensorFileError(f"{member.filename}: an .npz holds .npy members only")
+            name = member.filename[: -len(".npy")]
+            with zf.open(member) as fh:
+                shape, dtype, header = _npy_header(fh)
+                expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if member.file_size != header + expected:
+                    raise TensorFileError(
+                        f"{name}: its shape {list(shape)} does not match its {member.file_size} bytes"
+                    )
+                if name in read_whole:
+                    whole[name] = torch.from_numpy(np.frombuffer(fh.read(expected), dtype=dtype).reshape(shape).copy())
+                    infos[name] = TensorInfo.of(whole[name])
+                    continue
+                finite = True
+                step = SCAN_CHUNK_BYTES - SCAN_CHUNK_BYTES % dtype.itemsize
+                while finite and (chunk := fh.read(step)):
+                    if dtype.kind == "f":
+                        finite = bool(np.isfinite(np.frombuffer(chunk, dtype=dtype)).all())
+                infos[name] = TensorInfo(tuple(shape), NUMPY_TO_TORCH[dtype], finite)
+    return infos, whole
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """What validation needs to know about one stored tensor, without holding its values."""

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gif.errors import InvalidWeightsError
+from gif.errors import InvalidWeightsError, TooLargeError
+from gif.files import SCAN_CHUNK_BYTES
 
 MAX_PROGRAM_JSON_BYTES = 64 * 1024 * 1024
 MAX_NODES = 100_000
@@ -72,7 +73,7 @@ def is_program_archive(names: list[str]) -> bool:
 class _Archive:
     """The archive's entries under its one root folder, read within a byte budget."""
 
-    def __init__(self, zf: zipfile.ZipFile, max_bytes: int):
+    def __init__(self, zf: zipfile.ZipFile, max_bytes: int, materialize: bool):
         names = zf.namelist()
         roots = {n.split("/", 1)[0] for n in names}
         if len(roots) != 1 or any("/" not in n for n in names):
@@ -80,8 +81,23 @@ class _Archive:
         self.zf, self.root = zf, roots.pop()
         declared = sum(info.file_size for info in zf.infolist())
         if declared > max_bytes:
-            raise _refuse(f"the archive declares {declared} bytes uncompressed, over the limit of {max_bytes}")
+            raise TooLargeError(f"the .pt2 archive expands to {declared} bytes, over GIF_MAX_MODEL_BYTES = {max_bytes}")
         self.names = {n[len(self.root) + 1 :] for n in names}
+        self.materialize = materialize
+        self.non_finite: list[str] = []  # weights with NaN/Inf, when not materialized
+
+    def size(self, name: str) -> int:
+        if name not in self.names:
+            raise _refuse(f"{name} is missing from the archive")
+        return self.zf.getinfo(f"{self.root}/{name}").file_size
+
+    def finite(self, name: str, dtype: torch.dtype) -> bool:
+        step = SCAN_CHUNK_BYTES - SCAN_CHUNK_BYTES % dtype.itemsize
+        with self.zf.open(f"{self.root}/{name}") as fh:
+            while chunk := fh.read(step):
+                if not bool(torch.frombuffer(bytearray(chunk), dtype=dtype).isfinite().all()):
+                    return False
+        return True
 
     def read(self, name: str, limit: int | None = None) -> bytes:
         if name not in self.names:
@@ -218,7 +234,7 @@ def _sanitized_program(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "guards_code": [], "graph_module": module}
 
 
-def _tensor(archive: _Archive, folder: str, fqn: str, entry: Any, max_bytes: int) -> torch.Tensor:
+def _tensor(archive: _Archive, folder: str, fqn: str, entry: Any) -> torch.Tensor:
     """One weight or constant from its raw bytes, its size, stride and offset checked against its storage."""
     from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE, _SERIALIZE_TO_TORCH_LAYOUT
 
@@ -240,25 +256,30 @@ def _tensor(archive: _Archive, folder: str, fqn: str, entry: Any, max_bytes: int
         raise _refuse(f"{fqn}: tensor metadata is not a static, strided tensor of a known dtype") from None
     if len(sizes) != len(strides) or min([offset, *sizes, *strides], default=0) < 0:
         raise _refuse(f"{fqn}: bad sizes or strides")
-    raw = archive.read(f"{folder}/{path}", max_bytes)
-    if len(raw) % dtype.itemsize:
-        raise _refuse(f"{fqn}: {len(raw)} bytes is not a whole number of {dtype} elements")
-    storage = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.zeros(0, dtype=dtype)
-    last = offset + sum((s - 1) * st for s, st in zip(sizes, strides)) if all(sizes) else -1
-    if last >= storage.numel() and all(sizes):
-        raise _refuse(f"{fqn}: its sizes reach past its {storage.numel()} stored elements")
-    if not all(sizes):
-        return torch.zeros(sizes, dtype=dtype)
-    tensor = torch.as_strided(storage, sizes, strides, offset)
+    name = f"{folder}/{path}"
+    nbytes = archive.size(name)
+    if nbytes % dtype.itemsize:
+        raise _refuse(f"{fqn}: {nbytes} bytes is not a whole number of {dtype} elements")
+    stored = nbytes // dtype.itemsize
+    if all(sizes) and offset + sum((s - 1) * st for s, st in zip(sizes, strides)) >= stored:
+        raise _refuse(f"{fqn}: its sizes reach past its {stored} stored elements")
+    if not archive.materialize:  # shapes only; values checked in bounded chunks
+        if dtype.is_floating_point and not archive.finite(name, dtype):
+            archive.non_finite.append(fqn)
+        tensor = torch.empty(sizes, dtype=dtype, device="meta")
+    elif not all(sizes):
+        tensor = torch.zeros(sizes, dtype=dtype)
+    else:
+        tensor = torch.as_strided(torch.frombuffer(bytearray(archive.read(name)), dtype=dtype), sizes, strides, offset)
     return nn.Parameter(tensor, requires_grad=bool(meta.get("requires_grad"))) if entry.get("is_param") else tensor
 
 
-def _payloads(archive: _Archive, kind: str, model: str, max_bytes: int) -> dict[str, torch.Tensor]:
+def _payloads(archive: _Archive, kind: str, model: str) -> dict[str, torch.Tensor]:
     config = archive.json(f"data/{kind}/{model}_{kind}_config.json")
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
         raise _refuse(f"the {kind} config is malformed")
-    return {fqn: _tensor(archive, f"data/{kind}", fqn, entry, max_bytes) for fqn, entry in entries.items()}
+    return {fqn: _tensor(archive, f"data/{kind}", fqn, entry) for fqn, entry in entries.items()}
 
 
 def _check_sample_inputs(archive: _Archive, name: str) -> None:
@@ -273,10 +294,23 @@ def _check_sample_inputs(archive: _Archive, name: str) -> None:
 
 
 def read_program(path: str | Path, max_bytes: int = 1 << 34) -> torch.export.ExportedProgram:
-    """The exported program in ``path``, validated as the module docstring says; ``InvalidWeightsError`` if refused.
+    """The exported program in ``path``, validated as the module docstring says; ``InvalidWeightsError`` if refused,
+    ``TooLargeError`` if the archive declares more than ``max_bytes`` uncompressed."""
+    return _read(path, max_bytes, materialize=True)[0]
 
-    ``max_bytes`` bounds the archive's declared uncompressed size (and so the memory its weights take).
-    """
+
+def inspect_program_file(path: str | Path, max_bytes: int) -> ProgramFacts:
+    """Validate a ``.pt2`` as ``read_program`` does without holding its weights (their shapes are checked against
+    their bytes, their values for NaN/Inf in bounded chunks): memory does not grow with the file."""
+    program, non_finite = _read(path, max_bytes, materialize=False)
+    if non_finite:
+        raise InvalidWeightsError(
+            "the program's weights are not finite", [f"{n}: contains NaN or Inf" for n in non_finite]
+        )
+    return describe_program(program)
+
+
+def _read(path: str | Path, max_bytes: int, materialize: bool) -> tuple[torch.export.ExportedProgram, list[str]]:
     from torch._export.serde import schema
     from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
 
@@ -285,7 +319,7 @@ def read_program(path: str | Path, max_bytes: int = 1 << 34) -> torch.export.Exp
     except (zipfile.BadZipFile, OSError) as exc:
         raise _refuse(f"not a zip archive: {exc}") from None
     with zf:
-        archive = _Archive(zf, max_bytes)
+        archive = _Archive(zf, max_bytes, materialize)
         models = sorted(n for n in archive.names if n.startswith("models/") and n.endswith(".json"))
         if len(models) != 1:
             raise _refuse(f"the archive must hold one program; it holds {len(models)}")
@@ -297,8 +331,8 @@ def read_program(path: str | Path, max_bytes: int = 1 << 34) -> torch.export.Exp
                 raise _refuse(f"{legacy} is a pickle (the legacy weight format); save with torch 2.14")
         _check_sample_inputs(archive, f"data/sample_inputs/{model}.pt")
         program = _sanitized_program(archive.json(models[0]))
-        weights = _payloads(archive, "weights", model, max_bytes)
-        constants = _payloads(archive, "constants", model, max_bytes)
+        weights = _payloads(archive, "weights", model)
+        constants = _payloads(archive, "constants", model)
     signature = program["graph_module"]["signature"]["input_specs"]
     wanted = {s[k][f"{k}_name"] for s in signature for k in ("parameter", "buffer") if k in s}
     wanted_constants = {s["tensor_constant"]["tensor_constant_name"] for s in signature if "tensor_constant" in s}
@@ -306,7 +340,7 @@ def read_program(path: str | Path, max_bytes: int = 1 << 34) -> torch.export.Exp
         raise _refuse("the stored weights do not match the program's parameters and buffers")
     try:
         serialized = _dict_to_dataclass(schema.ExportedProgram, program)
-        return ExportedProgramDeserializer().deserialize(serialized, weights, constants, None)
+        return ExportedProgramDeserializer().deserialize(serialized, weights, constants, None), archive.non_finite
     except InvalidWeightsError:
         raise
     except Exception as exc:  # the deserializer raises many types for inconsistent programs

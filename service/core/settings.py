@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(4 * 1024**3, ge=1, description="Largest request body on the upload routes.")
     max_json_bytes: int = Field(16 * 1024**2, ge=1, description="Largest request body on every other route.")
+    max_dataset_bytes: int = Field(
+        8 * 1024**3, ge=1, description="Largest dataset once decompressed (an .npz declares it before it is read)."
+    )
+    max_model_bytes: int = Field(
+        8 * 1024**3, ge=1, description="Largest model once decompressed (torch zip and .pt2 archives declare it)."
+    )
 
     job_timeout_s: int = Field(6 * 3600, ge=1, description="A running job is stopped and failed after this long.")
     heartbeat_ttl_s: float = Field(15.0, gt=0, description="A running job whose worker stays silent this long is lost.")

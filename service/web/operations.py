@@ -64,7 +64,7 @@ async def upload_model(
         with blame("/architecture"):
             resolved = ArchitectureSpec.model_validate(model_architecture(file_format, architecture))
         with blame("/file"):
-            facts = await run_in_thread(inspect_model, staged, resolved, ctx.settings.max_upload_bytes)
+            facts = await run_in_thread(inspect_model, staged, resolved, ctx.settings.max_model_bytes)
         return await _store(ctx, "model", owner, upload, facts)
 
 
@@ -76,7 +76,7 @@ async def upload_dataset(
         upload = await receive_upload(content_type, body, staged, "file", frozenset())
         _require(upload, ())
         with blame("/file"):
-            facts = await run_in_thread(inspect_dataset, staged)
+            facts = await run_in_thread(inspect_dataset, staged, ctx.settings.max_dataset_bytes)
         return await _store(ctx, "dataset", owner, upload, facts)
 
 

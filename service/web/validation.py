@@ -29,7 +29,7 @@ from gif.checks import JobPart, job_fit_problems
 from gif.data import DatasetSummary, summarize_dataset
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
 from gif.files import sniff_format
-from gif.programs import describe_program, read_program
+from gif.programs import inspect_program_file
 from gif.spec import JobSpec
 from service.core.catalog import DatasetRecord, ModelRecord
 from service.core.errors import ServiceError
@@ -47,27 +47,21 @@ def inspect_model(path: Path, architecture: ArchitectureSpec, max_bytes: int) ->
     """Check a model file: weights against their architecture, or an exported program with the validating loader."""
     if is_exported(architecture):
         return inspect_program(path, max_bytes)
-    return inspect_weights(path, architecture)
+    return inspect_weights(path, architecture, max_bytes)
 
 
 def inspect_program(path: Path, max_bytes: int) -> dict[str, Any]:
-    """Load a ``.pt2`` program with the validating loader (nothing from it runs); its facts for the record."""
-    program = read_program(path, max_bytes)
-    facts = describe_program(program)
-    non_finite = [n for n, t in program.state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if non_finite:
-        raise InvalidWeightsError(
-            "the program's weights are not finite", [f"{n}: contains NaN or Inf" for n in non_finite]
-        )
+    """Check a ``.pt2`` program with the validating loader (nothing from it runs, its weights are not held)."""
+    facts = inspect_program_file(path, max_bytes)
     return {"architecture": {"name": EXPORTED, "config": {}}, **asdict(facts), "format": "pt2"}
 
 
-def inspect_weights(path: Path, architecture: ArchitectureSpec) -> dict[str, Any]:
+def inspect_weights(path: Path, architecture: ArchitectureSpec, max_bytes: int) -> dict[str, Any]:
     """Check a checkpoint against its architecture (every problem at once); its facts for the record.
 
     Safetensors files are scanned in bounded chunks, so the memory used does not grow with the file.
     """
-    tensors = checkpoint_tensor_infos(path)
+    tensors = checkpoint_tensor_infos(path, max_bytes)
     model = build_model(architecture, device="meta")
     problems = check_weights(model, tensors)
     if problems:
@@ -80,9 +74,9 @@ def inspect_weights(path: Path, architecture: ArchitectureSpec) -> dict[str, Any
     }
 
 
-def inspect_dataset(path: Path) -> dict[str, Any]:
+def inspect_dataset(path: Path, max_bytes: int) -> dict[str, Any]:
     """Check a dataset (shapes, dtypes, labels, NaN/Inf) without holding its images; its facts for the record."""
-    return {**asdict(summarize_dataset(path)), "format": sniff_format(path)}
+    return {**asdict(summarize_dataset(path, max_bytes)), "format": sniff_format(path)}
 
 
 @lru_cache(maxsize=256)

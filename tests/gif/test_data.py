@@ -113,3 +113,78 @@ def test_summaries_match_the_loaded_dataset_and_refuse_the_same(tmp_path, digits
     save_file({"x": digits.x[:3], "y": digits.y}, tmp_path / "len.safetensors")
     with pytest.raises(InvalidDatasetError, match="samples but y has"):
         summarize_dataset(tmp_path / "len.safetensors")
+
+
+def compressed_zeros_npz(path, samples: int, sample_shape=(3, 64, 64)) -> None:
+    """An ``np.savez_compressed``-style archive of float32 zeros written in chunks (a decompression bomb that
+    costs its writer no memory)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("x.npy", "w", force_zip64=True) as fh:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (samples, *sample_shape)}
+            np.lib.format.write_array_header_1_0(fh, header)
+            row = np.zeros(sample_shape, dtype=np.float32).tobytes()
+            for _ in range(samples):
+                fh.write(row)
+        with zf.open("y.npy", "w") as fh:
+            np.lib.format.write_array(fh, np.arange(samples) % 10)
+
+
+def test_an_npz_bomb_is_refused_from_its_directory_with_flat_memory(tmp_path):
+    """The issue's bomb, scaled: ~590 MB of zeros in ~0.6 MB; refused before any of it is inflated."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.npz"
+    compressed_zeros_npz(bomb, 12_000)
+    assert os.path.getsize(bomb) < 2_000_000
+    probe = (
+        "import json, resource, sys\n"
+        "from gif.data import summarize_dataset\n"
+        "from gif.errors import TooLargeError\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    summarize_dataset(sys.argv[1], 8 << 30)\n"
+        "    outcome = 'accepted'\n"
+        "except TooLargeError as exc:\n"
+        "    outcome = str(exc)\n"
+        "rise = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(json.dumps({'outcome': outcome, 'rise_kib': rise}))\n"
+    )
+    result = json.loads(subprocess.run([sys.executable, "-c", probe, str(bomb)], capture_output=True, text=True,
+                                       check=True).stdout.strip().splitlines()[-1])  # fmt: skip
+    assert "expands" in result["outcome"] and "store it uncompressed" in result["outcome"]
+    assert result["rise_kib"] < 64 * 1024
+
+
+def test_npz_archives_are_checked_in_bounded_chunks(tmp_path):
+    from gif.data import summarize_dataset
+    from gif.errors import TooLargeError
+
+    x = np.random.default_rng(0).random((50, 1, 8, 8), dtype=np.float32)
+    np.savez_compressed(tmp_path / "ok.npz", x=x, y=np.arange(50) % 5)
+    assert summarize_dataset(tmp_path / "ok.npz").class_counts == [10] * 5
+    with pytest.raises(TooLargeError, match="GIF_MAX_DATASET_BYTES = 1000"):
+        summarize_dataset(tmp_path / "ok.npz", max_bytes=1000)
+    x[3, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(50) % 5)
+    with pytest.raises(InvalidDatasetError, match="NaN or Inf"):
+        summarize_dataset(tmp_path / "nan.npz")
+    lying = tmp_path / "lying.npz"  # a header that claims more samples than the member holds
+    compressed_zeros_npz(lying, 4, (2,))
+    import zipfile
+
+    with zipfile.ZipFile(lying) as zf:
+        y = zf.read("y.npy")
+        x_member = bytearray(zf.read("x.npy")).replace(b"(4, 2)", b"(9, 2)")
+    with zipfile.ZipFile(lying, "w") as zf:
+        zf.writestr("x.npy", bytes(x_member))
+        zf.writestr("y.npy", y)
+    with pytest.raises(InvalidDatasetError, match="does not match"):
+        summarize_dataset(lying)
+    np.savez(tmp_path / "objects.npz", x=np.array([object()] * 2), y=np.arange(2))
+    with pytest.raises(InvalidDatasetError, match="unsupported dtype"):
+        summarize_dataset(tmp_path / "objects.npz")

@@ -277,3 +277,13 @@ def test_identical_uploads_share_one_blob_until_the_last_is_deleted(http, settin
     assert not blob.exists()
     problem(http.delete(f"/v1/datasets/{second['id']}"), 404, "not-found")
     problem(http.get(f"/v1/datasets/{first['id']}:x"), 404, "not-found")
+
+
+def test_a_decompression_bomb_is_refused_with_413_and_nothing_stored(http, problem, settings, tmp_path):
+    from tests.gif.test_data import compressed_zeros_npz
+
+    compressed_zeros_npz(tmp_path / "bomb.npz", 12_000)
+    before = {p.name for p in settings.storage_dir.rglob("*") if p.is_file()}
+    body = problem(post_dataset(http, (tmp_path / "bomb.npz").read_bytes(), name="bomb.npz"), 413, "payload-too-large")
+    assert body["errors"][0]["pointer"] == "/file" and "expands" in body["errors"][0]["detail"]
+    assert {p.name for p in settings.storage_dir.rglob("*") if p.is_file()} == before

@@ -16,7 +16,7 @@ from gif.architectures import load_checkpoint, model_architecture, model_format
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum, curvature_kernels
 from gif.data import Dataset
 from gif.edit import run
-from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
+from gif.errors import InvalidSpecError, InvalidWeightsError, TooLargeError, UnknownArchitectureError
 from gif.influence import solve_influence
 from gif.plan import RequestPlan
 from gif.programs import load_program, read_program
@@ -300,5 +300,5 @@ def test_static_batches_training_mode_and_oversized_archives_are_refused(trained
     torch.export.save(program, str(training))
     with pytest.raises(InvalidWeightsError, match="eval mode"):
         read_program(training)
-    with pytest.raises(InvalidWeightsError, match="over the limit"):
+    with pytest.raises(TooLargeError, match="GIF_MAX_MODEL_BYTES = 1000"):
         read_program(path, max_bytes=1000)

@@ -26,7 +26,7 @@ from bench.common import QUICK, SETUPS, best_of, markdown_table, prepare, write_
 from gif.architectures import build_model
 from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset
-from gif.influence import normal_equations
+from gif.influence import least_squares
 from gif.plan import RequestPlan
 from gif.selection import select
 from gif.solvers import conjugate_gradient, neumann
@@ -116,7 +116,8 @@ def solver_table(hessian_samples: int, cg_iterations: int, neumann_iterations: i
     )
     gradient = ModelObjective(model, plan.gradient_terms(prepared.train, plan.affected[:512]))
     selected = select(model, SelectionSpec(ratio=0.1), gradient.batches, cross_entropy_sum).mask
-    matvec, rhs = normal_equations(hessian, gradient.gradient(), None, selected)
+    problem = least_squares(hessian, gradient.gradient(), None, selected)
+    matvec, rhs = problem.normal, problem.adjoint(problem.b)
     rows, reached = [], {}
     for name, solver, iterations in (
         ("cg", conjugate_gradient, cg_iterations),

@@ -16,7 +16,8 @@ In every case the solved vector Δ is the weight change that performs the edit, 
 applies θ_J ← θ_J + s·Δ_J. Moving along Δ raises the loss of removed examples (or of the old labels).
 
 Methods (registered in ``METHODS``), each solving least squares A x ≈ b with A = (H + λI)[rows, cols]
-through the normal equations AᵀA x = Aᵀb (two Hessian-vector products per iteration):
+(``gif.solvers``: LSMR, CG on the normal equations AᵀA x = Aᵀb, or the Neumann series; two
+Hessian-vector products per iteration):
 
 - ``gif``: rows = all p, cols = J: Δ_J = (H_Jᵀ H_J)⁻¹ H_Jᵀ g, every optimality condition kept.
 - ``fif``: rows = cols = J: Δ_J = H_JJ⁻¹ g_J, the sub-network treated as if alone.
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from gif.curvature import HessianOperator
-from gif.solvers import SOLVERS, Monitor, SolveResult
+from gif.solvers import SOLVERS, LeastSquares, Monitor, SolveResult
 from gif.spec import SolverSpec
 
 
@@ -44,22 +45,26 @@ class InfluenceSolution:
     solve: SolveResult | None
 
 
-def normal_equations(
+def least_squares(
     hessian: HessianOperator, g: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
-    """(x ↦ AᵀA x, Aᵀb) for A = (H + λI)[rows, cols] and b = g[rows]; ``rows=None`` keeps all rows."""
+) -> LeastSquares:
+    """A = (H + λI)[rows, cols] and b = g[rows] (``rows=None`` keeps all rows), with Aᵀ = (H u_rows)[cols]
+    since H is symmetric; vectors in Rᵐ stay full-length with zeros outside ``rows``."""
 
     def restrict_rows(v: torch.Tensor) -> torch.Tensor:
         if rows is not None:
             v[~rows] = 0
         return v
 
-    def matvec(x: torch.Tensor) -> torch.Tensor:
+    def apply(x: torch.Tensor) -> torch.Tensor:
         v = torch.zeros_like(g)
         v[cols] = x
-        return hessian(restrict_rows(hessian(v)))[cols]
+        return restrict_rows(hessian(v))
 
-    return matvec, hessian(restrict_rows(g.clone()))[cols]
+    def adjoint(u: torch.Tensor) -> torch.Tensor:
+        return hessian(restrict_rows(u.clone()))[cols]
+
+    return LeastSquares(apply, adjoint, restrict_rows(g.clone()))
 
 
 def _solve(
@@ -70,9 +75,9 @@ def _solve(
     spec: SolverSpec,
     monitor: Monitor,
 ) -> InfluenceSolution:
-    matvec, rhs = normal_equations(hessian, g, rows, cols)
     options = {"scale": spec.neumann_scale, "seed": spec.seed} if spec.kind == "neumann" else {}
-    result = SOLVERS[spec.kind](matvec, rhs, spec.tolerance, spec.max_iterations, monitor, **options)
+    problem = least_squares(hessian, g, rows, cols)
+    result = SOLVERS[spec.kind](problem, spec.tolerance, spec.max_iterations, monitor, **options)
     delta = torch.zeros_like(g)
     delta[cols] = result.x
     return InfluenceSolution(delta, cols, result)

@@ -93,7 +93,7 @@ class SolverSpec(_Strict):
     reports the residual reached; raise ``max_iterations`` for a tighter solve.
     """
 
-    kind: Literal["cg", "neumann"] = "cg"
+    kind: Literal["lsmr", "cg", "neumann"] = "cg"
     max_iterations: int = Field(5, ge=1, le=100_000)
     tolerance: float = Field(
         1e-3, gt=0.0, lt=1.0, description="Relative residual ‖Aᵀ(Ax − b)‖ / ‖Aᵀb‖ at which to stop."

@@ -83,3 +83,67 @@ def test_monitor_sees_every_iteration():
     )
     assert [i for i, _ in seen] == list(range(1, result.iterations + 1))
     assert seen[-1][1] <= 1e-6
+
+
+def least_squares_problem(m: int, n: int, condition: float, seed: int = 0):
+    """A tall A = Q diag(σ) Vᵀ with singular values spread over ``condition``, and a b it does not fit exactly."""
+    from gif.solvers import LeastSquares
+
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    sigma = torch.logspace(0, torch.log10(torch.tensor(condition)).item(), n, dtype=torch.float64)
+    A = q @ torch.diag(sigma) @ v.T
+    b = torch.randn(m, generator=g, dtype=torch.float64)
+    products = []
+
+    def apply(x):
+        products.append("A")
+        return A @ x
+
+    def adjoint(u):
+        products.append("At")
+        return A.T @ u
+
+    return A, b, LeastSquares(apply, adjoint, b), products
+
+
+def test_lsmr_reaches_the_least_squares_solution_with_an_honest_residual():
+    from gif.solvers import lsmr
+
+    A, b, problem, products = least_squares_problem(80, 30, 100.0)
+    result = lsmr(problem, tolerance=1e-10, max_iterations=500)
+    exact = torch.linalg.lstsq(A, b.unsqueeze(1)).solution.squeeze(1)
+    assert result.converged and torch.allclose(result.x, exact, rtol=1e-7, atol=1e-9)
+    normal = A.T @ b
+    assert result.relative_residual == pytest.approx(float((normal - A.T @ (A @ result.x)).norm() / normal.norm()))
+    assert len(products) == 2 * result.iterations + 3  # Aᵀb once, A and Aᵀ per iteration, A and Aᵀ to verify
+    assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(result.history, result.history[1:]))
+
+
+def test_lsmr_needs_fewer_products_than_cg_for_a_loose_tolerance():
+    """The regime of GIF solves: an ill-conditioned normal system stopped at a few percent."""
+    from gif.solvers import SOLVERS
+
+    needed = {}
+    for kind in ("lsmr", "cg"):
+        A, b, problem, products = least_squares_problem(300, 120, 1e3, seed=1)
+        seen = []
+        SOLVERS[kind](problem, 0.02, 1000, lambda i, r: seen.append((len(products), r)))
+        needed[kind] = next(count for count, residual in seen if residual <= 0.02)
+    assert needed["lsmr"] < needed["cg"]
+
+
+def test_lsmr_handles_a_zero_gradient_and_cancellation():
+    from gif.solvers import LeastSquares, lsmr
+
+    A = torch.randn(12, 5, dtype=torch.float64)
+    zero = lsmr(LeastSquares(lambda x: A @ x, lambda u: A.T @ u, torch.zeros(12, dtype=torch.float64)), 1e-6, 10)
+    assert zero.iterations == 0 and zero.converged and not zero.x.any() and zero.x.shape == (5,)
+
+    def cancel(iteration, residual):
+        if iteration == 2:
+            raise EditCancelled("stop")
+
+    with pytest.raises(EditCancelled):
+        lsmr(LeastSquares(lambda x: A @ x, lambda u: A.T @ u, torch.randn(12, dtype=torch.float64)), 1e-14, 50, cancel)

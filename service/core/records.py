@@ -14,6 +14,9 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 ID_HEX_DIGITS = 20
 
@@ -22,25 +25,37 @@ CONNECT_TIMEOUT_S = 5.0
 REPLY_TIMEOUT_S = 30.0
 
 
-def _options(decode: bool, timeout_s: float | None) -> dict[str, Any]:
+# A command that meets a dropped connection (Redis restarted) or a Redis still loading its append-only file is
+# retried on a fresh connection for about 3 s before the caller sees the error.
+RETRIED_ERRORS = [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError]
+RETRIES = 6
+
+
+def _options(decode: bool, timeout_s: float | None, retry: Any) -> dict[str, Any]:
     connect_s = CONNECT_TIMEOUT_S if timeout_s is None else min(CONNECT_TIMEOUT_S, timeout_s)
     return {
         "decode_responses": decode,
         "socket_connect_timeout": connect_s,
         "socket_timeout": timeout_s,
         "health_check_interval": 30,
+        "retry": retry,
+        "retry_on_error": RETRIED_ERRORS,
     }
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=1.0, base=0.1)
 
 
 def connect(url: str, *, decode: bool = True, timeout_s: float | None = REPLY_TIMEOUT_S) -> redis.Redis:
     """Every synchronous Redis client is built here. Records use replies decoded to ``str``; RQ pickles its own
     job metadata and needs a binary client without a reply timeout (its workers block on the queue for minutes)."""
-    return redis.Redis.from_url(url, **_options(decode, timeout_s))
+    return redis.Redis.from_url(url, **_options(decode, timeout_s, Retry(_backoff(), RETRIES)))
 
 
 def connect_async(url: str) -> redis.asyncio.Redis:
     """The same as ``connect``, for the event loop: the API's hot path (polling a job) never waits for a thread."""
-    return redis.asyncio.Redis.from_url(url, **_options(True, REPLY_TIMEOUT_S))
+    return redis.asyncio.Redis.from_url(url, **_options(True, REPLY_TIMEOUT_S, AsyncRetry(_backoff(), RETRIES)))
 
 
 def new_id(kind: str) -> str:

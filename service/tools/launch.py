@@ -104,6 +104,8 @@ def spawn_redis(data_dir: Path, port: int) -> subprocess.Popen:
                 str(data_dir.resolve()),
                 "--appendonly",
                 "yes",
+                "--appendfsync",  # job records are few and small: every acknowledged write survives a crash
+                "always",
                 "--save",
                 "",
                 "--daemonize",

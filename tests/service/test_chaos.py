@@ -1,0 +1,135 @@
+"""Chaos under `make run`: small jobs while work-horses, workers and Redis are SIGKILLed at random.
+
+Bounded (30 jobs, a kill every ~1.5 s for at most 40 s, loopback only). At the end every job is in a
+terminal state and none is lost; a job failed as retryable (its worker died) is submitted again, as a
+client would; every succeeded job's checkpoint matches its recorded sha256. The counts are printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from service.tools.client import ApiClient, ApiError
+from service.tools.launch import free_port
+from tests.service.test_launch import READY, launcher_env, processes, wait_for_line
+
+JOBS = 30
+KILL_EVERY_S = 1.5
+CHAOS_S = 40.0
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def descendants(root: int) -> dict[int, list[str]]:
+    """argv of every process below ``root``."""
+    parents = {}
+    for pid, _ in processes():
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                parents[pid] = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    below, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    return {pid: args for pid, args in processes() if pid in below}
+
+
+def victims(root: int) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {"work-horse": [], "worker": [], "redis": []}
+    for pid, args in descendants(root).items():
+        line = " ".join(args)
+        if "worker.horse" in line:
+            found["work-horse"].append(pid)
+        elif "worker.runner" in line:
+            found["worker"].append(pid)
+        elif "redis-server" in line:
+            found["redis"].append(pid)
+    return found
+
+
+def test_jobs_survive_killed_horses_workers_and_redis(tmp_path, demo):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.tools.launch"],
+        cwd=tmp_path,
+        env={
+            **launcher_env(free_port()),
+            "GIF_HEARTBEAT_TTL_S": "3",
+            "GIF_REAPER_INTERVAL_S": "0.5",
+            "GIF_WORKER_TORCH_THREADS": "1",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    rng = random.Random(0)
+    kills = {"work-horse": 0, "worker": 0, "redis": 0}
+    try:
+        base = wait_for_line(process, lines, READY).group(1)
+        api = ApiClient(httpx.Client(base_url=base, timeout=30))
+        inputs = api.upload_demo(demo["model"].parent)
+        spec = {**json.loads(demo["job"].read_text()), **inputs}
+
+        def submit() -> str:
+            for _ in range(60):  # while Redis restarts, a submit can meet a 503: a client retries
+                try:
+                    return api.submit(spec)["id"]
+                except (ApiError, httpx.HTTPError):
+                    time.sleep(0.5)
+            raise AssertionError("the service did not take a job for 30 s:\n" + "".join(lines[-30:]))
+
+        jobs = {submit(): 0 for _ in range(JOBS)}  # job id → how many times it was submitted again
+        started = time.monotonic()
+        while time.monotonic() - started < CHAOS_S:
+            time.sleep(KILL_EVERY_S)
+            kind = rng.choice(sorted(kills))
+            found = victims(process.pid)[kind]
+            if found:
+                os.kill(rng.choice(found), signal.SIGKILL)
+                kills[kind] += 1
+            if all(count >= 2 for count in kills.values()) and time.monotonic() - started > CHAOS_S / 2:
+                break
+        outcome = {"succeeded": 0, "failed retryable": 0, "failed other": 0, "retried": 0}
+        pending, deadline = dict(jobs), time.monotonic() + 240
+        while pending:
+            assert time.monotonic() < deadline, f"jobs not terminal: {pending}\n" + "".join(lines[-40:])
+            for job_id in list(pending):
+                try:
+                    job = api.job(job_id)  # a 404 here would be a lost job: ApiError fails the test
+                except httpx.HTTPError:
+                    continue
+                if job["status"] not in TERMINAL:
+                    continue
+                del pending[job_id]
+                if job["status"] == "succeeded":
+                    outcome["succeeded"] += 1
+                    body = api.checkpoint(job_id).content
+                    assert hashlib.sha256(body).hexdigest() == job["result"]["checkpoint"]["sha256"]
+                elif job["error"].get("retryable"):
+                    outcome["failed retryable"] += 1
+                    outcome["retried"] += 1
+                    pending[submit()] = jobs[job_id] + 1
+                else:
+                    outcome["failed other"] += 1
+            time.sleep(0.2)
+        print(f"\nchaos: kills {kills}; outcome {outcome}")
+        assert outcome["failed other"] == 0, "".join(lines[-40:])
+        assert outcome["succeeded"] == JOBS
+        assert all(count >= 1 for count in kills.values()), kills
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

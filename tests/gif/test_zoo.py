@@ -57,7 +57,14 @@ def test_timm_architectures_are_entries_made_on_first_use():
 
 
 @pytest.mark.parametrize(
-    "name", ["torchvision.resnet18", "torchvision.mobilenet_v3_small", "timm.test_vit", "timm.test_convnext"]
+    "name",
+    [
+        "torchvision.resnet18",
+        "torchvision.mobilenet_v3_small",
+        "timm.test_vit",
+        "timm.test_convnext",
+        "timm.test_efficientnet",
+    ],
 )
 def test_a_class_removal_runs_end_to_end_on_a_torchvision_model(name):
     torch.manual_seed(0)
@@ -76,3 +83,39 @@ def test_a_class_removal_runs_end_to_end_on_a_torchvision_model(name):
     assert 0 < changed <= outcome.result.selection.num_selected
     assert abs(outcome.result.selection.modification_ratio - 0.1) <= 0.02
     assert outcome.result.solver.iterations >= 1 and outcome.result.metrics.after
+
+
+TINY_TORCHVISION = {  # the families' own torchvision classes at sizes a test affords
+    "ViT (nn.MultiheadAttention)": lambda: torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4
+    ),
+    "Swin (shifted windows, F.linear qkv)": lambda: torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[4, 4], num_classes=4
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(TINY_TORCHVISION))
+def test_attention_families_edit_end_to_end(family):
+    torch.manual_seed(0)
+    model = TINY_TORCHVISION[family]().eval()
+    data = Dataset(torch.randn(48, 3, 32, 32), torch.arange(48) % 4)
+    spec = JobSpec.model_validate(
+        {
+            "request": {"kind": "remove_class", "classes": [1]},
+            "selection": {"ratio": 0.25},
+            "step": {"mode": "fixed", "scale": 1.0},
+            "solver": {"max_iterations": 3, "hessian_samples": 24, "gradient_samples": 12, "batch_size": 12},
+        }
+    )
+    outcome = run(spec, model, data, data)
+    original = model.state_dict()
+    moved = {k for k in original if not torch.equal(outcome.state_dict[k], original[k])}
+    changed = sum(int((outcome.state_dict[k] != original[k]).sum()) for k in original)
+    assert 0 < changed <= outcome.result.selection.num_selected
+    assert not any("norm" in k or k.endswith(("class_token", "pos_embedding")) for k in moved), moved
+    layers = {layer.module for layer in outcome.result.selection.layers}
+    if family.startswith("ViT"):
+        assert {f"encoder.layers.encoder_layer_{i}.self_attention.in_proj" for i in (0, 1)} <= layers
+    if family.startswith("Swin"):
+        assert any(name.endswith("attn.qkv") for name in layers)

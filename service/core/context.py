@@ -13,6 +13,7 @@ import redis.asyncio
 from rq import Queue
 
 from service.core.catalog import Catalog
+from service.core.idempotency import IdempotencyKeys
 from service.core.jobs import JobStore
 from service.core.queue import job_queue
 from service.core.records import Keys, connect, connect_async
@@ -29,6 +30,7 @@ class ServiceContext:
     catalog: Catalog
     jobs: JobStore
     queue: Queue
+    idempotency: IdempotencyKeys
 
     @classmethod
     def create(cls, settings: Settings) -> ServiceContext:
@@ -43,4 +45,5 @@ class ServiceContext:
             catalog=Catalog(client, keys, artifacts),
             jobs=JobStore(client, keys, artifacts, settings.heartbeat_ttl_s),
             queue=job_queue(settings),
+            idempotency=IdempotencyKeys(client, keys, settings.idempotency_ttl_s),
         )

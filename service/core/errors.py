@@ -40,6 +40,7 @@ KINDS: dict[str, ErrorKind] = {
         ErrorKind("device-error", 503, "The device failed while running the job"),
         ErrorKind("validation-error", 422, "The request is invalid"),
         ErrorKind("unknown-reference", 422, "The request refers to something that does not exist"),
+        ErrorKind("idempotency-key-reused", 422, "The idempotency key was used with another request"),
         ErrorKind("bad-request", 400, "The request cannot be read"),
         ErrorKind("unauthorized", 401, "A valid API key is required"),
         ErrorKind("not-found", 404, "Not found"),

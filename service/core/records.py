@@ -111,6 +111,9 @@ class Keys:
     def items_of(self, kind: str, owner: str) -> str:
         return f"{self.prefix}:{kind}s:owner:{owner}"
 
+    def idempotency(self, owner: str, key_digest: str) -> str:
+        return f"{self.prefix}:idempotency:{owner}:{key_digest}"
+
     def blob_refs(self, sha256: str) -> str:
         return f"{self.prefix}:blob:{sha256}:refs"
 

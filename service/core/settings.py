@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         8 * 1024**3, ge=1, description="Largest model once decompressed (torch zip and .pt2 archives declare it)."
     )
 
+    idempotency_ttl_s: int = Field(
+        24 * 3600, ge=1, description="How long an Idempotency-Key of POST /v1/jobs keeps naming its job."
+    )
     job_timeout_s: int = Field(6 * 3600, ge=1, description="A running job is stopped and failed after this long.")
     heartbeat_ttl_s: float = Field(15.0, gt=0, description="A running job whose worker stays silent this long is lost.")
     reaper_interval_s: float = Field(

@@ -16,6 +16,7 @@ from gif.errors import GifError
 from service.core.catalog import Kind, UploadRecord
 from service.core.context import ServiceContext
 from service.core.errors import ServiceError
+from service.core.idempotency import fingerprint
 from service.core.jobs import InputRef, JobRecord
 from service.core.queue import enqueue_job, withdraw_job
 from service.web.schemas import JobRequest
@@ -86,6 +87,26 @@ async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, fa
         "%s stored", kind, extra={f"{kind}_id": record.id, "sha256": record.sha256, "size_bytes": record.size_bytes}
     )
     return record
+
+
+def submit_idempotent(ctx: ServiceContext, owner: str, body: JobRequest, key: str | None) -> tuple[JobRecord, bool]:
+    """``submit_job``, or with an ``Idempotency-Key`` the job that key already names; (the job, whether new)."""
+    if key is None:
+        return submit_job(ctx, owner, body), True
+    body_fingerprint = fingerprint(body.model_dump(mode="json"))
+    existing = ctx.idempotency.claim(owner, key, body_fingerprint)
+    if existing is not None:
+        record = ctx.jobs.get(existing)
+        if record is None:  # deleted since: the key names nothing any more
+            raise ServiceError("conflict", f"the job {existing} this Idempotency-Key named was deleted; use a new key")
+        return record, False
+    try:
+        record = submit_job(ctx, owner, body)
+    except BaseException:
+        ctx.idempotency.release(owner, key)
+        raise
+    ctx.idempotency.record(owner, key, body_fingerprint, record.id)
+    return record, True
 
 
 def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:

@@ -220,3 +220,30 @@ def test_lists_are_paginated_newest_first_and_filtered_by_status(http, base):
 def test_bad_list_parameters_are_refused(http, problem, params):
     body = problem(http.get("/v1/jobs", params=params), 422, "validation-error")
     assert body["errors"][0]["parameter"] == next(iter(params))
+
+
+def test_an_idempotency_key_makes_retries_return_the_same_job(http, base, problem):
+    import secrets
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = {"Idempotency-Key": secrets.token_hex(8)}
+    first = http.post("/v1/jobs", json=base, headers=key)
+    again = http.post("/v1/jobs", json=base, headers=key)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"] and again.headers["location"] == first.headers["location"]
+    other = {**base, "request": {"kind": "remove_class", "classes": [3]}}
+    body = problem(http.post("/v1/jobs", json=other, headers=key), 422, "idempotency-key-reused")
+    assert body["errors"][0]["parameter"] == "Idempotency-Key"
+    assert http.post("/v1/jobs", json=other).status_code == 202  # without a key: a new job
+
+    fresh = {"Idempotency-Key": secrets.token_hex(8)}  # a refused request does not use its key up
+    problem(
+        http.post("/v1/jobs", json={**base, "model_id": "model_" + "0" * 20}, headers=fresh), 422, "unknown-reference"
+    )
+    assert http.post("/v1/jobs", json=base, headers=fresh).status_code == 202
+
+    racing = {"Idempotency-Key": secrets.token_hex(8)}  # concurrent retries make one job
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: http.post("/v1/jobs", json=base, headers=racing), range(4)))
+    assert sorted(r.status_code for r in responses) == [200, 200, 200, 202]
+    assert len({r.json()["id"] for r in responses}) == 1

@@ -11,7 +11,7 @@ from service.core.errors import ServiceError
 from service.core.jobs import JobRecord
 from service.web.auth import Caller
 from service.web.dependencies import Context, OwnedJob, Pagination
-from service.web.operations import cancel_job, submit_job
+from service.web.operations import cancel_job, submit_idempotent
 from service.web.problems import responses
 from service.web.schemas import JOB_EXAMPLES, JobOut, JobRequest, JobStatus, Page, public_job
 
@@ -33,13 +33,29 @@ def job_response(record: JobRecord, status_code: int = 200, headers: dict[str, s
     "classes or indices out of range, labels the model does not have, an empty forget set or data of the "
     "wrong shape are refused here with a 422 that names the field.",
     responses={
-        **responses("unknown-reference", "invalid-spec", "validation-error", "unsupported-media-type"),
+        **responses(
+            "unknown-reference", "invalid-spec", "validation-error", "unsupported-media-type", "idempotency-key-reused"
+        ),
         202: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}}}},
+        200: {"description": "An Idempotency-Key seen before with the same body: the job it created."},
     },
 )
-def submit(body: Annotated[JobRequest, Body(openapi_examples=JOB_EXAMPLES)], owner: Caller, ctx: Context) -> Response:
-    record = submit_job(ctx, owner, body)
-    return job_response(record, 202, {"Location": f"/v1/jobs/{record.id}"})
+def submit(
+    body: Annotated[JobRequest, Body(openapi_examples=JOB_EXAMPLES)],
+    owner: Caller,
+    ctx: Context,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="Makes retries safe: the same key and body return the job the first request created "
+            "(200) for a day (GIF_IDEMPOTENCY_TTL_S); the same key with another body is a 422.",
+        ),
+    ] = None,
+) -> Response:
+    record, new = submit_idempotent(ctx, owner, body, idempotency_key)
+    return job_response(record, 202 if new else 200, {"Location": f"/v1/jobs/{record.id}"})
 
 
 @router.get("", summary="Your jobs, newest first")

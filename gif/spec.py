@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 SampleCount = PositiveInt | Literal["all"]
 
@@ -162,6 +162,12 @@ class EvaluationSpec(_Strict):
     batch_size: PositiveInt = Field(512, le=65536)
 
 
+class Notify(_Strict):
+    """Where the service POSTs the job resource when the job ends (signed: Standard Webhooks)."""
+
+    url: AnyHttpUrl = Field(examples=["https://example.org/hooks/gif"])
+
+
 class JobSpec(_Strict):
     """One edit: what to forget or relabel, with which method, selection, solver and step."""
 
@@ -179,6 +185,9 @@ class JobSpec(_Strict):
         None,
         description="HTTP only, optional, relabel only: held-out inputs carrying the trigger, labelled with their "
         "true labels, for heldout_attack_success_rate.",
+    )
+    notify: Notify | None = Field(
+        None, description="HTTP only, optional: a URL that receives the job resource when the job ends."
     )
     request: EditRequest
     method: Method = "gif"

@@ -33,6 +33,7 @@ from service.core.errors import job_error
 from service.core.jobs import InputRef, JobRecord, JobStore
 from service.core.logs import job_context
 from service.core.settings import Settings
+from service.core.webhooks import notify_end
 from worker import context
 
 log = logging.getLogger("worker.tasks")
@@ -125,6 +126,7 @@ def run_job(job_id: str) -> None:
         with Heartbeat(ctx.jobs, job_id, ctx.settings.heartbeat_interval_s):
             status = _execute(ctx, record)
         log.info("job %s", status)
+        notify_end(ctx, job_id)  # here, not in a thread: this process ends with the job
 
 
 def _execute(ctx: ServiceContext, record: JobRecord) -> str:

@@ -64,6 +64,10 @@ class JobRecord(BaseModel):
     worker: dict[str, Any] | None = None
     cancel_requested: bool = False
 
+    def public(self) -> dict[str, Any]:
+        """The job resource: the record without its internal fields (owner, sequence number, queue, inputs, worker)."""
+        return self.model_dump(mode="json", include=set(PUBLIC_JOB_FIELDS))
+
     @property
     def checkpoint_sha256(self) -> str | None:
         return (self.result or {}).get("checkpoint", {}).get("sha256")
@@ -76,6 +80,12 @@ class JobRecord(BaseModel):
     @property
     def output_sha256s(self) -> list[str]:
         return [sha for sha in (self.checkpoint_sha256, self.program_sha256) if sha]
+
+
+PUBLIC_JOB_FIELDS = frozenset(
+    {"id", "status", "created_at", "started_at", "finished_at", "spec", "progress", "result", "error"}
+    | {"cancel_requested"}
+)
 
 
 class JobStore:

@@ -14,6 +14,7 @@ import logging
 
 from service.core.context import ServiceContext
 from service.core.queue import enqueue_again, held_job_ids
+from service.core.webhooks import notify_end_in_background
 
 log = logging.getLogger("service.core.reaper")
 
@@ -35,5 +36,6 @@ def reap(ctx: ServiceContext) -> None:
     """One pass: fail jobs that lost their worker, re-enqueue jobs that lost their queue entry; logs each."""
     for job_id in ctx.jobs.reap_lost():
         log.warning("job lost its worker; marked failed", extra={"job_id": job_id})
+        notify_end_in_background(ctx, job_id)
     for job_id in requeue_lost(ctx):
         log.warning("job was missing from the queue; enqueued again", extra={"job_id": job_id})

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         8 * 1024**3, ge=1, description="Largest model once decompressed (torch zip and .pt2 archives declare it)."
     )
 
+    webhook_secret: str | None = Field(
+        None, description="Signs job notifications (Standard Webhooks); unset: jobs cannot ask for notify."
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated host names job notifications may be sent to."
+    )
     idempotency_ttl_s: int = Field(
         24 * 3600, ge=1, description="How long an Idempotency-Key of POST /v1/jobs keeps naming its job."
     )
@@ -63,7 +69,7 @@ class Settings(BaseSettings):
     api_torch_threads: int = Field(1, ge=1, description="torch threads in the API (dataset checks only).")
     log_level: str = "INFO"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

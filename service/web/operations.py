@@ -19,6 +19,7 @@ from service.core.errors import ServiceError
 from service.core.idempotency import fingerprint
 from service.core.jobs import InputRef, JobRecord
 from service.core.queue import enqueue_job, withdraw_job
+from service.core.webhooks import notify_end_in_background, target_problem
 from service.web.schemas import JobRequest
 from service.web.uploads import Upload, receive_upload
 from service.web.validation import DATA_INPUTS, check_job, inspect_dataset, inspect_model, parse_architecture
@@ -125,6 +126,10 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
     if unknown:
         raise ServiceError("unknown-reference", "the job refers to uploads that do not exist", unknown)
     assert model is not None
+    if body.notify is not None and (problem := target_problem(str(body.notify.url), ctx.settings)):
+        raise ServiceError(
+            "validation-error", "the job cannot notify this URL", [{"pointer": "/notify/url", "detail": problem}]
+        )
     found = {role: record for role, record in datasets.items() if record is not None}
     check_job(body, model, found)
     inputs = {"model": InputRef(id=model.id, sha256=model.sha256, architecture=model.architecture)}
@@ -143,6 +148,7 @@ def cancel_job(ctx: ServiceContext, job_id: str) -> tuple[JobRecord, bool]:
     previous = ctx.jobs.cancel(job_id)
     if previous == "queued":
         withdraw_job(ctx.queue, job_id)
+        notify_end_in_background(ctx, job_id)
     elif previous != "running":
         raise ServiceError("conflict", f"the job is {previous}; only queued or running jobs can be cancelled")
     log.info("job cancel %s", "done" if previous == "queued" else "requested", extra={"job_id": job_id})

@@ -157,9 +157,6 @@ def public(record: UploadRecord, model: type[BaseModel]) -> dict[str, Any]:
     return record.model_dump(mode="json", include=set(model.model_fields))
 
 
-JOB_OUT_FIELDS = set(JobOut.model_fields)
-
-
 def public_job(record: JobRecord) -> dict[str, Any]:
-    """The job resource: the record without its internal fields (owner, sequence number, queue, inputs, worker)."""
-    return record.model_dump(mode="json", include=JOB_OUT_FIELDS)
+    """The job resource (``JobOut``'s fields: ``JobRecord.public``)."""
+    return record.public()

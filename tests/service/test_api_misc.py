@@ -115,3 +115,10 @@ def test_swagger_ui_and_job_examples(http):
 def test_routing_errors_are_problems(http, problem):
     problem(http.get("/v2/nothing"), 404, "not-found")
     problem(http.put("/v1/jobs"), 405, "method-not-allowed")
+
+
+def test_the_job_resource_is_the_records_public_fields():
+    from service.core.jobs import PUBLIC_JOB_FIELDS
+    from service.web.schemas import JobOut
+
+    assert set(JobOut.model_fields) == PUBLIC_JOB_FIELDS

@@ -112,6 +112,9 @@ class EditResult(_Result):
     device: DeviceReport | None = Field(None, description="Where the edit ran (absent from records of old versions).")
     warnings: list[str] = []
     checkpoint: CheckpointInfo | None = Field(None, description="The edited weights, once written.")
+    model_id: str | None = Field(
+        None, description="HTTP: the edited checkpoint registered as a model, to be the model_id of a next edit."
+    )
     program: CheckpointInfo | None = Field(
         None,
         description="The edited exported program (.pt2), for models uploaded as one: "

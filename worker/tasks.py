@@ -28,6 +28,7 @@ from gif.edit import EditOutcome, run
 from gif.errors import EditCancelled, GifError
 from gif.result import CheckpointInfo
 from gif.spec import JobSpec
+from service.core.catalog import UploadRecord
 from service.core.context import ServiceContext
 from service.core.errors import job_error
 from service.core.jobs import InputRef, JobRecord, JobStore
@@ -149,8 +150,12 @@ def _execute(ctx: ServiceContext, record: JobRecord) -> str:
             device=resolve_device(ctx.settings.worker_device),
         )
         stored = _store_outputs(ctx, job_id, outcome, record.inputs["model"])
+        edited = _register_edited_model(ctx, record, outcome)
+        outcome.result.model_id = edited.id if edited is not None else None
         if jobs.succeed(job_id, outcome.result.model_dump(mode="json")):
             return "succeeded"
+        if edited is not None:
+            ctx.catalog.delete("model", edited.id, record.owner)
         for sha256 in stored:
             ctx.artifacts.release(sha256, f"job:{job_id}")
         return "abandoned: the job was ended elsewhere (lost or deleted) while it ran"
@@ -182,6 +187,28 @@ def _load_inputs(ctx: ServiceContext, inputs: dict[str, InputRef]) -> tuple[torc
         role: read_dataset(ctx.artifacts.local_path(item.sha256)) for role, item in inputs.items() if role != "model"
     }
     return model, data
+
+
+def _register_edited_model(ctx: ServiceContext, record: JobRecord, outcome: EditOutcome) -> UploadRecord | None:
+    """The edited checkpoint as a model of the job's owner (the edited .pt2 for a program), so that it can be edited
+    again; None when the model the job edited was deleted meanwhile (its facts are taken from it)."""
+    model_input = record.inputs["model"]
+    parent = ctx.catalog.get("model", model_input.id, record.owner)
+    exported = is_exported(model_input.architecture)
+    blob = outcome.result.program if exported else outcome.result.checkpoint
+    if parent is None or blob is None:
+        return None
+    file_format = "pt2" if exported else "safetensors"
+    facts = {
+        **parent.model_dump(include={"architecture", "num_parameters", "num_classes", "input_shape"}),
+        "sha256": blob.sha256,
+        "size_bytes": blob.size_bytes,
+        "format": file_format,
+        "filename": f"{record.id}.{file_format}",
+        "parent_model_id": parent.id,
+        "job_id": record.id,
+    }
+    return ctx.catalog.register("model", record.owner, facts)
 
 
 def _store_outputs(ctx: ServiceContext, job_id: str, outcome: EditOutcome, model: InputRef) -> list[str]:

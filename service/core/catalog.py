@@ -37,6 +37,8 @@ class ModelRecord(UploadRecord):
     num_parameters: int
     num_classes: int
     input_shape: list[int] | None = None  # exported programs: one sample's shape
+    parent_model_id: str | None = None  # an edited model: the model its job edited
+    job_id: str | None = None  # an edited model: the job that made it
 
 
 class DatasetRecord(UploadRecord):
@@ -57,17 +59,30 @@ class Catalog:
 
     def add(self, kind: Kind, owner: str, staged: Path, facts: dict[str, Any]) -> UploadRecord:
         """Store a validated staged file and its record; ``facts`` must hold its ``sha256``."""
-        item_id = new_id(kind)
-        seq = self.client.incr(self.keys.sequence)
-        record = RECORDS[kind].model_validate(
-            {"id": item_id, **facts, "created_at": utc_now(), "owner": owner, "seq": seq}
-        )
-        self.artifacts.add(staged, record.sha256, f"{kind}:{item_id}")
-        with self.client.pipeline() as pipe:
-            pipe.set(self.keys.item(kind, item_id), record.model_dump_json())
-            pipe.zadd(self.keys.items_of(kind, owner), {item_id: seq})
-            pipe.execute()
+        record = self._new_record(kind, owner, facts)
+        self.artifacts.add(staged, record.sha256, f"{kind}:{record.id}")
+        self._save(kind, record)
         return record
+
+    def register(self, kind: Kind, owner: str, facts: dict[str, Any]) -> UploadRecord | None:
+        """A record for a blob already stored (an edited checkpoint); None if that blob is gone."""
+        record = self._new_record(kind, owner, facts)
+        if not self.artifacts.hold(record.sha256, f"{kind}:{record.id}"):
+            return None
+        self._save(kind, record)
+        return record
+
+    def _new_record(self, kind: Kind, owner: str, facts: dict[str, Any]) -> UploadRecord:
+        seq = self.client.incr(self.keys.sequence)
+        return RECORDS[kind].model_validate(
+            {"id": new_id(kind), **facts, "created_at": utc_now(), "owner": owner, "seq": seq}
+        )
+
+    def _save(self, kind: Kind, record: UploadRecord) -> None:
+        with self.client.pipeline() as pipe:
+            pipe.set(self.keys.item(kind, record.id), record.model_dump_json())
+            pipe.zadd(self.keys.items_of(kind, record.owner), {record.id: record.seq})
+            pipe.execute()
 
     @overload
     def get(self, kind: Literal["model"], item_id: str, owner: str) -> ModelRecord | None: ...

@@ -106,6 +106,8 @@ class ModelOut(BaseModel):
     input_shape: list[int] | None = Field(
         None, description="Exported programs: the shape of one sample the program takes (the batch left out)."
     )
+    parent_model_id: str | None = Field(None, description="An edited model: the model the job edited.")
+    job_id: str | None = Field(None, description="An edited model: the job that made it (result.model_id).")
     filename: str | None = None
     created_at: str
 

@@ -142,3 +142,20 @@ def test_a_zoo_model_uploaded_by_name_is_edited(api, tmp_path, name):
     assert job["status"] == "succeeded", job["error"]
     edited = download(api.http, job)
     assert changed_entries(model.state_dict(), edited) > 0
+
+
+def test_an_edited_model_can_be_edited_again(api, inputs, demo):
+    spec = {**json.loads(demo["job"].read_text()), **inputs}
+    first = api.wait(api.submit(spec)["id"])
+    assert first["status"] == "succeeded", first["error"]
+    edited = api.http.get(f"/v1/models/{first['result']['model_id']}").json()
+    assert (edited["parent_model_id"], edited["job_id"]) == (inputs["model_id"], first["id"])
+    assert edited["sha256"] == first["result"]["checkpoint"]["sha256"] and edited["format"] == "safetensors"
+    again = {**spec, "model_id": edited["id"], "request": {"kind": "remove_class", "classes": [3]}}
+    second = api.wait(api.submit(again)["id"])
+    assert second["status"] == "succeeded", second["error"]
+    once, twice = download(api.http, first), download(api.http, second)
+    assert 0 < changed_entries(once, twice) <= second["result"]["selection"]["num_selected"]  # it started from the edit
+    assert api.http.delete(f"/v1/jobs/{first['id']}").status_code == 204  # the edited model outlives its job
+    assert api.http.get(f"/v1/models/{edited['id']}").status_code == 200
+    assert api.checkpoint(second["id"]).status_code == 200

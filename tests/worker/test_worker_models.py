@@ -68,6 +68,9 @@ def test_an_exported_program_is_uploaded_edited_and_downloaded_as_pt2(api, input
     edited = load_program(tmp_path / "edited.pt2")
     assert all(torch.equal(edited.state_dict()[k], weights[k]) for k in weights)
     original = load_program(program_file).state_dict()
+    registered = api.http.get(f"/v1/models/{job['result']['model_id']}").json()  # the edit, as a model to edit again
+    assert registered["format"] == "pt2" and registered["sha256"] == job["result"]["program"]["sha256"]
+    assert (registered["parent_model_id"], registered["job_id"]) == (model["id"], job["id"])
     moved = {k for k in original if not torch.equal(edited.state_dict()[k], original[k])}
     assert moved and moved <= {"conv.weight", "conv.bias", "head.weight", "head.bias"}  # BatchNorm is never a target
 

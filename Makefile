@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint openapi bench demo-assets clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ./client
 	$(PIP) install -q -e '.[test,bench,local]'
 	@touch $(STAMP)
 

@@ -1,4 +1,5 @@
-"""The ``gif`` command: ``gif edit``, ``gif architectures`` and ``gif demo-assets``.
+"""The ``gif`` command: ``gif edit``, ``gif architectures``, ``gif demo-assets``, and on a server (``gif_client``)
+``gif submit``, ``gif status``, ``gif cancel`` and ``gif download``.
 
 ``gif edit`` runs the same ``gif.edit.run`` as the worker, in-process: a progress bar on stderr,
 a metrics table on stdout, the result object in ``--result``. Bad input ends with exit status 2
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -104,20 +106,91 @@ def cmd_edit(args: argparse.Namespace) -> int:
         checkpoint = outcome.write_program(args.model, args.out)
     else:
         checkpoint = outcome.write_checkpoint(args.out)
-    result = outcome.result
     if args.result:
-        Path(args.result).write_text(result.model_dump_json(indent=2))
-    print(metrics_table(result.metrics.model_dump()))
-    s = result.solver
-    print(
-        f"\n{spec.method} on {result.selection.num_selected} parameters "
-        f"({result.selection.modification_ratio:.1%}); solver {s.kind}: {s.iterations} iterations, "
-        f"{s.hvp_count} HVPs, relative residual {s.relative_residual:.2e}; step {result.step.scale:.4g}; "
-        f"{result.timings.total_s:.1f}s"
-    )
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        Path(args.result).write_text(outcome.result.model_dump_json(indent=2))
+    print_result(outcome.result.model_dump(mode="json"))
     print(f"edited checkpoint: {args.out} (sha256 {checkpoint.sha256})")
+    return 0
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """The metrics table, one line on the solve, and the warnings (stderr): what ``gif edit`` and ``gif submit``
+    show of a job's result."""
+    print(metrics_table(result["metrics"]))
+    s, selection = result["solver"], result["selection"]
+    print(
+        f"\n{result['method']} on {selection['num_selected']} parameters ({selection['modification_ratio']:.1%}); "
+        f"solver {s['kind']}: {s['iterations']} iterations, {s['hvp_count']} HVPs, relative residual "
+        f"{s['relative_residual']:.2e}; step {result['step']['scale']:.4g}; {result['timings']['total_s']:.1f}s"
+    )
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def remote_client(args: argparse.Namespace) -> Any:
+    from gif_client import Client
+
+    server = args.server or os.environ.get("GIF_SERVER")
+    if not server:
+        raise InvalidSpecError("no server: give --server URL or set GIF_SERVER")
+    return Client(server, api_key=os.environ.get("GIF_API_KEY"))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Upload what the job needs (reusing uploads the server already holds), submit, and optionally wait."""
+    spec = _json_argument(args.spec)
+    with remote_client(args) as client:
+        architecture = _json_argument(args.architecture) if args.architecture else None
+        spec["model_id"] = client.upload_once("models", args.model, architecture)["id"]
+        for field, path in (
+            ("train_dataset_id", args.train_data),
+            ("eval_dataset_id", args.eval_data),
+            ("validation_dataset_id", args.validation_data),
+            ("attack_dataset_id", args.attack_data),
+        ):
+            if path:
+                spec[field] = client.upload_once("datasets", path)["id"]
+        job = client.submit(spec)
+        print(f"job {job['id']} {job['status']}", file=sys.stderr)
+        if not args.wait:
+            print(job["id"])
+            return 0
+        job = client.wait(job["id"])
+        if job["status"] != "succeeded":
+            error = job["error"] or {}
+            print(f"gif: job {job['id']} {job['status']}: {error.get('detail')}", file=sys.stderr)
+            return 1
+        print_result(job["result"])
+        if args.out:
+            client.download(job["id"], args.out, "pt2" if str(args.out).endswith(".pt2") else "safetensors")
+            print(f"edited checkpoint: {args.out} (job {job['id']}, model {job['result'].get('model_id')})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gif_client.client import progress_line
+
+    with remote_client(args) as client:
+        job = client.job(args.job)
+    print(progress_line(job))
+    if job["status"] == "succeeded":
+        print_result(job["result"])
+    elif job["error"]:
+        print(f"{job['error']['code']}: {job['error']['detail']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with remote_client(args) as client:
+        job = client.cancel(args.job)
+    print(f"job {job['id']} {job['status']}" + (" (cancel requested)" if job.get("cancel_requested") else ""))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    with remote_client(args) as client:
+        client.download(args.job, args.out, args.format)
+    print(args.out)
     return 0
 
 
@@ -177,6 +250,31 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     edit.set_defaults(handler=cmd_edit)
 
+    submit = commands.add_parser("submit", help="run a job on a GIF server (uploads what it needs)")
+    submit.add_argument("--spec", required=True, help="the job specification (JSON file or string)")
+    submit.add_argument("--model", required=True, help="weights or a .pt2 program (reused if the server has it)")
+    submit.add_argument("--architecture", help="for weights: the architecture (JSON or a JSON file)")
+    submit.add_argument("--train-data", required=True)
+    submit.add_argument("--eval-data")
+    submit.add_argument("--validation-data")
+    submit.add_argument("--attack-data")
+    submit.add_argument("--wait", action="store_true", help="wait with a progress bar and print the metrics")
+    submit.add_argument("--out", help="with --wait: where to download the edited checkpoint (.pt2 for a program)")
+    submit.set_defaults(handler=cmd_submit)
+    for name, handler, text in (
+        ("status", cmd_status, "a job's progress, metrics or error"),
+        ("cancel", cmd_cancel, "cancel a queued or running job"),
+        ("download", cmd_download, "download a job's edited checkpoint"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("job")
+        command.set_defaults(handler=handler)
+        if name == "download":
+            command.add_argument("--out", required=True)
+            command.add_argument("--format", choices=["safetensors", "pt2"], default="safetensors")
+    for command in (submit, *(commands.choices[n] for n in ("status", "cancel", "download"))):
+        command.add_argument("--server", help="the service's base URL (default: $GIF_SERVER)")
+
     archs = commands.add_parser("architectures", help="list the registry, or one architecture's parameters")
     archs.add_argument("name", nargs="?")
     archs.add_argument("--config", help="the architecture's config (JSON)")
@@ -195,6 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except GifError as exc:
+        print(f"gif: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # the remote commands' errors: the client's problems and connection failures
+        if type(exc).__module__.split(".")[0] not in ("gif_client", "httpx"):
+            raise
         print(f"gif: error: {exc}", file=sys.stderr)
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -1,0 +1,179 @@
+"""``Client``: uploads (streamed, sha256 checked), jobs (idempotent submit, wait with a progress bar, cancel),
+downloads (ETag checked) and paginated lists, over the service's HTTP API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from gif_client.problems import raise_for_problem
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+CHUNK_BYTES = 1 << 20
+
+
+class IntegrityError(Exception):
+    """Bytes changed on the way: the sha256 computed here differs from the one the service reports."""
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Client:
+    """The GIF service at ``base_url``; ``api_key`` when the service requires one (``GIF_API_KEYS``).
+
+    ``http`` replaces the underlying ``httpx.Client`` (tests pass FastAPI's TestClient)."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        http: httpx.Client | None = None,
+    ):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = http or httpx.Client(base_url=base_url, timeout=timeout_s)
+        self.http.headers.update(headers)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _json(self, response: httpx.Response) -> Any:
+        raise_for_problem(response)
+        return response.json()
+
+    # --- uploads ---------------------------------------------------------------------------------------
+
+    def upload_model(self, path: str | Path, architecture: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Weights with their architecture (``{"name": …, "config": {…}}``), or a ``.pt2`` program (none)."""
+        data = {"architecture": json.dumps(architecture)} if architecture is not None else {}
+        return self._upload("models", path, data)
+
+    def upload_dataset(self, path: str | Path) -> dict[str, Any]:
+        """A ``.safetensors`` or ``.npz`` file holding ``x`` and ``y``."""
+        return self._upload("datasets", path, {})
+
+    def _upload(self, collection: str, path: str | Path, data: dict[str, str]) -> dict[str, Any]:
+        expected = sha256_of(path)
+        with open(path, "rb") as fh:  # httpx streams the open file; it is never read whole here
+            record = self._json(self.http.post(f"/v1/{collection}", files={"file": (Path(path).name, fh)}, data=data))
+        if record["sha256"] != expected:
+            raise IntegrityError(f"{path}: sent sha256 {expected}, the service stored {record['sha256']}")
+        return record
+
+    def find_upload(self, collection: str, sha256: str) -> dict[str, Any] | None:
+        """Your upload in ``collection`` (``models`` or ``datasets``) with this sha256, if there is one."""
+        return next((item for item in self.list(collection) if item["sha256"] == sha256), None)
+
+    def upload_once(self, collection: str, path: str | Path, architecture: dict[str, Any] | None = None) -> dict:
+        """The upload of ``path`` you already have (same sha256, same architecture), else a new upload."""
+        found = self.find_upload(collection, sha256_of(path))
+        if found is not None and (collection == "datasets" or architecture in (None, found.get("architecture"))):
+            return found
+        return self.upload_model(path, architecture) if collection == "models" else self.upload_dataset(path)
+
+    # --- lists -----------------------------------------------------------------------------------------
+
+    def list(self, collection: str, page_size: int = 200, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of ``/v1/<collection>`` (``models``, ``datasets``, ``jobs``, ``architectures``), page by page."""
+        cursor = None
+        while True:
+            query = {**params, "limit": page_size, **({"cursor": cursor} if cursor else {})}
+            page = self._json(self.http.get(f"/v1/{collection}", params=query))
+            yield from page["items"]
+            if (cursor := page["next_cursor"]) is None:
+                return
+
+    # --- jobs ------------------------------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """Queue a job; retried on connection errors with one ``Idempotency-Key``, so a retry never makes two."""
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        for attempt in range(3):
+            try:
+                return self._json(self.http.post("/v1/jobs", json=spec, headers=headers))
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json(self.http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def wait(
+        self, job_id: str, progress: bool | IO[str] = True, poll_s: float = 0.5, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Poll until the job ends; with ``progress`` a one-line bar (phase, solver iteration, residual) on stderr
+        (or the given stream). Returns the ended job; ``TimeoutError`` past ``timeout_s``."""
+        stream = sys.stderr if progress is True else (progress or None)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if stream is not None:
+                stream.write("\r" + progress_line(job))
+                stream.flush()
+            if job["status"] in TERMINAL:
+                if stream is not None:
+                    stream.write("\n")
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_s} s")
+            time.sleep(poll_s)
+
+    def download(self, job_id: str, path: str | Path, file_format: str = "safetensors") -> Path:
+        """Stream the edited checkpoint (``safetensors``, or ``pt2`` for a program) to ``path``, its sha256 checked
+        against the ETag; nothing is left at ``path`` if it does not match."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".part")
+        digest = hashlib.sha256()
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/checkpoint", params={"format": file_format}) as response:
+            if not response.is_success:
+                response.read()
+                raise_for_problem(response)
+            expected = response.headers.get("etag", "").strip('"')
+            with open(partial, "wb") as fh:
+                for block in response.iter_bytes(CHUNK_BYTES):
+                    digest.update(block)
+                    fh.write(block)
+        if expected and digest.hexdigest() != expected:
+            partial.unlink()
+            raise IntegrityError(f"downloaded sha256 {digest.hexdigest()} != ETag {expected}")
+        partial.replace(path)
+        return path
+
+
+def progress_line(job: dict[str, Any], width: int = 30) -> str:
+    """``[#####.....]  42% solve  it 12  residual 3.1e-02  running`` from a job resource."""
+    progress = job.get("progress") or {}
+    fraction = 1.0 if job["status"] == "succeeded" else float(progress.get("fraction") or 0.0)
+    bar = "#" * int(fraction * width) + "." * (width - int(fraction * width))
+    parts = [f"[{bar}] {fraction:4.0%}", str(progress.get("phase") or "")]
+    if progress.get("iteration") is not None:
+        parts.append(f"it {progress['iteration']}")
+    if progress.get("relative_residual") is not None:
+        parts.append(f"residual {progress['relative_residual']:.1e}")
+    parts.append(job["status"])
+    return "  ".join(p for p in parts if p)

@@ -1,0 +1,95 @@
+"""gif_client against the real stack (API in-process, a real worker): uploads, jobs, downloads, typed problems;
+and ``gif submit|status|download`` on top of it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from gif_client import Client, IntegrityError, NotFoundError, ValidationFailed
+
+from gif.cli import main
+
+
+@pytest.fixture(scope="module")
+def client(api) -> Client:
+    return Client(http=api.http)  # FastAPI's TestClient is an httpx.Client
+
+
+def test_the_client_needs_neither_torch_nor_the_service():
+    probe = "import sys, gif_client; print(sorted(m for m in ('torch', 'numpy', 'fastapi', 'gif', 'service') if m in sys.modules))"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
+
+
+def test_uploads_jobs_and_downloads(client, demo, tmp_path):
+    architecture = json.loads(demo["architecture"].read_text())
+    model = client.upload_model(demo["model"], architecture)
+    assert client.upload_once("models", demo["model"], architecture)["id"] in {model["id"]} | {
+        m["id"] for m in client.list("models") if m["sha256"] == model["sha256"]
+    }
+    train = client.upload_once("datasets", demo["train"])
+    assert client.upload_once("datasets", demo["train"])["id"] == train["id"]  # reused, not sent again
+    spec = {**json.loads(demo["job"].read_text()), "model_id": model["id"], "train_dataset_id": train["id"]}
+    job = client.submit(spec, idempotency_key="client-test-1")
+    assert client.submit(spec, idempotency_key="client-test-1")["id"] == job["id"]
+    bar = io.StringIO()
+    ended = client.wait(job["id"], progress=bar, poll_s=0.05)
+    assert ended["status"] == "succeeded" and "succeeded" in bar.getvalue() and "%" in bar.getvalue()
+    path = client.download(job["id"], tmp_path / "edited.safetensors")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ended["result"]["checkpoint"]["sha256"]
+    assert job["id"] in {j["id"] for j in client.list("jobs", page_size=2)}
+    assert any(a["name"] == "tinynet" for a in client.list("architectures", family="paper"))
+
+
+def test_problems_are_typed_exceptions(client, demo):
+    with pytest.raises(NotFoundError) as missing:
+        client.job("job_" + "0" * 20)
+    assert missing.value.code == "not-found" and missing.value.status == 404
+    with pytest.raises(ValidationFailed) as invalid:
+        client.submit({"model_id": "model_" + "0" * 20, "train_dataset_id": "dataset_" + "0" * 20,
+                       "request": {"kind": "remove_class", "classes": [8]}})  # fmt: skip
+    assert invalid.value.code == "unknown-reference"
+    assert {e["pointer"] for e in invalid.value.errors} == {"/model_id", "/train_dataset_id"}
+
+
+def test_a_download_that_does_not_match_its_etag_leaves_nothing(client, demo, tmp_path, monkeypatch):
+    job = client.submit({**json.loads(demo["job"].read_text()), **client_inputs(client, demo)})
+    client.wait(job["id"], progress=False)
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashlib.new("md5", *a))  # bytes that hash to another value
+    with pytest.raises(IntegrityError):
+        client.download(job["id"], tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists() and not (tmp_path / "bad.safetensors.part").exists()
+
+
+def client_inputs(client: Client, demo) -> dict[str, str]:
+    architecture = json.loads(demo["architecture"].read_text())
+    return {
+        "model_id": client.upload_once("models", demo["model"], architecture)["id"],
+        "train_dataset_id": client.upload_once("datasets", demo["train"])["id"],
+        "eval_dataset_id": client.upload_once("datasets", demo["eval"])["id"],
+    }
+
+
+def test_gif_submit_waits_prints_the_metrics_and_downloads(client, demo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("gif.cli.remote_client", lambda args: Client(http=client.http))
+    monkeypatch.setattr(Client, "close", lambda self: None)  # the shared test client stays open
+    out = tmp_path / "edited.safetensors"
+    argv = ["submit", "--server", "http://testserver", "--spec", str(demo["job"]), "--model", str(demo["model"]),
+            "--architecture", str(demo["architecture"]), "--train-data", str(demo["train"]),
+            "--eval-data", str(demo["eval"]), "--wait", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "forget_test_accuracy" in printed.out and "edited checkpoint" in printed.out and out.exists()
+    job_id = printed.err.split("job ", 1)[1].split()[0]
+    assert main(["status", job_id, "--server", "http://testserver"]) == 0
+    assert "succeeded" in capsys.readouterr().out
+    assert main(["download", job_id, "--out", str(tmp_path / "again.safetensors"), "--server", "x"]) == 0
+    assert (tmp_path / "again.safetensors").read_bytes() == out.read_bytes()
+    assert main(["status", "job_" + "0" * 20, "--server", "x"]) == 2
+    assert "404 not-found" in capsys.readouterr().err

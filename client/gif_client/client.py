@@ -133,7 +133,7 @@ class Client:
         while True:
             job = self.job(job_id)
             if stream is not None:
-                stream.write("\r" + progress_line(job))
+                stream.write("\r" + progress_line(job).ljust(100))
                 stream.flush()
             if job["status"] in TERMINAL:
                 if stream is not None:

@@ -294,10 +294,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except GifError as exc:
         print(f"gif: error: {exc}", file=sys.stderr)
-    except Exception as exc:  # the remote commands' errors: the client's problems and connection failures
-        if type(exc).__module__.split(".")[0] not in ("gif_client", "httpx"):
-            raise
-        print(f"gif: error: {exc}", file=sys.stderr)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -307,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"gif: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+    except Exception as exc:  # the remote commands' errors: the client's problems and connection failures
+        if type(exc).__module__.split(".")[0] not in ("gif_client", "httpx"):
+            raise
+        print(f"gif: error: {exc}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 

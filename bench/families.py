@@ -7,13 +7,15 @@ loader — at 32×32 inputs (the CPU's budget; 224² where a GPU runs this):
 1. one Hessian-vector product against one forward+backward of the same batch, for each implementation and
    for ``auto`` (``bench.gpu.hvp_row``: best of 3 after a warm-up);
 2. a class removal through ``gif.edit.run`` at the default sample sizes (Hessian 512, gradient 256,
-   selection 10%, auto step, the default CG cap): its wall time, phase by phase, and its HVP count.
+   selection 10%, auto step, CG at 5 iterations): its wall time, phase by phase, and its HVP count.
 
-Run: .venv/bin/python -m bench.families   (GIF_BENCH_QUICK=1: a smoke run, writes bench/FAMILIES.quick.md)
+Run: .venv/bin/python -m bench.families [FAMILY …]   (names: only the families whose label starts so; the rows of
+the others are kept from bench/FAMILIES.json)   GIF_BENCH_QUICK=1: a smoke run, writes bench/FAMILIES.quick.md
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -35,6 +37,7 @@ from gif.spec import JobSpec
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
 OUT = Path(__file__).with_name("FAMILIES.quick.md" if QUICK else "FAMILIES.md")
+ROWS = Path(__file__).with_name("FAMILIES.json")  # the measured rows, so that a run of some families keeps the others
 SHAPE = (3, 32, 32)
 CLASSES = 10
 FAMILIES: list[tuple[str, dict]] = [
@@ -49,6 +52,19 @@ FAMILIES: list[tuple[str, dict]] = [
 EXPORTED = ("exported .pt2 (ResNet-18)", {"name": "torchvision.resnet18", "config": {"num_classes": CLASSES}})
 BATCH = 8 if QUICK else 32
 EDIT_SAMPLES = 64 if QUICK else 1200  # 120 per class: the gradient sample (256) takes all of one class
+EDIT_ITERATIONS = 2 if QUICK else 5  # fixed, so that rows measured on different days compare
+EDIT_HEADERS = [
+    "model",
+    "parameters",
+    "wall s",
+    "selection s",
+    "solve s",
+    "step search s",
+    "evaluation s",
+    "HVPs",
+    "HVP method",
+    "modified share",
+]
 
 
 def exported(architecture: dict, folder: Path) -> torch.nn.Module:
@@ -66,7 +82,10 @@ def edit_timing(model: torch.nn.Module, device: torch.device) -> list[object]:
     generator = torch.Generator().manual_seed(0)
     data = Dataset(torch.rand(EDIT_SAMPLES, *SHAPE, generator=generator), torch.arange(EDIT_SAMPLES) % CLASSES)
     spec = JobSpec.model_validate(
-        {"request": {"kind": "remove_class", "classes": [3]}, "solver": {"max_iterations": 2} if QUICK else {}}
+        {
+            "request": {"kind": "remove_class", "classes": [3]},
+            "solver": {"kind": "cg", "max_iterations": EDIT_ITERATIONS},
+        }
     )
     started = time.perf_counter()
     result = run(spec, model, data, data, device=device).result
@@ -84,28 +103,15 @@ def edit_timing(model: torch.nn.Module, device: torch.device) -> list[object]:
     ]
 
 
-def main() -> int:
-    started = datetime.now(timezone.utc)
-    device = resolve_device("auto")
-    print(machine(), device, flush=True)
-    hvp_rows: list[list[object]] = []
-    edit_rows: list[list[object]] = []
-    with tempfile.TemporaryDirectory(prefix="gif-bench-") as tmp:
-        models = [(label, arch["name"], build_model(arch)) for label, arch in FAMILIES]
-        models.append((EXPORTED[0], "exported", exported(EXPORTED[1], Path(tmp))))
-        for label, name, model in models:
-            row = hvp_row(f"{label}: `{name}`", model, SHAPE, BATCH, device)
-            hvp_rows.append(row)
-            print(row, flush=True)
-            edit_rows.append([f"{label}: `{name}`", f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"])
-            edit_rows[-1] += edit_timing(model, device)
-            print(edit_rows[-1], flush=True)
-    where = device_report(device)
-    text = f"""# Users' own models, family by family, on {where["name"]} ({device.type})
+def render(rows: dict[str, dict], device_name: str, device_type: str) -> str:
+    hvp_rows = [r["hvp"] for r in rows.values()]
+    edit_rows = [r["edit"] for r in rows.values() if r.get("edit")]
+    measured = "\n".join(f"- {label}: {r['measured']} (load average {r['load']})" for label, r in rows.items())
+    return f"""# Users' own models, family by family, on {device_name} ({device_type})
 
-Command: `.venv/bin/python -m bench.families` (this file is written by it)
-Date: {started:%Y-%m-%d %H:%M} UTC
-Machine: {machine()}; at the end {os.getloadavg()[0]:.2f}
+Command: `.venv/bin/python -m bench.families [FAMILY …]` (this file is written by it; with families named, only
+their rows are measured again and the others kept, each row stamped below with when it was measured).
+Machine: {machine()}
 Inputs: {SHAPE[1]}×{SHAPE[2]} RGB, {CLASSES} classes, random weights (speed does not depend on training).
 
 ## 1. One Hessian-vector product against one forward+backward of the same batch (best of 3 after a warm-up)
@@ -113,28 +119,43 @@ Inputs: {SHAPE[1]}×{SHAPE[2]} RGB, {CLASSES} classes, random weights (speed doe
 {markdown_table(["model", "batch", "forward+backward ms", *IMPLEMENTATIONS, "auto (its choice: ratio)"], hvp_rows)}
 
 ## 2. A class removal at the default sample sizes ({EDIT_SAMPLES} training samples; Hessian 512, gradient 256;
-Top-k outputs 10%; CG capped at {2 if QUICK else "the default"} iterations; auto step; evaluation on the training data)
+Top-k outputs 10%; CG, {EDIT_ITERATIONS} iterations; auto step; evaluation on the training data)
 
-{
-        markdown_table(
-            [
-                "model",
-                "parameters",
-                "wall s",
-                "selection s",
-                "solve s",
-                "step search s",
-                "evaluation s",
-                "HVPs",
-                "HVP method",
-                "modified share",
-            ],
-            edit_rows,
-        )
-    }
+{markdown_table(EDIT_HEADERS, edit_rows)}
+
+The solve's cost is its HVP count times one HVP: with the default solver (LSMR to a relative residual of
+0.02, bench/RESULTS.md section 8) a TinyNet-sized system takes about 25 HVPs instead of the 13 here.
+
+## When each row was measured
+
+{measured}
 """
-    OUT.write_text(text)
-    print(text)
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    device = resolve_device("auto")
+    print(machine(), device, flush=True)
+    rows: dict[str, dict] = json.loads(ROWS.read_text()) if ROWS.exists() and not QUICK else {}
+    where = device_report(device)
+    with tempfile.TemporaryDirectory(prefix="gif-bench-") as tmp:
+        for label, arch in [*FAMILIES, EXPORTED]:
+            if only and not any(label.startswith(prefix) for prefix in only):
+                continue
+            model = exported(arch, Path(tmp)) if (label, arch) == EXPORTED else build_model(arch)
+            name = "exported" if (label, arch) == EXPORTED else arch["name"]
+            key = f"{label}: `{name}`"
+            rows[key] = {"hvp": hvp_row(key, model, SHAPE, BATCH, device)}
+            print(rows[key]["hvp"], flush=True)
+            rows[key]["edit"] = [key, f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"]
+            rows[key]["edit"] += edit_timing(model, device)
+            rows[key]["measured"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+            rows[key]["load"] = f"{os.getloadavg()[0]:.2f}"
+            print(rows[key]["edit"], flush=True)
+            if not QUICK:
+                ROWS.write_text(json.dumps(rows, indent=1))
+            OUT.write_text(render(rows, where["name"], device.type))
+    print(OUT.read_text())
     return 0
 
 

@@ -39,7 +39,7 @@ def test_a_valid_job_is_queued_with_its_full_spec(http, base, inputs, settings):
     job = response.json()
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["progress"] is None and job["result"] is None and job["error"] is None
-    assert job["spec"]["solver"]["kind"] == "cg" and job["spec"]["eval_dataset_id"] == inputs["eval_dataset_id"]
+    assert job["spec"]["solver"]["kind"] == "lsmr" and job["spec"]["eval_dataset_id"] == inputs["eval_dataset_id"]
     assert set(job) >= {
         "id",
         "status",

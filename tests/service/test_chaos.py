@@ -1,6 +1,6 @@
 """Chaos under `make run`: small jobs while work-horses, workers and Redis are SIGKILLed at random.
 
-Bounded (30 jobs, a kill every ~1.5 s for at most 40 s, loopback only). At the end every job is in a
+Bounded (20 jobs, a kill every ~1.5 s for at most 30 s, loopback only). At the end every job is in a
 terminal state and none is lost; a job failed as retryable (its worker died) is submitted again, as a
 client would; every succeeded job's checkpoint matches its recorded sha256. The counts are printed.
 """
@@ -23,9 +23,9 @@ from service.tools.client import ApiClient, ApiError
 from service.tools.launch import free_port
 from tests.service.test_launch import READY, launcher_env, processes, wait_for_line
 
-JOBS = 30
+JOBS = 20
 KILL_EVERY_S = 1.5
-CHAOS_S = 40.0
+CHAOS_S = 30.0
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 

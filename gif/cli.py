@@ -108,6 +108,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
         checkpoint = outcome.write_checkpoint(args.out)
     if args.result:
         Path(args.result).write_text(outcome.result.model_dump_json(indent=2))
+    if args.report:
+        from gif.report import render_report
+
+        context = [("model", str(args.model)), ("checkpoint", str(args.out))]
+        page = render_report(outcome.result, spec.model_dump(mode="json"), context)
+        Path(args.report).write_text(page, encoding="utf-8")
     print_result(outcome.result.model_dump(mode="json"))
     print(f"edited checkpoint: {args.out} (sha256 {checkpoint.sha256})")
     return 0
@@ -164,6 +170,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.out:
             client.download(job["id"], args.out, "pt2" if str(args.out).endswith(".pt2") else "safetensors")
             print(f"edited checkpoint: {args.out} (job {job['id']}, model {job['result'].get('model_id')})")
+        if args.report:
+            print(f"report: {client.report(job['id'], args.report)}")
     return 0
 
 
@@ -189,8 +197,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     with remote_client(args) as client:
-        client.download(args.job, args.out, args.format)
-    print(args.out)
+        if args.out:
+            print(client.download(args.job, args.out, args.format))
+        if args.report:
+            print(client.report(args.job, args.report))
+    if not (args.out or args.report):
+        raise InvalidSpecError("nothing to download: give --out, --report or both")
     return 0
 
 
@@ -247,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="where to write the edited weights (.safetensors; .pt2 for an edited program)"
     )
     edit.add_argument("--result", help="where to write the result object (JSON)")
+    edit.add_argument("--report", help="where to write the job report (a self-contained HTML page)")
     edit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     edit.set_defaults(handler=cmd_edit)
 
@@ -260,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--attack-data")
     submit.add_argument("--wait", action="store_true", help="wait with a progress bar and print the metrics")
     submit.add_argument("--out", help="with --wait: where to download the edited checkpoint (.pt2 for a program)")
+    submit.add_argument("--report", help="with --wait: where to write the job report (HTML)")
     submit.set_defaults(handler=cmd_submit)
     for name, handler, text in (
         ("status", cmd_status, "a job's progress, metrics or error"),
@@ -270,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("job")
         command.set_defaults(handler=handler)
         if name == "download":
-            command.add_argument("--out", required=True)
+            command.add_argument("--out", help="where to write the edited checkpoint")
+            command.add_argument("--report", help="where to write the job report (HTML)")
             command.add_argument("--format", choices=["safetensors", "pt2"], default="safetensors")
     for command in (submit, *(commands.choices[n] for n in ("status", "cancel", "download"))):
         command.add_argument("--server", help="the service's base URL (default: $GIF_SERVER)")

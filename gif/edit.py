@@ -26,12 +26,13 @@ from gif.devices import device_report, reset_peak_memory, resolve_device
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
 from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, solve_influence
-from gif.metrics import EvaluationPlan, evaluate, evaluation_plan
+from gif.metrics import EvaluationPlan, class_accuracy, evaluate, evaluation_plan
 from gif.parameters import ParameterSpace
 from gif.plan import RequestPlan
 from gif.programs import read_program, write_program
 from gif.result import (
     CheckpointInfo,
+    ClassAccuracy,
     DataSummary,
     DeviceReport,
     EditResult,
@@ -300,6 +301,18 @@ def _within_memory(
     return edit
 
 
+@dataclass
+class Measured:
+    """One model measured on a job's evaluation plan: the metrics, and accuracy per class."""
+
+    metrics: dict[str, float]
+    by_class: dict[str, float]
+
+    @classmethod
+    def of(cls, model: nn.Module, plan: EvaluationPlan) -> Measured:
+        return cls(evaluate(model, plan), class_accuracy(model, plan))
+
+
 def _evaluate(
     spec: JobSpec,
     original: nn.Module,
@@ -309,8 +322,8 @@ def _evaluate(
     attack_data: Dataset | None,
     plan: RequestPlan,
     report: _Progress,
-) -> tuple[EvaluationPlan, dict[str, float], dict[str, float]]:
-    """The metrics before and after the edit, and the plan they were measured on (retraining reuses it)."""
+) -> tuple[EvaluationPlan, Measured, Measured]:
+    """The measurements before and after the edit, and the plan they were measured on (retraining reuses it)."""
     report("evaluation", 0.0)
     removed_classes = spec.request.classes if isinstance(spec.request, RemoveClass) else None
     eval_plan = evaluation_plan(
@@ -328,9 +341,9 @@ def _evaluate(
     )
     device = next(original.parameters()).device
     try:
-        before = evaluate(original, eval_plan)
+        before = Measured.of(original, eval_plan)
         report("evaluation", 0.5)
-        after = evaluate(edited, eval_plan)
+        after = Measured.of(edited, eval_plan)
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(f"the evaluation ran out of memory on {device}; lower evaluation.batch_size") from None
     report("evaluation", 1.0)
@@ -344,7 +357,7 @@ def _retrain(
     plan: RequestPlan,
     eval_plan: EvaluationPlan,
     report: _Progress,
-) -> dict[str, float]:
+) -> Measured:
     """The ground truth: the same architecture trained from scratch on the edited training data, measured alike."""
     assert spec.retrain is not None
     model = reinitialised(original, spec.retrain.seed)
@@ -354,7 +367,7 @@ def _retrain(
         spec.retrain,
         on_epoch=lambda done, total: report("retrain", done / total),
     )
-    return evaluate(model, eval_plan)
+    return Measured.of(model, eval_plan)
 
 
 def run(
@@ -426,7 +439,13 @@ def run(
         ),
         solver=_solver_summary(spec, edit.solution, edit.hessian),
         step=edit.step,
-        metrics=Metrics(before=before, after=after, retrained=retrained),
+        metrics=Metrics(before=before.metrics, after=after.metrics, retrained=retrained.metrics if retrained else None),
+        class_accuracy=ClassAccuracy(
+            data=eval_plan.by_class_source,
+            before=before.by_class,
+            after=after.by_class,
+            retrained=retrained.by_class if retrained else None,
+        ),
         timings=Timings(**clock.seconds, total_s=time.perf_counter() - started),
         data=DataSummary(
             train_samples=len(train_data),

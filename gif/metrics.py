@@ -12,6 +12,7 @@ label is not the attack target, predicted as the target).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -104,6 +105,8 @@ class EvaluationPlan:
     batch_size: int = 512
     attack: Dataset | None = None  # held-out triggered inputs, true labels (relabel only)
     attack_target: int | None = None  # the class the backdoor sends them to
+    by_class: Dataset | None = None  # what per-class accuracy is measured on: eval data, else the retain sample
+    by_class_source: Literal["eval", "retain"] = "retain"
 
 
 def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
@@ -146,6 +149,14 @@ def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
     return metrics
 
 
+def class_accuracy(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
+    """Accuracy per true class (keys are the class indices as strings), for the report's per-class plot."""
+    data = plan.by_class if plan.by_class is not None else plan.retain
+    predicted = predict(model, data.x, plan.batch_size).argmax(dim=1)
+    correct = (predicted == data.y).float()
+    return {str(int(c)): float(correct[data.y == c].mean()) for c in torch.unique(data.y)}
+
+
 def evaluation_plan(
     train: Dataset,
     eval_data: Dataset | None,
@@ -162,6 +173,7 @@ def evaluation_plan(
     """The data every model of one job is measured on. ``attack_target`` defaults to the most common old label
     among the relabelled examples whose label changes (the class a backdoor sends triggered inputs to)."""
     eval_kept = eval_forgotten = None
+    retain = train.subset(sample_indices(retained, retain_samples, seed))
     if eval_data is not None:
         if removed_classes:
             eval_forgotten, eval_kept = eval_data.split(torch.isin(eval_data.y, torch.tensor(removed_classes)))
@@ -170,7 +182,7 @@ def evaluation_plan(
     return EvaluationPlan(
         affected=train.subset(affected),
         new_labels=new_labels,
-        retain=train.subset(sample_indices(retained, retain_samples, seed)),
+        retain=retain,
         eval_kept=eval_kept,
         eval_forgotten=eval_forgotten,
         removal=new_labels is None,
@@ -180,6 +192,8 @@ def evaluation_plan(
         attack_target=attack_target
         if attack_target is not None
         else _most_common_old_label(train, affected, new_labels),
+        by_class=eval_data if eval_data is not None else retain,
+        by_class_source="eval" if eval_data is not None else "retain",
     )
 
 

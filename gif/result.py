@@ -57,9 +57,23 @@ class StepSummary(_Result):
     evaluations: int | None = None
     validation: Literal["provided", "carved"] | None = None
     validation_samples: dict[str, int] | None = None
+    trace: list[tuple[float, float]] = Field(
+        default_factory=list, description="auto: every (scale, objective) the search evaluated, in order."
+    )
 
 
 class Metrics(_Result):
+    before: dict[str, float]
+    after: dict[str, float]
+    retrained: dict[str, float] | None = None
+
+
+class ClassAccuracy(_Result):
+    """Accuracy per true class (keys: class indices) of the models ``Metrics`` compares."""
+
+    data: Literal["eval", "retain"] = Field(
+        description="eval: the held-out eval data; retain: the sample of retained training examples (no eval data)."
+    )
     before: dict[str, float]
     after: dict[str, float]
     retrained: dict[str, float] | None = None
@@ -105,6 +119,7 @@ class EditResult(_Result):
     solver: SolverSummary
     step: StepSummary
     metrics: Metrics
+    class_accuracy: ClassAccuracy | None = Field(None, description="Per-class accuracy before, after and retrained.")
     timings: Timings
     data: DataSummary | None = Field(
         None, description="Sample sizes of the edit (absent from records of old versions)."

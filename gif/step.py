@@ -202,6 +202,7 @@ class AutoStepPolicy:
             evaluations=len(search.trace),
             validation="provided" if self.provided else "carved",
             validation_samples={"affected": len(self.data.affected), "kept": len(self.data.kept)},
+            trace=search.trace,
         )
 
 

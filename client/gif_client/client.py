@@ -143,6 +143,14 @@ class Client:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout_s} s")
             time.sleep(poll_s)
 
+    def report(self, job_id: str, path: str | Path) -> Path:
+        """Write the job's report (one self-contained HTML page) to ``path``; the job must have succeeded."""
+        response = self.http.get(f"/v1/jobs/{job_id}/report")
+        raise_for_problem(response)
+        path = Path(path)
+        path.write_text(response.text, encoding="utf-8")
+        return path
+
     def download(self, job_id: str, path: str | Path, file_format: str = "safetensors") -> Path:
         """Stream the edited checkpoint (``safetensors``, or ``pt2`` for a program) to ``path``, its sha256 checked
         against the ETag; nothing is left at ``path`` if it does not match."""

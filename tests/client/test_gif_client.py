@@ -82,14 +82,18 @@ def test_gif_submit_waits_prints_the_metrics_and_downloads(client, demo, tmp_pat
     out = tmp_path / "edited.safetensors"
     argv = ["submit", "--server", "http://testserver", "--spec", str(demo["job"]), "--model", str(demo["model"]),
             "--architecture", str(demo["architecture"]), "--train-data", str(demo["train"]),
-            "--eval-data", str(demo["eval"]), "--wait", "--out", str(out)]  # fmt: skip
+            "--eval-data", str(demo["eval"]), "--wait", "--out", str(out),
+            "--report", str(tmp_path / "r.html")]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert "forget_test_accuracy" in printed.out and "edited checkpoint" in printed.out and out.exists()
     job_id = printed.err.split("job ", 1)[1].split()[0]
+    assert job_id in (tmp_path / "r.html").read_text()
     assert main(["status", job_id, "--server", "http://testserver"]) == 0
     assert "succeeded" in capsys.readouterr().out
     assert main(["download", job_id, "--out", str(tmp_path / "again.safetensors"), "--server", "x"]) == 0
     assert (tmp_path / "again.safetensors").read_bytes() == out.read_bytes()
+    assert main(["download", job_id, "--report", str(tmp_path / "again.html"), "--server", "x"]) == 0
+    assert (tmp_path / "again.html").read_text() == (tmp_path / "r.html").read_text()
     assert main(["status", "job_" + "0" * 20, "--server", "x"]) == 2
     assert "404 not-found" in capsys.readouterr().err

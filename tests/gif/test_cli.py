@@ -26,6 +26,7 @@ def edit_args(demo: Path, **overrides) -> list[str]:
         "--eval-data": str(demo / "eval.safetensors"),
         "--out": str(demo / "edited.safetensors"),
         "--result": str(demo / "result.json"),
+        "--report": str(demo / "report.html"),
         **overrides,
     }
     return ["edit", *[item for pair in args.items() for item in pair]]
@@ -40,6 +41,8 @@ def test_edit_writes_checkpoint_result_and_table(demo, capsys):
     assert result["checkpoint"]["sha256"] == sha256_file(demo / "edited.safetensors")
     assert result["metrics"]["after"]["forget_test_accuracy"] < result["metrics"]["before"]["forget_test_accuracy"]
     assert set(result["timings"]) >= {"selection_s", "solve_s", "step_search_s", "evaluation_s", "total_s"}
+    page = (demo / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and result["checkpoint"]["sha256"] in page
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Header, Query
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from gif.report import render_report
+from gif.result import EditResult
 from service.core.errors import ServiceError
 from service.core.jobs import JobRecord
 from service.web.auth import Caller
@@ -17,6 +19,8 @@ from service.web.schemas import JOB_EXAMPLES, JobOut, JobRequest, JobStatus, Pag
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 not_found = responses("not-found")
+# The report runs no scripts and loads nothing: a browser is told so, whatever a job's strings contain.
+REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"}
 
 
 def job_response(record: JobRecord, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -127,6 +131,23 @@ def checkpoint(
         filename=f"{record.id}.{file_format}",
         headers={"ETag": etag},
     )
+
+
+@router.get(
+    "/{job_id}/report",
+    summary="The job's report: one self-contained HTML page",
+    response_class=HTMLResponse,
+    description="409 until the job succeeded. The request and settings; before / after / retrained metrics; "
+    "per-class accuracy, the solver's residual, the step search and the selection per layer as inline SVG; "
+    "warnings. No scripts and no external assets: the page can be saved and mailed as it is.",
+    responses={**not_found, **responses("conflict"), 200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+)
+def report(record: OwnedJob) -> Response:
+    if record.status != "succeeded" or record.result is None:
+        raise ServiceError("conflict", f"the job is {record.status}; its report exists once it succeeded")
+    context = [("job", record.id), ("model", str(record.spec.get("model_id"))), ("finished", str(record.finished_at))]
+    page = render_report(EditResult.model_validate(record.result), record.spec, context)
+    return HTMLResponse(page, headers=REPORT_HEADERS)
 
 
 @router.delete(

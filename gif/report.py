@@ -1,0 +1,336 @@
+"""The job report: one self-contained HTML page (inline CSS and SVG, no scripts, no external assets) that shows
+what an edit did. ``gif edit --report`` writes it; the API serves the same page at ``GET /v1/jobs/{id}/report``.
+
+Every value shown comes from the ``EditResult`` and the job specification; text is escaped, and numbers that
+are not finite are drawn as gaps, never as made-up points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+from gif.metrics import METRIC_KEYS
+from gif.result import EditResult
+
+WIDTH, HEIGHT = 560, 260
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 62, 16, 14, 44
+COLOURS = {"before": "#8a8f98", "after": "#1f6fd1", "retrained": "#e07b00"}
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;color:#1d2430;margin:0;background:#f4f6f9}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:0 0 10px}
+.sub{color:#5b6472;margin:0 0 18px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:16px}
+section{background:#fff;border:1px solid #dde2e9;border-radius:8px;padding:14px 16px;margin-bottom:16px}
+table{border-collapse:collapse;width:100%}th,td{padding:3px 8px;text-align:right;border-bottom:1px solid #eef1f5}
+th:first-child,td:first-child{text-align:left}th{font-weight:600;color:#424b59}
+td.num{font-variant-numeric:tabular-nums}
+.facts{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:2px 14px}.facts dt{color:#5b6472}
+.facts dd{margin:0;overflow-wrap:anywhere}
+pre{background:#f6f8fa;border:1px solid #e4e8ee;border-radius:6px;padding:10px;overflow:auto;font-size:12px}
+.warn{background:#fff8e1;border-color:#f0c36d}.warn li{margin:4px 0}
+.bar{background:#e8edf4;height:10px;border-radius:3px;min-width:120px}
+.bar span{display:block;height:10px;background:#1f6fd1;border-radius:3px}
+.legend span{display:inline-block;margin-right:14px}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:5px}
+.note{color:#5b6472;font-size:12px;margin:6px 0 0}
+svg text{font:11px system-ui,sans-serif;fill:#424b59}
+"""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Maps data values onto a pixel range, linearly or in log10."""
+
+    lo: float
+    hi: float
+    start: float
+    end: float
+    log: bool = False
+    integer: bool = False  # ticks at whole numbers only (iterations)
+
+    def __call__(self, value: float) -> float:
+        f = (math.log10(value), math.log10(self.lo), math.log10(self.hi)) if self.log else (value, self.lo, self.hi)
+        span = f[2] - f[1] or 1.0
+        return self.start + (f[0] - f[1]) / span * (self.end - self.start)
+
+    def ticks(self) -> list[float]:
+        if self.log:
+            first, last = math.floor(math.log10(self.lo)), math.ceil(math.log10(self.hi))
+            step = max(1, math.ceil((last - first) / 6))
+            return [10.0**e for e in range(first, last + 1, step) if self.lo <= 10.0**e <= self.hi]
+        raw = (self.hi - self.lo) / 5 or 1.0
+        magnitude = 10 ** math.floor(math.log10(raw))
+        step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+        step = max(1, round(step)) if self.integer else step
+        first = math.ceil(self.lo / step) * step
+        return [first + i * step for i in range(int((self.hi - first) / step + 1e-9) + 1)]
+
+
+def _axis(values: Sequence[float], start: float, end: float, log: bool, pad: float = 0.05) -> Axis:
+    lo, hi = min(values), max(values)
+    if log:
+        lo, hi = (lo / 1.5, hi * 1.5) if lo == hi else (lo, hi)
+        return Axis(10 ** math.floor(math.log10(lo)), 10 ** math.ceil(math.log10(hi)), start, end, True)
+    if lo == hi:
+        lo, hi = lo - (abs(lo) or 1) * 0.5, hi + (abs(hi) or 1) * 0.5
+    margin = (hi - lo) * pad
+    return Axis(lo - margin, hi + margin, start, end)
+
+
+def _label(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-2:
+        return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
+    return f"{value:.3g}"
+
+
+def _frame(x: Axis | None, y: Axis, x_title: str, y_title: str, body: str, title: str) -> str:
+    """Axes, grid, tick labels (none on x without ``x``) and titles around ``body``; ``title`` is the chart's
+    accessible name."""
+    parts = [
+        f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" aria-label="{escape(title)}" '
+        'xmlns="http://www.w3.org/2000/svg">',
+        f"<title>{escape(title)}</title>",
+    ]
+    for t in y.ticks():
+        py = y(t)
+        parts.append(
+            f'<line x1="{MARGIN_LEFT}" x2="{WIDTH - MARGIN_RIGHT}" y1="{py:.1f}" y2="{py:.1f}" stroke="#eef1f5"/>'
+            f'<text x="{MARGIN_LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{_label(t)}</text>'
+        )
+    for px, t in [(x(t), t) for t in x.ticks()] if x else []:
+        parts.append(f'<text x="{px:.1f}" y="{HEIGHT - MARGIN_BOTTOM + 16}" text-anchor="middle">{_label(t)}</text>')
+    bottom = HEIGHT - MARGIN_BOTTOM
+    parts.append(
+        f'<line x1="{MARGIN_LEFT}" x2="{WIDTH - MARGIN_RIGHT}" y1="{bottom}" y2="{bottom}" stroke="#9aa3af"/>'
+        f'<line x1="{MARGIN_LEFT}" x2="{MARGIN_LEFT}" y1="{MARGIN_TOP}" y2="{bottom}" stroke="#9aa3af"/>'
+        f'<text x="{(MARGIN_LEFT + WIDTH - MARGIN_RIGHT) / 2}" y="{HEIGHT - 8}" text-anchor="middle">'
+        f"{escape(x_title)}</text>"
+        f'<text transform="translate(14 {(MARGIN_TOP + bottom) / 2}) rotate(-90)" text-anchor="middle">'
+        f"{escape(y_title)}</text>"
+    )
+    parts.append(body)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _plot_area(x_values: Sequence[float], y_values: Sequence[float], log_x: bool, log_y: bool) -> tuple[Axis, Axis]:
+    x = _axis(x_values, MARGIN_LEFT, WIDTH - MARGIN_RIGHT, log_x, pad=0.02)
+    y = _axis(y_values, HEIGHT - MARGIN_BOTTOM, MARGIN_TOP, log_y)
+    return x, y
+
+
+def residual_chart(history: Sequence[float], tolerance: float | None) -> str:
+    """The solver's relative residual against iterations (log scale), with the tolerance it stops at."""
+    points = [(i + 1, r) for i, r in enumerate(history) if math.isfinite(r) and r > 0]
+    if not points:
+        return '<p class="note">The solver recorded no residuals (the first-order ablation solves nothing).</p>'
+    ys = [r for _, r in points] + ([tolerance] if tolerance else [])
+    x, y = _plot_area([1.0, float(max(len(history), 2))], ys, False, True)
+    x = Axis(x.lo, x.hi, x.start, x.end, integer=True)
+    path = " ".join(f"{'M' if i == 0 else 'L'}{x(i_):.1f},{y(r):.1f}" for i, (i_, r) in enumerate(points))
+    body = f'<path d="{path}" fill="none" stroke="{COLOURS["after"]}" stroke-width="2"/>'
+    body += "".join(f'<circle cx="{x(i):.1f}" cy="{y(r):.1f}" r="2.5" fill="{COLOURS["after"]}"/>' for i, r in points)
+    if tolerance:
+        ty = y(tolerance)
+        body += (
+            f'<line x1="{MARGIN_LEFT}" x2="{WIDTH - MARGIN_RIGHT}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#c0392b" '
+            f'stroke-dasharray="5 4"/><text x="{WIDTH - MARGIN_RIGHT - 4}" y="{ty - 5:.1f}" text-anchor="end" '
+            f'style="fill:#c0392b">tolerance {_label(tolerance)}</text>'
+        )
+    return _frame(x, y, "iteration", "relative residual", body, "Solver residual against iterations")
+
+
+def step_chart(trace: Sequence[tuple[float, float]], chosen: float) -> str:
+    """The step search's objective against the scale (log scale), the chosen step marked."""
+    points = sorted((s, v) for s, v in trace if s > 0 and math.isfinite(v))
+    if not points:
+        return '<p class="note">The step was fixed; no search ran.</p>'
+    x, y = _plot_area([s for s, _ in points], [v for _, v in points], True, False)
+    path = " ".join(f"{'M' if i == 0 else 'L'}{x(s):.1f},{y(v):.1f}" for i, (s, v) in enumerate(points))
+    body = f'<path d="{path}" fill="none" stroke="{COLOURS["before"]}" stroke-width="1.5"/>'
+    body += "".join(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="3" fill="{COLOURS["after"]}"/>' for s, v in points)
+    best = [(s, v) for s, v in points if s == chosen]
+    if best:
+        bx, by = x(best[0][0]), y(best[0][1])
+        body += (
+            f'<circle cx="{bx:.1f}" cy="{by:.1f}" r="7" fill="none" stroke="#c0392b" stroke-width="2.5"/>'
+            f'<text x="{bx:.1f}" y="{by - 12:.1f}" text-anchor="middle" style="fill:#c0392b">'
+            f"chosen s = {_label(chosen)}</text>"
+        )
+    unedited = [v for s, v in trace if s == 0]
+    note = f" Unedited (s = 0): {unedited[0]:.4g}." if unedited and math.isfinite(unedited[0]) else ""
+    return (
+        _frame(x, y, "step scale s", "objective (higher is better)", body, "Step search objective against scale")
+        + f'<p class="note">{len(trace)} evaluations on validation data.{escape(note)}</p>'
+    )
+
+
+def class_chart(columns: Mapping[str, Mapping[str, float]], highlighted: set[str]) -> str:
+    """Accuracy per class, one bar per model (before / after / retrained), highlighted classes in red."""
+    classes = sorted({c for values in columns.values() for c in values}, key=lambda c: (len(c), c))
+    if not classes:
+        return '<p class="note">No per-class accuracy was measured.</p>'
+    y = Axis(0.0, 1.0, HEIGHT - MARGIN_BOTTOM, MARGIN_TOP)
+    left_edge = MARGIN_LEFT
+    slot = (WIDTH - MARGIN_RIGHT - MARGIN_LEFT) / len(classes)
+    bar = slot * 0.8 / max(len(columns), 1)
+    body = []
+    for i, c in enumerate(classes):
+        for j, (name, values) in enumerate(columns.items()):
+            value = values.get(c)
+            if value is None or not math.isfinite(value):
+                continue
+            left, top = left_edge + i * slot + slot * 0.1 + j * bar, y(value)
+            body.append(
+                f'<rect x="{left:.1f}" y="{top:.1f}" width="{bar:.1f}" height="{y.start - top:.1f}" '
+                f'fill="{COLOURS[name]}"><title>class {escape(c)}, {name}: {value:.4f}</title></rect>'
+            )
+        style = ' style="fill:#c0392b;font-weight:700"' if c in highlighted else ""
+        body.append(
+            f'<text x="{left_edge + (i + 0.5) * slot:.1f}" y="{y.start + 16}" text-anchor="middle"{style}>'
+            f"{escape(c)}</text>"
+        )
+    return _frame(None, y, "class", "accuracy", "".join(body), "Accuracy per class")
+
+
+def _legend(names: Sequence[str]) -> str:
+    items = "".join(f'<span><i style="background:{COLOURS[n]}"></i>{escape(n)}</span>' for n in names)
+    return f'<p class="legend note">{items}</p>'
+
+
+def _metrics_table(metrics: Mapping[str, Mapping[str, float] | None]) -> str:
+    columns = {name: values for name in ("before", "after", "retrained") if (values := metrics.get(name))}
+    keys = [k for k in METRIC_KEYS if any(k in v for v in columns.values())]
+    keys += sorted({k for v in columns.values() for k in v} - set(keys))
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    rows = "".join(
+        f"<tr><td>{escape(k)}</td>"
+        + "".join(f'<td class="num">{v[k]:.4f}</td>' if k in v else "<td>–</td>" for v in columns.values())
+        + "</tr>"
+        for k in keys
+    )
+    return f"<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _layers_table(result: EditResult) -> str:
+    layers = result.selection.layers
+    if not layers:
+        return '<p class="note">No layer breakdown was recorded.</p>'
+    rows = []
+    for layer in layers:
+        share = layer.units_selected / layer.units_total if layer.units_total else 0.0
+        rows.append(
+            f"<tr><td>{escape(layer.module)}</td><td class='num'>{layer.units_selected} / {layer.units_total}</td>"
+            f"<td class='num'>{share:.1%}</td><td><div class='bar'><span style='width:{share * 100:.1f}%'></span>"
+            f"</div></td><td class='num'>{layer.parameters_selected:,}</td></tr>"
+        )
+    return (
+        "<table><thead><tr><th>layer</th><th>units</th><th>selected</th><th></th><th>parameters</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+HEADLINE_KEYS = ("score", "heldout_attack_success_rate", "attack_success_rate", "forget_accuracy", "test_accuracy")
+
+
+def _headline(result: EditResult) -> str:
+    """The request's main metric before → after (and retrained), for the line under the title."""
+    m = result.metrics
+    key = next((k for k in HEADLINE_KEYS if k in m.after and k in m.before), None)
+    if key is None:
+        return ""
+    retrained = f" (retrained {m.retrained[key]:.4f})" if m.retrained and key in m.retrained else ""
+    return f"{key} {m.before[key]:.4f} → {m.after[key]:.4f}{retrained}"
+
+
+def _facts(pairs: Sequence[tuple[str, str]]) -> str:
+    return '<dl class="facts">' + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in pairs) + "</dl>"
+
+
+def _summary(result: EditResult) -> list[tuple[str, str]]:
+    s, step, t = result.solver, result.step, result.timings
+    pairs = [
+        ("method", result.method),
+        ("request", result.request),
+        (
+            "selected",
+            f"{result.selection.num_selected:,} parameters ({result.selection.modification_ratio:.2%}), "
+            f"criterion {result.selection.criterion}",
+        ),
+        (
+            "solver",
+            f"{s.kind}: {s.iterations} iterations, {s.hvp_count} Hessian-vector products, relative residual "
+            f"{s.relative_residual:.3g}" + ("" if s.converged else " (not converged)"),
+        ),
+        ("step", f"{step.mode}, s = {step.scale:.4g}" + (f", {step.validation} validation" if step.validation else "")),
+        (
+            "time",
+            f"{t.total_s:.1f} s (selection {t.selection_s:.1f}, solve {t.solve_s:.1f}, step search "
+            f"{t.step_search_s:.1f}, evaluation {t.evaluation_s:.1f}"
+            + (f", retraining {t.retrain_s:.1f}" if t.retrain_s is not None else "")
+            + ")",
+        ),
+    ]
+    if result.data is not None:
+        d = result.data
+        pairs.append(
+            (
+                "samples",
+                f"{d.train_samples:,} training, {d.affected_samples:,} affected, {d.hessian_samples:,} for the "
+                f"Hessian, {d.gradient_samples:,} for the gradient",
+            )
+        )
+    if result.device is not None:
+        pairs.append(("device", f"{result.device.name} ({result.device.type})"))
+    if result.checkpoint is not None:
+        pairs.append(("checkpoint sha256", result.checkpoint.sha256))
+    return pairs
+
+
+def render_report(result: EditResult, spec: Mapping[str, Any], context: Sequence[tuple[str, str]] = ()) -> str:
+    """The report page for one edit; ``spec`` is the job specification as submitted, ``context`` extra facts to
+    head the page with (the job id, its times, the model)."""
+    request = spec.get("request", {})
+    removed = {str(c) for c in request.get("classes", [])} if isinstance(request, Mapping) else set()
+    accuracy = result.class_accuracy
+    class_section = '<p class="note">This result predates per-class accuracy.</p>'
+    if accuracy is not None:
+        columns = {"before": accuracy.before, "after": accuracy.after}
+        if accuracy.retrained:
+            columns["retrained"] = accuracy.retrained
+        source = "held-out eval data" if accuracy.data == "eval" else "a sample of the retained training data"
+        class_section = (
+            class_chart(columns, removed)
+            + _legend(list(columns))
+            + (f'<p class="note">Measured on {source}.' + (" Removed classes in red." if removed else "") + "</p>")
+        )
+    warnings = "".join(f"<li>{escape(w)}</li>" for w in result.warnings)
+    tolerance = spec.get("solver", {}).get("tolerance") if isinstance(spec.get("solver"), Mapping) else None
+    title = f"GIF edit: {result.method}, {result.request}"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{escape(title)}</title><style>{STYLE}</style></head>
+<body><main>
+<h1>{escape(title)}</h1>
+<p class="sub">{escape(_headline(result))}</p>
+{f'<section class="warn"><h2>Warnings</h2><ul>{warnings}</ul></section>' if warnings else ""}
+<div class="grid">
+<section><h2>Summary</h2>{_facts(list(context) + _summary(result))}</section>
+<section><h2>Metrics</h2>{_metrics_table(result.metrics.model_dump())}</section>
+<section><h2>Accuracy per class</h2>{class_section}</section>
+<section><h2>Solver residual</h2>{residual_chart(result.solver.residual_history, tolerance)}</section>
+<section><h2>Step search</h2>{step_chart(result.step.trace, result.step.scale)}</section>
+<section><h2>Selected units per layer</h2>{_layers_table(result)}</section>
+</div>
+<section><h2>Request and settings</h2><pre>{escape(json.dumps(spec, indent=2, sort_keys=True))}</pre></section>
+</main></body></html>
+"""

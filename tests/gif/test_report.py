@@ -1,0 +1,101 @@
+"""The job report: built from a real edit (an MLP on the digits), it shows what the result holds and nothing it
+could execute or fetch."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from gif.architectures import load_checkpoint
+from gif.data import read_dataset
+from gif.edit import run
+from gif.metrics import predict
+from gif.report import Axis, render_report
+from gif.spec import JobSpec
+
+HOSTILE = '<script>alert("x")</script><img src="http://example.com/p.png">'
+
+
+@pytest.fixture(scope="module")
+def edited(demo):
+    spec = JobSpec.model_validate({**json.loads(demo["job"].read_text()), "retrain": {"epochs": 2}})
+    model = load_checkpoint(json.loads(demo["architecture"].read_text()), demo["model"])
+    eval_data = read_dataset(demo["eval"])
+    outcome = run(spec, model, read_dataset(demo["train"]), eval_data, device="cpu")
+    return spec, model, eval_data, outcome
+
+
+def test_per_class_accuracy_is_measured_on_the_eval_data(edited):
+    _, model, eval_data, outcome = edited
+    accuracy = outcome.result.class_accuracy
+    assert accuracy is not None and accuracy.data == "eval" and accuracy.retrained is not None
+    for name, measured in (("before", model), ("after", outcome.model)):
+        predicted = predict(measured.eval(), eval_data.x).argmax(dim=1)
+        expected = {str(c): float((predicted[eval_data.y == c] == c).float().mean()) for c in range(10)}
+        assert getattr(accuracy, name) == pytest.approx(expected)
+    assert accuracy.after["8"] < accuracy.before["8"]  # the removed class
+
+
+def test_the_step_trace_holds_every_evaluation_and_the_chosen_scale(edited):
+    step = edited[3].result.step
+    assert step.mode == "auto" and len(step.trace) == step.evaluations > 10
+    assert (step.scale, step.objective) in step.trace
+    assert step.objective == max(value for _, value in step.trace)
+
+
+def test_the_page_shows_every_part_of_the_result(edited):
+    spec, _, _, outcome = edited
+    result = outcome.result
+    page = render_report(result, spec.model_dump(mode="json"), [("job", "job_123")])
+    for heading in ("Metrics", "Accuracy per class", "Solver residual", "Step search", "Selected units per layer"):
+        assert f"<h2>{heading}</h2>" in page
+    assert page.count("<svg") == 3  # per-class accuracy, residual, step search
+    assert f"{result.metrics.after['score']:.4f}" in page and f"{result.metrics.retrained['score']:.4f}" in page
+    assert "job_123" in page and "chosen s = " in page
+    for layer in result.selection.layers:
+        assert f"<td>{layer.module}</td>" in page
+    bars = re.findall(r"<rect [^>]*><title>class (\d+), (\w+): ([0-9.]+)</title>", page)
+    assert len(bars) == 30  # 10 classes × before, after, retrained
+    assert all(
+        float(value) == pytest.approx(getattr(result.class_accuracy, name)[c], abs=1e-4) for c, name, value in bars
+    )
+
+
+def test_the_page_escapes_what_users_wrote_and_loads_nothing(edited):
+    spec, _, _, outcome = edited
+    result = outcome.result.model_copy(update={"warnings": [HOSTILE]})
+    page = render_report(result, {**spec.model_dump(mode="json"), "note": HOSTILE}, [("model", HOSTILE)])
+    assert "<script" not in page and "<img" not in page and "&lt;script&gt;" in page
+    external = set(re.findall(r"(?:src|href)=\"([^\"]*)\"", page)) | set(re.findall(r"url\(([^)]*)\)", page))
+    assert external == set()
+    assert "<h2>Warnings</h2>" in page
+
+
+def test_a_fixed_step_and_a_first_order_result_say_so(edited):
+    spec, _, _, outcome = edited
+    result = outcome.result
+    first_order = result.model_copy(
+        update={
+            "solver": result.solver.model_copy(update={"residual_history": [], "kind": "none"}),
+            "step": result.step.model_copy(update={"mode": "fixed", "trace": []}),
+            "class_accuracy": None,
+        }
+    )
+    page = render_report(first_order, spec.model_dump(mode="json"))
+    assert "The step was fixed; no search ran." in page and "solves nothing" in page
+    assert "predates per-class accuracy" in page and page.count("<svg") == 0
+
+
+@pytest.mark.parametrize(
+    "axis, expected",
+    [
+        (Axis(0, 1, 0, 100), [0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+        (Axis(1, 2, 0, 100, integer=True), [1, 2]),
+        (Axis(1e-3, 10, 0, 100, log=True), [1e-3, 1e-2, 1e-1, 1, 10]),
+    ],
+)
+def test_axis_ticks_are_round_numbers(axis, expected):
+    assert axis.ticks() == pytest.approx(expected)
+    assert axis(axis.lo) == axis.start and axis(axis.hi) == pytest.approx(axis.end)

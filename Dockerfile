@@ -2,7 +2,7 @@
 # Two images from one file, both running as the non-root user "gif" (uid 10001):
 #   docker build --target api    -t gif-api .     # the HTTP API; CPU-only torch (it never runs an edit)
 #   docker build --target worker -t gif-worker .  # RQ worker; torch with CUDA, used when a GPU is visible
-# docker-compose.yml builds and wires both, with Redis and a shared artifacts volume.
+# docker-compose.yml builds and wires both, with Redis and a shared artifacts volume (or S3: docker-compose.s3.yml).
 
 ARG PYTHON_VERSION=3.11
 ARG TORCH_VERSION=2.14.1
@@ -26,10 +26,10 @@ COPY worker worker
 FROM base AS api
 ARG TORCH_VERSION TORCHVISION_VERSION
 RUN pip install --index-url https://download.pytorch.org/whl/cpu \
-      torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}
+      "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 COPY --from=source /app /app
 RUN pip install .
-USER gif
+USER 10001
 ENV GIF_HOST=0.0.0.0 GIF_PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
@@ -40,8 +40,8 @@ CMD ["python", "-m", "service"]
 FROM base AS worker
 # PyPI's Linux wheels of torch bundle the CUDA runtime; the host needs only the NVIDIA driver and container toolkit.
 ARG TORCH_VERSION TORCHVISION_VERSION
-RUN pip install torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}
+RUN pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 COPY --from=source /app /app
 RUN pip install .
-USER gif
+USER 10001
 CMD ["python", "-m", "worker"]

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,7 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def write_section(key: str, title: str, body: str, command: str) -> None:
     """Replace (or append) one experiment's section of RESULTS.md, stamped with command, machine and date."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- section:{key} -->\n## {title}\n\n"
         f"Command: `{command}` · {stamp} · {machine()}\n\n{body.strip()}\n<!-- end:{key} -->\n"

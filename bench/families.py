@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -149,7 +149,7 @@ def main() -> int:
             print(rows[key]["hvp"], flush=True)
             rows[key]["edit"] = [key, f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"]
             rows[key]["edit"] += edit_timing(model, device)
-            rows[key]["measured"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+            rows[key]["measured"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
             rows[key]["load"] = f"{os.getloadavg()[0]:.2f}"
             print(rows[key]["edit"], flush=True)
             if not QUICK:

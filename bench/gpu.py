@@ -26,13 +26,14 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import torch
 import torch.nn.functional as F
 import torchvision
+from gif_client import Client
 
 import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
 from bench.common import markdown_table
@@ -40,10 +41,9 @@ from bench.service_bench import in_process, machine, start_stack
 from gif.architectures import build_model
 from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective
 from gif.data import Dataset
-from gif.demo import write_demo_assets
+from gif.demo import upload_demo, write_demo_assets
 from gif.devices import device_report, resolve_device, synchronize
 from gif.spec import JobSpec
-from service.tools.client import ApiClient
 from service.tools.launch import free_port
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
@@ -146,14 +146,14 @@ def start_overhead(workdir: Path) -> dict[str, object]:
         for _ in range(JOBS):
             time.sleep(0.5 if QUICK else STANDBY_WARM_S)
             started = time.perf_counter()
-            job = api.wait(api.submit(body)["id"], interval_s=0.005)
+            job = api.wait(api.submit(body)["id"], progress=False, poll_s=0.005)
             end_to_end.append(time.perf_counter() - started)
             assert job["status"] == "succeeded", job["error"]
             idle.append(seconds_between(job, "created_at", "started_at"))
             device = job["result"]["device"]
         back_to_back = []
         for _ in range(JOBS):
-            job = api.wait(api.submit(body)["id"], interval_s=0.005)
+            job = api.wait(api.submit(body)["id"], progress=False, poll_s=0.005)
             back_to_back.append(seconds_between(job, "created_at", "started_at"))
     local = in_process(demo, JobSpec.model_validate(body))
     in_process_s = statistics.median(local["edit_s"][1:]) + statistics.median(local["load_s"][1:])
@@ -199,17 +199,17 @@ def healing(workdir: Path) -> dict[str, float]:
         demo = workdir / "demo"
         write_demo_assets(demo)
         with httpx.Client(base_url=base, timeout=60) as http:
-            api = ApiClient(http)
-            body = {**json.loads((demo / "job.json").read_text()), **api.upload_demo(demo)}
-            assert api.wait(api.submit(body)["id"])["status"] == "succeeded"
+            api = Client(http=http)
+            body = {**json.loads((demo / "job.json").read_text()), **upload_demo(api, demo)}
+            assert api.wait(api.submit(body)["id"], progress=False)["status"] == "succeeded"
             time.sleep(0.5 if QUICK else STANDBY_WARM_S)
             killed = time.perf_counter()
             os.kill(worker_pid, signal.SIGKILL)
             time.sleep(KILL_SETTLE_S)
             job_id = api.submit(body)["id"]
-            api.wait(job_id, statuses=("running", "succeeded", "failed"), interval_s=0.01)
+            api.wait(job_id, progress=False, poll_s=0.01, until=("running",))
             running = time.perf_counter() - killed
-            job = api.wait(job_id, interval_s=0.01)
+            job = api.wait(job_id, progress=False, poll_s=0.01)
             succeeded = time.perf_counter() - killed
             assert job["status"] == "succeeded", job["error"]
             restarted = int(wait_for(RESTARTED).group(1))
@@ -273,7 +273,7 @@ dying worker had already leased it).
 
 
 def main() -> int:
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     device = resolve_device("auto")
     print(machine(), device, flush=True)
     hvp_rows = hvp_costs(device)

@@ -25,24 +25,29 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import boto3
 import httpx
 import numpy as np
 import torch
+from gif_client import Client
 
 import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
 from gif.architectures import load_checkpoint
 from gif.data import read_dataset
-from gif.demo import write_demo_assets
+from gif.demo import upload_demo, write_demo_assets
 from gif.edit import run
+from gif.files import write_safetensors
 from gif.spec import JobSpec
 from service.core.settings import Settings
-from service.tools.client import ApiClient
 from service.tools.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
+from service.tools.local_s3 import CREDENTIALS, local_s3, seaweedfs_binary
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"  # a smoke run of the script itself: seconds, numbers not kept
 OUT = Path(__file__).with_name("SERVICE.md" if not QUICK else "SERVICE.quick.md")
@@ -52,6 +57,13 @@ POLL_INTERVAL_S = 0.1
 E2E_RUNS = 2 if QUICK else 7
 BIG_SIZES = [2048, 2048, 4] if QUICK else [16384, 16384, 4]  # 16384²+…: 268,500,996 float32 parameters, 1.00 GiB
 WRITE_CHUNK = 64 << 20
+UPLOADS, UPLOAD_POLLERS = 8, 10
+S3_KEYS = {
+    "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+    "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+}
+S3_SERVERS = {"seaweedfs": "SeaweedFS, `weed mini`, on this disk", "moto": "moto's server, in memory"}
+UPLOAD_SIZES = [1024, 1024, 4] if QUICK else [8192, 8192, 4]  # 67,141,636 float32 parameters: 256 MiB
 
 
 # --- 1. polling latency -------------------------------------------------------------------------
@@ -71,8 +83,16 @@ async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
     return time.perf_counter() - started
 
 
-async def _poll(port: int, path: str, seconds: float, interval: float | None) -> list[float]:
-    """``POLLERS`` connections polling ``path``; closed loop when ``interval`` is None."""
+async def _poll(
+    port: int,
+    path: str,
+    seconds: float,
+    interval: float | None,
+    pollers: int = POLLERS,
+    stop: threading.Event | None = None,
+) -> list[float]:
+    """``pollers`` connections polling ``path`` for ``seconds`` (or until ``stop`` is set); closed loop when
+    ``interval`` is None."""
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
@@ -80,30 +100,35 @@ async def _poll(port: int, path: str, seconds: float, interval: float | None) ->
     async def poller(index: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         if interval:
-            await asyncio.sleep(interval * index / POLLERS)  # spread the pollers over the interval
+            await asyncio.sleep(interval * index / pollers)  # spread the pollers over the interval
         next_at = time.perf_counter()
-        while time.perf_counter() < stop_at:
+        while time.perf_counter() < stop_at and not (stop and stop.is_set()):
             latencies.append(await _get(reader, writer, request))
             if interval:
                 next_at += interval
                 await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
         writer.close()
 
-    await asyncio.gather(*(poller(i) for i in range(POLLERS)))
+    await asyncio.gather(*(poller(i) for i in range(pollers)))
     return latencies
+
+
+def latency_summary(seconds: list[float], duration_s: float) -> dict[str, float]:
+    latencies = np.array(seconds) * 1000
+    return {
+        "requests": len(latencies),
+        "per_second": len(latencies) / duration_s,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "max_ms": float(latencies.max()),
+    }
 
 
 def polling_latency(port: int, job_id: str) -> dict[str, dict[str, float]]:
     results = {}
     for name, interval in (("closed loop", None), (f"every {POLL_INTERVAL_S * 1000:.0f} ms", POLL_INTERVAL_S)):
-        latencies = np.array(asyncio.run(_poll(port, f"/v1/jobs/{job_id}", POLL_SECONDS, interval))) * 1000
-        results[name] = {
-            "requests": len(latencies),
-            "per_second": len(latencies) / POLL_SECONDS,
-            "p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99)),
-            "max_ms": float(latencies.max()),
-        }
+        latencies = asyncio.run(_poll(port, f"/v1/jobs/{job_id}", POLL_SECONDS, interval))
+        results[name] = latency_summary(latencies, POLL_SECONDS)
         print(name, results[name], flush=True)
     return results
 
@@ -111,10 +136,10 @@ def polling_latency(port: int, job_id: str) -> dict[str, dict[str, float]]:
 # --- 2. memory while a 1 GiB checkpoint is uploaded ---------------------------------------------
 
 
-def write_big_checkpoint(path: Path) -> int:
-    """A safetensors file for ``mlp`` ``BIG_SIZES``, written in chunks (this process never holds 1 GiB)."""
+def write_big_checkpoint(path: Path, sizes: list[int] = BIG_SIZES, seed: int = 0) -> int:
+    """A safetensors file for ``mlp`` ``sizes``, written in chunks (this process never holds it whole)."""
     shapes = {}
-    for i, (fan_in, fan_out) in enumerate(zip(BIG_SIZES[:-1], BIG_SIZES[1:])):
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         shapes[f"layers.{2 * i}.weight"] = [fan_out, fan_in]
         shapes[f"layers.{2 * i}.bias"] = [fan_out]
     header, offset = {}, 0
@@ -124,7 +149,7 @@ def write_big_checkpoint(path: Path) -> int:
         offset += size
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    pattern = np.random.default_rng(0).standard_normal(WRITE_CHUNK // 4, dtype=np.float32).tobytes()
+    pattern = np.random.default_rng(seed).standard_normal(WRITE_CHUNK // 4, dtype=np.float32).tobytes()
     with open(path, "wb") as fh:
         fh.write(struct.pack("<Q", len(raw)) + raw)
         remaining = offset
@@ -141,39 +166,134 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     raise KeyError(field)
 
 
-def upload_memory(base: str, api_pid: int, workdir: Path) -> dict[str, float]:
+class PeakMemory:
+    """The peak resident memory of process ``pid`` while the ``with`` block runs: sampled every 20 ms, and the
+    kernel's own high-water mark (VmHWM, reset on entry). ``result`` is filled in on exit."""
+
+    def __init__(self, pid: int):
+        self.pid, self.done = pid, threading.Event()
+        self.result: dict[str, float] = {}
+
+    def __enter__(self) -> PeakMemory:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+        self.before = self.peak = rss_bytes(self.pid)
+        self.sampler = threading.Thread(target=self._sample)
+        self.sampler.start()
+        self.started = time.perf_counter()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.02):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def __exit__(self, *exc: object) -> None:
+        seconds = time.perf_counter() - self.started
+        self.done.set()
+        self.sampler.join()
+        kernel = rss_bytes(self.pid, "VmHWM")
+        self.result = {
+            "seconds": seconds,
+            "rss_before_mib": self.before / 2**20,
+            "rss_peak_sampled_mib": self.peak / 2**20,
+            "rss_peak_kernel_mib": kernel / 2**20,
+            "increase_mib": (max(self.peak, kernel) - self.before) / 2**20,
+        }
+
+
+def upload_memory(base: str, api_pid: int, workdir: Path, sizes: list[int] = BIG_SIZES) -> dict[str, float]:
     path = workdir / "big.safetensors"
-    size = write_big_checkpoint(path)
-    Path(f"/proc/{api_pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-    before = rss_bytes(api_pid)
-    peak, done = before, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.02):
-            peak = max(peak, rss_bytes(api_pid))
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    started = time.perf_counter()
-    with httpx.Client(base_url=base, timeout=600) as http:
-        record = ApiClient(http).upload_model(path, {"name": "mlp", "config": {"sizes": BIG_SIZES}})
-    seconds = time.perf_counter() - started
-    done.set()
-    sampler.join()
+    size = write_big_checkpoint(path, sizes)
+    with httpx.Client(base_url=base, timeout=600) as http, PeakMemory(api_pid) as memory:
+        record = Client(http=http).upload_model(path, {"name": "mlp", "config": {"sizes": sizes}})
     path.unlink()
-    result = {
-        "file_bytes": size,
-        "num_parameters": record["num_parameters"],
-        "seconds": seconds,
-        "rss_before_mib": before / 2**20,
-        "rss_peak_sampled_mib": peak / 2**20,
-        "rss_peak_kernel_mib": rss_bytes(api_pid, "VmHWM") / 2**20,
-    }
-    result["increase_mib"] = (
-        max(result["rss_peak_sampled_mib"], result["rss_peak_kernel_mib"]) - result["rss_before_mib"]
-    )
+    result = {"file_bytes": size, "num_parameters": record["num_parameters"], "model_id": record["id"], **memory.result}
     print(result, flush=True)
+    return result
+
+
+# --- 4. a 1 GiB checkpoint through S3 against the local directory --------------------------------
+
+
+def big_job_inputs(api: Client, workdir: Path, model_id: str) -> dict[str, str]:
+    """Training data for the 1 GiB MLP: 64 random inputs of its width (a few MiB)."""
+    width, classes = BIG_SIZES[0], BIG_SIZES[-1]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, width, generator=generator)
+    path = workdir / "big-train.safetensors"
+    write_safetensors(path, {"x": x, "y": torch.arange(64) % classes})
+    return {"model_id": model_id, "train_dataset_id": api.upload_dataset(path)["id"]}
+
+
+# A job whose output is the whole 1 GiB checkpoint, as cheap as an edit of it gets: the first-order ablation
+# (no Hessian), a fixed step, a small evaluation.
+BIG_JOB = {
+    "request": {"kind": "remove_samples", "indices": list(range(8))},
+    "method": "first_order",
+    "step": {"mode": "fixed", "scale": 1.0},
+    "solver": {"gradient_samples": 8},
+    "evaluation": {"retain_samples": 32},
+}
+
+
+def artifact_round_trip(running: Stack, workdir: Path) -> dict[str, dict[str, float]]:
+    """Upload the 1 GiB checkpoint, edit it (the worker writes 1 GiB back to the store), download the edit;
+    the API's memory is watched during the upload and the download."""
+    upload = upload_memory(running.base, running.api_pid, workdir)
+    api = running.api
+    body = {**BIG_JOB, **big_job_inputs(api, workdir, str(upload["model_id"]))}
+    job = api.wait(api.submit(body)["id"], progress=False, timeout_s=1800)
+    assert job["status"] == "succeeded", job["error"]
+    with PeakMemory(running.api_pid) as memory:
+        path = api.download(job["id"], workdir / "edited.safetensors")
+    size = path.stat().st_size
+    path.unlink()
+    download = {"file_bytes": size, **memory.result}
+    print("download", download, flush=True)
+    return {"upload": upload, "download": download, "edit_s": job["result"]["timings"]["total_s"]}
+
+
+# --- 5. eight concurrent 256 MiB uploads while jobs are polled ----------------------------------------
+
+
+def concurrent_uploads(running: Stack, workdir: Path, job_id: str) -> dict[str, Any]:
+    """``UPLOADS`` different 256 MiB checkpoints uploaded at once, while ``UPLOAD_POLLERS`` clients poll a job
+    every 100 ms: the API's memory rise and the polls' latency meanwhile."""
+    paths = [workdir / f"upload-{i}.safetensors" for i in range(UPLOADS)]
+    for i, path in enumerate(paths):
+        write_big_checkpoint(path, UPLOAD_SIZES, seed=i + 1)
+    done, latencies, polled = threading.Event(), [], 0.0
+
+    def poll() -> None:
+        nonlocal latencies, polled
+        started = time.perf_counter()
+        latencies = asyncio.run(
+            _poll(running.port, f"/v1/jobs/{job_id}", 3600, POLL_INTERVAL_S, UPLOAD_POLLERS, stop=done)
+        )
+        polled = time.perf_counter() - started
+
+    def upload(path: Path) -> float:
+        started = time.perf_counter()
+        with Client(running.base, timeout_s=600) as client:
+            client.upload_model(path, {"name": "mlp", "config": {"sizes": UPLOAD_SIZES}})
+        return time.perf_counter() - started
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(1.0)  # the pollers' baseline before the uploads start
+    with PeakMemory(running.api_pid) as memory, ThreadPoolExecutor(UPLOADS) as pool:
+        upload_s = list(pool.map(upload, paths))
+    done.set()
+    poller.join()
+    sizes = [path.stat().st_size for path in paths]
+    for path in paths:
+        path.unlink()
+    result = {
+        "file_bytes": sizes[0],
+        "upload_s": upload_s,
+        "polls": latency_summary(latencies, polled),
+        **memory.result,
+    }
+    print("concurrent uploads", result, flush=True)
     return result
 
 
@@ -195,11 +315,11 @@ def in_process(demo: Path, spec: JobSpec) -> dict[str, list[float]]:
     return times
 
 
-def through_service(api: ApiClient, body: dict) -> dict[str, list[float]]:
+def through_service(api: Client, body: dict) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"submit_to_succeeded_s": [], "worker_edit_s": [], "queue_wait_s": []}
     for _ in range(E2E_RUNS + 1):
         started = time.perf_counter()
-        job = api.wait(api.submit(body)["id"], interval_s=0.005)
+        job = api.wait(api.submit(body)["id"], progress=False, poll_s=0.005)
         times["submit_to_succeeded_s"].append(time.perf_counter() - started)
         assert job["status"] == "succeeded", job["error"]
         times["worker_edit_s"].append(job["result"]["timings"]["total_s"])
@@ -238,7 +358,8 @@ def report(
     redis_url: str,
     polling: dict,
     body_bytes: int,
-    memory: dict,
+    stores: dict[str, dict],
+    uploads: dict,
     local: dict,
     service: dict,
 ) -> str:
@@ -249,7 +370,15 @@ def report(
         f"{'yes' if r['p99_ms'] < 20 else 'no'} |"
         for name, r in polling.items()
     )
-    return f"""# Service performance (issue 3)
+    memory = stores["local directory"]["upload"]
+    store_rows = "\n".join(
+        f"| {name} | {direction} | {r['rss_before_mib']:.0f} MiB | {max(r['rss_peak_sampled_mib'], r['rss_peak_kernel_mib']):.0f} MiB | "
+        f"**{r['increase_mib']:.0f} MiB** | {r['seconds']:.1f} s | {r['file_bytes'] / 2**20 / r['seconds']:.0f} MiB/s |"
+        for name, result in stores.items()
+        for direction, r in (("upload + validation", result["upload"]), ("download", result["download"]))
+    )
+    polls = uploads["polls"]
+    return f"""# Service performance (issues 3, 13 and 14)
 
 Command: `.venv/bin/python -m bench.service_bench` (this file is written by it)
 Date: {started:%Y-%m-%d %H:%M} UTC
@@ -268,14 +397,22 @@ Closed loop measures saturation: 50 clients asking again the moment they are ans
 queued, so each waits for the ~49 ahead of it and latency is 50 / throughput. The 100 ms interval is what
 a polling client does; that is the case the < 20 ms p99 target is about.
 
-## 2. Uploading a {memory["file_bytes"] / 2**30:.2f} GiB safetensors checkpoint (`mlp` {BIG_SIZES}, {memory["num_parameters"]:,} parameters)
+## 2. A {memory["file_bytes"] / 2**30:.2f} GiB safetensors checkpoint through the artifact store: local directory and S3
 
-| API RSS before | peak while uploading (sampled every 20 ms) | peak (kernel VmHWM) | increase | upload + validation |
-| --- | --- | --- | --- | --- |
-| {memory["rss_before_mib"]:.0f} MiB | {memory["rss_peak_sampled_mib"]:.0f} MiB | {memory["rss_peak_kernel_mib"]:.0f} MiB | **{memory["increase_mib"]:.0f} MiB** | {memory["seconds"]:.1f} s |
+`mlp` {BIG_SIZES} ({memory["num_parameters"]:,} parameters): uploaded (`Client.upload_model`), edited by a
+job that writes the whole edited checkpoint back to the store (the first-order ablation, a fixed step; the
+worker's edit took {", ".join(f"{result['edit_s']:.0f} s ({name})" for name, result in stores.items())}), and downloaded
+(`Client.download`, sha256 checked against the ETag). One stack per store, one after the other in this run; the
+S3 server runs on this machine too.
 
-The body streams to a staging file in the store (hashed on the way), and `gif.files.scan_safetensors` checks
-shapes, dtypes and finiteness in 8 MiB chunks; the weights are never loaded whole.
+| store | transfer | API RSS before | peak (sampled every 20 ms, and VmHWM) | increase | time | throughput |
+| --- | --- | --- | --- | --- | --- | --- |
+{store_rows}
+
+Uploads stream to a staging file (hashed on the way), `gif.files.scan_safetensors` checks shapes, dtypes and
+finiteness in 8 MiB chunks; on S3 the validated file then goes up in 16 MiB parts, four at a time. Downloads are
+a file response from the local directory, and from S3 a stream of 1 MiB chunks through the API (or, with
+`GIF_S3_PRESIGN_EXPIRY_S`, a redirect that takes the API out of the path).
 
 ## 3. End-to-end overhead (demo job: `remove_class` [8], MLP 64-32-10 on the digits, CG 20 iterations, auto step)
 
@@ -294,6 +431,15 @@ First runs: in-process edit {local["edit_s"][0]:.3f} s; service {service["submit
 Lazy first-use costs are paid before a job comes, not by the job: each job's process runs one tiny edit while
 it waits for its job, and the API runs its meta-device check once at start-up. Both sides compute alike: {torch.get_num_threads()} torch threads and
 `OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY")}` (the worker's default, see `worker/__init__.py`).
+
+## 4. {UPLOADS} concurrent {uploads["file_bytes"] / 2**20:.0f} MiB uploads while {UPLOAD_POLLERS} clients poll a job every {POLL_INTERVAL_S * 1000:.0f} ms
+
+{UPLOADS} different checkpoints (`mlp` {UPLOAD_SIZES}), each from its own client, all started at once against the
+local-directory stack; the pollers ran from 1 s before the first upload to the end of the last.
+
+| API RSS before | peak | increase (target < 512 MiB) | uploads done in | slowest upload | polls | poll p50 | poll p99 (target < 50 ms) | poll max |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| {uploads["rss_before_mib"]:.0f} MiB | {max(uploads["rss_peak_sampled_mib"], uploads["rss_peak_kernel_mib"]):.0f} MiB | **{uploads["increase_mib"]:.0f} MiB** | {uploads["seconds"]:.1f} s | {max(uploads["upload_s"]):.1f} s | {polls["requests"]:,} | {polls["p50_ms"]:.1f} ms | **{polls["p99_ms"]:.1f} ms** | {polls["max_ms"]:.1f} ms |
 """
 
 
@@ -301,7 +447,7 @@ it waits for its job, and the API runs its meta-device check once at start-up. B
 class Stack:
     """A real stack started by ``start_stack``: the API's client, the demo job's body and where things are."""
 
-    api: ApiClient
+    api: Client
     body: dict
     demo: Path
     base: str
@@ -310,15 +456,15 @@ class Stack:
     api_pid: int
 
 
-def start_stack(stack: ExitStack, workdir: Path) -> Stack:
-    """Redis, ``python -m worker`` and ``python -m service`` on free ports with throwaway storage under ``workdir``,
-    the demo model and data uploaded; everything stops when ``stack`` closes."""
+def start_stack(stack: ExitStack, workdir: Path, **storage: Any) -> Stack:
+    """Redis, ``python -m worker`` and ``python -m service`` on free ports with throwaway storage under ``workdir``
+    (or the S3 ``storage`` settings name), the demo model and data uploaded; everything stops with ``stack``."""
     url = stack.enter_context(redis_for(workdir / "redis"))
     tag = f"bench-{secrets.token_hex(4)}"
     settings = Settings(
-        redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts", port=free_port()
+        redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts", port=free_port(), **storage
     )
-    env = {**os.environ, **settings.as_env()}
+    env = {**os.environ, **CREDENTIALS, **settings.as_env()}
     logs = stack.enter_context(open(workdir / "stack.log", "wb"))  # noqa: SIM115 -- closed with the stack
     stack.enter_context(worker_process(env, stderr=logs))
     api_proc = stack.enter_context(api_process(env, stderr=logs))
@@ -326,13 +472,13 @@ def start_stack(stack: ExitStack, workdir: Path) -> Stack:
     wait_until_healthy(base + "/healthz", api_proc)
     demo = workdir / "demo"
     write_demo_assets(demo)
-    api = ApiClient(stack.enter_context(httpx.Client(base_url=base, timeout=60)))
-    body = {**json.loads((demo / "job.json").read_text()), **api.upload_demo(demo)}
+    api = stack.enter_context(Client(base))
+    body = {**json.loads((demo / "job.json").read_text()), **upload_demo(api, demo)}
     return Stack(api, body, demo, base, url, settings.port, api_proc.pid)
 
 
 def main() -> int:
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     host = machine()
     print(host, flush=True)
     with ExitStack() as stack:
@@ -341,11 +487,18 @@ def main() -> int:
         api, body = running.api, running.body
         service = through_service(api, body)
         local = in_process(running.demo, JobSpec.model_validate(body))
-        job_id = api.wait(api.submit(body)["id"])["id"]
+        job_id = api.wait(api.submit(body)["id"], progress=False)["id"]
         polling = polling_latency(running.port, job_id)
         body_bytes = len(api.http.get(f"/v1/jobs/{job_id}").content)
-        memory = upload_memory(running.base, running.api_pid, workdir)
-    text = report(started, host, running.redis_url, polling, body_bytes, memory, local, service)
+        uploads = concurrent_uploads(running, workdir, job_id)
+        stores = {"local directory": artifact_round_trip(running, workdir)}
+        kind = "seaweedfs" if seaweedfs_binary() else "moto"
+        endpoint = stack.enter_context(local_s3(kind, workdir / "s3-server"))
+        bucket = f"bench-{secrets.token_hex(4)}"
+        boto3.client("s3", endpoint_url=endpoint, **S3_KEYS).create_bucket(Bucket=bucket)
+        on_s3 = start_stack(stack, workdir / "s3", storage_url=f"s3://{bucket}/gif", s3_endpoint_url=endpoint)
+        stores[f"S3 ({S3_SERVERS[kind]})"] = artifact_round_trip(on_s3, workdir)
+    text = report(started, host, running.redis_url, polling, body_bytes, stores, uploads, local, service)
     OUT.write_text(text)
     print(text)
     return 0

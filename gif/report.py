@@ -149,9 +149,10 @@ def residual_chart(history: Sequence[float], tolerance: float | None) -> str:
     return _frame(x, y, "iteration", "relative residual", body, "Solver residual against iterations")
 
 
-def step_chart(trace: Sequence[tuple[float, float]], chosen: float) -> str:
-    """The step search's objective against the scale (log scale), the chosen step marked."""
-    points = sorted((s, v) for s, v in trace if s > 0 and math.isfinite(v))
+def step_chart(trace: Sequence[tuple[float, float | None]], chosen: float) -> str:
+    """The step search's objective against the scale (log scale), the chosen step marked; scales whose objective
+    was not finite are left out and counted."""
+    points = sorted((s, v) for s, v in trace if s > 0 and v is not None and math.isfinite(v))
     if not points:
         return '<p class="note">The step was fixed; no search ran.</p>'
     x, y = _plot_area([s for s, _ in points], [v for _, v in points], True, False)
@@ -166,8 +167,10 @@ def step_chart(trace: Sequence[tuple[float, float]], chosen: float) -> str:
             f'<text x="{bx:.1f}" y="{by - 12:.1f}" text-anchor="middle" style="fill:#c0392b">'
             f"chosen s = {_label(chosen)}</text>"
         )
-    unedited = [v for s, v in trace if s == 0]
-    note = f" Unedited (s = 0): {unedited[0]:.4g}." if unedited and math.isfinite(unedited[0]) else ""
+    unedited = [v for s, v in trace if s == 0 and v is not None]
+    note = f" Unedited (s = 0): {unedited[0]:.4g}." if unedited else ""
+    if dropped := sum(1 for s, v in trace if s > 0 and v is None):
+        note += f" {dropped} scales gave a non-finite objective (the edited outputs overflowed); not drawn."
     return (
         _frame(x, y, "step scale s", "objective (higher is better)", body, "Step search objective against scale")
         + f'<p class="note">{len(trace)} evaluations on validation data.{escape(note)}</p>'

@@ -57,8 +57,10 @@ class StepSummary(_Result):
     evaluations: int | None = None
     validation: Literal["provided", "carved"] | None = None
     validation_samples: dict[str, int] | None = None
-    trace: list[tuple[float, float]] = Field(
-        default_factory=list, description="auto: every (scale, objective) the search evaluated, in order."
+    trace: list[tuple[float, float | None]] = Field(
+        default_factory=list,
+        description="auto: every (scale, objective) the search evaluated, in order; null where the objective was "
+        "not finite (the edited model's outputs overflowed).",
     )
 
 

@@ -202,7 +202,7 @@ class AutoStepPolicy:
             evaluations=len(search.trace),
             validation="provided" if self.provided else "carved",
             validation_samples={"affected": len(self.data.affected), "kept": len(self.data.kept)},
-            trace=search.trace,
+            trace=[(scale, value if math.isfinite(value) else None) for scale, value in search.trace],
         )
 
 

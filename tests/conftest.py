@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import boto3
 import pytest
 import redis
 import torch
@@ -22,9 +23,10 @@ from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
 from service.core.errors import PROBLEM_TYPE_PREFIX
 from service.core.settings import Settings
-from service.tools.client import ApiClient
 from service.tools.launch import redis_for, worker_process
+from service.tools.local_s3 import CREDENTIALS, local_s3
 from service.web.app import create_app
+from tests.support import SuiteClient
 
 
 @pytest.fixture(scope="session")
@@ -97,13 +99,43 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def isolated_settings(redis_url, tmp_path_factory):
+def s3_server(tmp_path_factory) -> Iterator[str]:
+    """A real S3 endpoint on the loopback for the session: moto's server (in memory), test credentials in the
+    environment (the worker processes the tests start inherit them)."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in CREDENTIALS.items():
+            env.setenv(name, value)
+        with local_s3("moto", tmp_path_factory.mktemp("moto")) as url:
+            yield url
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server):
+    """``s3_bucket()``: the name of a new, empty bucket on the session's S3 server."""
+
+    def make() -> str:
+        name = f"gif-test-{secrets.token_hex(4)}"
+        boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+        return name
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def isolated_settings(redis_url, tmp_path_factory, request):
     """``isolated_settings(**overrides)``: a context manager giving Settings under a fresh key prefix, queue
-    and storage directory, whose Redis keys are removed afterwards (the Redis may be a shared one)."""
+    and storage directory, whose Redis keys are removed afterwards (the Redis may be a shared one).
+
+    With ``GIF_TEST_STORAGE=s3`` every such Settings stores its artifacts in a new bucket of the session's S3
+    server instead of a local directory: the whole suite then runs against S3."""
 
     @contextmanager
     def make(**overrides) -> Iterator[Settings]:
         tag = f"test-{secrets.token_hex(4)}"
+        if os.environ.get("GIF_TEST_STORAGE") == "s3" and "storage_url" not in overrides:
+            endpoint = request.getfixturevalue("s3_server")
+            overrides = {"storage_url": f"s3://{request.getfixturevalue('s3_bucket')()}/gif", **overrides}
+            overrides.setdefault("s3_endpoint_url", endpoint)
         yield Settings(
             redis_url=redis_url,
             key_prefix=tag,
@@ -161,7 +193,7 @@ def long_solve() -> dict:
 def api(stack_settings, worker):
     """The API in-process on the worker's queue (its HTTP client is ``api.http``)."""
     with TestClient(create_app(stack_settings)) as http:
-        yield ApiClient(http)
+        yield SuiteClient(http=http)
 
 
 @pytest.fixture(scope="session")

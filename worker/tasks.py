@@ -19,6 +19,7 @@ from pathlib import Path
 
 import redis
 import torch
+from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from gif.architectures import build_model, is_exported, load_checkpoint
@@ -116,7 +117,9 @@ def run_job(job_id: str) -> None:
     """RQ's entry point: everything the worker needs is in the job record."""
     ctx = context()
     with job_context(job_id):
-        if not ctx.jobs.start(job_id, worker={"host": socket.gethostname(), "pid": os.getpid()}):
+        current = get_current_job()
+        worker = {"host": socket.gethostname(), "pid": os.getpid(), "name": current.worker_name if current else None}
+        if not ctx.jobs.start(job_id, worker=worker):
             log.info("job is no longer queued; skipped")
             return
         log.info("job started")

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -124,10 +124,16 @@ class Client:
         return self._json(self.http.post(f"/v1/jobs/{job_id}/cancel"))
 
     def wait(
-        self, job_id: str, progress: bool | IO[str] = True, poll_s: float = 0.5, timeout_s: float | None = None
+        self,
+        job_id: str,
+        progress: bool | IO[str] = True,
+        poll_s: float = 0.5,
+        timeout_s: float | None = None,
+        until: Collection[str] = TERMINAL,
     ) -> dict[str, Any]:
-        """Poll until the job ends; with ``progress`` a one-line bar (phase, solver iteration, residual) on stderr
-        (or the given stream). Returns the ended job; ``TimeoutError`` past ``timeout_s``."""
+        """Poll until the job ends (or reaches a status in ``until``); with ``progress`` a one-line bar (phase,
+        solver iteration, residual) on stderr (or the given stream). Returns the job; ``TimeoutError`` past
+        ``timeout_s``."""
         stream = sys.stderr if progress is True else (progress or None)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -135,7 +141,7 @@ class Client:
             if stream is not None:
                 stream.write("\r" + progress_line(job).ljust(100))
                 stream.flush()
-            if job["status"] in TERMINAL:
+            if job["status"] in until or job["status"] in TERMINAL:
                 if stream is not None:
                     stream.write("\n")
                 return job

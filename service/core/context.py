@@ -18,7 +18,7 @@ from service.core.jobs import JobStore
 from service.core.queue import job_queue
 from service.core.records import Keys, connect, connect_async
 from service.core.settings import Settings
-from service.core.storage import Artifacts, LocalArtifactStore
+from service.core.storage import Artifacts, artifact_store
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ServiceContext:
     def create(cls, settings: Settings) -> ServiceContext:
         client = connect(settings.redis_url)
         keys = Keys(settings.key_prefix)
-        artifacts = Artifacts(LocalArtifactStore(settings.storage_dir), client, keys)
+        artifacts = Artifacts(artifact_store(settings), client, keys)
         return cls(
             settings=settings,
             client=client,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlparse
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,7 +26,22 @@ class Settings(BaseSettings):
         "gif", pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of every Redis key this service writes."
     )
     queue_name: str = Field("gif-edits", pattern=r"^[A-Za-z0-9_.-]+$")
-    storage_dir: Path = Field(Path("var/artifacts"), description="Root of the local content-addressed artifact store.")
+    storage_dir: Path = Field(
+        Path("var/artifacts"),
+        description="The local artifact store; with an S3 store, this host's staging files and read cache.",
+    )
+    storage_url: str | None = Field(
+        None,
+        description="Where artifacts live: file:///path (a local directory), or s3://bucket/prefix (shared by every "
+        "host; credentials from the standard AWS variables). Unset: the local directory GIF_STORAGE_DIR.",
+    )
+    s3_endpoint_url: str | None = Field(None, description="An S3-compatible server (MinIO, SeaweedFS…); unset: AWS.")
+    s3_presign_expiry_s: int | None = Field(
+        None, ge=1, description="S3: checkpoint downloads redirect to a URL presigned for this long; unset: streamed."
+    )
+    storage_cache_bytes: int = Field(
+        20 * 1024**3, ge=0, description="S3: the most bytes each host keeps in its read cache (least recently used go)."
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -75,6 +91,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        url = urlparse(value)
+        if url.scheme == "s3" and url.netloc:
+            return value
+        if url.scheme == "file" and url.path and not url.netloc:
+            return value
+        raise ValueError("expected file:///absolute/path or s3://bucket[/prefix]")
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -1,27 +1,35 @@
 """Content-addressed artifact storage: uploaded weights and data, edited checkpoints.
 
-``ArtifactStore`` is the small interface the rest of the code uses (a local directory now; an
-S3-compatible store would stage to a local file, upload on ``commit`` and cache on ``local_path``).
-Files are written to a staging file in the store first and renamed to their sha256 only when
-complete and validated, so nothing half-written is ever served, and a failed or interrupted write
-leaves nothing behind. ``Artifacts`` adds reference counting in Redis: one blob may back several
-records (the same file uploaded twice, a job's inputs), and it is deleted with its last reference.
+``ArtifactStore`` is the small interface the rest of the code uses, with two implementations chosen by
+``GIF_STORAGE_URL``: a local directory (``file:///path``, the default ``var/artifacts``) for one host, and an
+S3-compatible bucket (``s3://bucket/prefix``) that workers on any number of hosts share. Files are written to
+a local staging file first and published under their sha256 only when complete and validated, so nothing
+half-written is ever served, and a failed or interrupted write leaves nothing behind (on S3 an object becomes
+visible only when its multipart upload completes; its size is checked before the store reports it stored).
+``Artifacts`` adds reference counting in Redis: one blob may back several records (the same file uploaded
+twice, a job's inputs), and it is deleted with its last reference.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlparse
 
 import redis
 
 from service.core.records import Keys
+from service.core.settings import Settings
 
 BLOB_LOCK_TIMEOUT_S = 30
+CHUNK_BYTES = 1 << 20
+S3_PART_BYTES = 16 * 1024**2
 
 
 class ArtifactStore(Protocol):
@@ -33,15 +41,43 @@ class ArtifactStore(Protocol):
         """Move a complete staged file to its content address (a no-op if that content is stored)."""
         ...
 
-    def local_path(self, sha256: str) -> Path: ...
+    def local_path(self, sha256: str) -> Path:
+        """A local file with the blob's bytes (S3: fetched into the host's cache once, its sha256 verified)."""
+        ...
 
     def exists(self, sha256: str) -> bool: ...
 
+    def size(self, sha256: str) -> int: ...
+
     def delete(self, sha256: str) -> None: ...
+
+    def download(self, sha256: str, filename: str) -> BlobDownload:
+        """How to serve the blob: a local file, a stream of chunks, or a presigned URL to redirect to."""
+        ...
+
+    def names(self) -> set[str]:
+        """Every stored sha256 (audits and tests: what is stored should be what is referenced)."""
+        ...
 
     def check(self) -> None:
         """Raise if the store cannot be written (readiness)."""
         ...
+
+
+@dataclass
+class BlobDownload:
+    """One of: ``path`` (send the file), ``chunks`` (stream them; ``size`` bytes), ``url`` (redirect there)."""
+
+    size: int
+    path: Path | None = None
+    chunks: Iterator[bytes] | None = None
+    url: str | None = None
+
+
+def check_sha256(sha256: str) -> str:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"not a sha256 digest: {sha256!r}")
+    return sha256
 
 
 class LocalArtifactStore:
@@ -64,9 +100,7 @@ class LocalArtifactStore:
             path.unlink(missing_ok=True)
 
     def local_path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"not a sha256 digest: {sha256!r}")
-        return self.blobs / sha256[:2] / sha256
+        return self.blobs / check_sha256(sha256)[:2] / sha256
 
     def commit(self, staged: Path, sha256: str) -> None:
         target = self.local_path(sha256)
@@ -76,12 +110,173 @@ class LocalArtifactStore:
     def exists(self, sha256: str) -> bool:
         return self.local_path(sha256).is_file()
 
+    def size(self, sha256: str) -> int:
+        return self.local_path(sha256).stat().st_size
+
     def delete(self, sha256: str) -> None:
         self.local_path(sha256).unlink(missing_ok=True)
+
+    def download(self, sha256: str, filename: str) -> BlobDownload:
+        path = self.local_path(sha256)
+        return BlobDownload(size=path.stat().st_size, path=path)
+
+    def names(self) -> set[str]:
+        return {p.name for p in self.blobs.glob("*/*") if p.is_file()}
 
     def check(self) -> None:
         with self.staging_file() as path:
             path.write_bytes(b"ok")
+
+    def prune(self, keep_bytes: int) -> None:
+        """Delete the least recently used blobs until at most ``keep_bytes`` remain (for a cache, not a store)."""
+        blobs = sorted((p.stat().st_atime, p.stat().st_size, p) for p in self.blobs.glob("*/*") if p.is_file())
+        total = sum(size for _, size, _ in blobs)
+        for _, size, path in blobs:
+            if total <= keep_bytes:
+                return
+            path.unlink(missing_ok=True)
+            total -= size
+
+
+class S3ArtifactStore:
+    """Blobs at ``s3://bucket/<prefix>blobs/ab/<sha256>``; staging files and a read cache in a local directory.
+
+    Workers on other hosts fetch inputs into their own cache (verified against the sha256, then kept until the
+    cache passes ``cache_bytes``); uploads go up in parts (bounded memory) and downloads stream, or redirect to
+    a presigned URL when ``presign_expiry_s`` is set. Credentials come from the standard AWS variables.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        cache_dir: Path,
+        endpoint_url: str | None = None,
+        presign_expiry_s: int | None = None,
+        cache_bytes: int = 20 * 1024**3,
+    ):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix
+        self.cache = LocalArtifactStore(cache_dir)
+        self.presign_expiry_s, self.cache_bytes = presign_expiry_s, cache_bytes
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+        )
+        # 16 MiB parts, four at a time: an upload or a fetch holds at most ~64 MiB, whatever the file's size.
+        self.transfer = TransferConfig(
+            multipart_threshold=S3_PART_BYTES, multipart_chunksize=S3_PART_BYTES, max_concurrency=4
+        )
+
+    def key(self, sha256: str) -> str:
+        return f"{self.prefix}blobs/{check_sha256(sha256)[:2]}/{sha256}"
+
+    def staging_file(self) -> AbstractContextManager[Path]:
+        return self.cache.staging_file()
+
+    def commit(self, staged: Path, sha256: str) -> None:
+        if not self.exists(sha256):
+            self.s3.upload_file(str(staged), self.bucket, self.key(sha256), Config=self.transfer)
+            stored = self.size(sha256)
+            if stored != staged.stat().st_size:
+                self.s3.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+                raise OSError(f"S3 stored {stored} bytes of {staged.stat().st_size} for {sha256}; removed")
+        self.cache.commit(staged, sha256)  # the uploading host keeps its copy: the worker that runs next may be here
+        self.cache.prune(self.cache_bytes)
+
+    def local_path(self, sha256: str) -> Path:
+        path = self.cache.local_path(sha256)
+        if path.is_file():
+            os.utime(path)  # recently used: the cache keeps it longest
+            return path
+        with self.cache.staging_file() as staged:
+            try:
+                self.s3.download_file(self.bucket, self.key(sha256), str(staged), Config=self.transfer)
+            except self.s3.exceptions.ClientError as exc:
+                if _not_found(exc):
+                    raise FileNotFoundError(f"no blob {sha256} in s3://{self.bucket}/{self.prefix}") from None
+                raise
+            with open(staged, "rb") as fh:
+                actual = hashlib.file_digest(fh, "sha256").hexdigest()
+            if actual != sha256:
+                raise OSError(f"the blob fetched from S3 as {sha256} hashes to {actual}; not used")
+            self.cache.commit(staged, sha256)
+        self.cache.prune(self.cache_bytes)
+        return path
+
+    def exists(self, sha256: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=self.key(sha256))
+        except self.s3.exceptions.ClientError as exc:
+            if _not_found(exc):
+                return False
+            raise
+        return True
+
+    def size(self, sha256: str) -> int:
+        return int(self.s3.head_object(Bucket=self.bucket, Key=self.key(sha256))["ContentLength"])
+
+    def delete(self, sha256: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+        self.cache.delete(sha256)
+
+    def download(self, sha256: str, filename: str) -> BlobDownload:
+        if self.presign_expiry_s:
+            url = self.s3.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": self.key(sha256),
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                },
+                ExpiresIn=self.presign_expiry_s,
+            )
+            return BlobDownload(size=self.size(sha256), url=url)
+        body = self.s3.get_object(Bucket=self.bucket, Key=self.key(sha256))
+        return BlobDownload(size=int(body["ContentLength"]), chunks=body["Body"].iter_chunks(CHUNK_BYTES))
+
+    def names(self) -> set[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}blobs/")
+        return {item["Key"].rsplit("/", 1)[1] for page in pages for item in page.get("Contents", [])}
+
+    def check(self) -> None:
+        self.s3.head_bucket(Bucket=self.bucket)
+        self.cache.check()
+
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if it does not exist; True if it was created."""
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+            return False
+        except self.s3.exceptions.ClientError as exc:
+            if not _not_found(exc):
+                raise
+        self.s3.create_bucket(Bucket=self.bucket)
+        return True
+
+
+def _not_found(exc: Exception) -> bool:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    return code in {"404", "NoSuchKey", "NotFound"}
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    """The store ``GIF_STORAGE_URL`` names (default: the local directory ``GIF_STORAGE_DIR``)."""
+    url = urlparse(settings.storage_url or "")
+    if url.scheme == "s3":
+        return S3ArtifactStore(
+            url.netloc,
+            url.path.strip("/") + "/" if url.path.strip("/") else "",
+            settings.storage_dir,
+            settings.s3_endpoint_url,
+            settings.s3_presign_expiry_s,
+            settings.storage_cache_bytes,
+        )
+    return LocalArtifactStore(Path(url.path) if url.scheme == "file" else settings.storage_dir)
 
 
 class Artifacts:
@@ -121,4 +316,4 @@ class Artifacts:
         return self.store.local_path(sha256)
 
     def size(self, sha256: str) -> int:
-        return self.store.local_path(sha256).stat().st_size
+        return self.store.size(sha256)

@@ -12,7 +12,7 @@ from gif.architectures import load_checkpoint
 from gif.data import read_dataset
 from gif.edit import run
 from gif.metrics import predict
-from gif.report import Axis, render_report
+from gif.report import Axis, render_report, step_chart
 from gif.spec import JobSpec
 
 HOSTILE = '<script>alert("x")</script><img src="http://example.com/p.png">'
@@ -99,3 +99,9 @@ def test_a_fixed_step_and_a_first_order_result_say_so(edited):
 def test_axis_ticks_are_round_numbers(axis, expected):
     assert axis.ticks() == pytest.approx(expected)
     assert axis(axis.lo) == axis.start and axis(axis.hi) == pytest.approx(axis.end)
+
+
+def test_scales_with_a_non_finite_objective_are_counted_not_drawn():
+    chart = step_chart([(0.0, 0.1), (1.0, 0.5), (10.0, 0.9), (100.0, None), (1000.0, None)], 10.0)
+    assert chart.count("<circle") == 3  # two points and the chosen step's ring
+    assert "2 scales gave a non-finite objective" in chart and "chosen s = 10" in chart

@@ -55,7 +55,7 @@ def test_a_job_runs_on_the_gpu_through_a_real_worker(api, inputs, demo):
 
 def test_a_killed_job_process_on_the_gpu_costs_that_job_only(api, inputs, demo, long_solve):
     job = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [1]}, "solver": long_solve})
-    api.wait(job["id"], statuses=("running",))
+    api.wait(job["id"], until=("running",))
     os.kill(api.http.app.state.context.jobs.get(job["id"]).worker["pid"], signal.SIGKILL)
     lost = api.wait(job["id"], timeout_s=60)
     assert lost["status"] == "failed" and lost["error"]["code"] == "worker-lost" and lost["error"]["retryable"] is True

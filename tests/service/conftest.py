@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from service.tools.client import ApiClient
 from service.web.app import create_app
+from tests.support import SuiteClient
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def http(settings):
 
 @pytest.fixture(scope="session")
 def api(http):
-    return ApiClient(http)
+    return SuiteClient(http=http)
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from service.tools.client import ApiClient
 from service.web.app import create_app
+from tests.support import SuiteClient
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_health_metrics_and_docs_stay_open(keyed, path):
 
 
 def test_each_key_sees_only_its_own_uploads_and_jobs(keyed, demo, problem):
-    alpha = ApiClient(keyed)
+    alpha = SuiteClient(http=keyed)
     keyed.headers.update(as_key("alpha-key"))
     model = alpha.upload_model(demo["model"], json.loads(demo["architecture"].read_text()))
     train = alpha.upload_dataset(demo["train"])

@@ -16,6 +16,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from gif.architectures import build_model
 from service.web.app import create_app
+from tests.support import stored_files
 
 DIGITS_MLP = {"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}}
 
@@ -36,10 +37,6 @@ def torch_zip(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
-
-
-def stored_files(settings) -> set:
-    return {p.name for p in settings.storage_dir.rglob("*") if p.is_file()}
 
 
 def test_model_upload_is_hashed_recorded_and_served(http, demo):
@@ -269,12 +266,11 @@ def test_identical_uploads_share_one_blob_until_the_last_is_deleted(http, settin
     content = safetensors_bytes({"x": torch.rand(5, 2), "y": torch.tensor([0, 1, 0, 1, 1])})
     first, second = (post_dataset(http, content).json() for _ in range(2))
     assert first["id"] != second["id"] and first["sha256"] == second["sha256"]
-    blob = settings.storage_dir / "blobs" / first["sha256"][:2] / first["sha256"]
     assert http.delete(f"/v1/datasets/{first['id']}").status_code == 204
     problem(http.get(f"/v1/datasets/{first['id']}"), 404, "not-found")
-    assert blob.is_file()
+    assert first["sha256"] in stored_files(settings)
     assert http.delete(f"/v1/datasets/{second['id']}").status_code == 204
-    assert not blob.exists()
+    assert first["sha256"] not in stored_files(settings)
     problem(http.delete(f"/v1/datasets/{second['id']}"), 404, "not-found")
     problem(http.get(f"/v1/datasets/{first['id']}:x"), 404, "not-found")
 
@@ -283,7 +279,7 @@ def test_a_decompression_bomb_is_refused_with_413_and_nothing_stored(http, probl
     from tests.gif.test_data import compressed_zeros_npz
 
     compressed_zeros_npz(tmp_path / "bomb.npz", 12_000)
-    before = {p.name for p in settings.storage_dir.rglob("*") if p.is_file()}
+    before = stored_files(settings)
     body = problem(post_dataset(http, (tmp_path / "bomb.npz").read_bytes(), name="bomb.npz"), 413, "payload-too-large")
     assert body["errors"][0]["pointer"] == "/file" and "expands" in body["errors"][0]["detail"]
-    assert {p.name for p in settings.storage_dir.rglob("*") if p.is_file()} == before
+    assert stored_files(settings) == before

@@ -18,12 +18,13 @@ import threading
 import time
 
 import httpx
+from gif_client import ProblemError
 
-from service.tools.client import ApiClient, ApiError
 from service.tools.launch import free_port
 from tests.service.test_launch import READY, launcher_env, processes, wait_for_line
+from tests.support import SuiteClient
 
-JOBS = 20
+JOBS = 30
 KILL_EVERY_S = 1.5
 CHAOS_S = 30.0
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -78,7 +79,7 @@ def test_jobs_survive_killed_horses_workers_and_redis(tmp_path, demo):
     kills = {"work-horse": 0, "worker": 0, "redis": 0}
     try:
         base = wait_for_line(process, lines, READY).group(1)
-        api = ApiClient(httpx.Client(base_url=base, timeout=30))
+        api = SuiteClient(base, timeout_s=30)
         inputs = api.upload_demo(demo["model"].parent)
         spec = {**json.loads(demo["job"].read_text()), **inputs}
 
@@ -86,7 +87,7 @@ def test_jobs_survive_killed_horses_workers_and_redis(tmp_path, demo):
             for _ in range(60):  # while Redis restarts, a submit can meet a 503: a client retries
                 try:
                     return api.submit(spec)["id"]
-                except (ApiError, httpx.HTTPError):
+                except (ProblemError, httpx.HTTPError):
                     time.sleep(0.5)
             raise AssertionError("the service did not take a job for 30 s:\n" + "".join(lines[-30:]))
 
@@ -107,7 +108,7 @@ def test_jobs_survive_killed_horses_workers_and_redis(tmp_path, demo):
             assert time.monotonic() < deadline, f"jobs not terminal: {pending}\n" + "".join(lines[-40:])
             for job_id in list(pending):
                 try:
-                    job = api.job(job_id)  # a 404 here would be a lost job: ApiError fails the test
+                    job = api.job(job_id)  # a 404 here would be a lost job: ProblemError fails the test
                 except httpx.HTTPError:
                     continue
                 if job["status"] not in TERMINAL:
@@ -115,7 +116,7 @@ def test_jobs_survive_killed_horses_workers_and_redis(tmp_path, demo):
                 del pending[job_id]
                 if job["status"] == "succeeded":
                     outcome["succeeded"] += 1
-                    body = api.checkpoint(job_id).content
+                    body = api.checkpoint(job_id)
                     assert hashlib.sha256(body).hexdigest() == job["result"]["checkpoint"]["sha256"]
                 elif job["error"].get("retryable"):
                     outcome["failed retryable"] += 1

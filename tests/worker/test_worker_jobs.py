@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from gif.architectures import build_model
 from gif.data import Dataset
 from gif.files import write_safetensors
-from service.tools.client import ApiClient
 from service.web.app import create_app
+from tests.support import SuiteClient
 
 
 def changed_entries(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> int:
@@ -77,7 +77,7 @@ def test_relabel_end_to_end(api, inputs, demo):
 
 def test_a_running_job_reports_progress_and_can_be_cancelled(api, inputs, long_solve):
     job = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [3]}, "solver": long_solve})
-    api.wait(job["id"], statuses=("running",))
+    api.wait(job["id"], until=("running",))
     deadline = time.monotonic() + 60
     while not (progress := api.job(job["id"])["progress"]) or not progress["iteration"]:
         assert time.monotonic() < deadline, progress
@@ -102,7 +102,7 @@ def test_an_engine_refusal_fails_the_job_with_its_code(api, inputs):
 
 def test_a_job_past_its_time_limit_fails(stack_settings, inputs, worker, long_solve):
     with TestClient(create_app(stack_settings.model_copy(update={"job_timeout_s": 1}))) as http:
-        api = ApiClient(http)
+        api = SuiteClient(http=http)
         job = api.wait(
             api.submit({**inputs, "request": {"kind": "remove_class", "classes": [4]}, "solver": long_solve})["id"],
             timeout_s=60,
@@ -158,4 +158,4 @@ def test_an_edited_model_can_be_edited_again(api, inputs, demo):
     assert 0 < changed_entries(once, twice) <= second["result"]["selection"]["num_selected"]  # it started from the edit
     assert api.http.delete(f"/v1/jobs/{first['id']}").status_code == 204  # the edited model outlives its job
     assert api.http.get(f"/v1/models/{edited['id']}").status_code == 200
-    assert api.checkpoint(second["id"]).status_code == 200
+    assert api.checkpoint(second["id"])

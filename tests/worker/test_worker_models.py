@@ -12,6 +12,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from gif.programs import load_program
+from tests.support import stored_files
 
 
 class FlatCNN(nn.Module):
@@ -38,10 +39,6 @@ def program_file(tmp_path_factory):
     return path
 
 
-def stored_blobs(settings) -> set[str]:
-    return {p.name for p in settings.storage_dir.rglob("*") if p.is_file()}
-
-
 def test_an_exported_program_is_uploaded_edited_and_downloaded_as_pt2(api, inputs, program_file, tmp_path):
     model = api.upload_model(program_file)
     assert model["format"] == "pt2" and model["architecture"] == {"name": "exported", "config": {}}
@@ -59,7 +56,7 @@ def test_an_exported_program_is_uploaded_edited_and_downloaded_as_pt2(api, input
     job = api.wait(api.submit(spec)["id"])
     assert job["status"] == "succeeded", job["error"]
     assert {layer["module"] for layer in job["result"]["selection"]["layers"]} == {"conv", "head"}
-    weights = load_safetensors(api.checkpoint(job["id"]).content)
+    weights = load_safetensors(api.checkpoint(job["id"]))
     response = api.http.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "pt2"})
     assert response.status_code == 200, response.text
     assert hashlib.sha256(response.content).hexdigest() == job["result"]["program"]["sha256"]
@@ -114,7 +111,7 @@ def test_a_hostile_program_is_refused_and_nothing_is_stored(api, program_file, p
             if info.filename.endswith("models/model.json"):
                 data = data.replace(b'"torch.ops.aten.conv2d.default"', b'"builtins.exec"')
             zout.writestr(info.filename, data)
-    before = stored_blobs(stack_settings)
+    before = stored_files(stack_settings)
     body = problem(api.http.post("/v1/models", files={"file": ("h.pt2", hostile.getvalue())}), 422, "invalid-weights")
     assert "builtins.exec" in body["errors"][0]["detail"]
-    assert stored_blobs(stack_settings) == before
+    assert stored_files(stack_settings) == before

@@ -32,7 +32,7 @@ def children_of(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
 def test_a_job_runs_in_a_fresh_interpreter_and_the_worker_never_loads_torch(api, inputs, worker, long_solve):
     job = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [6]}, "solver": long_solve})
-    api.wait(job["id"], statuses=("running",))
+    api.wait(job["id"], until=("running",))
     horse = api.http.app.state.context.jobs.get(job["id"]).worker["pid"]
     runner = parent_of(horse)
     try:
@@ -72,6 +72,7 @@ def test_a_worker_host_reaps_lost_jobs_without_any_api(stack_settings, start_wor
     assert found is not None and found.status == "failed" and found.error is not None
     assert found.error["code"] == "worker-lost" and found.error["retryable"] is True
     assert "stopped answering" in found.error["detail"]
+    assert jobs.delete(record.id)  # its empty spec is no job the shared API could list
 
 
 def test_a_supervised_child_is_restarted_with_growing_back_off():

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.core.webhooks import signature
-from service.tools.client import ApiClient
 from service.web.app import create_app
+from tests.support import SuiteClient
 
 
 @pytest.fixture()
@@ -44,7 +44,7 @@ def test_an_ended_job_is_posted_signed_to_its_notify_url(isolated_settings, star
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     settings_cm = isolated_settings(webhook_secret=secret, webhook_allowed_hosts=["127.0.0.1"])
     with settings_cm as settings, start_worker(settings), TestClient(create_app(settings)) as http:
-        api = ApiClient(http)
+        api = SuiteClient(http=http)
         inputs = api.upload_demo(demo["model"].parent)
         spec = {**json.loads(demo["job"].read_text()), **inputs, "notify": {"url": url}}
         job = api.wait(api.submit(spec)["id"])

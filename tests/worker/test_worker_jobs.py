@@ -159,3 +159,18 @@ def test_an_edited_model_can_be_edited_again(api, inputs, demo):
     assert api.http.delete(f"/v1/jobs/{first['id']}").status_code == 204  # the edited model outlives its job
     assert api.http.get(f"/v1/models/{edited['id']}").status_code == 200
     assert api.checkpoint(second["id"])
+
+
+def test_a_queued_job_runs_after_its_model_and_data_are_deleted(api, inputs, demo, long_solve):
+    """Deleting uploads is not refused while jobs use them: each job holds its own reference to its files."""
+    blocker = api.submit({**inputs, "request": {"kind": "remove_class", "classes": [8]}, "solver": long_solve})
+    api.wait(blocker["id"], until=("running",))  # the one worker is busy: the next job stays queued
+    own = api.upload_demo(demo["model"].parent)
+    job = api.submit({**json.loads(demo["job"].read_text()), **own})
+    for kind, field in (("models", "model_id"), ("datasets", "train_dataset_id"), ("datasets", "eval_dataset_id")):
+        assert api.http.delete(f"/v1/{kind}/{own[field]}").status_code == 204
+    assert api.job(job["id"])["status"] == "queued"
+    api.cancel(blocker["id"])
+    ended = api.wait(job["id"])
+    assert ended["status"] == "succeeded", ended["error"]
+    assert api.checkpoint(job["id"])

@@ -1,6 +1,6 @@
 """Chaos under `make run`: small jobs while work-horses, workers and Redis are SIGKILLed at random.
 
-Bounded (20 jobs, a kill every ~1.5 s for at most 30 s, loopback only). At the end every job is in a
+Bounded (30 jobs of ~2 s each, a kill every ~1.5 s for at most 30 s, loopback only). At the end every job is in a
 terminal state and none is lost; a job failed as retryable (its worker died) is submitted again, as a
 client would; every succeeded job's checkpoint matches its recorded sha256. The counts are printed.
 """
@@ -28,6 +28,9 @@ JOBS = 30
 KILL_EVERY_S = 1.5
 CHAOS_S = 30.0
 TERMINAL = ("succeeded", "failed", "cancelled")
+# ~2 s per job on a CPU core (800 Neumann steps): long enough that killing a work-horse often hits a running job,
+# not only one warming up for the next
+SOLVE_FOR_A_WHILE = {"kind": "neumann", "tolerance": 1e-12, "max_iterations": 800}
 
 
 def descendants(root: int) -> dict[int, list[str]]:
@@ -81,7 +84,7 @@ def test_jobs_survive_killed_horses_workers_and_redis(tmp_path, demo):
         base = wait_for_line(process, lines, READY).group(1)
         api = SuiteClient(base, timeout_s=30)
         inputs = api.upload_demo(demo["model"].parent)
-        spec = {**json.loads(demo["job"].read_text()), **inputs}
+        spec = {**json.loads(demo["job"].read_text()), **inputs, "solver": SOLVE_FOR_A_WHILE}
 
         def submit() -> str:
             for _ in range(60):  # while Redis restarts, a submit can meet a 503: a client retries

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.common import RESULTS, markdown_table, write_section
+from bench.common import RESULTS, markdown_table, pyplot, write_section
 from gif.toy import toy_edits
 
 PLOT = RESULTS.parent / "regression_toy.png"
@@ -21,10 +21,7 @@ COLOURS = {"gif": "tab:red", "fif": "tab:blue", "pif": "tab:green"}
 
 
 def plot(toy) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     points = torch.stack([toy.original, toy.retrained, *toy.edited.values()])[:, :2]
     lo, hi = points.min(0).values - 0.3, points.max(0).values + 0.3

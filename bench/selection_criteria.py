@@ -9,7 +9,7 @@ Run: python -m bench.selection_criteria
 
 from __future__ import annotations
 
-from bench.common import QUICK, SETUPS, edit, markdown_table, prepare, write_section
+from bench.common import QUICK, RESULTS, SETUPS, edit, markdown_table, prepare, pyplot, write_section
 
 CRITERIA = ("topk_outputs", "topk_gradients", "threshold", "random")
 RATIOS = (0.05, 0.1, 0.3, 0.5)
@@ -19,6 +19,8 @@ def table(setup_name: str) -> str:
     prepared = prepare(SETUPS[setup_name])
     rows = []
     before: dict[str, float] = {}
+    scores: dict[str, list[tuple[float, float]]] = {}  # criterion → (MR, score) per ratio
+    trace: list = []
     for criterion in CRITERIA[:2] if QUICK else CRITERIA:
         for ratio in RATIOS[:1] if QUICK else RATIOS:
             outcome = edit(
@@ -29,6 +31,9 @@ def table(setup_name: str) -> str:
             r = outcome.result
             before = r.metrics.before
             a = r.metrics.after
+            scores.setdefault(criterion, []).append((r.selection.modification_ratio, a["score"]))
+            if (criterion, ratio) == ("topk_outputs", 0.1):
+                trace, chosen = r.step.trace, r.step.scale
             rows.append(
                 [
                     criterion,
@@ -56,7 +61,10 @@ def table(setup_name: str) -> str:
             "-",
         ],
     )
-    return f"**{setup_name}** (reference trained in {prepared.train_seconds:.0f} s)\n\n" + markdown_table(
+    plots = plot_scores(setup_name, scores, before["score"])
+    if trace:
+        plots += " " + plot_step_search(setup_name, trace, chosen)
+    return f"**{setup_name}** (reference trained in {prepared.train_seconds:.0f} s)\n\n{plots}\n\n" + markdown_table(
         [
             "criterion",
             "ratio",
@@ -70,6 +78,44 @@ def table(setup_name: str) -> str:
         ],
         rows,
     )
+
+
+def plot_scores(setup_name: str, scores: dict[str, list[tuple[float, float]]], original: float) -> str:
+    """Score against the modification ratio, one line per criterion (paper Table 1 as a picture)."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for criterion, points in scores.items():
+        axes.plot([100 * mr for mr, _ in points], [s for _, s in points], marker="o", label=criterion)
+    axes.axhline(original, color="grey", linestyle=":", linewidth=0.8, label="original model")
+    axes.set(xlabel="modification ratio MR (%)", ylabel="score (eq. 32)", title=f"Selection criteria: {setup_name}")
+    axes.legend()
+    figure.tight_layout()
+    name = f"selection_{setup_name}.png"
+    figure.savefig(RESULTS.parent / name, dpi=110)  # beside the results they illustrate
+    plt.close(figure)
+    return f"![score against MR, {setup_name}]({name})"
+
+
+def plot_step_search(setup_name: str, trace: list, chosen: float) -> str:
+    """The automatic step's objective against the scale for the top-k outputs, 10% edit, the chosen scale marked."""
+    plt = pyplot()
+    points = sorted((s, v) for s, v in trace if s > 0 and v is not None)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.semilogx([s for s, _ in points], [v for _, v in points], marker=".", color="tab:blue")
+    best = [v for s, v in points if s == chosen]
+    if best:
+        axes.plot(
+            [chosen], best, marker="o", markersize=12, fillstyle="none", color="tab:red", label=f"chosen {chosen:.3g}"
+        )
+        axes.legend()
+    axes.set(
+        xlabel="step scale s", ylabel="objective on validation data", title=f"Step search: {setup_name}, top-k 10%"
+    )
+    figure.tight_layout()
+    name = f"step_search_{setup_name}.png"
+    figure.savefig(RESULTS.parent / name, dpi=110)  # beside the results they illustrate
+    plt.close(figure)
+    return f"![step search, {setup_name}]({name})"
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.backdoor import relabel_request
-from bench.common import BENCH_DIR, QUICK, SETUPS, Prepared, markdown_table, prepare, write_section
+from bench.common import BENCH_DIR, QUICK, SETUPS, Prepared, markdown_table, prepare, pyplot, write_section
 from gif.edit import run
 from gif.result import EditResult
 from gif.spec import JobSpec
@@ -74,10 +74,7 @@ def first_reaching(curve: list[tuple[int, float]], threshold: float) -> str:
 
 
 def plot(task: str, curves: dict[str, list[tuple[int, float]]]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(6, 4))
     for kind, curve in curves.items():

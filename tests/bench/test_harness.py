@@ -32,4 +32,5 @@ def test_every_experiment_runs_in_its_smallest_configuration(tmp_path):
     for key in SECTIONS:
         assert f"<!-- section:{key} -->" in text and f"<!-- end:{key} -->" in text, key
     assert (tmp_path / "regression_toy.png").stat().st_size > 10_000
+    assert (tmp_path / "selection_tinynet-mnist.png").stat().st_size > 10_000
     assert "| gif |" in text and "| first_order |" in text

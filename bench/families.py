@@ -27,7 +27,7 @@ import torch
 
 from bench.common import markdown_table
 from bench.gpu import IMPLEMENTATIONS, hvp_row
-from bench.service_bench import machine
+from bench.service_bench import host_description
 from gif.architectures import build_model
 from gif.data import Dataset
 from gif.devices import device_report, resolve_device
@@ -111,7 +111,7 @@ def render(rows: dict[str, dict], device_name: str, device_type: str) -> str:
 
 Command: `.venv/bin/python -m bench.families [FAMILY …]` (this file is written by it; with families named, only
 their rows are measured again and the others kept, each row stamped below with when it was measured).
-Machine: {machine()}
+Machine: {host_description()}
 Inputs: {SHAPE[1]}×{SHAPE[2]} RGB, {CLASSES} classes, random weights (speed does not depend on training).
 
 ## 1. One Hessian-vector product against one forward+backward of the same batch (best of 3 after a warm-up)
@@ -135,7 +135,7 @@ The solve's cost is its HVP count times one HVP: with the default solver (LSMR t
 def main() -> int:
     only = sys.argv[1:]
     device = resolve_device("auto")
-    print(machine(), device, flush=True)
+    print(host_description(), device, flush=True)
     rows: dict[str, dict] = json.loads(ROWS.read_text()) if ROWS.exists() and not QUICK else {}
     where = device_report(device)
     with tempfile.TemporaryDirectory(prefix="gif-bench-") as tmp:

@@ -37,7 +37,7 @@ from gif_client import Client
 
 import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
 from bench.common import markdown_table
-from bench.service_bench import in_process, machine, start_stack
+from bench.service_bench import host_description, in_process, start_stack
 from gif.architectures import build_model
 from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective
 from gif.data import Dataset
@@ -227,7 +227,7 @@ def report(started: datetime, device: torch.device, hvp_rows: list, jobs: dict, 
 
 Command: `.venv/bin/python -m bench.gpu` (this file is written by it)
 Date: {started:%Y-%m-%d %H:%M} UTC
-Machine: {machine()}; at the end {os.getloadavg()[0]:.2f}
+Machine: {host_description()}; at the end {os.getloadavg()[0]:.2f}
 Device: {where["type"]} · {where["name"]}{"" if QUICK else ""}
 
 ## 1. One Hessian-vector product against one forward+backward of the same batch (best of {REPEATS} after a warm-up)
@@ -275,7 +275,7 @@ dying worker had already leased it).
 def main() -> int:
     started = datetime.now(UTC)
     device = resolve_device("auto")
-    print(machine(), device, flush=True)
+    print(host_description(), device, flush=True)
     hvp_rows = hvp_costs(device)
     with tempfile.TemporaryDirectory(prefix="gif-bench-") as tmp:
         jobs = start_overhead(Path(tmp) / "stack")

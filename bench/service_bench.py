@@ -40,6 +40,7 @@ import torch
 from gif_client import Client
 
 import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
+from bench.common import cpu_model
 from gif.architectures import load_checkpoint
 from gif.data import read_dataset
 from gif.demo import upload_demo, write_demo_assets
@@ -340,15 +341,9 @@ def median(values: list[float], skip_first: bool = True) -> float:
 # --- report ---------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+def host_description() -> str:
+    """The machine in one line, with its load: the service's numbers depend on what else shares the cores."""
+    cpu = cpu_model()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
@@ -496,7 +491,7 @@ def start_stack(stack: ExitStack, workdir: Path, **storage: Any) -> Stack:
 
 def main() -> int:
     started = datetime.now(UTC)
-    host = machine()
+    host = host_description()
     print(host, flush=True)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gif-bench-")))

@@ -26,7 +26,7 @@ from gif.devices import device_report, reset_peak_memory, resolve_device
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
 from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, solve_influence
-from gif.metrics import EvaluationPlan, class_accuracy, evaluate, evaluation_plan
+from gif.metrics import EvaluationPlan, Measurement, evaluation_plan, measure
 from gif.parameters import ParameterSpace
 from gif.plan import RequestPlan
 from gif.programs import read_program, write_program
@@ -301,18 +301,6 @@ def _within_memory(
     return edit
 
 
-@dataclass
-class Measured:
-    """One model measured on a job's evaluation plan: the metrics, and accuracy per class."""
-
-    metrics: dict[str, float]
-    by_class: dict[str, float]
-
-    @classmethod
-    def of(cls, model: nn.Module, plan: EvaluationPlan) -> Measured:
-        return cls(evaluate(model, plan), class_accuracy(model, plan))
-
-
 def _evaluate(
     spec: JobSpec,
     original: nn.Module,
@@ -322,7 +310,7 @@ def _evaluate(
     attack_data: Dataset | None,
     plan: RequestPlan,
     report: _Progress,
-) -> tuple[EvaluationPlan, Measured, Measured]:
+) -> tuple[EvaluationPlan, Measurement, Measurement]:
     """The measurements before and after the edit, and the plan they were measured on (retraining reuses it)."""
     report("evaluation", 0.0)
     removed_classes = spec.request.classes if isinstance(spec.request, RemoveClass) else None
@@ -341,9 +329,9 @@ def _evaluate(
     )
     device = next(original.parameters()).device
     try:
-        before = Measured.of(original, eval_plan)
+        before = measure(original, eval_plan)
         report("evaluation", 0.5)
-        after = Measured.of(edited, eval_plan)
+        after = measure(edited, eval_plan)
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(f"the evaluation ran out of memory on {device}; lower evaluation.batch_size") from None
     report("evaluation", 1.0)
@@ -357,7 +345,7 @@ def _retrain(
     plan: RequestPlan,
     eval_plan: EvaluationPlan,
     report: _Progress,
-) -> Measured:
+) -> Measurement:
     """The ground truth: the same architecture trained from scratch on the edited training data, measured alike."""
     assert spec.retrain is not None
     model = reinitialised(original, spec.retrain.seed)
@@ -367,7 +355,7 @@ def _retrain(
         spec.retrain,
         on_epoch=lambda done, total: report("retrain", done / total),
     )
-    return Measured.of(model, eval_plan)
+    return measure(model, eval_plan)
 
 
 def run(
@@ -441,7 +429,7 @@ def run(
         step=edit.step,
         metrics=Metrics(before=before.metrics, after=after.metrics, retrained=retrained.metrics if retrained else None),
         class_accuracy=ClassAccuracy(
-            data=eval_plan.by_class_source,
+            data=before.by_class_data,
             before=before.by_class,
             after=after.by_class,
             retrained=retrained.by_class if retrained else None,

@@ -105,11 +105,24 @@ class EvaluationPlan:
     batch_size: int = 512
     attack: Dataset | None = None  # held-out triggered inputs, true labels (relabel only)
     attack_target: int | None = None  # the class the backdoor sends them to
-    by_class: Dataset | None = None  # what per-class accuracy is measured on: eval data, else the retain sample
-    by_class_source: Literal["eval", "retain"] = "retain"
+
+
+@dataclass
+class Measurement:
+    """One model measured on an evaluation plan: the metric keys, and its accuracy per true class."""
+
+    metrics: dict[str, float]
+    by_class: dict[str, float]  # class index (as a string) → accuracy
+    by_class_data: Literal["eval", "retain"]  # the held-out eval data when there is some, else the retain sample
 
 
 def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
+    return measure(model, plan).metrics
+
+
+def measure(model: nn.Module, plan: EvaluationPlan) -> Measurement:
+    """Every metric key, and accuracy per class from the same predictions (each dataset is predicted once)."""
+
     def logits(d: Dataset) -> torch.Tensor:
         return predict(model, d.x, plan.batch_size)
 
@@ -121,12 +134,14 @@ def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
         kept = (logits(plan.eval_kept), plan.eval_kept.y)
         metrics["test_accuracy"] = accuracy(*kept)
         metrics["test_loss"] = mean_loss(*kept)
+    forgotten = None  # (logits, labels) of the eval examples of removed classes
+    if plan.eval_forgotten is not None and len(plan.eval_forgotten):
+        forgotten = (logits(plan.eval_forgotten), plan.eval_forgotten.y)
     if plan.removal:
         metrics["forget_accuracy"] = accuracy(affected_logits, plan.affected.y)
-        if plan.class_level and plan.eval_forgotten is not None and len(plan.eval_forgotten):
-            forgotten_logits = logits(plan.eval_forgotten)
-            metrics["forget_test_accuracy"] = accuracy(forgotten_logits, plan.eval_forgotten.y)
-            metrics["forget_test_loss"] = mean_loss(forgotten_logits, plan.eval_forgotten.y)
+        if plan.class_level and forgotten is not None:
+            metrics["forget_test_accuracy"] = accuracy(*forgotten)
+            metrics["forget_test_loss"] = mean_loss(*forgotten)
             if "test_accuracy" in metrics:
                 metrics["score"] = removal_score(metrics["test_accuracy"], metrics["forget_test_accuracy"])
         if kept is not None:
@@ -146,15 +161,17 @@ def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
             if len(victims):
                 target = torch.full_like(victims.y, plan.attack_target)
                 metrics["heldout_attack_success_rate"] = accuracy(logits(victims), target)
-    return metrics
+    held_out = [part for part in (kept, forgotten) if part is not None]
+    if held_out:
+        by_class = class_accuracy(torch.cat([p[0] for p in held_out]), torch.cat([p[1] for p in held_out]))
+        return Measurement(metrics, by_class, "eval")
+    return Measurement(metrics, class_accuracy(retain_logits, plan.retain.y), "retain")
 
 
-def class_accuracy(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:
+def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Accuracy per true class (keys are the class indices as strings), for the report's per-class plot."""
-    data = plan.by_class if plan.by_class is not None else plan.retain
-    predicted = predict(model, data.x, plan.batch_size).argmax(dim=1)
-    correct = (predicted == data.y).float()
-    return {str(int(c)): float(correct[data.y == c].mean()) for c in torch.unique(data.y)}
+    correct = (logits.argmax(dim=1) == labels).float()
+    return {str(int(c)): float(correct[labels == c].mean()) for c in torch.unique(labels)}
 
 
 def evaluation_plan(
@@ -173,7 +190,6 @@ def evaluation_plan(
     """The data every model of one job is measured on. ``attack_target`` defaults to the most common old label
     among the relabelled examples whose label changes (the class a backdoor sends triggered inputs to)."""
     eval_kept = eval_forgotten = None
-    retain = train.subset(sample_indices(retained, retain_samples, seed))
     if eval_data is not None:
         if removed_classes:
             eval_forgotten, eval_kept = eval_data.split(torch.isin(eval_data.y, torch.tensor(removed_classes)))
@@ -182,7 +198,7 @@ def evaluation_plan(
     return EvaluationPlan(
         affected=train.subset(affected),
         new_labels=new_labels,
-        retain=retain,
+        retain=train.subset(sample_indices(retained, retain_samples, seed)),
         eval_kept=eval_kept,
         eval_forgotten=eval_forgotten,
         removal=new_labels is None,
@@ -192,8 +208,6 @@ def evaluation_plan(
         attack_target=attack_target
         if attack_target is not None
         else _most_common_old_label(train, affected, new_labels),
-        by_class=eval_data if eval_data is not None else retain,
-        by_class_source="eval" if eval_data is not None else "retain",
     )
 
 

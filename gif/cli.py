@@ -67,10 +67,9 @@ class ProgressBar:
 
 
 def metrics_table(metrics: dict[str, dict[str, float] | None]) -> str:
-    from gif.metrics import METRIC_KEYS
+    from gif.metrics import metric_columns
 
-    columns = {name: values for name in ("before", "after", "retrained") if (values := metrics.get(name))}
-    keys = [k for k in METRIC_KEYS if any(k in values for values in columns.values())]
+    columns, keys = metric_columns(metrics)
     width = max(len(k) for k in keys) if keys else 10
     lines = [f"{'metric':<{width}}" + "".join(f"{c:>12}" for c in columns)]
     for key in keys:

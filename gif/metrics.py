@@ -11,6 +11,7 @@ label is not the attack target, predicted as the target).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -114,6 +115,15 @@ class Measurement:
     metrics: dict[str, float]
     by_class: dict[str, float]  # class index (as a string) → accuracy
     by_class_data: Literal["eval", "retain"]  # the held-out eval data when there is some, else the retain sample
+
+
+def metric_columns(
+    metrics: Mapping[str, Mapping[str, float] | None],
+) -> tuple[dict[str, Mapping[str, float]], list[str]]:
+    """A result's metrics as a table: its columns (before, after, retrained where measured) and the metric keys
+    any of them has, in ``METRIC_KEYS`` order (what ``gif edit`` prints and the job report shows)."""
+    columns = {name: values for name in ("before", "after", "retrained") if (values := metrics.get(name))}
+    return columns, [k for k in METRIC_KEYS if any(k in values for values in columns.values())]
 
 
 def evaluate(model: nn.Module, plan: EvaluationPlan) -> dict[str, float]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from gif.metrics import METRIC_KEYS
+from gif.metrics import metric_columns
 from gif.result import EditResult
 
 WIDTH, HEIGHT = 560, 260
@@ -211,9 +211,7 @@ def _legend(names: Sequence[str]) -> str:
 
 
 def _metrics_table(metrics: Mapping[str, Mapping[str, float] | None]) -> str:
-    columns = {name: values for name in ("before", "after", "retrained") if (values := metrics.get(name))}
-    keys = [k for k in METRIC_KEYS if any(k in v for v in columns.values())]
-    keys += sorted({k for v in columns.values() for k in v} - set(keys))
+    columns, keys = metric_columns(metrics)
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     rows = "".join(
         f"<tr><td>{escape(k)}</td>"

@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ from gif.files import write_safetensors
 from gif.spec import JobSpec
 from service.core.settings import Settings
 from service.tools.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
-from service.tools.local_s3 import CREDENTIALS, local_s3, seaweedfs_binary
+from service.tools.local_s3 import CREDENTIALS, local_s3, new_bucket, seaweedfs_binary
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"  # a smoke run of the script itself: seconds, numbers not kept
 OUT = Path(__file__).with_name("SERVICE.md" if not QUICK else "SERVICE.quick.md")
@@ -60,10 +59,6 @@ E2E_RUNS = 2 if QUICK else 7
 BIG_SIZES = [2048, 2048, 4] if QUICK else [16384, 16384, 4]  # 16384²+…: 268,500,996 float32 parameters, 1.00 GiB
 WRITE_CHUNK = 64 << 20
 UPLOADS, UPLOAD_POLLERS, UPLOAD_REPEATS = 8, 10, 3
-S3_KEYS = {
-    "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-    "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-}
 S3_SERVERS = {"seaweedfs": "SeaweedFS, `weed mini`, on this disk", "moto": "moto's server, in memory"}
 UPLOAD_SIZES = [1024, 1024, 4] if QUICK else [8192, 8192, 4]  # 67,141,636 float32 parameters: 256 MiB
 
@@ -506,8 +501,7 @@ def main() -> int:
         stores = {"local directory": artifact_round_trip(running, workdir)}
         kind = "seaweedfs" if seaweedfs_binary() else "moto"
         endpoint = stack.enter_context(local_s3(kind, workdir / "s3-server"))
-        bucket = f"bench-{secrets.token_hex(4)}"
-        boto3.client("s3", endpoint_url=endpoint, **S3_KEYS).create_bucket(Bucket=bucket)
+        bucket = new_bucket(endpoint, "bench")
         on_s3 = start_stack(stack, workdir / "s3", storage_url=f"s3://{bucket}/gif", s3_endpoint_url=endpoint)
         stores[f"S3 ({S3_SERVERS[kind]})"] = artifact_round_trip(on_s3, workdir)
     text = report(started, host, running.redis_url, polling, body_bytes, stores, uploads, local, service)

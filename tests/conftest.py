@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import boto3
 import pytest
 import redis
 import torch
@@ -24,7 +23,7 @@ from gif.training import reinitialised, train
 from service.core.errors import PROBLEM_TYPE_PREFIX
 from service.core.settings import Settings
 from service.tools.launch import redis_for, worker_process
-from service.tools.local_s3 import CREDENTIALS, local_s3
+from service.tools.local_s3 import CREDENTIALS, local_s3, new_bucket
 from service.web.app import create_app
 from tests.support import SuiteClient
 
@@ -113,12 +112,7 @@ def s3_server(tmp_path_factory) -> Iterator[str]:
 def s3_bucket(s3_server):
     """``s3_bucket()``: the name of a new, empty bucket on the session's S3 server."""
 
-    def make() -> str:
-        name = f"gif-test-{secrets.token_hex(4)}"
-        boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
-        return name
-
-    return make
+    return lambda: new_bucket(s3_server)
 
 
 @pytest.fixture(scope="session")

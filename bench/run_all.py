@@ -19,6 +19,7 @@ EXPERIMENTS = (
     "bench.alternatives",
     "bench.solver_curvature",
     "bench.service",
+    "bench.solvers",
 )
 
 

@@ -157,15 +157,20 @@ def draw_samples(spec: JobSpec, plan: RequestPlan, num_train: int, carve_validat
     validation = torch.empty(0, dtype=torch.long)
     if carve_validation and isinstance(spec.step, AutoStep):
         validation = carved_validation_indices(spec.step, num_train, solver.seed)
-    gradient_pool = plan.affected
-    if plan.class_level and len(validation):  # keep held-out examples of the class for the step objective
-        outside = plan.affected[~torch.isin(plan.affected, validation)]
-        gradient_pool = outside if len(outside) else plan.affected
     return Samples(
         validation,
         sample_indices(plan.retained, solver.hessian_samples, solver.seed),
-        sample_indices(gradient_pool, solver.gradient_samples, solver.seed + GRADIENT_SEED_OFFSET),
+        sample_indices(gradient_pool(plan, validation), solver.gradient_samples, solver.seed + GRADIENT_SEED_OFFSET),
     )
+
+
+def gradient_pool(plan: RequestPlan, validation: torch.Tensor) -> torch.Tensor:
+    """The affected examples an edit may learn from: for a class removal, those outside the carved ``validation``
+    split, whose examples of the class the step objective keeps as held-out ones (all of them if none is outside)."""
+    if plan.class_level and len(validation):
+        outside = plan.affected[~torch.isin(plan.affected, validation)]
+        return outside if len(outside) else plan.affected
+    return plan.affected
 
 
 @dataclass
@@ -301,6 +306,26 @@ def _within_memory(
     return edit
 
 
+def job_evaluation_plan(
+    spec: JobSpec, train_data: Dataset, eval_data: Dataset | None, attack_data: Dataset | None, plan: RequestPlan
+) -> EvaluationPlan:
+    """What a job's metrics measure every model on (the original, the edited, the retrained; the benchmarks'
+    baselines too), seeded by the job."""
+    return evaluation_plan(
+        train_data,
+        eval_data,
+        plan.affected,
+        plan.retained,
+        plan.new_labels,
+        spec.request.classes if isinstance(spec.request, RemoveClass) else None,
+        spec.evaluation.retain_samples,
+        spec.solver.seed,
+        spec.evaluation.batch_size,
+        attack=attack_data,
+        attack_target=spec.request.attack_target if isinstance(spec.request, Relabel) else None,
+    )
+
+
 def _evaluate(
     spec: JobSpec,
     original: nn.Module,
@@ -313,20 +338,7 @@ def _evaluate(
 ) -> tuple[EvaluationPlan, Measurement, Measurement]:
     """The measurements before and after the edit, and the plan they were measured on (retraining reuses it)."""
     report("evaluation", 0.0)
-    removed_classes = spec.request.classes if isinstance(spec.request, RemoveClass) else None
-    eval_plan = evaluation_plan(
-        train_data,
-        eval_data,
-        plan.affected,
-        plan.retained,
-        plan.new_labels,
-        removed_classes,
-        spec.evaluation.retain_samples,
-        spec.solver.seed,
-        spec.evaluation.batch_size,
-        attack=attack_data,
-        attack_target=spec.request.attack_target if isinstance(spec.request, Relabel) else None,
-    )
+    eval_plan = job_evaluation_plan(spec, train_data, eval_data, attack_data, plan)
     device = next(original.parameters()).device
     try:
         before = measure(original, eval_plan)

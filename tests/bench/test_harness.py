@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.run_all import EXPERIMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("engine-cost", "selection", "baselines", "backdoor", "toy", "alternatives", "solver", "service")
+SECTIONS = ("engine-cost", "selection", "baselines", "backdoor", "toy", "alternatives", "solver", "service", "solvers")
 
 
 def test_every_experiment_runs_in_its_smallest_configuration(tmp_path):
@@ -33,4 +33,5 @@ def test_every_experiment_runs_in_its_smallest_configuration(tmp_path):
         assert f"<!-- section:{key} -->" in text and f"<!-- end:{key} -->" in text, key
     assert (tmp_path / "regression_toy.png").stat().st_size > 10_000
     assert (tmp_path / "selection_tinynet-mnist.png").stat().st_size > 10_000
+    assert (tmp_path / "solvers_seeds.png").stat().st_size > 10_000
     assert "| gif |" in text and "| first_order |" in text

@@ -19,7 +19,8 @@ Tasks: TinyNet / MNIST (8k) removing class 3 (score), the TinyNet backdoor repai
 triggered test digits that are not the target, and clean accuracy), and VGG-11 / CIFAR-10 (4k) removing class 8,
 ship (``--tasks vgg11-remove-ship --seeds 2``: its training and solves take about half an hour per seed here).
 
-Run: python -m bench.solvers [--tasks a,b] [--seeds N]   (GIF_BENCH_QUICK=1: one seed, small sizes)
+Run: python -m bench.solvers [--tasks a,b] [--seeds N]   (GIF_BENCH_QUICK=1: one seed, small sizes;
+     --tasks "": rewrite the section from bench/solvers_seeds.json alone)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +52,7 @@ FIGURES = RESULTS.parent  # plots and per-seed values beside the results they il
 SEEDS_FILE = FIGURES / "solvers_seeds.json"
 VARIANTS: dict[str, dict[str, Any]] = {
     "GIF, new defaults": {},
+    "GIF, LSMR to 0.005": {"solver": {"tolerance": 0.005}},
     "GIF, old defaults (CG, 5 it.)": {"solver": {"kind": "cg", "max_iterations": 5, "tolerance": 1e-3}},
     f"GIF, CG {ITERATIONS} it.": {"solver": {"kind": "cg", "max_iterations": ITERATIONS, "tolerance": 1e-6}},
     "first-order ablation": {"method": "first_order"},
@@ -70,6 +72,8 @@ class Task:
     request: Callable[[Prepared], dict]
     backdoor: bool = False
     default: bool = True  # run when no --tasks are named
+    sizes: dict[str, Any] = field(default_factory=dict)  # solver sizes other than the product's defaults
+    curves: bool = True  # measure the residual against HVPs (seed 0)
 
 
 def removal_of(label: int) -> Callable[[Prepared], dict]:
@@ -80,21 +84,30 @@ TASKS = {
     "tinynet-remove-3": Task("tinynet-mnist", removal_of(3)),
     "tinynet-backdoor": Task("tinynet-mnist-backdoor", relabel_request, backdoor=True),
     "vgg11-remove-ship": Task("vgg11-cifar", removal_of(8), default=False),
+    # ResNet-18's HVPs cost ~25 s at the default Hessian sample here: the bench's reduced setup and sizes.
+    "resnet18-remove-8": Task(
+        "resnet18-mnist",
+        removal_of(8),
+        default=False,
+        sizes={"hessian_samples": 128, "gradient_samples": 128, "batch_size": 64},
+        curves=False,
+    ),
 }
 
 
-def spec(request: dict, seed: int, **fields) -> JobSpec:
-    solver = {**SIZES, "seed": seed, **fields.pop("solver", {})}
+def spec(task: Task, request: dict, seed: int, **fields) -> JobSpec:
+    solver = {**SIZES, **task.sizes, "seed": seed, **fields.pop("solver", {})}
     return JobSpec.model_validate({"request": request, "selection": {"seed": seed}, "solver": solver, **fields})
 
 
 # --- 1. residual against HVPs ----------------------------------------------------------------------
 
 
-def solve_curve(prepared: Prepared, request: dict, kind: str) -> list[tuple[int, float]]:
+def solve_curve(task: Task, prepared: Prepared, kind: str) -> list[tuple[int, float]]:
     """(HVPs so far, relative residual) after each iteration of a 40-iteration solve."""
     job = spec(
-        request,
+        task,
+        task.request(prepared),
         0,
         solver={"kind": kind, "max_iterations": ITERATIONS, "tolerance": 1e-9},
         step={"mode": "fixed", "scale": 1.0},
@@ -124,7 +137,7 @@ def plot_curves(task: str, curves: dict[str, list[tuple[int, float]]]) -> None:
 
 def measure_curves(task: Task, name: str) -> dict[str, list[tuple[int, float]]]:
     prepared = prepare(SETUPS[task.setup])
-    curves = {kind: solve_curve(prepared, task.request(prepared), kind) for kind in ("cg", "lsmr")}
+    curves = {kind: solve_curve(task, prepared, kind) for kind in ("cg", "lsmr")}
     plot_curves(name, curves)
     return curves
 
@@ -132,11 +145,11 @@ def measure_curves(task: Task, name: str) -> dict[str, list[tuple[int, float]]]:
 def residual_section(results: dict[str, dict]) -> str:
     rows = []
     for name, entry in results.items():
-        for kind, curve in entry["curves"].items():
+        for kind, curve in entry.get("curves", {}).items():
             at_30 = min((r for h, r in curve if h <= 30), default=float("nan"))
             rows.append([name, kind.upper(), *(first_reaching(curve, t) for t in THRESHOLDS), f"{at_30:.4f}"])
     headers = ["task", "solver", *(f"HVPs to {t:g}" for t in THRESHOLDS), "best residual within 30 HVPs"]
-    plots = " ".join(f"![{name}](solvers_{name}.png)" for name in results)
+    plots = " ".join(f"![{name}](solvers_{name}.png)" for name, entry in results.items() if entry.get("curves"))
     return markdown_table(headers, rows) + "\n\n" + plots
 
 
@@ -156,7 +169,7 @@ def one_seed(task: Task, seed: int) -> dict[str, Any]:
     entry: dict[str, Any] = {"train_size": len(prepared.train), "recipe_epochs": prepared.setup.recipe.epochs}
     for index, (name, fields) in enumerate(VARIANTS.items()):
         extra = {"retrain": prepared.setup.recipe.model_dump() | {"seed": seed}} if index == 0 else {}
-        result = run(spec(request, seed, **{**fields, **extra}), prepared.model, prepared.train, prepared.test,
+        result = run(spec(task, request, seed, **{**fields, **extra}), prepared.model, prepared.train, prepared.test,
                      attack_data=attack).result  # fmt: skip
         entry[name] = {
             "metrics": result.metrics.after,
@@ -168,7 +181,7 @@ def one_seed(task: Task, seed: int) -> dict[str, Any]:
             assert result.metrics.retrained is not None and result.timings.retrain_s is not None
             entry["original"] = {"metrics": result.metrics.before}
             entry["retrained"] = {"metrics": result.metrics.retrained, "seconds": result.timings.retrain_s}
-    job = spec(request, seed)
+    job = spec(task, request, seed)
     eval_plan = job_evaluation_plan(
         job, prepared.train, prepared.test, attack, RequestPlan.of(job.request, prepared.train)
     )
@@ -183,6 +196,11 @@ def one_seed(task: Task, seed: int) -> dict[str, Any]:
     return entry
 
 
+def measured_methods(entry: dict) -> list[str]:
+    """The methods every seed of a task measured (a variant added later is missing from older runs)."""
+    return [m for m in METHODS if all(m in values for values in entry["seeds"].values())]
+
+
 def quality_keys(task: Task) -> tuple[str, ...]:
     return ("heldout_attack_success_rate", "clean_accuracy") if task.backdoor else ("score",)
 
@@ -195,7 +213,7 @@ def quality_section(results: dict[str, dict]) -> str:
     rows = []
     for name, entry in results.items():
         task, seeds = TASKS[name], entry["seeds"]
-        for method in METHODS:
+        for method in measured_methods(entry):
             cells = [mean_std([s[method]["metrics"][k] for s in seeds.values()]) for k in quality_keys(task)]
             residuals = [s[method].get("residual") for s in seeds.values()]
             residual = f"{statistics.mean(residuals):.3f}" if None not in residuals else "-"
@@ -207,20 +225,38 @@ def quality_section(results: dict[str, dict]) -> str:
     )
 
 
+def setups_line(results: dict[str, dict]) -> str:
+    """What each task edits: the reference setup, its training set and recipe, and solver sizes off the defaults."""
+    parts = []
+    for name, entry in results.items():
+        task, first = TASKS[name], next(iter(entry["seeds"].values()))
+        sizes = ", ".join(f"{k} {v}" for k, v in task.sizes.items())
+        parts.append(
+            f"{name}: `{task.setup}`, {first['train_size']:,} training images, {first['recipe_epochs']} epochs"
+            + (f"; solver {sizes}" if sizes else "")
+        )
+    return "; ".join(parts) + "."
+
+
 def plot_seeds(results: dict[str, dict]) -> None:
-    """Per task, each seed's score (attack success for the backdoor) for every method, a seed's points joined."""
+    """Per task, each seed's score (attack success for the backdoor) for every method, a seed's points joined;
+    below, the same without the baselines, whose spread would flatten the differences between the GIF variants."""
     plt = pyplot()
-    figure, axes_list = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.5), squeeze=False)
-    for axes, (name, entry) in zip(axes_list[0], results.items(), strict=True):
+    figure, grid = plt.subplots(2, len(results), figsize=(5.5 * len(results), 9), squeeze=False)
+    for column, (name, entry) in enumerate(results.items()):
         key = quality_keys(TASKS[name])[0]
-        for seed, values in entry["seeds"].items():
-            axes.plot(range(len(METHODS)), [values[m]["metrics"][key] for m in METHODS], marker="o", alpha=0.7,
-                      label=f"seed {seed}")  # fmt: skip
         retrained = statistics.mean(values["retrained"]["metrics"][key] for values in entry["seeds"].values())
-        axes.axhline(retrained, color="grey", linestyle="--", linewidth=0.8, label="retrained, mean")
-        axes.set_xticks(range(len(METHODS)), [m.replace(" (", "\n(") for m in METHODS], rotation=60, fontsize=7)
-        axes.set(title=name, ylabel="held-out attack success" if TASKS[name].backdoor else "score (eq. 32)")
-        axes.legend(fontsize=7)
+        methods = measured_methods(entry)
+        for row, shown in enumerate((methods, [m for m in methods if m not in BASELINES])):
+            axes = grid[row][column]
+            for seed, values in entry["seeds"].items():
+                axes.plot(range(len(shown)), [values[m]["metrics"][key] for m in shown], marker="o", alpha=0.7,
+                          label=f"seed {seed}")  # fmt: skip
+            axes.axhline(retrained, color="grey", linestyle="--", linewidth=0.8, label="retrained, mean")
+            axes.set_xticks(range(len(shown)), [m.replace(" (", "\n(") for m in shown], rotation=60, fontsize=7)
+            ylabel = "held-out attack success" if TASKS[name].backdoor else "score (eq. 32)"
+            axes.set(title=name if row == 0 else f"{name}: GIF variants", ylabel=ylabel)
+            axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(FIGURES / "solvers_seeds.png", dpi=110)
     plt.close(figure)
@@ -284,13 +320,18 @@ def save(results: dict[str, dict]) -> None:
     SEEDS_FILE.write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
 
 
-def measure_task(name: str, seeds: int, results: dict[str, dict]) -> None:
+def measure_task(name: str, seeds: range, results: dict[str, dict]) -> None:
+    """Measure ``seeds`` of a task; from a first seed above 0, add them to the task's stored values."""
     task = TASKS[name]
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    entry: dict[str, Any] = {"measured": f"{stamp} · {machine()}", "seeds": {}, "curves": measure_curves(task, name)}
-    results[name] = entry
+    stamp = f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} · {machine()}"
+    if seeds.start > 0 and name in results:
+        entry = results[name]
+        entry["measured"] += f"; seeds {seeds.start}–{seeds.stop - 1} {stamp}"
+    else:
+        entry = {"measured": stamp, "seeds": {}, "curves": measure_curves(task, name) if task.curves else {}}
+        results[name] = entry
     save(results)
-    for seed in range(seeds):
+    for seed in seeds:
         entry["seeds"][str(seed)] = one_seed(task, seed)
         print(name, seed, {m: v.get("metrics") for m, v in entry["seeds"][str(seed)].items() if isinstance(v, dict)},
               flush=True)  # fmt: skip
@@ -320,6 +361,8 @@ recomputed residual. LSMR's normal residual never grows; CG's oscillates (it min
 
 {quality_section(results)}
 
+Setups: {setups_line(results)}
+
 ![score per method and seed](solvers_seeds.png)
 
 ### Cost against retraining (same run)
@@ -343,11 +386,12 @@ reference recipe's time (15 epochs; retraining in the same run):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(name for name, task in TASKS.items() if task.default))
-    parser.add_argument("--seeds", type=int, default=1 if QUICK else 5)
+    parser.add_argument("--seeds", type=int, default=1 if QUICK else 5, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="above 0: add seeds to the stored ones")
     args = parser.parse_args()
     results = load_results()
-    for name in args.tasks.split(","):
-        measure_task(name, args.seeds, results)
+    for name in filter(None, args.tasks.split(",")):  # --tasks "": the report from the stored values alone
+        measure_task(name, range(args.first_seed, args.first_seed + args.seeds), results)
     body = report({name: results[name] for name in TASKS if name in results})
     write_section("solvers", "8. Solvers and defaults (issue 11)", body, "python -m bench.solvers")
     print(body)

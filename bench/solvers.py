@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -309,6 +310,51 @@ def target_section(entry: dict) -> str:
     return table + f"\n\nTarget met on every seed: {'yes' if met_all else 'no'}."
 
 
+# --- 4. the issue's targets, read from the values above --------------------------------------------
+
+
+def spread(entry: dict, method: str, key: str) -> tuple[float, float]:
+    values = [s[method]["metrics"][key] for s in entry["seeds"].values()]
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def against_ablation(name: str, entry: dict) -> str:
+    """Does GIF with the defaults beat the first-order ablation by more than the larger standard deviation?"""
+    key = quality_keys(TASKS[name])[0]
+    gif, gif_sd = spread(entry, METHODS[0], key)
+    ablation, ablation_sd = spread(entry, "first-order ablation", key)
+    margin = (ablation - gif) if TASKS[name].backdoor else (gif - ablation)  # attack success: lower is better
+    sd = max(gif_sd, ablation_sd)
+    verdict = "one seed: no spread to compare with" if math.isnan(sd) else ("yes" if margin > sd else "no")
+    return f"- {name}: GIF − ablation {margin:+.4f} ({key}, better is +), larger sd {sd:.4f}: {verdict}."
+
+
+def targets_section(results: dict[str, dict]) -> str:
+    lines = ["GIF with the defaults beats the first-order ablation by more than one standard deviation:"]
+    lines += [against_ablation(name, entry) for name, entry in results.items()]
+    lines.append("\nRelative residual ≤ 0.02 within 30 HVPs (the default solver, LSMR, seed 0):")
+    for name, entry in results.items():
+        if curve := entry.get("curves", {}).get("lsmr"):
+            best = min((r for h, r in curve if h <= 30), default=math.inf)
+            lines.append(f"- {name}: {best:.4f}: {'met' if best <= 0.02 else 'not met'}.")
+    if removal := results.get("tinynet-remove-3"):
+        gif, gif_sd = spread(removal, METHODS[0], "score")
+        retrained, retrained_sd = spread(removal, "retrained", "score")
+        within = abs(gif - retrained) <= max(gif_sd, retrained_sd)
+        lines.append(
+            f"\nTinyNet class removal within one standard deviation of retraining: {gif:.4f} against {retrained:.4f} "
+            f"(larger sd {max(gif_sd, retrained_sd):.4f}): {'met' if within else 'not met'}."
+        )
+    if backdoor := results.get("tinynet-backdoor"):
+        lines.append("\nBackdoor repair within 1 point of the retrained model (means over the seeds):")
+        for key in quality_keys(TASKS["tinynet-backdoor"]):
+            gif, _ = spread(backdoor, METHODS[0], key)
+            retrained, _ = spread(backdoor, "retrained", key)
+            met = "met" if abs(gif - retrained) <= 0.01 else "not met"
+            lines.append(f"- {key}: {gif:.2%} against {retrained:.2%}: {met}.")
+    return "\n".join(lines)
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 
@@ -380,6 +426,10 @@ Forget-class held-out accuracy ≤ {TARGET_FORGET_ACCURACY:.0%}, other classes w
 reference recipe's time (15 epochs; retraining in the same run):
 
 {target}
+
+### The other targets of issue 11
+
+{targets_section(results)}
 """
 
 

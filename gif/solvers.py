@@ -6,8 +6,8 @@ Every solver stops on the *relative normal residual* ‖Aᵀb − AᵀA x‖ / �
 Each iteration of each solver costs one product with A and one with Aᵀ (two Hessian-vector products).
 
 - ``lsmr`` (Fong & Saunders 2011): MINRES on the normal equations, run on A and Aᵀ. Its normal residual
-  never grows, and on the GIF systems it reaches a given residual in about half the iterations of CG
-  (bench/SOLVERS.md).
+  never grows, and on the GIF systems it reaches the default tolerance in fewer iterations than CG
+  (bench/RESULTS.md, section 8).
 - ``cg``: conjugate gradients on AᵀA (CGLS); the residual oscillates.
 - ``neumann``: the paper's series (Richardson iteration on AᵀA), kept for comparison.
 

@@ -32,6 +32,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "solver": {
             "kind": "cg",
             "max_iterations": 100,
+            "tolerance": 1e-3,
             "hessian_samples": 1024,
             "gradient_samples": 512,
             "damping": 0.0,

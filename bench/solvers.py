@@ -213,7 +213,7 @@ def quality_keys(task: Task) -> tuple[str, ...]:
 
 
 def mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+    return f"{statistics.mean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
 
 
 def quality_section(results: dict[str, dict]) -> str:
@@ -331,8 +331,12 @@ def against_ablation(name: str, entry: dict) -> str:
     ablation, ablation_sd = spread(entry, "first-order ablation", key)
     margin = (ablation - gif) if TASKS[name].backdoor else (gif - ablation)  # attack success: lower is better
     sd = max(gif_sd, ablation_sd)
-    verdict = "one seed: no spread to compare with" if math.isnan(sd) else ("yes" if margin > sd else "no")
-    return f"- {name}: GIF − ablation {margin:+.4f} ({key}, better is +), larger sd {sd:.4f}: {verdict}."
+    verdict = (
+        "one seed, no spread to compare with"
+        if math.isnan(sd)
+        else f"larger sd {sd:.4f}: {'yes' if margin > sd else 'no'}"
+    )
+    return f"- {name}: GIF − ablation {margin:+.4f} ({key}, better is +), {verdict}."
 
 
 def targets_section(results: dict[str, dict]) -> str:

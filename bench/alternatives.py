@@ -3,9 +3,9 @@
 Tasks: class removal (class 8), removal of 10% random training samples, backdoor repair, on
 TinyNet/MNIST and VGG-11/CIFAR-10. Methods: retraining from scratch (the target), fine-tuning on
 the retained data and gradient ascent on the forgotten data (``bench.baselines``: 3 epochs of the
-recipe; up to 5 passes at the recipe's learning rate, the best of 20 checkpoints by the same validation
-objective as GIF's step search), GIF, and the first-order ablation (GIF's selection and step
-search with the plain gradient g_J instead of the solved vector).
+recipe; up to 5 passes at the recipe's learning rate, the checkpoint that scores best on the same
+validation objective as GIF's step search), GIF, and the first-order ablation (GIF's selection and
+step search with the plain gradient g_J instead of the solved vector).
 
 Protocol: the held-out images are split in two: one half is the validation data every method may
 tune on (GIF's and the ablation's step, gradient ascent's checkpoint), the other half is the test

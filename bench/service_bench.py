@@ -254,9 +254,10 @@ def artifact_round_trip(running: Stack, workdir: Path) -> dict[str, dict[str, fl
 # --- 4. eight concurrent 256 MiB uploads while a job is polled ---------------------------------
 
 
-def poll_until(port: int, path: str, stop: Any, results: Any) -> None:
+def poll_until(port: int, path: str, polling: Any, stop: Any, results: Any) -> None:
     """``UPLOAD_POLLERS`` clients polling ``path`` every ``POLL_INTERVAL_S`` until ``stop`` is set (in a process
-    of its own); puts (latencies, seconds) on ``results``."""
+    of its own; it sets ``polling`` once its interpreter is up); puts (latencies, seconds) on ``results``."""
+    polling.set()
     started = time.perf_counter()
     latencies = asyncio.run(_poll(port, path, 3600, POLL_INTERVAL_S, UPLOAD_POLLERS, stop=stop))
     results.put((latencies, time.perf_counter() - started))
@@ -269,7 +270,7 @@ def concurrent_uploads(running: Stack, workdir: Path, job_id: str) -> dict[str, 
     for i, path in enumerate(paths):
         write_big_checkpoint(path, UPLOAD_SIZES, seed=i + 1)
     spawn = multiprocessing.get_context("spawn")
-    done, results = spawn.Event(), spawn.Queue()
+    polling, done, results = spawn.Event(), spawn.Event(), spawn.Queue()
 
     def upload(path: Path) -> float:
         started = time.perf_counter()
@@ -279,9 +280,11 @@ def concurrent_uploads(running: Stack, workdir: Path, job_id: str) -> dict[str, 
 
     # The pollers run in a process of their own: the uploading threads here would otherwise delay reading the
     # answers, and the measured latency would be this process's, not the API's.
-    poller = spawn.Process(target=poll_until, args=(running.port, f"/v1/jobs/{job_id}", done, results))
+    poller = spawn.Process(target=poll_until, args=(running.port, f"/v1/jobs/{job_id}", polling, done, results))
     poller.start()
-    time.sleep(3.0)  # the poller's interpreter starts, then polls alone for a while before the uploads start
+    if not polling.wait(timeout=300):  # its interpreter takes seconds to start, more on busy cores
+        raise RuntimeError("the polling process did not start")
+    time.sleep(1.0)  # the pollers poll alone for a while before the uploads start
     with PeakMemory(running.api_pid) as memory, ThreadPoolExecutor(UPLOADS) as pool:
         upload_s = list(pool.map(upload, paths))
     done.set()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import SETUPS, best_of, markdown_table, prepare, write_section
+from bench.common import QUICK, QUICK_SOLVER, SETUPS, best_of, markdown_table, prepare, write_section
 from gif.edit import run
 from gif.metrics import evaluate, evaluation_plan
 from gif.plan import RequestPlan
@@ -92,6 +92,8 @@ def main() -> None:
     ]
     verdicts = []
     for label, fields in CONFIGS.items():
+        if QUICK:  # the harness's run: a few iterations on small samples, whatever the row asks
+            fields = {**fields, "solver": {**fields.get("solver", {}), **QUICK_SOLVER}}
         spec = JobSpec.model_validate({"request": request.model_dump(), **fields})
         result = run(spec, prepared.model, prepared.train, prepared.test).result
         after, cost = result.metrics.after, edit_cost(result)

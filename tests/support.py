@@ -1,12 +1,16 @@
 """What the service and worker tests share: the users' client (``gif_client.Client``) with the suite's defaults,
-and a listing of what an artifact store holds."""
+a listing of what an artifact store holds, and headless chromium (Debian's; the tests that need it are skipped
+where it is not installed)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
 from gif_client import Client
 from gif_client.client import TERMINAL
 from gif_client.problems import raise_for_problem
@@ -44,3 +48,21 @@ def stored_files(settings: Settings) -> set[str]:
     """Every file the artifact store of ``settings`` holds: its blobs (on disk or in S3) and any staging files."""
     on_disk = {p.name for p in settings.storage_dir.rglob("*") if p.is_file()}
     return on_disk | artifact_store(settings).names()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian: apt-get install chromium)")
+
+
+def headless_chromium(url: str, profile: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Load ``url`` in headless chromium with a fresh profile in ``profile`` and these extra ``flags``
+    (``--screenshot=…``, ``--dump-dom``: the page's DOM on stdout…); its console messages go to stderr."""
+    assert CHROMIUM is not None
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *flags, url]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def console_messages(run: subprocess.CompletedProcess[str]) -> list[str]:
+    """The console messages a ``headless_chromium`` run logged."""
+    return [line for line in run.stderr.splitlines() if ":CONSOLE" in line]

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from service.core import reaper
 from service.core.context import ServiceContext
 from service.core.settings import Settings
-from service.web import problems, validation
+from service.web import docs, problems, validation
 from service.web.auth import caller
 from service.web.metrics import job_registry
 from service.web.middleware import BodySizeLimit, HttpMetrics
@@ -66,7 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reaper.cancel()
             await ctx.async_client.aclose()
 
-    app = FastAPI(title="GIF service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="GIF service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # service.web.docs serves /docs and /redoc with their assets (no CDN)
+        redoc_url=None,
+    )
+    docs.install(app)
     app.state.context = ctx
     app.state.metrics = job_registry(ctx)
     problems.install(app)

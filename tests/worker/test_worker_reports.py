@@ -5,8 +5,6 @@ Content-Security-Policy, and its screenshot is not blank."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.support import console_messages, headless_chromium, needs_chromium
+
 PROBE = b"<!doctype html><p>probe</p><script>console.error('probe message')</script>"
 
 
@@ -81,16 +80,12 @@ def served(reported) -> Iterator[str]:
 
 def screenshot(url: str, out: Path) -> list[str]:
     """Load ``url`` in headless chromium, write a screenshot to ``out``; returns the console messages it logged."""
-    assert CHROMIUM is not None
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-               f"--user-data-dir={out.parent / 'profile'}", "--window-size=1200,1600", f"--screenshot={out}",
-               "--enable-logging=stderr", "--v=0", url]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    run = headless_chromium(url, out.parent / "profile", "--window-size=1200,1600", f"--screenshot={out}")
     assert out.exists(), run.stderr[-2000:]
-    return [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
+    return console_messages(run)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian: apt-get install chromium)")
+@needs_chromium
 def test_the_report_renders_in_a_browser_without_console_errors(served, tmp_path):
     assert any("probe message" in line for line in screenshot(f"{served}/probe", tmp_path / "probe.png"))
     shot = tmp_path / "report.png"

@@ -194,6 +194,31 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_line(worker: dict[str, Any]) -> str:
+    """One worker of ``GET /v1/workers`` as ``gif workers`` prints it."""
+    device = worker["device"]
+    where = device["type"] + (f":{device['index']}" if device.get("index") is not None else "")
+    if device.get("name"):
+        memory = device.get("total_memory_bytes")
+        where += f" ({device['name']}" + (f", {memory / 1024**3:.0f} GiB" if memory else "") + ")"
+    state = {"running": f"running {worker.get('job_id')}", "unhealthy": f"unhealthy: {worker.get('reason')}"}
+    return (
+        f"{worker['name']}  {worker['host']}  {where}  {state.get(worker['state'], worker['state'])}  "
+        f"jobs done: {worker['jobs_done']}"
+    )
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    with remote_client(args) as client:
+        fleet = client.workers()
+    for worker in fleet["workers"]:
+        print(worker_line(worker))
+    if not fleet["healthy"]:
+        print(f"gif: {fleet['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     with remote_client(args) as client:
         if args.out:
@@ -286,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--out", help="where to write the edited checkpoint")
             command.add_argument("--report", help="where to write the job report (HTML)")
             command.add_argument("--format", choices=["safetensors", "pt2"], default="safetensors")
-    for command in (submit, *(commands.choices[n] for n in ("status", "cancel", "download"))):
+    workers = commands.add_parser("workers", help="the server's live workers: device, state, jobs done")
+    workers.set_defaults(handler=cmd_workers)
+    for command in (submit, *(commands.choices[n] for n in ("status", "cancel", "download", "workers"))):
         command.add_argument("--server", help="the service's base URL (default: $GIF_SERVER)")
 
     archs = commands.add_parser("architectures", help="list the registry, or one architecture's parameters")

@@ -1,5 +1,12 @@
 """Where an edit runs: device names, memory the engine may use, and what the device did.
 
+Every CUDA-specific call of the project is here, each with the precondition real hardware enforces:
+CUDA's caching allocator exists only once the process has initialised CUDA, so its statistics are read or
+reset only after ``open_device`` (in a fresh process ``torch.cuda.reset_peak_memory_stats`` raises "Invalid
+device argument" otherwise); kernels run asynchronously, so a wall-clock time is taken after ``synchronize``.
+The CPU tests run the engine and the worker against a double of ``torch.cuda`` that enforces these rules
+(tests/cuda_double); ``tensor_device`` is where the double keeps tensors in host memory.
+
 ``resolve_device`` turns the worker's setting (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``) into a device;
 ``available_memory_bytes`` is what sizes the Hessian's graph cache (free CUDA memory, or the memory this
 process may still take on the CPU, cgroup limits included); ``device_report`` is the result's ``device``
@@ -20,6 +27,7 @@ import torch
 from gif.errors import InvalidSpecError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+_opened: set[tuple[int, int]] = set()  # (process, CUDA device index) pairs whose context and allocator exist
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -37,6 +45,42 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
+def visible_cuda_devices() -> int:
+    """How many CUDA devices this process can use (0 without a driver)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def tensor_device(device: torch.device) -> torch.device:
+    """Where the engine's tensors for ``device`` live: the device itself (the CPU tests' CUDA double maps it to the
+    CPU, which is why the engine places its model through this function)."""
+    return device
+
+
+def open_device(device: torch.device) -> None:
+    """Make ``device`` this process's current device and create its CUDA context and caching allocator, so that
+    memory statistics and kernels may follow (a no-op on the CPU). Idempotent."""
+    if device.type != "cuda":
+        return
+    index = _cuda_index(device)
+    if (os.getpid(), index) in _opened:
+        return
+    torch.cuda.set_device(index)
+    torch.cuda.init()
+    torch.empty(1, device=tensor_device(device))  # the first allocation: the caching allocator is live from here
+    _opened.add((os.getpid(), index))
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Return CUDA's cached, unused blocks to the driver (after an out-of-memory error, before a retry)."""
+    if device.type == "cuda":
+        open_device(device)
+        torch.cuda.empty_cache()
+
+
 def is_device_failure(exc: BaseException) -> bool:
     """A CUDA error (not one of the job's inputs): the device may be unusable for the rest of this process."""
     accelerator_error = getattr(torch, "AcceleratorError", None)
@@ -48,7 +92,8 @@ def is_device_failure(exc: BaseException) -> bool:
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so that a wall-clock time covers the work (a no-op on the CPU)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        open_device(device)
+        torch.cuda.synchronize(_cuda_index(device))
 
 
 def _cgroup_headroom_bytes() -> int | None:
@@ -92,15 +137,18 @@ def available_memory_bytes(device: torch.device) -> int | None:
     """Free memory on ``device`` now: CUDA's free memory, or on the CPU the least of the host's available
     memory and the cgroup's headroom; None when it cannot be told."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        open_device(device)
+        return int(torch.cuda.mem_get_info(_cuda_index(device))[0])
     known = [b for b in (_meminfo_available_bytes(), _cgroup_headroom_bytes()) if b is not None]
     return max(min(known), 0) if known else None
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start counting peak memory from now (CUDA's allocator; on Linux the process's peak resident set)."""
+    """Start counting peak memory from now (CUDA's allocator, opened first; on Linux the process's peak resident
+    set)."""
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        open_device(device)
+        torch.cuda.reset_peak_memory_stats(_cuda_index(device))
         return
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set size
@@ -121,7 +169,8 @@ def device_report(device: torch.device) -> dict[str, Any]:
     On CUDA the peak is what the allocator held for tensors; on the CPU it is the process's peak resident set
     (the job's process runs one job, so that is the job's, model and data included)."""
     if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
+        open_device(device)
+        index = _cuda_index(device)
         properties = torch.cuda.get_device_properties(index)
         return {
             "type": "cuda",

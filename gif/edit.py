@@ -22,7 +22,14 @@ from torch import nn
 from gif.checks import JobPart, check_job_fit
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset, DatasetSummary, sample_indices
-from gif.devices import device_report, reset_peak_memory, resolve_device
+from gif.devices import (
+    device_report,
+    release_cached_memory,
+    reset_peak_memory,
+    resolve_device,
+    synchronize,
+    tensor_device,
+)
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
 from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, solve_influence
@@ -103,17 +110,21 @@ class _Progress:
 
 
 class PhaseClock:
-    """Wall-clock seconds per phase, as the result's ``timings`` names them (``<phase>_s``)."""
+    """Wall-clock seconds per phase, as the result's ``timings`` names them (``<phase>_s``); the device's queued
+    kernels are waited for at each end, so that a phase's time is its own (CUDA runs them asynchronously)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.seconds: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
+        synchronize(self.device)
         start = time.perf_counter()
         try:
             yield
         finally:
+            synchronize(self.device)
             self.seconds[f"{phase}_s"] = time.perf_counter() - start
 
 
@@ -286,8 +297,7 @@ def _within_memory(
         return attempt(spec)
     except torch.OutOfMemoryError:
         pass  # leave the handler first, so that the failed attempt's tensors can be freed
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_cached_memory(device)
     solver = spec.solver.model_copy(
         update={"batch_size": max(1, spec.solver.batch_size // 2), "hvp": "double_backward"}
     )
@@ -396,10 +406,10 @@ def run(
             "retrain needs an architecture that can be trained from scratch; an exported program has no initialisation"
         )
     started = time.perf_counter()
-    clock, report, warnings = PhaseClock(), _Progress(progress or _ignore_progress, spec.retrain is not None), []
     device = resolve_device(device if device is not None else "auto")
+    clock, report, warnings = PhaseClock(device), _Progress(progress or _ignore_progress, spec.retrain is not None), []
     reset_peak_memory(device)
-    original = copy.deepcopy(model).to(device).eval()
+    original = copy.deepcopy(model).to(tensor_device(device)).eval()
     check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
 
     plan = RequestPlan.of(spec.request, train_data)

@@ -153,8 +153,10 @@ def demo(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def stack_settings(isolated_settings):
-    """Short windows, so that lost jobs are found and cancels seen quickly."""
+    """Short windows, so that lost jobs are found and cancels seen quickly; one attempt per job, so that a test that
+    kills a job's process sees it fail (tests/worker/test_worker_retries.py runs jobs again)."""
     with isolated_settings(
+        job_max_attempts=1,
         heartbeat_ttl_s=2.0,
         reaper_interval_s=0.5,
         progress_interval_s=0.1,

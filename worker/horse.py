@@ -1,9 +1,12 @@
 """``python -m worker.horse``: a standby work-horse, started by ``worker.runner`` before its job exists.
 
-It imports the engine and warms up on its device (so a job starts in milliseconds, not seconds), then
-reads one line from stdin: the RQ worker, job, queue and execution to run. It runs that job as RQ's
-work-horse would and exits. If its worker dies first, the horse is killed with it (``PR_SET_PDEATHSIG``)
-or sees end-of-file on stdin, and exits without a job.
+It imports the engine and runs a tiny edit on the CPU at once (lazy imports, no device), then says ``ready`` and
+waits for commands on stdin, one JSON line each: ``warm`` opens its device and runs the tiny edit there (on a
+GPU: CUDA's context, allocator and libraries), then says ``warm`` with the device's description; ``run`` names the
+RQ worker, job, queue and execution, which it runs as RQ's work-horse would, and exits. Its events go to stdout,
+one JSON line each; anything else written to stdout is sent to stderr. A warm-up that fails ends the process with
+the error as its last line on stderr, before it ever sees a job. If its worker dies first, the horse is killed with
+it (``PR_SET_PDEATHSIG``) or sees end-of-file on stdin, and exits without a job.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import json
 import os
 import signal
 import sys
+from typing import IO, Any
 
 from rq import Queue, Worker
 from rq.executions import Execution
 from rq.job import Job
 
+from gif.devices import device_report, resolve_device
 from service.core.logs import configure_logging
 from service.core.processes import die_with_parent
 from service.core.settings import Settings
@@ -25,7 +30,7 @@ from worker.runner import PARENT_PID_ENV
 from worker.tasks import warm_up
 
 
-def run_handoff(handoff: dict[str, str]) -> None:
+def run_handoff(handoff: dict[str, Any]) -> None:
     """Become RQ's work-horse for the job in ``handoff`` (exits the process, as RQ's horse does)."""
     connection = context().queue.connection
     worker = Worker.find_by_key(handoff["worker_key"], connection=connection)
@@ -38,16 +43,34 @@ def run_handoff(handoff: dict[str, str]) -> None:
     worker.main_work_horse(job, Queue(handoff["queue"], connection=connection))
 
 
+def event_channel() -> IO[str]:
+    """This process's stdout as the channel of its events; ``sys.stdout`` (and fd 1) go to stderr from now on, so
+    that a stray print cannot garble an event."""
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return channel
+
+
 def main() -> None:
     die_with_parent(signal.SIGKILL)
     if str(os.getppid()) != os.environ.get(PARENT_PID_ENV):
         return  # the worker died before the line above took effect
+    events = event_channel()
     settings = Settings()
     configure_logging(settings.log_level)
-    warm_up(settings.worker_device)
-    line = sys.stdin.readline()
-    if line:
-        run_handoff(json.loads(line))
+    warm_up("cpu")
+    events.write(json.dumps({"event": "ready"}) + "\n")
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["command"] == "warm":
+            device = resolve_device(settings.worker_device)
+            if device.type != "cpu":
+                warm_up(settings.worker_device)
+            events.write(json.dumps({"event": "warm", "device": device_report(device)}) + "\n")
+        elif command["command"] == "run":
+            run_handoff(command)
+            return
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 (every visible GPU, else the CPU). Each device gets its own ``worker.runner`` process with
 ``GIF_WORKER_DEVICE`` set to that one device; one that dies is restarted with back-off. The GPUs are
 counted in a short-lived interpreter, so this process never imports torch (and never touches CUDA).
+A setting this host cannot honour (``cuda`` without a GPU) is not retried in silence: the supervisor stays up,
+runs no worker, logs why and lists itself as an unhealthy worker (``/v1/workers``, ``/readyz`` degraded).
 The reaper pass (``service.core.reaper``) runs here too, so lost jobs are failed or re-enqueued even on a
 deployment where no API process is up.
 """
@@ -14,11 +16,13 @@ import glob
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from functools import partial
 
+from service.core.fleet import new_worker_info
 from service.core.logs import configure_logging
 from service.core.processes import Supervised, spawn
 from service.core.reaper import reap
@@ -28,7 +32,7 @@ from worker import context
 log = logging.getLogger("worker.supervisor")
 RUNNER_ARGS = (sys.executable, "-m", "worker.runner")
 CHECK_INTERVAL_S = 0.5
-COUNT_GPUS = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+COUNT_GPUS = "from gif.devices import visible_cuda_devices; print(visible_cuda_devices())"
 
 
 def visible_gpus() -> int:
@@ -46,21 +50,41 @@ def visible_gpus() -> int:
         return 0
 
 
+class DeviceSettingError(Exception):
+    """``GIF_WORKER_DEVICE`` names a device this host does not have."""
+
+
 def worker_devices(setting: str) -> list[str]:
-    """The device of each RQ worker to run for a ``GIF_WORKER_DEVICE`` value; a GPU that is not there stops the
-    supervisor with a message (rather than failing every job)."""
+    """The device of each RQ worker to run for a ``GIF_WORKER_DEVICE`` value; a GPU that is not there is a
+    ``DeviceSettingError`` (rather than failing every job)."""
     if setting == "cpu":
         return [setting]
     gpus = visible_gpus()
     if setting.startswith("cuda:"):
         if int(setting.split(":")[1]) >= gpus:
-            raise SystemExit(f"GIF_WORKER_DEVICE={setting}, but {gpus} CUDA device(s) are visible")
+            raise DeviceSettingError(f"GIF_WORKER_DEVICE={setting}, but {gpus} CUDA device(s) are visible")
         return [setting]
     if gpus:
         return [f"cuda:{index}" for index in range(gpus)]
     if setting == "cuda":
-        raise SystemExit("GIF_WORKER_DEVICE=cuda, but no CUDA device is visible")
+        raise DeviceSettingError("GIF_WORKER_DEVICE=cuda, but no CUDA device is visible")
     return ["cpu"]
+
+
+def report_unusable(settings: Settings, reason: str, stopped: threading.Event) -> None:
+    """Stay up without workers, listed as unhealthy with ``reason`` until stopped (a restart would not help)."""
+    fleet = context().fleet
+    info = new_worker_info(
+        f"gif-{socket.gethostname()}-{os.getpid()}-supervisor", os.getpid(), settings.queue_name, settings.worker_device
+    ).model_copy(update={"state": "unhealthy", "reason": reason})
+    log.error("no worker started: %s; fix GIF_WORKER_DEVICE and restart", reason)
+    fleet.publish(info)
+    while not stopped.wait(settings.heartbeat_interval_s):
+        try:
+            fleet.publish(info)
+        except Exception as exc:  # Redis may come back
+            log.warning("could not report this host's state: %s", exc)
+    fleet.withdraw(info.name)
 
 
 def start_runner(device: str) -> subprocess.Popen:
@@ -84,14 +108,18 @@ def main() -> None:
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
-    devices = worker_devices(settings.worker_device)
+    threading.Thread(
+        target=reap_forever, args=(stopped, settings.reaper_interval_s), name="reaper", daemon=True
+    ).start()
+    try:
+        devices = worker_devices(settings.worker_device)
+    except DeviceSettingError as exc:
+        report_unusable(settings, str(exc), stopped)
+        return
     runners = [
         Supervised(f"worker on {device}", partial(start_runner, device), log, cold_restop=True) for device in devices
     ]
     log.info("workers started", extra={"devices": devices, "pids": [r.pid for r in runners]})
-    threading.Thread(
-        target=reap_forever, args=(stopped, settings.reaper_interval_s), name="reaper", daemon=True
-    ).start()
     while not stopped.wait(CHECK_INTERVAL_S):
         for runner in runners:
             runner.check()

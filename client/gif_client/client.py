@@ -123,6 +123,10 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json(self.http.post(f"/v1/jobs/{job_id}/cancel"))
 
+    def workers(self) -> dict[str, Any]:
+        """The fleet: ``{"workers": [...], "healthy": bool, "reason": str | None}`` (``GET /v1/workers``)."""
+        return self._json(self.http.get("/v1/workers"))
+
     def wait(
         self,
         job_id: str,

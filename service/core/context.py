@@ -13,6 +13,7 @@ import redis.asyncio
 from rq import Queue
 
 from service.core.catalog import Catalog
+from service.core.fleet import Fleet
 from service.core.idempotency import IdempotencyKeys
 from service.core.jobs import JobStore
 from service.core.queue import job_queue
@@ -31,6 +32,7 @@ class ServiceContext:
     jobs: JobStore
     queue: Queue
     idempotency: IdempotencyKeys
+    fleet: Fleet
 
     @classmethod
     def create(cls, settings: Settings) -> ServiceContext:
@@ -46,4 +48,5 @@ class ServiceContext:
             jobs=JobStore(client, keys, artifacts, settings.heartbeat_ttl_s),
             queue=job_queue(settings),
             idempotency=IdempotencyKeys(client, keys, settings.idempotency_ttl_s),
+            fleet=Fleet(client, keys, settings.heartbeat_ttl_s),
         )

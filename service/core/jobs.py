@@ -23,7 +23,7 @@ from service.core.storage import Artifacts
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-JSON_FIELDS = ("spec", "inputs", "progress", "result", "error", "worker")
+JSON_FIELDS = ("spec", "inputs", "progress", "result", "error", "worker", "warnings")
 DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 # Progress is written only while the job still runs: a late write must not touch a finished
@@ -63,6 +63,8 @@ class JobRecord(BaseModel):
     error: dict[str, Any] | None = None
     worker: dict[str, Any] | None = None
     cancel_requested: bool = False
+    attempts: int = 0
+    warnings: list[str] | None = None
 
     def public(self) -> dict[str, Any]:
         """The job resource: the record without its internal fields (owner, sequence number, queue, inputs, worker)."""
@@ -84,7 +86,7 @@ class JobRecord(BaseModel):
 
 PUBLIC_JOB_FIELDS = frozenset(
     {"id", "status", "created_at", "started_at", "finished_at", "spec", "progress", "result", "error"}
-    | {"cancel_requested"}
+    | {"cancel_requested", "attempts", "warnings"}
 )
 
 
@@ -145,7 +147,14 @@ class JobStore:
 
     # --- the API's side ----------------------------------------------------------------------
 
-    def create(self, owner: str, spec: dict[str, Any], inputs: dict[str, InputRef], queue: str) -> JobRecord | None:
+    def create(
+        self,
+        owner: str,
+        spec: dict[str, Any],
+        inputs: dict[str, InputRef],
+        queue: str,
+        warnings: list[str] | None = None,
+    ) -> JobRecord | None:
         """Record a job queued on ``queue`` holding its input blobs; None if an input blob has vanished meanwhile."""
         job_id = new_id("job")
         held: list[str] = []
@@ -167,6 +176,7 @@ class JobStore:
                     "queue": queue,
                     "spec": json.dumps(spec),
                     "inputs": json.dumps({role: item.model_dump() for role, item in inputs.items()}),
+                    **({"warnings": json.dumps(warnings)} if warnings else {}),
                 },
             )
             pipe.zadd(self.keys.jobs_of(owner), {job_id: seq})
@@ -205,16 +215,62 @@ class JobStore:
         self._release(job_id, [i.sha256 for i in record.inputs.values()] + record.output_sha256s)
         return True
 
-    def reap_lost(self) -> list[str]:
-        """Fail every running job whose heartbeat expired (its worker died); returns their ids."""
-        lost = []
+    def reap_lost(self, max_attempts: int) -> list[tuple[str, str]]:
+        """Run again (or fail, past ``max_attempts``) every running job whose heartbeat expired (its worker died);
+        returns (id, "requeued" | "failed") for each."""
+        lost: list[tuple[str, str]] = []
         for job_id in cast(list[str], self.client.zrange(self.keys.jobs_with("running"), 0, -1)):
-            error = job_error(
-                "worker-lost", "the worker running this job stopped answering; submit it again", retryable=True
-            )
-            if self._transition(job_id, {"running"}, "failed", unless_alive=True, error=error):
-                lost.append(job_id)
+            cause = "the worker running this job stopped answering"
+            if outcome := self.retry_or_fail(job_id, cause, max_attempts, unless_alive=True):
+                lost.append((job_id, outcome))
         return lost
+
+    def retry_or_fail(
+        self, job_id: str, cause: str, max_attempts: int, unless_alive: bool = False
+    ) -> Literal["requeued", "failed"] | None:
+        """A queued or running job whose process died: back to ``queued`` while it has had fewer than
+        ``max_attempts`` attempts (the cause kept in its ``warnings``; whoever calls this enqueues it again), else
+        failed as ``worker-lost`` with the cause. None when the job had ended (or its heartbeat still beats)."""
+        attempts = int(cast(str | None, self.client.hget(self.keys.job(job_id), "attempts")) or 0)
+        if attempts < max_attempts:
+            note = f"attempt {attempts} of {max_attempts} ended early: {cause}; the job was queued again"
+            if self._transition(
+                job_id, {"running"}, "queued", unless_alive, warning=note, cleared=("started_at", "worker", "progress")
+            ):
+                return "requeued"
+            if self.client.hget(self.keys.job(job_id), "status") == "queued":
+                self._add_warning(job_id, note)
+                return "requeued"
+            return None
+        detail = f"{cause} (attempt {attempts} of {max_attempts}); submit it again"
+        error = job_error("worker-lost", detail, retryable=True)
+        if self._transition(job_id, {"queued", "running"}, "failed", unless_alive, error=error):
+            return "failed"
+        return None
+
+    def _add_warning(self, job_id: str, warning: str) -> None:
+        key = self.keys.job(job_id)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = cast(str | None, pipe.hget(key, "warnings"))
+                    pipe.multi()
+                    pipe.hset(key, "warnings", json.dumps([*(json.loads(raw) if raw else []), warning]))
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def note_attempt(self, job_id: str) -> int:
+        """Count one more attempt at a job a worker just took off the queue; returns the count."""
+        key = self.keys.job(job_id)
+        if not self.client.exists(key):
+            return 0
+        return int(self.client.hincrby(key, "attempts", 1))
+
+    def attempts(self, job_id: str) -> int:
+        return int(cast(str | None, self.client.hget(self.keys.job(job_id), "attempts")) or 0)
 
     def queued_longer_than(self, seconds: float, queue: str) -> list[str]:
         """Ids of jobs on ``queue`` still queued ``seconds`` after they were recorded (candidates for re-enqueueing);
@@ -257,9 +313,17 @@ class JobStore:
             self.artifacts.release(sha, f"job:{job_id}")
 
     def _transition(
-        self, job_id: str, allowed: set[str], new: str, unless_alive: bool = False, **fields: Any
+        self,
+        job_id: str,
+        allowed: set[str],
+        new: str,
+        unless_alive: bool = False,
+        warning: str | None = None,
+        cleared: tuple[str, ...] = (),
+        **fields: Any,
     ) -> str | None:
-        """Atomically move a job from one of ``allowed`` to ``new``, writing ``fields``; the old status, or None."""
+        """Atomically move a job from one of ``allowed`` to ``new``, writing ``fields``, removing ``cleared`` and
+        appending ``warning`` to its warnings; the old status, or None."""
         key, heartbeat = self.keys.job(job_id), self.keys.heartbeat(job_id)
         now = utc_now()
         if new in TERMINAL:
@@ -269,20 +333,26 @@ class JobStore:
             while True:
                 try:
                     pipe.watch(key, heartbeat)
-                    old, owner, seq, started_at = cast(
-                        list[str], pipe.hmget(key, "status", "owner", "seq", "started_at")
+                    old, owner, seq, started_at, warnings = cast(
+                        list[str], pipe.hmget(key, "status", "owner", "seq", "started_at", "warnings")
                     )
                     if old not in allowed or (unless_alive and pipe.exists(heartbeat)):
                         pipe.unwatch()
                         return None
+                    if warning is not None:
+                        values["warnings"] = json.dumps([*(json.loads(warnings) if warnings else []), warning])
                     pipe.multi()
                     pipe.hset(key, mapping={"status": new, **values})  # type: ignore[dict-item]  # str keys are fine
+                    if cleared:
+                        pipe.hdel(key, *cleared)
                     for index in (self.keys.jobs_of(owner, old), self.keys.jobs_with(old)):
                         pipe.zrem(index, job_id)
                     for index in (self.keys.jobs_of(owner, new), self.keys.jobs_with(new)):
                         pipe.zadd(index, {job_id: int(seq)})
                     if new == "running":
                         pipe.set(heartbeat, "1", px=self.heartbeat_ttl_ms)
+                    if new == "queued":
+                        pipe.delete(heartbeat)
                     if new in TERMINAL:
                         pipe.delete(heartbeat, self.keys.cancel_flag(job_id))
                         pipe.hdel(key, "cancel_requested")

@@ -45,8 +45,10 @@ def held_job_ids(queue: Queue) -> set[str]:
 
 
 def enqueue_again(queue: Queue, job_id: str, timeout_s: int) -> None:
-    """Put a lost job back in the queue (and out of RQ's intermediate list, so RQ does not re-enqueue it too)."""
+    """Put a lost job back in the queue (and out of RQ's intermediate list, so RQ does not re-enqueue it too, and out
+    of its failed registry, where an earlier attempt may have left it)."""
     queue.connection.lrem(queue.intermediate_queue_key, 0, job_id)
+    queue.failed_job_registry.remove(job_id)
     enqueue_job(queue, job_id, timeout_s)
 
 

@@ -1,11 +1,13 @@
 """Lost jobs, found by whoever is up: the API process and every worker supervisor run ``reap`` regularly.
 
-A running job whose heartbeat expired (its worker died) is failed as retryable; a job still queued a
-heartbeat window after it was recorded that the queue no longer holds is enqueued again: its queue
-entry was lost (Redis restarted without its append-only file, the API died between recording and
-enqueueing) or a worker took it and died before starting it. Both are safe to run from many processes
-at once: each change is one atomic transition of the job record, and enqueueing twice is harmless
-because only one worker can move the record from queued to running.
+A running job whose heartbeat expired (its worker died) is queued again, or failed as retryable once it
+has had ``GIF_JOB_MAX_ATTEMPTS`` attempts; a job still queued a heartbeat window after it was recorded that
+the queue no longer holds is enqueued again: its queue entry was lost (Redis restarted without its
+append-only file, the API died between recording and enqueueing) or a worker took it and died before
+starting it — unless workers took it ``GIF_JOB_MAX_ATTEMPTS`` times already, when it is failed: no job is
+retried forever. Both are safe to run from many processes at once: each change is one atomic transition of
+the job record, and enqueueing twice is harmless because only one worker can move the record from queued
+to running.
 """
 
 from __future__ import annotations
@@ -27,15 +29,24 @@ def requeue_lost(ctx: ServiceContext) -> list[str]:
         for job_id in ctx.jobs.queued_longer_than(ctx.settings.heartbeat_ttl_s, ctx.settings.queue_name)
         if job_id not in held
     ]
+    requeued = []
     for job_id in lost:
+        if ctx.jobs.attempts(job_id) >= ctx.settings.job_max_attempts:
+            cause = "workers took the job off the queue but none ran it to an end"
+            if ctx.jobs.retry_or_fail(job_id, cause, ctx.settings.job_max_attempts) == "failed":
+                log.warning("job was taken too often; marked failed", extra={"job_id": job_id})
+                notify_end_in_background(ctx, job_id)
+            continue
         enqueue_again(ctx.queue, job_id, ctx.settings.job_timeout_s)
-    return lost
+        requeued.append(job_id)
+    return requeued
 
 
 def reap(ctx: ServiceContext) -> None:
-    """One pass: fail jobs that lost their worker, re-enqueue jobs that lost their queue entry; logs each."""
-    for job_id in ctx.jobs.reap_lost():
-        log.warning("job lost its worker; marked failed", extra={"job_id": job_id})
-        notify_end_in_background(ctx, job_id)
+    """One pass: run again (or fail) jobs that lost their worker, re-enqueue jobs that lost their queue entry."""
+    for job_id, outcome in ctx.jobs.reap_lost(ctx.settings.job_max_attempts):
+        log.warning("job lost its worker; %s", outcome, extra={"job_id": job_id})
+        if outcome == "failed":
+            notify_end_in_background(ctx, job_id)
     for job_id in requeue_lost(ctx):
         log.warning("job was missing from the queue; enqueued again", extra={"job_id": job_id})

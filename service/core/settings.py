@@ -79,6 +79,27 @@ class Settings(BaseSettings):
         pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$",
         description="Where jobs run: auto (one worker per visible GPU, else the CPU), cpu, cuda (every GPU) or cuda:N.",
     )
+    job_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Times a job is taken by a worker whose process then dies (before or while running it) "
+        "before it is failed with the cause; a job that fails on its own is never retried.",
+    )
+    worker_warmup_attempts: int = Field(
+        3,
+        ge=1,
+        description="Job processes in a row that may fail their warm-up before the worker marks its device "
+        "unhealthy (it then takes no job, and tries again after GIF_WORKER_UNHEALTHY_RETRY_S).",
+    )
+    worker_warmup_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a job process may take to load the engine and warm up on its device."
+    )
+    worker_unhealthy_retry_s: float = Field(
+        30.0,
+        gt=0,
+        description="First wait of an unhealthy worker before it tries its device again (doubling, up to "
+        "ten times as long).",
+    )
     worker_torch_threads: int | None = Field(
         None, ge=1, description="torch threads per job; unset: every core it may run on."
     )

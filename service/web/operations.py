@@ -138,7 +138,9 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
     check_job(body, model, found)
     inputs = {"model": InputRef(id=model.id, sha256=model.sha256, architecture=model.architecture)}
     inputs |= {role: InputRef(id=record.id, sha256=record.sha256) for role, record in found.items()}
-    record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs, ctx.settings.queue_name)
+    waits = ctx.fleet.health(ctx.settings.queue_name)
+    warnings = [f"{waits}: the job waits in the queue until one is"] if waits else None
+    record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs, ctx.settings.queue_name, warnings)
     if record is None:
         raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")
     enqueue_job(ctx.queue, record.id, ctx.settings.job_timeout_s)

@@ -152,6 +152,16 @@ class JobOut(BaseModel):
     result: EditResult | None = Field(None, description="Once succeeded.")
     error: JobError | None = Field(None, description="Once failed or cancelled.")
     cancel_requested: bool = Field(False, description="A cancel was asked for and the worker has not stopped yet.")
+    attempts: int = Field(
+        0,
+        description="Times a worker took the job; a job whose process died is queued again, up to "
+        "GIF_JOB_MAX_ATTEMPTS attempts.",
+    )
+    warnings: list[str] | None = Field(
+        None,
+        description="Why the job may wait or ran again: no healthy worker when it was submitted, an attempt "
+        "whose process died. The edit's own warnings are in result.warnings.",
+    )
 
 
 def public(record: UploadRecord, model: type[BaseModel]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 
 from service.core.context import ServiceContext
 from service.core.processes import Supervised
-from worker.supervisor import visible_gpus, worker_devices
+from worker.supervisor import DeviceSettingError, visible_gpus, worker_devices
 
 
 def loads_torch(pid: int) -> bool:
@@ -52,18 +52,24 @@ def test_a_job_runs_in_a_fresh_interpreter_and_the_worker_never_loads_torch(api,
 def test_devices_follow_the_setting_on_a_host_without_gpus():
     assert worker_devices("cpu") == ["cpu"]
     assert worker_devices("auto") == ["cpu"]
-    with pytest.raises(SystemExit, match="no CUDA device"):
+    with pytest.raises(DeviceSettingError, match="no CUDA device"):
         worker_devices("cuda")
-    with pytest.raises(SystemExit, match="0 CUDA device"):
+    with pytest.raises(DeviceSettingError, match="0 CUDA device"):
         worker_devices("cuda:1")
 
 
-def test_a_worker_host_reaps_lost_jobs_without_any_api(stack_settings, start_worker):
-    """A job left running by a dead worker is failed by another worker's supervisor; no API process is up."""
-    settings = stack_settings.model_copy(update={"queue_name": stack_settings.queue_name + "-reaper"})
+def test_a_worker_host_reaps_lost_jobs_without_any_api(isolated_settings, start_worker):
+    """A job left running by a dead worker on its last attempt is failed by another worker's supervisor; no API
+    process is up."""
+    with isolated_settings(heartbeat_ttl_s=2.0, reaper_interval_s=0.5, job_max_attempts=1) as settings:
+        reap_one_lost_job(settings, start_worker)
+
+
+def reap_one_lost_job(settings, start_worker) -> None:
     jobs = ServiceContext.create(settings).jobs
     record = jobs.create("anonymous", {}, {}, settings.queue_name)
-    assert record is not None and jobs.start(record.id, worker={"host": "gone", "pid": 1})
+    assert record is not None and jobs.note_attempt(record.id) == 1
+    assert jobs.start(record.id, worker={"host": "gone", "pid": 1})
     with start_worker(settings):
         deadline = time.monotonic() + 60
         while (found := jobs.get(record.id)) is not None and found.status == "running":

@@ -22,6 +22,8 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: Redis and the artifact store are reachable",
+    description='"ready" when a healthy worker also listens on the queue; "degraded" (still 200: the API works, '
+    "jobs wait) with the reason when none does, e.g. every worker is unhealthy or none runs.",
     responses=responses("service-unavailable"),
 )
 def readyz(ctx: Context) -> dict[str, str]:
@@ -33,7 +35,9 @@ def readyz(ctx: Context) -> dict[str, str]:
         ctx.artifacts.store.check()
     except OSError as exc:
         raise ServiceError("service-unavailable", f"the artifact store is not writable: {exc}") from None
-    return {"status": "ready", "redis": "ok", "storage": "ok"}
+    if reason := ctx.fleet.health(ctx.settings.queue_name):
+        return {"status": "degraded", "redis": "ok", "storage": "ok", "workers": "none healthy", "reason": reason}
+    return {"status": "ready", "redis": "ok", "storage": "ok", "workers": "ok"}
 
 
 @router.get(

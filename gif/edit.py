@@ -19,17 +19,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from gif import devices
 from gif.checks import JobPart, check_job_fit
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset, DatasetSummary, sample_indices
-from gif.devices import (
-    device_report,
-    release_cached_memory,
-    reset_peak_memory,
-    resolve_device,
-    synchronize,
-    tensor_device,
-)
+from gif.devices import device_report, release_cached_memory, reset_peak_memory, resolve_device, synchronize
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
 from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, solve_influence
@@ -409,7 +403,7 @@ def run(
     device = resolve_device(device if device is not None else "auto")
     clock, report, warnings = PhaseClock(device), _Progress(progress or _ignore_progress, spec.retrain is not None), []
     reset_peak_memory(device)
-    original = copy.deepcopy(model).to(tensor_device(device)).eval()
+    original = copy.deepcopy(model).to(devices.tensor_device(device)).eval()  # looked up now: the CPU tests double it
     check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
 
     plan = RequestPlan.of(spec.request, train_data)

@@ -90,6 +90,44 @@ def dense_hessian():
     return dense_hessian_of
 
 
+CUDA_DOUBLE_DIR = Path(__file__).parent / "cuda_double"
+
+
+@pytest.fixture
+def cuda_double(tmp_path):
+    """``torch.cuda`` replaced, in this process, by the double that keeps real hardware's rules
+    (tests/cuda_double/gif_cuda_double.py); restored afterwards."""
+    import sys
+
+    sys.path.insert(0, str(CUDA_DOUBLE_DIR))
+    try:
+        from gif_cuda_double import CudaDouble
+    finally:
+        sys.path.remove(str(CUDA_DOUBLE_DIR))
+    double = CudaDouble(tmp_path / "cuda-double").install()
+    yield double
+    double.uninstall()
+
+
+@pytest.fixture
+def cuda_double_env(tmp_path, monkeypatch):
+    """``cuda_double_env(mode="")``: the environment under which the processes a test starts from now on (a worker and
+    its job processes) see one GPU, the CUDA double in ``mode``; returns the double's state directory."""
+
+    def arrange(mode: str = "") -> Path:
+        state = tmp_path / "cuda-double"
+        state.mkdir(exist_ok=True)
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [str(CUDA_DOUBLE_DIR), os.environ.get("PYTHONPATH")]))
+        )
+        monkeypatch.setenv("GIF_TEST_CUDA_DOUBLE", str(state))
+        monkeypatch.setenv("GIF_TEST_CUDA_DOUBLE_MODE", mode)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+        return state
+
+    return arrange
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     """REDIS_URL when it answers, else a redis-server started for the session."""

@@ -63,6 +63,19 @@ def describe_exit(wait_status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(wait_status)}"
 
 
+def plain_words(line: str) -> str:
+    """A line of stderr as a person would quote it: a JSON log entry (``service.core.logs``) by its message and the
+    last line of its exception."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(entry, dict) or "message" not in entry:
+        return line
+    exception = str(entry.get("exception") or "").strip().splitlines()
+    return f"{entry['message']}" + (f" ({exception[-1]})" if exception else "")
+
+
 class Horse:
     """A job process started ahead of its job: JSON commands go to its stdin, JSON events come from its stdout, and
     its stderr is passed through to the worker's, the last line kept as its last words."""
@@ -103,7 +116,7 @@ class Horse:
             sys.stderr.buffer.write(line)
             sys.stderr.buffer.flush()
             if text := line.decode(errors="replace").strip():
-                self.last_words = text
+                self.last_words = plain_words(text)
 
     def send(self, command: dict[str, Any]) -> bool:
         """Write one command; False if the process is gone."""

@@ -139,7 +139,7 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
     inputs = {"model": InputRef(id=model.id, sha256=model.sha256, architecture=model.architecture)}
     inputs |= {role: InputRef(id=record.id, sha256=record.sha256) for role, record in found.items()}
     waits = ctx.fleet.health(ctx.settings.queue_name)
-    warnings = [f"{waits}: the job waits in the queue until one is"] if waits else None
+    warnings = [f"{waits}: the job waits in the queue until a healthy worker takes it"] if waits else None
     record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs, ctx.settings.queue_name, warnings)
     if record is None:
         raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")

@@ -21,8 +21,12 @@ imported, so that processes that never import torch stay free of it).
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,39 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``then(module)`` once the module ``name`` has been imported (executed in full)."""
+
+    def __init__(self, name: str, then: Callable[[types.ModuleType], None]):
+        self.name, self.then = name, then
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            self.then(module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def after_import(name: str, then: Callable[[types.ModuleType], None]) -> None:
+    """``then(module)`` now if ``name`` is imported in full, else as soon as it is."""
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    if module is not None and not getattr(spec, "_initializing", False):
+        then(module)
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
 
 
 class CudaDouble:
@@ -176,18 +213,26 @@ class CudaDouble:
 
     def install(self) -> CudaDouble:
         """Replace ``torch.cuda``'s functions and ``gif.devices.tensor_device`` (restored by ``uninstall``)."""
-        import torch
+        self.install_cuda()
+        after_import("gif.devices", self.keep_tensors_on_the_host)
+        return self
 
-        import gif.devices
+    def install_cuda(self) -> CudaDouble:
+        import torch
 
         for name in self.FUNCTIONS:
             self.saved[name] = getattr(torch.cuda, name)
             setattr(torch.cuda, name, getattr(self, name))
-        if hasattr(gif.devices, "tensor_device"):
-            self.saved["tensor_device"] = gif.devices.tensor_device
-            gif.devices.tensor_device = lambda device: torch.device("cpu")
         os.register_at_fork(after_in_child=self._forked)
         return self
+
+    def keep_tensors_on_the_host(self, devices: types.ModuleType) -> None:
+        """``gif.devices.tensor_device`` maps CUDA to the CPU (called once ``gif.devices`` is imported)."""
+        if self.saved and hasattr(devices, "tensor_device"):
+            import torch
+
+            self.saved["tensor_device"] = devices.tensor_device
+            devices.tensor_device = lambda device: torch.device("cpu")
 
     def uninstall(self) -> None:
         import torch
@@ -205,6 +250,10 @@ class CudaDouble:
             self.forked_after_torch = True
 
     @classmethod
-    def from_environment(cls) -> CudaDouble | None:
-        state = os.environ.get(STATE_ENV)
-        return cls(state, os.environ.get(MODE_ENV, "")) if state else None
+    def install_from_environment(cls) -> None:
+        """In a process starting up (``sitecustomize``): installed once torch, then ``gif.devices``, are imported;
+        ``gif.devices`` imports torch itself, so both hooks are set before either is imported."""
+        if state := os.environ.get(STATE_ENV):
+            double = cls(state, os.environ.get(MODE_ENV, ""))
+            after_import("gif.devices", double.keep_tensors_on_the_host)
+            after_import("torch", lambda _: double.install_cuda())

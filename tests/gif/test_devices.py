@@ -2,12 +2,24 @@
 
 import mmap
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from gif.devices import available_memory_bytes, device_report, is_device_failure, reset_peak_memory, resolve_device
+from gif.architectures import build_model
+from gif.data import Dataset
+from gif.devices import (
+    available_memory_bytes,
+    device_report,
+    is_device_failure,
+    open_device,
+    reset_peak_memory,
+    resolve_device,
+)
+from gif.edit import run
 from gif.errors import InvalidSpecError
+from gif.spec import JobSpec
 
 
 def test_auto_and_cpu_resolve_and_a_missing_gpu_is_refused():
@@ -38,3 +50,60 @@ def test_the_cpu_report_names_the_processor_and_counts_peak_memory():
     assert after["peak_memory_bytes"] >= before + 60 * 1024 * 1024
     assert 0 < available_memory_bytes(cpu) <= after["total_memory_bytes"]
     block.close()
+
+
+def tiny_removal() -> tuple[JobSpec, torch.nn.Module, Dataset]:
+    generator = torch.Generator().manual_seed(0)
+    model = build_model({"name": "mlp", "config": {"sizes": [4, 8, 3]}})
+    data = Dataset(torch.randn(90, 4, generator=generator), torch.arange(90) % 3)
+    spec = JobSpec.model_validate(
+        {"request": {"kind": "remove_class", "classes": [0]}, "solver": {"max_iterations": 2}}
+    )
+    return spec, model, data
+
+
+def test_an_edit_in_a_fresh_process_on_cuda_opens_the_device_before_reading_its_memory(cuda_double):
+    """On an H200 every job failed here: the peak-memory reset came before CUDA's allocator existed."""
+    spec, model, data = tiny_removal()
+    outcome = run(spec, model, data, data, device="cuda")
+    device = outcome.result.device
+    assert device.type == "cuda" and device.index == 0 and device.name == "CUDA test double"
+    assert device.peak_memory_bytes > 0 and device.total_memory_bytes > 0
+    assert cuda_double.events() == [f"{os.getpid()} context"]
+
+
+def test_the_double_refuses_what_the_hardware_refuses(cuda_double):
+    with pytest.raises(RuntimeError, match="Invalid device argument"):
+        torch.cuda.reset_peak_memory_stats(0)  # the call that failed every GPU job
+    assert torch.cuda.max_memory_allocated(0) == 0
+    reset_peak_memory(torch.device("cuda"))  # opens the device first
+    assert torch.cuda.is_initialized() and available_memory_bytes(torch.device("cuda:0")) > 0
+    with pytest.raises(InvalidSpecError, match="does not exist"):
+        resolve_device("cuda:1")
+
+
+def test_cuda_in_a_process_forked_after_torch_work_fails_as_on_the_hardware(cuda_double):
+    child = os.fork()
+    if child == 0:  # pragma: no cover -- the child reports through its exit status only
+        try:
+            open_device(torch.device("cuda"))
+        except RuntimeError as exc:
+            os._exit(0 if "initialization error" in str(exc) else 2)
+        os._exit(1)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert any("forked after torch work" in line for line in cuda_double.events())
+
+
+def test_every_cuda_call_of_the_project_is_in_gif_devices():
+    """One module to read for what the project asks of CUDA (and one to double in the tests)."""
+    root = Path(__file__).resolve().parents[2]
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for package in ("gif", "service", "worker")
+        for path in sorted((root / package).rglob("*.py"))
+        if path.name != "devices.py" or path.parent.name != "gif"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "torch.cuda" in line or ".cuda(" in line
+    ]
+    assert offenders == []

@@ -69,8 +69,18 @@ def test_bad_architecture_queries_are_4xx(http, problem):
 
 
 def test_health_and_readiness(http):
+    """No worker listens on these tests' queue: the API is up, and says that jobs would wait."""
     assert http.get("/healthz").json() == {"status": "ok"}
-    assert http.get("/readyz").json() == {"status": "ready", "redis": "ok", "storage": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "degraded",
+        "redis": "ok",
+        "storage": "ok",
+        "workers": "none healthy",
+        "reason": f"no worker listens on queue {http.app.state.context.settings.queue_name!r}",
+    }
+    assert http.get("/v1/workers").json() == {"workers": [], "healthy": False, "reason": ready.json()["reason"]}
 
 
 def test_readiness_fails_without_redis(settings, problem):

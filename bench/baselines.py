@@ -34,16 +34,21 @@ ASCENT_EPOCHS = 5
 CHECKS_PER_EPOCH = 4
 
 
-def fine_tune(prepared: Prepared, spec: JobSpec, seed: int) -> nn.Module:
-    """The trained model, trained on for ``FINETUNE_EPOCHS`` epochs on the edited training data."""
+def fine_tune(prepared: Prepared, spec: JobSpec, seed: int, device: torch.device | None = None) -> nn.Module:
+    """The trained model, trained on for ``FINETUNE_EPOCHS`` epochs on the edited training data (on ``device``,
+    default: where the model is)."""
     plan = RequestPlan.of(spec.request, prepared.train)
     recipe = prepared.setup.recipe.model_copy(update={"epochs": FINETUNE_EPOCHS, "seed": seed})
-    return train(copy.deepcopy(prepared.model), plan.edited_training_data(prepared.train), recipe)
+    model = copy.deepcopy(prepared.model)
+    return train(model.to(device) if device is not None else model, plan.edited_training_data(prepared.train), recipe)
 
 
-def gradient_ascent(prepared: Prepared, spec: JobSpec, validation: Dataset | None = None) -> nn.Module:
+def gradient_ascent(
+    prepared: Prepared, spec: JobSpec, validation: Dataset | None = None, device: torch.device | None = None
+) -> nn.Module:
     """Ascend the forgotten examples' loss; keep the checkpoint that scores best on the automatic step's objective
-    (``validation`` held-out data when given, else the split a job carves from the training data)."""
+    (``validation`` held-out data when given, else the split a job carves from the training data); on ``device``
+    (default: where the model is)."""
     plan = RequestPlan.of(spec.request, prepared.train)
     samples = draw_samples(spec, plan, len(prepared.train), carve_validation=validation is None)
     policy = step_policy(spec, plan, prepared.train, samples.validation, validation, prepared.model)
@@ -56,6 +61,9 @@ def gradient_ascent(prepared: Prepared, spec: JobSpec, validation: Dataset | Non
     terms = plan.gradient_terms(prepared.train, gradient_pool(plan, samples.validation))
     batches = [(x, y, -1.0 if term.weight > 0 else 1.0) for term in terms for x, y in term.data.batches(64)]
     model = copy.deepcopy(prepared.model)
+    if device is not None:
+        model = model.to(device)
+    where = next(model.parameters()).device
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     generator = torch.Generator().manual_seed(spec.solver.seed)
     best, best_state = score(model), copy.deepcopy(model.state_dict())
@@ -63,7 +71,7 @@ def gradient_ascent(prepared: Prepared, spec: JobSpec, validation: Dataset | Non
     for step in range(1, ASCENT_EPOCHS * len(batches) + 1):
         x, y, sign = batches[int(torch.randint(len(batches), (1,), generator=generator))]
         optimizer.zero_grad(set_to_none=True)
-        loss = sign * torch.nn.functional.cross_entropy(model.train()(x), y)
+        loss = sign * torch.nn.functional.cross_entropy(model.train()(x.to(where)), y.to(where))
         if not torch.isfinite(loss):
             break  # the ascent has blown up; later checkpoints cannot be better
         loss.backward()

@@ -8,6 +8,8 @@ time is cached with them).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +27,8 @@ from torch import nn
 
 from gif.architectures import build_model, load_weights
 from gif.data import Dataset, load_cifar10, load_mnist, poison, split_indices
+from gif.devices import device_report, resolve_device
+from gif.errors import InvalidSpecError
 from gif.files import read_tensors, write_safetensors
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
@@ -185,9 +189,82 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> str:
-    """One line for a RESULTS.md section's header."""
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+def machine(device: torch.device | None = None) -> str:
+    """One line for a RESULTS.md section's header; with a CUDA ``device``, the GPU it ran on too."""
+    line = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return line if device is None or device.type != "cuda" else f"{line}; on {device_description(device)}"
+
+
+# --- the device a benchmark runs on (``--device``) -------------------------------------------------
+
+
+def parse_device(name: str) -> torch.device:
+    """``--device``'s value: ``auto`` (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    try:
+        return resolve_device(name)
+    except (InvalidSpecError, RuntimeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """The one ``--device`` option of every benchmark that runs edits (``args.device`` is a ``torch.device``)."""
+    parser.add_argument(
+        "--device",
+        type=parse_device,
+        default="auto",
+        help="where the edits run: auto (default: CUDA when there is one, else the CPU), cpu, cuda or cuda:N; "
+        "for the service's jobs it is the worker's GIF_WORKER_DEVICE",
+    )
+
+
+def torch_build() -> str:
+    """torch's version, with the CUDA it was built for when it was (a CUDA build may still run on the CPU)."""
+    return f"torch {torch.__version__}" + (f" (built for CUDA {torch.version.cuda})" if torch.version.cuda else "")
+
+
+def device_description(device: torch.device) -> str:
+    """The device in words: the GPU's name, index and memory on CUDA; the processor's name on the CPU."""
+    where = device_report(device)
+    if where["type"] != "cuda":
+        return f"CPU ({where['name']})"
+    memory = where.get("total_memory_bytes")
+    return f"{where['name']} (cuda:{where['index']}" + (f", {memory / 2**30:.0f} GiB)" if memory else ")")
+
+
+# --- jobs through the service: every wait is bounded -----------------------------------------------
+
+JOB_TIMEOUT_S = float(os.environ.get("GIF_BENCH_JOB_TIMEOUT_S", 900))  # no benchmark job takes longer
+FAILED = ("failed", "cancelled")
+
+
+class JobFailed(RuntimeError):
+    """A benchmark's job ended without succeeding, or did not end in time; the message says how."""
+
+
+def wait_for_job(
+    api: Any,
+    job_id: str,
+    timeout_s: float = JOB_TIMEOUT_S,
+    until: tuple[str, ...] = ("succeeded",),
+    poll_s: float = 0.05,
+) -> dict:
+    """The job once its status is one of ``until`` (default: succeeded). ``JobFailed`` when it ends otherwise
+    (failed or cancelled, with its error) or is not there within ``timeout_s`` (it is then cancelled, so that it
+    does not hold the worker): a benchmark never waits for ever on a job that cannot end."""
+    try:
+        job = api.wait(job_id, progress=False, poll_s=poll_s, timeout_s=timeout_s, until=until)
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            api.cancel(job_id)
+        try:
+            status = api.job(job_id)["status"]
+        except Exception:  # the service itself may be what is stuck
+            status = "unknown"
+        raise JobFailed(f"job {job_id} is still {status} after {timeout_s:.0f} s (cancelled)") from None
+    if job["status"] not in until:
+        error = job.get("error") or {}
+        raise JobFailed(f"job {job_id} {job['status']}: {error.get('code')}: {error.get('detail')}")
+    return job
 
 
 def pyplot() -> Any:
@@ -211,12 +288,13 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(key: str, title: str, body: str, command: str) -> None:
-    """Replace (or append) one experiment's section of RESULTS.md, stamped with command, machine and date."""
+def write_section(key: str, title: str, body: str, command: str, device: torch.device | None = None) -> None:
+    """Replace (or append) one experiment's section of RESULTS.md, stamped with command, machine (and the GPU, when
+    ``device`` is one) and date."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- section:{key} -->\n## {title}\n\n"
-        f"Command: `{command}` · {stamp} · {machine()}\n\n{body.strip()}\n<!-- end:{key} -->\n"
+        f"Command: `{command}` · {stamp} · {machine(device)}\n\n{body.strip()}\n<!-- end:{key} -->\n"
     )
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     pattern = re.compile(rf"<!-- section:{re.escape(key)} -->.*?<!-- end:{re.escape(key)} -->\n", re.S)

@@ -9,12 +9,14 @@ loader — at 32×32 inputs (the CPU's budget; 224² where a GPU runs this):
 2. a class removal through ``gif.edit.run`` at the default sample sizes (Hessian 512, gradient 256,
    selection 10%, auto step, CG at 5 iterations): its wall time, phase by phase, and its HVP count.
 
-Run: .venv/bin/python -m bench.families [FAMILY …]   (names: only the families whose label starts so; the rows of
-the others are kept from bench/FAMILIES.json)   GIF_BENCH_QUICK=1: a smoke run, writes bench/FAMILIES.quick.md
+Run: .venv/bin/python -m bench.families [--device auto|cpu|cuda|cuda:N] [FAMILY …]   (names: only the families whose
+label starts so; the rows of the others are kept from bench/FAMILIES.json, each stamped with the device it was
+measured on)   GIF_BENCH_QUICK=1: a smoke run, writes bench/FAMILIES.quick.md
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -25,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-from bench.common import markdown_table
+from bench.common import add_device_argument, device_description, markdown_table
 from bench.gpu import IMPLEMENTATIONS, hvp_row
 from bench.service_bench import host_description
 from gif.architectures import build_model
 from gif.data import Dataset
-from gif.devices import device_report, resolve_device
 from gif.edit import run
 from gif.programs import load_program
 from gif.spec import JobSpec
@@ -103,15 +104,16 @@ def edit_timing(model: torch.nn.Module, device: torch.device) -> list[object]:
     ]
 
 
-def render(rows: dict[str, dict], device_name: str, device_type: str) -> str:
+def render(rows: dict[str, dict], device: torch.device) -> str:
     hvp_rows = [r["hvp"] for r in rows.values()]
     edit_rows = [r["edit"] for r in rows.values() if r.get("edit")]
     measured = "\n".join(f"- {label}: {r['measured']} (load average {r['load']})" for label, r in rows.items())
-    return f"""# Users' own models, family by family, on {device_name} ({device_type})
+    return f"""# Users' own models, family by family, on {device_description(device)}
 
-Command: `.venv/bin/python -m bench.families [FAMILY …]` (this file is written by it; with families named, only
-their rows are measured again and the others kept, each row stamped below with when it was measured).
-Machine: {host_description()}
+Command: `.venv/bin/python -m bench.families --device {device} [FAMILY …]` (this file is written by it; with families
+named, only their rows are measured again and the others kept, each row stamped below with when and where it was
+measured).
+Machine: {host_description(device)}
 Inputs: {SHAPE[1]}×{SHAPE[2]} RGB, {CLASSES} classes, random weights (speed does not depend on training).
 
 ## 1. One Hessian-vector product against one forward+backward of the same batch (best of 3 after a warm-up)
@@ -132,12 +134,14 @@ The solve's cost is its HVP count times one HVP: with the default solver (LSMR t
 """
 
 
-def main() -> int:
-    only = sys.argv[1:]
-    device = resolve_device("auto")
-    print(host_description(), device, flush=True)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_argument(parser)
+    parser.add_argument("families", nargs="*", help="only the families whose label starts so (default: all)")
+    args = parser.parse_args(argv)
+    only, device = args.families, args.device
+    print(host_description(device), device, flush=True)
     rows: dict[str, dict] = json.loads(ROWS.read_text()) if ROWS.exists() and not QUICK else {}
-    where = device_report(device)
     with tempfile.TemporaryDirectory(prefix="gif-bench-") as tmp:
         for label, arch in [*FAMILIES, EXPORTED]:
             if only and not any(label.startswith(prefix) for prefix in only):
@@ -149,12 +153,12 @@ def main() -> int:
             print(rows[key]["hvp"], flush=True)
             rows[key]["edit"] = [key, f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"]
             rows[key]["edit"] += edit_timing(model, device)
-            rows[key]["measured"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+            rows[key]["measured"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {device_description(device)}"
             rows[key]["load"] = f"{os.getloadavg()[0]:.2f}"
             print(rows[key]["edit"], flush=True)
             if not QUICK:
                 ROWS.write_text(json.dumps(rows, indent=1))
-            OUT.write_text(render(rows, where["name"], device.type))
+            OUT.write_text(render(rows, device))
     print(OUT.read_text())
     return 0
 

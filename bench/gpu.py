@@ -10,11 +10,18 @@
 3. Healing: ``python -m service.tools.launch`` (``make run``), its worker killed with SIGKILL, a job submitted
    half a second later: seconds from the kill until the job runs and until it succeeds.
 
-Run: .venv/bin/python -m bench.gpu   (GIF_BENCH_QUICK=1: a smoke run in seconds, writes bench/GPU.quick.md)
+Every job wait is bounded (``bench.common.wait_for_job``): a job that fails, or never ends, fails its section
+with the job's error, the other sections still run, and the report says which failed (exit status 1).
+
+Run: .venv/bin/python -m bench.gpu [--device auto|cpu|cuda|cuda:N] [--out FILE]
+     (GIF_BENCH_QUICK=1: a smoke run in seconds, writes bench/GPU.quick.md). ``--device`` is where section 1 runs
+     and the stack's worker (``GIF_WORKER_DEVICE``) runs the jobs of sections 2 and 3; ``make gpu-check``
+     (``bench.gpu_check``) runs this as its last step and puts the report into its own bench/GPU.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -25,9 +32,12 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -36,13 +46,13 @@ import torchvision
 from gif_client import Client
 
 import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
-from bench.common import markdown_table
+from bench.common import add_device_argument, device_description, markdown_table, wait_for_job
 from bench.service_bench import host_description, in_process, start_stack
 from gif.architectures import build_model
 from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective
 from gif.data import Dataset
 from gif.demo import upload_demo, write_demo_assets
-from gif.devices import device_report, resolve_device, synchronize
+from gif.devices import synchronize
 from gif.spec import JobSpec
 from service.tools.launch import free_port
 
@@ -137,108 +147,137 @@ def seconds_between(job: dict, start: str, end: str) -> float:
     return (finish - begin).total_seconds()
 
 
-def start_overhead(workdir: Path) -> dict[str, object]:
-    """Jobs through a real stack: created → running when the worker is idle and back to back; end-to-end overhead."""
+def start_overhead(workdir: Path, device: torch.device) -> dict[str, Any]:
+    """Jobs through a real stack whose worker runs on ``device``: created → running when the worker is idle and
+    back to back; end-to-end overhead against the same edit in this process on ``device``."""
     with ExitStack() as stack:
-        running = start_stack(stack, workdir)
+        running = start_stack(stack, workdir, worker_device=str(device))
         api, body, demo = running.api, running.body, running.demo
-        idle, end_to_end, device = [], [], None
+        idle, end_to_end, where = [], [], None
         for _ in range(JOBS):
             time.sleep(0.5 if QUICK else STANDBY_WARM_S)
             started = time.perf_counter()
-            job = api.wait(api.submit(body)["id"], progress=False, poll_s=0.005)
+            job = wait_for_job(api, api.submit(body)["id"], poll_s=0.005)
             end_to_end.append(time.perf_counter() - started)
-            assert job["status"] == "succeeded", job["error"]
             idle.append(seconds_between(job, "created_at", "started_at"))
-            device = job["result"]["device"]
+            where = job["result"]["device"]
         back_to_back = []
         for _ in range(JOBS):
-            job = api.wait(api.submit(body)["id"], progress=False, poll_s=0.005)
+            job = wait_for_job(api, api.submit(body)["id"], poll_s=0.005)
             back_to_back.append(seconds_between(job, "created_at", "started_at"))
-    local = in_process(demo, JobSpec.model_validate(body))
+    local = in_process(demo, JobSpec.model_validate(body), device)
     in_process_s = statistics.median(local["edit_s"][1:]) + statistics.median(local["load_s"][1:])
     return {
         "idle": idle,
         "back_to_back": back_to_back,
         "end_to_end": end_to_end,
         "in_process_s": in_process_s,
-        "device": device,
+        "device": where,
     }
 
 
 READY = re.compile(r"ready on (\S+) .*worker pid (\d+)")
 RESTARTED = re.compile(r"the worker was restarted \(pid (\d+)\)")
+LAUNCH_TIMEOUT_S = 120.0
+LAUNCHER_STOP_S = 60.0
 
 
-def healing(workdir: Path) -> dict[str, float]:
-    """``make run``'s launcher: kill its worker, submit a job at once; seconds until it runs and succeeds."""
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GIF_REDIS_URL")}
-    env |= {"GIF_PORT": str(free_port()), "GIF_STORAGE_DIR": str(workdir / "artifacts")}
-    launcher = subprocess.Popen(
+@dataclass
+class Launched:
+    """``python -m service.tools.launch`` (``make run``) running in a directory of its own: its URL, its worker's
+    pid and what it has printed on stderr so far."""
+
+    process: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    base: str = ""
+    worker_pid: int = 0
+
+    def wait_for(self, pattern: re.Pattern, timeout_s: float = LAUNCH_TIMEOUT_S) -> re.Match:
+        """The first line of the launcher's stderr that matches, once there is one; ``RuntimeError`` with the
+        last lines if the launcher exits first or none comes within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not (found := next((m for m in map(pattern.search, list(self.lines)) if m), None)):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                state = f"exited with {self.process.returncode}" if self.process.poll() is not None else "running"
+                raise RuntimeError(f"the launcher ({state}) printed no {pattern.pattern!r}:\n{self.tail()}")
+            time.sleep(0.05)
+        return found
+
+    def tail(self, lines: int = 20) -> str:
+        return "".join(self.lines[-lines:])
+
+
+@contextmanager
+def launched(workdir: Path, worker_device: str | None = None, env: dict[str, str] | None = None) -> Iterator[Launched]:
+    """``make run``'s launcher with its default settings but a free ``GIF_PORT``, its own Redis (``var/redis``) and
+    artifacts under ``workdir`` (its working directory), and ``GIF_WORKER_DEVICE`` when ``worker_device`` is given;
+    ready when it says so (its URL and worker pid read from that line); stopped with Ctrl-C (SIGINT) on exit."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    base_env = {k: v for k, v in (env or os.environ).items() if k not in ("REDIS_URL", "GIF_REDIS_URL")}
+    base_env |= {"GIF_PORT": str(free_port()), "GIF_STORAGE_DIR": str(workdir / "artifacts")}
+    if worker_device is not None:
+        base_env["GIF_WORKER_DEVICE"] = worker_device
+    process = subprocess.Popen(
         [sys.executable, "-m", "service.tools.launch"],
         cwd=workdir,
-        env=env,
+        env=base_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(launcher.stderr), daemon=True).start()  # type: ignore[arg-type]
-
-    def wait_for(pattern: re.Pattern) -> re.Match:
-        deadline = time.monotonic() + 120
-        while not (found := next((m for m in map(pattern.search, list(lines)) if m), None)):
-            if launcher.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("".join(lines[-20:]))
-            time.sleep(0.05)
-        return found
-
+    running = Launched(process)
+    threading.Thread(target=lambda: running.lines.extend(process.stderr), daemon=True).start()  # type: ignore[arg-type]
     try:
-        ready = wait_for(READY)
-        base, worker_pid = ready.group(1), int(ready.group(2))
+        ready = running.wait_for(READY)
+        running.base, running.worker_pid = ready.group(1), int(ready.group(2))
+        yield running
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(LAUNCHER_STOP_S)
+        except subprocess.TimeoutExpired:  # its children die with it (PR_SET_PDEATHSIG)
+            process.kill()
+            process.wait(10)
+
+
+def healing(workdir: Path, device: torch.device) -> dict[str, float]:
+    """``make run``'s launcher (its worker on ``device``): kill its worker, submit a job at once; seconds until it
+    runs and succeeds."""
+    with launched(workdir, str(device)) as running, httpx.Client(base_url=running.base, timeout=60) as http:
         demo = workdir / "demo"
         write_demo_assets(demo)
-        with httpx.Client(base_url=base, timeout=60) as http:
-            api = Client(http=http)
-            body = {**json.loads((demo / "job.json").read_text()), **upload_demo(api, demo)}
-            assert api.wait(api.submit(body)["id"], progress=False)["status"] == "succeeded"
-            time.sleep(0.5 if QUICK else STANDBY_WARM_S)
-            killed = time.perf_counter()
-            os.kill(worker_pid, signal.SIGKILL)
-            time.sleep(KILL_SETTLE_S)
-            job_id = api.submit(body)["id"]
-            api.wait(job_id, progress=False, poll_s=0.01, until=("running",))
-            running = time.perf_counter() - killed
-            job = api.wait(job_id, progress=False, poll_s=0.01)
-            succeeded = time.perf_counter() - killed
-            assert job["status"] == "succeeded", job["error"]
-            restarted = int(wait_for(RESTARTED).group(1))
-        return {"to_running_s": running, "to_succeeded_s": succeeded, "restarted": float(restarted != worker_pid)}
-    finally:
-        launcher.send_signal(signal.SIGINT)
-        launcher.wait(60)
+        api = Client(http=http)
+        body = {**json.loads((demo / "job.json").read_text()), **upload_demo(api, demo)}
+        wait_for_job(api, api.submit(body)["id"])
+        time.sleep(0.5 if QUICK else STANDBY_WARM_S)
+        killed = time.perf_counter()
+        os.kill(running.worker_pid, signal.SIGKILL)
+        time.sleep(KILL_SETTLE_S)
+        job_id = api.submit(body)["id"]
+        wait_for_job(api, job_id, poll_s=0.01, until=("running", "succeeded"))
+        to_running = time.perf_counter() - killed
+        wait_for_job(api, job_id, poll_s=0.01)
+        succeeded = time.perf_counter() - killed
+        restarted = int(running.wait_for(RESTARTED).group(1))
+    return {
+        "to_running_s": to_running,
+        "to_succeeded_s": succeeded,
+        "restarted": float(restarted != running.worker_pid),
+    }
 
 
-def report(started: datetime, device: torch.device, hvp_rows: list, jobs: dict, heal: dict) -> str:
-    median = statistics.median
-    where = device_report(device)
-    overhead = median(jobs["end_to_end"][1:] or jobs["end_to_end"]) - jobs["in_process_s"]
-    return f"""# The worker and the engine on {where["name"]} ({device.type})
-
-Command: `.venv/bin/python -m bench.gpu` (this file is written by it)
-Date: {started:%Y-%m-%d %H:%M} UTC
-Machine: {host_description()}; at the end {os.getloadavg()[0]:.2f}
-Device: {where["type"]} · {where["name"]}{"" if QUICK else ""}
-
-## 1. One Hessian-vector product against one forward+backward of the same batch (best of {REPEATS} after a warm-up)
-
-{markdown_table(["model", "batch", "forward+backward ms", *IMPLEMENTATIONS, "auto (its choice: ratio)"], hvp_rows)}
+def hvp_section(rows: list[list[object]]) -> str:
+    return f"""{markdown_table(["model", "batch", "forward+backward ms", *IMPLEMENTATIONS, "auto (its choice: ratio)"], rows)}
 
 Targets (issue 8): ≤ 2.5× on CUDA for VGG-11, ResNet-18 and ViT-B/16; ≤ 3× on the CPU for TinyNet and ResNet-18.
 `auto` times one product of each implementation on the first batch and keeps the fastest; the cache
-budget is half of the device's free memory. Attention runs on the math kernel inside curvature code.
+budget is half of the device's free memory. Attention runs on the math kernel inside curvature code."""
 
-## 2. Job start overhead (demo job: MLP on the digits, CG 20 iterations, auto step; jobs ran on {jobs["device"]["type"]})
+
+def jobs_section(jobs: dict[str, Any]) -> str:
+    median = statistics.median
+    overhead = median(jobs["end_to_end"][1:] or jobs["end_to_end"]) - jobs["in_process_s"]
+    return f"""Jobs ran on {jobs["device"]["type"]} ({jobs["device"]["name"]}).
 
 | | median s | max s | runs |
 | --- | --- | --- | --- |
@@ -254,11 +293,11 @@ next standby is warm waits for it: that row is the price of a fresh process per 
 a standby's start (imports and a warm-up edit, a few CPU-seconds, here on cores shared with the running
 job). Real edits take seconds to minutes, long enough for the next standby to be warm when they end.
 The in-process row runs in this benchmark's own process; a negative overhead means the worker's fresh,
-warmed-up process ran the edit a little faster than this long-lived one.
+warmed-up process ran the edit a little faster than this long-lived one."""
 
-## 3. Healing under `make run` (`python -m service.tools.launch`)
 
-| worker killed (SIGKILL) → | seconds |
+def healing_section(heal: dict[str, float]) -> str:
+    return f"""| worker killed (SIGKILL) → | seconds |
 | --- | --- |
 | a job submitted {KILL_SETTLE_S} s later is running | {heal["to_running_s"]:.2f} |
 | … and has succeeded | {heal["to_succeeded_s"]:.2f} |
@@ -268,22 +307,84 @@ while it keeps dying); the API stays up throughout. A job posted in the very mil
 can be taken off the queue by the dying worker: the reaper (API or any worker host) puts it back once it
 has been queued for a heartbeat window (`GIF_HEARTBEAT_TTL_S`, 15 s) and the queue no longer holds it (not
 waiting, and no live worker's lease on it), so it runs within about 25 s instead (up to RQ's 90 s lease if the
-dying worker had already leased it).
-"""
+dying worker had already leased it)."""
 
 
-def main() -> int:
+@dataclass
+class Section:
+    """One section of the report: its title, and its body, or the error that stopped it."""
+
+    title: str
+    run: Callable[[], Any]
+    render: Callable[[Any], str]
+    body: str = ""
+    failed: str | None = None
+    seconds: float = 0.0
+
+    def measure(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.body = self.render(self.run())
+        except Exception as exc:  # the next section still runs; the report says what stopped this one
+            self.failed = f"{type(exc).__name__}: {exc}"
+            print(f"{self.title}: failed: {self.failed}", file=sys.stderr, flush=True)
+        self.seconds = time.perf_counter() - started
+
+    def text(self) -> str:
+        if self.failed is None:
+            return f"## {self.title}\n\n{self.body}\n"
+        return f"## {self.title}\n\n**Failed** after {self.seconds:.0f} s:\n\n```\n{self.failed.strip()[-3000:]}\n```\n"
+
+
+def report(started: datetime, device: torch.device, host: str, sections: list[Section]) -> str:
+    failed = [s.title.split(".")[0] for s in sections if s.failed is not None]
+    verdict = f"**sections {', '.join(failed)} failed**" if failed else "every section ran"
+    quick = " (GIF_BENCH_QUICK=1: smoke-run sizes, numbers not kept)" if QUICK else ""
+    body = "\n".join(section.text() for section in sections)
+    return f"""# The worker and the engine on {device_description(device)}
+
+Command: `.venv/bin/python -m bench.gpu --device {device}` (this file is written by it){quick}
+Date: {started:%Y-%m-%d %H:%M} UTC
+Machine: {host}; at the end {os.getloadavg()[0]:.2f}
+Device: {device_description(device)}; {verdict}
+
+{body}"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_argument(parser)
+    parser.add_argument("--out", type=Path, default=OUT, help=f"where the report goes (default: {OUT})")
+    args = parser.parse_args(argv)
+    device: torch.device = args.device
     started = datetime.now(UTC)
-    device = resolve_device("auto")
-    print(host_description(), device, flush=True)
-    hvp_rows = hvp_costs(device)
+    host = host_description(device)
+    print(host, device, flush=True)
     with tempfile.TemporaryDirectory(prefix="gif-bench-") as tmp:
-        jobs = start_overhead(Path(tmp) / "stack")
-        heal = healing(Path(tmp))
-    text = report(started, device, hvp_rows, jobs, heal)
-    OUT.write_text(text)
+        sections = [
+            Section(
+                f"1. One Hessian-vector product against one forward+backward of the same batch (best of {REPEATS} "
+                "after a warm-up)",
+                lambda: hvp_costs(device),
+                hvp_section,
+            ),
+            Section(
+                "2. Job start overhead (demo job: MLP on the digits, CG 20 iterations, auto step)",
+                lambda: start_overhead(Path(tmp) / "stack", device),
+                jobs_section,
+            ),
+            Section(
+                "3. Healing under `make run` (`python -m service.tools.launch`)",
+                lambda: healing(Path(tmp) / "launch", device),
+                healing_section,
+            ),
+        ]
+        for section in sections:
+            section.measure()
+    text = report(started, device, host, sections)
+    args.out.write_text(text)
     print(text)
-    return 0
+    return 1 if any(section.failed for section in sections) else 0
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import torch
 from gif_client import Client
 
 import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
-from bench.common import cpu_model
+from bench.common import JOB_TIMEOUT_S, cpu_model, device_description, torch_build, wait_for_job
 from gif.architectures import load_checkpoint
 from gif.data import read_dataset
 from gif.demo import upload_demo, write_demo_assets
@@ -240,8 +240,7 @@ def artifact_round_trip(running: Stack, workdir: Path) -> dict[str, dict[str, fl
     upload = upload_memory(running.base, running.api_pid, workdir)
     api = running.api
     body = {**BIG_JOB, **big_job_inputs(api, workdir, str(upload["model_id"]))}
-    job = api.wait(api.submit(body)["id"], progress=False, timeout_s=1800)
-    assert job["status"] == "succeeded", job["error"]
+    job = wait_for_job(api, api.submit(body)["id"], timeout_s=max(JOB_TIMEOUT_S, 1800))
     with PeakMemory(running.api_pid) as memory:
         path = api.download(job["id"], workdir / "edited.safetensors")
     size = path.stat().st_size
@@ -288,8 +287,8 @@ def concurrent_uploads(running: Stack, workdir: Path, job_id: str) -> dict[str, 
     with PeakMemory(running.api_pid) as memory, ThreadPoolExecutor(UPLOADS) as pool:
         upload_s = list(pool.map(upload, paths))
     done.set()
-    latencies, polled = results.get()
-    poller.join()
+    latencies, polled = results.get(timeout=120)  # the pollers stop within one interval of ``done``
+    poller.join(timeout=60)
     sizes = [path.stat().st_size for path in paths]
     for path in paths:
         path.unlink()
@@ -306,8 +305,9 @@ def concurrent_uploads(running: Stack, workdir: Path, job_id: str) -> dict[str, 
 # --- 3. end-to-end overhead -----------------------------------------------------------------------
 
 
-def in_process(demo: Path, spec: JobSpec) -> dict[str, list[float]]:
-    """The same edit with gif.edit.run in this process: loading, and the edit itself (first run cold)."""
+def in_process(demo: Path, spec: JobSpec, device: torch.device | str | None = None) -> dict[str, list[float]]:
+    """The same edit with gif.edit.run in this process (on ``device``, default auto): loading, and the edit itself
+    (first run cold)."""
     times: dict[str, list[float]] = {"load_s": [], "edit_s": []}
     architecture = json.loads((demo / "architecture.json").read_text())
     for _ in range(E2E_RUNS + 1):
@@ -315,7 +315,7 @@ def in_process(demo: Path, spec: JobSpec) -> dict[str, list[float]]:
         model = load_checkpoint(architecture, demo / "model.safetensors")
         train, held_out = read_dataset(demo / "train.safetensors"), read_dataset(demo / "eval.safetensors")
         loaded = time.perf_counter()
-        run(spec, model, train, held_out)
+        run(spec, model, train, held_out, device=device)
         times["load_s"].append(loaded - started)
         times["edit_s"].append(time.perf_counter() - loaded)
     return times
@@ -325,9 +325,8 @@ def through_service(api: Client, body: dict) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"submit_to_succeeded_s": [], "worker_edit_s": [], "queue_wait_s": []}
     for _ in range(E2E_RUNS + 1):
         started = time.perf_counter()
-        job = api.wait(api.submit(body)["id"], progress=False, poll_s=0.005)
+        job = wait_for_job(api, api.submit(body)["id"], poll_s=0.005)
         times["submit_to_succeeded_s"].append(time.perf_counter() - started)
-        assert job["status"] == "succeeded", job["error"]
         times["worker_edit_s"].append(job["result"]["timings"]["total_s"])
         created, begun = (datetime.fromisoformat(job[k].replace("Z", "+00:00")) for k in ("created_at", "started_at"))
         times["queue_wait_s"].append((begun - created).total_seconds())
@@ -341,13 +340,15 @@ def median(values: list[float], skip_first: bool = True) -> float:
 # --- report ---------------------------------------------------------------------------------------
 
 
-def host_description() -> str:
-    """The machine in one line, with its load: the service's numbers depend on what else shares the cores."""
+def host_description(device: torch.device | None = None) -> str:
+    """The machine in one line, with its load: the service's numbers depend on what else shares the cores. With a
+    ``device`` (where the edits run; default: the CPU) a CUDA device is named, GPU model and memory."""
     cpu = cpu_model()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    where = "CPU" if device is None or device.type != "cuda" else device_description(device)
     return (
         f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__} (CPU), load average at start "
+        f"Python {platform.python_version()}, {torch_build()}, edits on {where}, load average at start "
         f"{os.getloadavg()[0]:.2f}"
     )
 
@@ -468,13 +469,20 @@ class Stack:
     api_pid: int
 
 
-def start_stack(stack: ExitStack, workdir: Path, **storage: Any) -> Stack:
-    """Redis, ``python -m worker`` and ``python -m service`` on free ports with throwaway storage under ``workdir``
-    (or the S3 ``storage`` settings name), the demo model and data uploaded; everything stops with ``stack``."""
+def start_stack(stack: ExitStack, workdir: Path, worker_device: str = "auto", **storage: Any) -> Stack:
+    """Redis, ``python -m worker`` (on ``worker_device``: its ``GIF_WORKER_DEVICE``) and ``python -m service`` on
+    free ports with throwaway storage under ``workdir`` (or the S3 ``storage`` settings name), the demo model and
+    data uploaded; everything stops with ``stack``."""
     url = stack.enter_context(redis_for(workdir / "redis"))
     tag = f"bench-{secrets.token_hex(4)}"
     settings = Settings(
-        redis_url=url, key_prefix=tag, queue_name=tag, storage_dir=workdir / "artifacts", port=free_port(), **storage
+        redis_url=url,
+        key_prefix=tag,
+        queue_name=tag,
+        storage_dir=workdir / "artifacts",
+        port=free_port(),
+        worker_device=worker_device,
+        **storage,
     )
     env = {**os.environ, **CREDENTIALS, **settings.as_env()}
     logs = stack.enter_context(open(workdir / "stack.log", "wb"))  # noqa: SIM115 -- closed with the stack
@@ -499,7 +507,7 @@ def main() -> int:
         api, body = running.api, running.body
         service = through_service(api, body)
         local = in_process(running.demo, JobSpec.model_validate(body))
-        job_id = api.wait(api.submit(body)["id"], progress=False)["id"]
+        job_id = wait_for_job(api, api.submit(body)["id"])["id"]
         polling = polling_latency(running.port, job_id)
         body_bytes = len(api.http.get(f"/v1/jobs/{job_id}").content)
         uploads = [concurrent_uploads(running, workdir, job_id) for _ in range(UPLOAD_REPEATS)]

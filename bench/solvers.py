@@ -21,8 +21,9 @@ class 8, ship (``--tasks vgg11-remove-ship --seeds 1``: its residual curves and 
 and ResNet-18 / MNIST removing 8 on the benchmarks' reduced setup (``--tasks resnet18-remove-8``: 2,000 images,
 3 epochs, Hessian sample 128, without the two longest GIF variants).
 
-Run: python -m bench.solvers [--tasks a,b] [--seeds N]   (GIF_BENCH_QUICK=1: one seed, small sizes;
-     --tasks "": rewrite the section from bench/solvers_seeds.json alone)
+Run: python -m bench.solvers [--tasks a,b] [--seeds N] [--device auto|cpu|cuda|cuda:N]   (GIF_BENCH_QUICK=1: one
+     seed, small sizes; --tasks "": rewrite the section from bench/solvers_seeds.json alone). ``--device``: where
+     the edits, the retraining and the baselines run (the reference models are trained on the CPU and cached).
 """
 
 from __future__ import annotations
@@ -37,11 +38,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import torch
 from torch import nn
 
 from bench.backdoor import relabel_request
 from bench.baselines import FINETUNE_EPOCHS, fine_tune, gradient_ascent
-from bench.common import QUICK, RESULTS, SETUPS, Prepared, machine, markdown_table, prepare, pyplot, write_section
+from bench.common import (
+    QUICK,
+    RESULTS,
+    SETUPS,
+    Prepared,
+    add_device_argument,
+    machine,
+    markdown_table,
+    prepare,
+    pyplot,
+    write_section,
+)
 from gif.edit import job_evaluation_plan, run
 from gif.metrics import measure
 from gif.plan import RequestPlan
@@ -109,7 +122,7 @@ def spec(task: Task, request: dict, seed: int, **fields) -> JobSpec:
 # --- 1. residual against HVPs ----------------------------------------------------------------------
 
 
-def solve_curve(task: Task, prepared: Prepared, kind: str) -> list[tuple[int, float]]:
+def solve_curve(task: Task, prepared: Prepared, kind: str, device: torch.device) -> list[tuple[int, float]]:
     """(HVPs so far, relative residual) after each iteration of a 40-iteration solve."""
     job = spec(
         task,
@@ -119,7 +132,7 @@ def solve_curve(task: Task, prepared: Prepared, kind: str) -> list[tuple[int, fl
         step={"mode": "fixed", "scale": 1.0},
     )
     attack = prepared.extras.get("triggered_test")
-    result = run(job, prepared.model, prepared.train, prepared.test, attack_data=attack).result
+    result = run(job, prepared.model, prepared.train, prepared.test, attack_data=attack, device=device).result
     return [(1 + 2 * (i + 1), r) for i, r in enumerate(result.solver.residual_history)]  # Aᵀb, then 2 per iteration
 
 
@@ -141,9 +154,9 @@ def plot_curves(task: str, curves: dict[str, list[tuple[int, float]]]) -> None:
     plt.close(figure)
 
 
-def measure_curves(task: Task, name: str) -> dict[str, list[tuple[int, float]]]:
+def measure_curves(task: Task, name: str, device: torch.device) -> dict[str, list[tuple[int, float]]]:
     prepared = prepare(SETUPS[task.setup])
-    curves = {kind: solve_curve(task, prepared, kind) for kind in ("cg", "lsmr")}
+    curves = {kind: solve_curve(task, prepared, kind, device) for kind in ("cg", "lsmr")}
     plot_curves(name, curves)
     return curves
 
@@ -167,8 +180,8 @@ def edit_seconds(result: EditResult) -> float:
     return t.selection_s + t.solve_s + t.step_search_s
 
 
-def one_seed(task: Task, seed: int) -> dict[str, Any]:
-    """Every method on one seed: its metrics, seconds, and for GIF the residual and HVPs."""
+def one_seed(task: Task, seed: int, device: torch.device) -> dict[str, Any]:
+    """Every method on one seed, on ``device``: its metrics, seconds, and for GIF the residual and HVPs."""
     prepared = prepare(SETUPS[task.setup], seed)
     attack = prepared.extras.get("triggered_test")
     request = task.request(prepared)
@@ -177,7 +190,7 @@ def one_seed(task: Task, seed: int) -> dict[str, Any]:
     for index, (name, fields) in enumerate(variants):
         extra = {"retrain": prepared.setup.recipe.model_dump() | {"seed": seed}} if index == 0 else {}
         result = run(spec(task, request, seed, **{**fields, **extra}), prepared.model, prepared.train, prepared.test,
-                     attack_data=attack).result  # fmt: skip
+                     attack_data=attack, device=device).result  # fmt: skip
         entry[name] = {
             "metrics": result.metrics.after,
             "seconds": edit_seconds(result),
@@ -193,8 +206,8 @@ def one_seed(task: Task, seed: int) -> dict[str, Any]:
         job, prepared.train, prepared.test, attack, RequestPlan.of(job.request, prepared.train)
     )
     baselines: dict[str, Callable[[], nn.Module]] = {
-        BASELINES[0]: lambda: fine_tune(prepared, job, seed),
-        BASELINES[1]: lambda: gradient_ascent(prepared, job),
+        BASELINES[0]: lambda: fine_tune(prepared, job, seed, device),
+        BASELINES[1]: lambda: gradient_ascent(prepared, job, device=device),
     }
     for name, make in baselines.items():
         start = time.perf_counter()
@@ -376,19 +389,19 @@ def save(results: dict[str, dict]) -> None:
     SEEDS_FILE.write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
 
 
-def measure_task(name: str, seeds: range, results: dict[str, dict]) -> None:
-    """Measure ``seeds`` of a task; from a first seed above 0, add them to the task's stored values."""
+def measure_task(name: str, seeds: range, results: dict[str, dict], device: torch.device) -> None:
+    """Measure ``seeds`` of a task on ``device``; from a first seed above 0, add them to the task's stored values."""
     task = TASKS[name]
-    stamp = f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} · {machine()}"
+    stamp = f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} · {machine(device)}"
     if seeds.start > 0 and name in results:
         entry = results[name]
         entry["measured"] += f"; seeds {seeds.start}–{seeds.stop - 1} {stamp}"
     else:
-        entry = {"measured": stamp, "seeds": {}, "curves": measure_curves(task, name) if task.curves else {}}
+        entry = {"measured": stamp, "seeds": {}, "curves": measure_curves(task, name, device) if task.curves else {}}
         results[name] = entry
     save(results)
     for seed in seeds:
-        entry["seeds"][str(seed)] = one_seed(task, seed)
+        entry["seeds"][str(seed)] = one_seed(task, seed, device)
         print(name, seed, {m: v.get("metrics") for m, v in entry["seeds"][str(seed)].items() if isinstance(v, dict)},
               flush=True)  # fmt: skip
         save(results)
@@ -448,12 +461,14 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(name for name, task in TASKS.items() if task.default))
     parser.add_argument("--seeds", type=int, default=1 if QUICK else 5, help="how many seeds")
     parser.add_argument("--first-seed", type=int, default=0, help="above 0: add seeds to the stored ones")
+    add_device_argument(parser)
     args = parser.parse_args()
     results = load_results()
     for name in filter(None, args.tasks.split(",")):  # --tasks "": the report from the stored values alone
-        measure_task(name, range(args.first_seed, args.first_seed + args.seeds), results)
+        measure_task(name, range(args.first_seed, args.first_seed + args.seeds), results, args.device)
     body = report({name: results[name] for name in TASKS if name in results})
-    write_section("solvers", "8. Solvers and defaults (issue 11)", body, "python -m bench.solvers")
+    command = "python -m bench.solvers" + (f" --device {args.device}" if args.device.type != "cpu" else "")
+    write_section("solvers", "8. Solvers and defaults (issue 11)", body, command, args.device)
     print(body)
 
 

@@ -226,7 +226,9 @@ class HessianOperator:
         first batch's first-order graph when the cached implementation was tried (it becomes the cache's first)."""
         batch = self.objective.batches[0]
         like = next(iter(self.objective.params.values()))  # the parameters' dtype and device, not the data's
-        v_parts = self.objective.space.unflatten(torch.randn_like(self.objective.space.zeros(like)))
+        # any vector times the products alike; a seeded CPU draw leaves torch's global random state untouched
+        probe = torch.randn(self.size, generator=torch.Generator().manual_seed(0), dtype=like.dtype)
+        v_parts = self.objective.space.unflatten(probe.to(like.device))
         graph = None
         trials: dict[HvpMethod, Callable[[], object]] = {
             "double_backward": lambda: self._product_via_graph(self._first_order_graph(*batch), v_parts, keep=False),

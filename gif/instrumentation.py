@@ -10,7 +10,8 @@ so one mechanism serves eager modules and exported graphs. Normalisation layers,
 tokens and position embeddings are never layers: they are not the weight of such a call.
 
 ``unit_statistics`` returns, per layer, the mean over batch (and space or tokens) of the layer's raw
-output per output unit and of the gradient of an analysed loss with respect to that output.
+output per output unit and of the gradient of an analysed loss with respect to that output, summed and
+returned in float64.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def _layer_name(weight: str) -> str:
 
 
 class _Accumulator:
+    """A per-unit sum and its count, summed in float64 from the first addition on: the selection ranks units by these
+    means, and float32 sums round differently with each summation order (another device, another batch size)."""
+
     def __init__(self) -> None:
         self.total: torch.Tensor | None = None
         self.count = 0
@@ -74,11 +78,12 @@ class _Accumulator:
         """Sum over every axis but the unit axis."""
         moved = t.detach().movedim(axis, -1)
         flat = moved.reshape(-1, moved.shape[-1])
-        self.add(flat.sum(0), flat.shape[0])
+        self.add(flat.sum(0, dtype=torch.float64), flat.shape[0])
 
     def mean(self) -> torch.Tensor:
+        """The mean per unit, in float64 on the CPU."""
         assert self.total is not None, "the layer never ran on the analysed data"
-        return (self.total / self.count).float().cpu()
+        return (self.total / self.count).cpu()
 
 
 class _LayerWatch(TorchFunctionMode):

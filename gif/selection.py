@@ -4,11 +4,14 @@ The unit of selection is an output unit of a layer (``gif.instrumentation``: a L
 convolution's output channel, a row of an attention input projection, with its whole fan-in and its
 bias). Each layer gets a budget of ``round(ratio × its number of units)`` units, so every layer gives
 up the same share of its parameters. Normalisation parameters and embeddings are never selected.
-Every criterion is deterministic for a given seed and analysed sample.
+Every criterion is deterministic for a given seed and analysed sample, and the same on every device: random
+draws come from a CPU generator seeded by the spec, and rankings use scores rounded well above float32 noise,
+ties going to the lower unit index (``ranking_scores``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,13 +58,40 @@ class Selection:
 Criterion = Callable[[torch.Tensor, torch.Tensor | None, int, torch.Generator, SelectionSpec], torch.Tensor]
 
 
+# A layer's scores are compared on a grid of this share of its largest score: 1,000 times coarser than their float32
+# rounding (about 1e-7 of the largest score, measured on TinyNet/MNIST against float64; devices round differently:
+# other kernels, other summation orders), fine enough that only units the criterion can hardly tell apart tie.
+# TF32 convolutions (CUDA's default; about 2e-4 of the largest score) are beyond it: edits that must agree across
+# devices compute in full float32.
+SCORE_RESOLUTION = 1e-4
+
+
+def ranking_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Per-unit scores as the criteria compare them: in float64 on the CPU, rounded to ``SCORE_RESOLUTION`` × the
+    layer's largest score, so that scores equal but for float rounding (duplicated units, the same values summed in
+    another order on another device) tie, and the lower unit index wins.
+
+    The grid is relative to the layer's largest score, not to each score, because rounding errs by a share of what
+    the layer's sums add up, not of each unit's own mean: the tiny scores of nearly dead units are noise, and all
+    round to 0. No grid can keep two distinct scores within rounding noise of a grid line on one side of it on
+    every device; the criteria's ranks are stable up to that."""
+    scores = scores.detach().to("cpu", torch.float64)
+    largest = float(scores.max()) if len(scores) else 0.0
+    if not 0.0 < largest < math.inf:
+        return torch.zeros_like(scores)
+    return torch.round(scores / (SCORE_RESOLUTION * largest))
+
+
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores; ties go to the lower index (stable)."""
-    return torch.sort(scores, descending=True, stable=True).indices[:k]
+    """Indices of the k largest scores; ties go to the lower index (a stable sort)."""
+    return torch.sort(ranking_scores(scores), descending=True, stable=True).indices[:k]
 
 
-def _random(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.randperm(n, generator=generator)[:k]
+def _random_among(eligible: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k of the ``eligible`` units (a bool per unit) drawn uniformly: the first k eligible in a seeded random order
+    of all units, so that a unit entering or leaving the eligible set changes at most one choice."""
+    order = torch.randperm(len(eligible), generator=generator)
+    return order[eligible[order]][:k]
 
 
 def _measured(grads: torch.Tensor | None) -> torch.Tensor:
@@ -71,17 +101,23 @@ def _measured(grads: torch.Tensor | None) -> torch.Tensor:
 
 
 def _threshold(outputs: torch.Tensor, _grads, k: int, generator: torch.Generator, spec: SelectionSpec) -> torch.Tensor:
-    scores = outputs.abs()
+    """Units whose |mean output| exceeds the threshold (rounded on the scores' grid, so that a score equal to it up
+    to float rounding is not above it on one device only), k of them at random."""
+    scores = outputs.detach().to("cpu", torch.float64).abs()
     threshold = spec.threshold if spec.threshold is not None else float(scores.mean())
-    eligible = torch.nonzero(scores > threshold).flatten()
-    return eligible[_random(len(eligible), k, generator)]
+    rounded = ranking_scores(torch.cat([scores, scores.new_tensor([threshold])]))
+    return _random_among(rounded[:-1] > rounded[-1], k, generator)
+
+
+def _random(outputs: torch.Tensor, _grads, k: int, generator: torch.Generator, _spec: SelectionSpec) -> torch.Tensor:
+    return _random_among(torch.ones(len(outputs), dtype=torch.bool), k, generator)
 
 
 CRITERIA: dict[str, Criterion] = {
     "topk_outputs": lambda outputs, _grads, k, _gen, _spec: _top(outputs.abs(), k),
     "topk_gradients": lambda _outputs, grads, k, _gen, _spec: _top(_measured(grads).abs(), k),
     "threshold": _threshold,
-    "random": lambda outputs, _grads, k, gen, _spec: _random(len(outputs), k, gen),
+    "random": _random,
 }
 
 

@@ -21,14 +21,20 @@ EpochCallback = Callable[[int, int], None]  # (epochs done, epochs in all); may 
 
 def reinitialised(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model`` with fresh, seeded weights: every module's own ``reset_parameters``,
-    innermost first, so that a model's own initialisation scheme has the last word."""
-    fresh = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for module in reversed(list(fresh.modules())):
-        for reset in ("reset_parameters", "reset_running_stats"):
-            if callable(method := getattr(module, reset, None)):
-                method()
-    return fresh
+    innermost first, so that a model's own initialisation scheme has the last word.
+
+    The initialisers draw from torch's global generator, so they run on a CPU copy with the CPU generator
+    seeded by ``seed`` and restored afterwards: a model on any device gets the same weights, and the
+    caller's random state is left as it was."""
+    device = next(model.parameters()).device
+    fresh = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        for module in reversed(list(fresh.modules())):
+            for reset in ("reset_parameters", "reset_running_stats"):
+                if callable(method := getattr(module, reset, None)):
+                    method()
+    return fresh.to(device)
 
 
 def train(model: nn.Module, data: Dataset, recipe: RetrainSpec, on_epoch: EpochCallback | None = None) -> nn.Module:

@@ -1,9 +1,10 @@
-"""What the service and worker tests share: the users' client (``gif_client.Client``) with the suite's defaults,
-a listing of what an artifact store holds, and headless chromium (Debian's; the tests that need it are skipped
-where it is not installed)."""
+"""What the tests share: the users' client (``gif_client.Client``) with the suite's defaults, a listing of what an
+artifact store holds, headless chromium (Debian's; the tests that need it are skipped where it is not installed),
+and what makes two edits the same edit (on two devices, or summed in two orders)."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from collections.abc import Collection
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+import torch
 from gif_client import Client
 from gif_client.client import TERMINAL
 from gif_client.problems import raise_for_problem
@@ -66,3 +68,28 @@ def headless_chromium(url: str, profile: Path, *flags: str) -> subprocess.Comple
 def console_messages(run: subprocess.CompletedProcess[str]) -> list[str]:
     """The console messages a ``headless_chromium`` run logged."""
     return [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def units_moved(state: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Per parameter, the rows (a layer's output units) with any entry changed: the selected units."""
+    return {
+        name: torch.nonzero((state[name] != value).reshape(len(value), -1).any(1)).flatten().tolist()
+        for name, value in original.items()
+        if value.dim()
+    }
+
+
+def assert_the_same_edit(
+    edits: dict[str, dict[str, torch.Tensor]], original: dict[str, torch.Tensor], tolerance: float = 1e-3
+) -> None:
+    """The same units moved, and the same entries up to float32 rounding: an update within one ulp of its weight,
+    which θ + Δ keeps on one device and rounds away on the other (two CPU runs summing in other orders differ so),
+    may move on one side only; and the updates agree within ``tolerance`` relative."""
+    first, second = edits.values()
+    assert units_moved(first, original) == units_moved(second, original)
+    theta = torch.cat([v.flatten() for v in original.values()])
+    one_ulp = (torch.nextafter(theta.abs(), torch.tensor(math.inf)) - theta.abs()).double()
+    delta = [torch.cat([(edit[k] - v).flatten().double() for k, v in original.items()]) for edit in edits.values()]
+    moved_on_one_side = (delta[0] != 0) != (delta[1] != 0)
+    assert bool((torch.maximum(delta[0].abs(), delta[1].abs()) <= one_ulp)[moved_on_one_side].all())
+    assert (delta[1] - delta[0]).norm() <= tolerance * delta[0].norm()

@@ -122,7 +122,9 @@ def test_reinitialised_models_use_the_architectures_own_init():
     from gif.training import reinitialised
 
     model = build_model({"name": "tinynet", "config": {}})
+    state = torch.get_rng_state()
     fresh = reinitialised(model, 3)
+    assert torch.equal(torch.get_rng_state(), state)  # seeded draws on the CPU; the caller's random state is kept
     assert not torch.equal(fresh.conv1.weight, model.conv1.weight)
     assert torch.equal(fresh.conv1.weight, reinitialised(model, 3).conv1.weight)
     assert not fresh.fc.bias.any()  # TinyNet's He init zeroes biases; PyTorch's default would not

@@ -84,6 +84,13 @@ def test_auto_times_each_implementation_and_keeps_the_fastest(objective):
     assert torch.allclose(op(v), without_cache(v), rtol=1e-10, atol=1e-12)
 
 
+def test_timing_the_implementations_leaves_the_global_random_state_alone(objective):
+    """The probe vector comes from a seeded CPU generator: an edit draws nothing from torch's global generator."""
+    state = torch.get_rng_state()
+    HessianOperator(objective)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_the_cache_budget_follows_free_memory_unless_set(monkeypatch):
     from gif.curvature import CACHE_SHARE_OF_FREE_MEMORY, default_cache_budget_bytes
     from gif.devices import available_memory_bytes

@@ -5,15 +5,58 @@ import copy
 import pytest
 import torch
 
-from gif.edit import run
+from gif.data import Dataset
+from gif.edit import draw_samples, run
 from gif.errors import EditCancelled, InvalidSpecError, NonFiniteError, OutOfMemoryError
+from gif.plan import RequestPlan
 from gif.spec import JobSpec
+from tests.support import assert_the_same_edit
 
 FAST_SOLVER = {"max_iterations": 5, "hessian_samples": 512, "gradient_samples": 256}
 
 
 def job(**fields) -> JobSpec:
     return JobSpec.model_validate({"solver": FAST_SOLVER, **fields})
+
+
+def test_the_samples_depend_on_the_seed_only():
+    """The validation split, the Hessian sample and the gradient sample come from CPU generators seeded by the spec:
+    the same on any device, whatever torch's global random state."""
+    data = Dataset(torch.zeros(200, 2), torch.arange(200) % 4)
+    drawn = []
+    for global_seed, solver_seed in ((1, 7), (2, 7), (1, 8)):
+        spec = job(
+            request={"kind": "remove_class", "classes": [1]},
+            solver={**FAST_SOLVER, "hessian_samples": 30, "gradient_samples": 10, "seed": solver_seed},
+        )
+        torch.manual_seed(global_seed)
+        drawn.append(draw_samples(spec, RequestPlan.of(spec.request, data), len(data), carve_validation=True))
+    first, same, other_seed = drawn
+    for field in ("validation", "hessian", "gradient"):
+        assert len(getattr(first, field)) > 0
+        assert torch.equal(getattr(first, field), getattr(same, field))
+        assert not torch.equal(getattr(first, field), getattr(other_seed, field))
+
+
+def test_an_edit_summed_in_other_batches_is_the_same_edit(mnist_tinynet, mnist_split):
+    """Batches of another size sum every statistic, gradient and Hessian product in another order, as another device
+    does: the edit selects the same units and moves them alike (tests/gpu compares the CPU with CUDA so)."""
+    train, _ = mnist_split
+    original = {k: v.detach().clone() for k, v in mnist_tinynet.state_dict().items()}
+    edits = {
+        batch_size: run(
+            job(
+                request={"kind": "remove_class", "classes": [8]},
+                step={"mode": "fixed", "scale": 1.0},
+                solver={"hessian_samples": 256, "gradient_samples": 128, "batch_size": batch_size, "max_iterations": 5},
+                evaluation={"retain_samples": 256},
+            ),
+            mnist_tinynet,
+            train,
+        ).state_dict
+        for batch_size in (256, 100)
+    }
+    assert_the_same_edit(edits, original)
 
 
 @pytest.fixture(scope="module")

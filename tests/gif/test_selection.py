@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -75,6 +77,86 @@ def test_threshold_only_picks_units_above_it(mnist_tinynet, analysed):
     assert len(chosen) == 77 and bool((outputs["conv4"].abs()[chosen] > threshold).all())
 
 
+def chosen_units(model, spec, batches, layer: str) -> list[int]:
+    """The units of ``layer`` (an nn.Linear or nn.Conv of ``model``) that ``select`` chooses."""
+    selection = select(model, spec, batches, cross_entropy_sum)
+    return torch.nonzero(selection.mask[ParameterSpace.of(model).slice_of(f"{layer}.bias")]).flatten().tolist()
+
+
+def in_batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    return [(x[i : i + size], y[i : i + size], 1.0) for i in range(0, len(x), size)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_units_with_equal_scores_are_chosen_alike_in_any_summation_order_and_precision(seed):
+    """Two units fed the same values in another order have equal mean outputs, which float32 sums round apart, one
+    way or the other with the summation order (a CUDA reduction sums in another order than the CPU's): the
+    selection must not follow that rounding but give the tie to the lower index, on any device."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(1000, generator=generator)
+    x = torch.stack([values, values[torch.randperm(1000, generator=generator)]], 1)
+    y = torch.arange(1000) % 2
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2))
+        model[0].bias.zero_()
+    spec = SelectionSpec(ratio=0.5)
+    assert chosen_units(model, spec, in_batches(x, y, 1000), "0") == [0]
+    assert chosen_units(model, spec, in_batches(x, y, 7), "0") == [0]
+    assert chosen_units(model.double(), spec, in_batches(x.double(), y, 1000), "0") == [0]
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+def test_a_trained_net_selects_the_same_units_in_float64_and_in_other_batches(mnist_tinynet, analysed, criterion):
+    """What differs between devices, float rounding and summation order, does not change the selection."""
+    spec = SelectionSpec(criterion=criterion, ratio=0.1, seed=3)
+    x, y, w = analysed[0]
+    reference = select(mnist_tinynet, spec, analysed, cross_entropy_sum).mask
+    reordered = [(x[i : i + 32].flip(0), y[i : i + 32].flip(0), w) for i in reversed(range(0, len(x), 32))]
+    assert torch.equal(select(mnist_tinynet, spec, reordered, cross_entropy_sum).mask, reference)
+    in_float64 = copy.deepcopy(mnist_tinynet).double()
+    assert torch.equal(select(in_float64, spec, [(x.double(), y, w)], cross_entropy_sum).mask, reference)
+
+
+@pytest.mark.parametrize("criterion", ["topk_outputs", "topk_gradients"])
+def test_tied_scores_go_to_the_lower_index(criterion):
+    """Units 2–5 are copies (equal scores), units 0 and 1 are dead (scores exactly 0): the copies come first, in
+    index order, then the dead units, lower index first."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    with torch.no_grad():
+        model[0].weight[:2] = 0.0
+        model[0].bias[:2] = 0.0
+        model[0].weight[2:] = model[0].weight[2]
+        model[0].bias[2:] = 1.0
+        model[2].weight[:] = model[2].weight[:, :1]  # every hidden unit reaches the logits alike
+    x, y = torch.randn(64, 4), torch.arange(64) % 3
+    assert chosen_units(model, SelectionSpec(criterion=criterion, ratio=0.5), [(x, y, 1.0)], "0") == [2, 3, 4]
+    assert chosen_units(model, SelectionSpec(criterion=criterion, ratio=0.84), [(x, y, 1.0)], "0") == [0, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("criterion", ["random", "threshold"])
+def test_random_draws_depend_on_the_seed_only(mnist_tinynet, analysed, criterion):
+    """The criteria draw from a CPU generator seeded by the spec: torch's global random state plays no part."""
+    spec = SelectionSpec(criterion=criterion, seed=5)
+    masks = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        masks.append(select(mnist_tinynet, spec, analysed, cross_entropy_sum).mask)
+    assert torch.equal(masks[0], masks[1])
+
+
+def test_a_unit_crossing_the_threshold_changes_one_choice_at_most(mnist_tinynet, analysed):
+    """A score on either side of the threshold on two devices must not reshuffle the other random choices."""
+    _, outputs, _ = unit_statistics(mnist_tinynet, analysed, cross_entropy_sum, with_gradients=False)
+    scores = outputs["conv4"].abs().sort().values
+    chosen = [
+        set(chosen_units(mnist_tinynet, SelectionSpec(criterion="threshold", threshold=float(t)), analysed, "conv4"))
+        for t in scores[128:130]  # the unit of the score at 129 is eligible, then it is not
+    ]
+    assert len(chosen[0]) == 26 and len(chosen[0] ^ chosen[1]) <= 2
+
+
 def test_batchnorm_is_never_selected_but_counts_in_offsets():
     model = build_model({"name": "vgg11", "config": {"in_channels": 3}})
     x = torch.randn(4, 3, 32, 32)
@@ -93,7 +175,7 @@ def test_topk_gradients_uses_the_output_gradient(mnist_tinynet, analysed):
     x, y, w = analysed[0]
     logits = mnist_tinynet(x).detach().requires_grad_()
     (w * cross_entropy_sum(logits, y)).backward()
-    assert torch.allclose(grads["fc"], logits.grad.mean(0), atol=1e-7)
+    assert torch.allclose(grads["fc"], logits.grad.mean(0).double(), atol=1e-7)
     selection = select(mnist_tinynet, SelectionSpec(criterion="topk_gradients", ratio=0.3), analysed, cross_entropy_sum)
     space = ParameterSpace.of(mnist_tinynet)
     fc_rows = torch.nonzero(selection.mask[space.slice_of("fc.bias")]).flatten()
@@ -123,9 +205,9 @@ def test_attention_input_projection_rows_are_units_with_exact_statistics():
     assert layers[1].units == 48 and layers[1].parameters == ("attention.in_proj_weight", "attention.in_proj_bias")
     tokens = model.embed(x.view(-1, 4, 8))
     projection = torch.nn.functional.linear(tokens, model.attention.in_proj_weight, model.attention.in_proj_bias)
-    assert torch.allclose(outputs["attention.in_proj"], projection.mean((0, 1)), atol=1e-6)
+    assert torch.allclose(outputs["attention.in_proj"], projection.mean((0, 1)).double(), atol=1e-6)
     bias_grad = torch.autograd.grad(cross_entropy_sum(model(x), y), model.attention.in_proj_bias)[0]
-    assert torch.allclose(grads["attention.in_proj"], bias_grad / 24, atol=1e-6)  # 6 samples × 4 tokens
+    assert torch.allclose(grads["attention.in_proj"], bias_grad.double() / 24, atol=1e-6)  # 6 samples × 4 tokens
 
 
 @pytest.mark.parametrize("criterion", ["topk_outputs", "topk_gradients"])

@@ -19,6 +19,7 @@ import contextlib
 import os
 import platform
 import resource
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,33 @@ def resolve_device(name: str | torch.device) -> torch.device:
                 f"device {name!r} does not exist; {torch.cuda.device_count()} CUDA device(s) visible"
             )
     return device
+
+
+@contextlib.contextmanager
+def full_float32(device: torch.device) -> Iterator[None]:
+    """Float32 math in full precision on ``device`` while the block runs (CUDA's settings restored after).
+
+    cuDNN runs float32 convolutions in TF32 by default (a 10-bit mantissa: ~1e-3 relative error per product), and
+    may do so for matrix products: enough to move a converged solve and to make an edit on CUDA differ from the
+    same edit on the CPU by more than 1e-3. The settings are the process's, hence restored."""
+    if device.type != "cuda":
+        yield
+        return
+    backends = torch.backends
+    if hasattr(backends.cudnn, "conv") and hasattr(backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        flags = [(backends.cudnn.conv, "fp32_precision"), (backends.cuda.matmul, "fp32_precision")]
+        exact: object = "ieee"
+    else:
+        flags = [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
+        exact = False
+    saved = [getattr(owner, name) for owner, name in flags]
+    for owner, name in flags:
+        setattr(owner, name, exact)
+    try:
+        yield
+    finally:
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)
 
 
 def visible_cuda_devices() -> int:

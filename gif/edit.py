@@ -23,7 +23,14 @@ from gif import devices
 from gif.checks import JobPart, check_job_fit
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset, DatasetSummary, sample_indices
-from gif.devices import device_report, release_cached_memory, reset_peak_memory, resolve_device, synchronize
+from gif.devices import (
+    device_report,
+    full_float32,
+    release_cached_memory,
+    reset_peak_memory,
+    resolve_device,
+    synchronize,
+)
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
 from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, solve_influence
@@ -401,69 +408,78 @@ def run(
         )
     started = time.perf_counter()
     device = resolve_device(device if device is not None else "auto")
-    clock, report, warnings = PhaseClock(device), _Progress(progress or _ignore_progress, spec.retrain is not None), []
-    reset_peak_memory(device)
-    original = copy.deepcopy(model).to(devices.tensor_device(device)).eval()  # looked up now: the CPU tests double it
-    check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
-
-    plan = RequestPlan.of(spec.request, train_data)
-    samples = draw_samples(spec, plan, len(train_data), carve_validation=validation_data is None)
-    policy = step_policy(spec, plan, train_data, samples.validation, validation_data, original)
-    if warning := carved_validation_warning(spec, validation_data):
-        warnings.append(warning)
-    edit = _within_memory(
-        lambda attempt: _edit_weights(attempt, original, train_data, plan, samples, policy, loss_fn, report, clock),
-        spec,
-        device,
-        warnings,
-    )
-    solve = edit.solution.solve
-    if solve is not None and not solve.converged:
-        warnings.append(
-            f"the solver stopped after {solve.iterations} iterations at relative residual "
-            f"{solve.relative_residual:.3g} (tolerance {spec.solver.tolerance:g}): the solved vector is approximate; "
-            "raise solver.max_iterations for a tighter solve"
+    with full_float32(device):  # TF32 would move the solve, and CUDA's edit away from the CPU's
+        clock, report, warnings = (
+            PhaseClock(device),
+            _Progress(progress or _ignore_progress, spec.retrain is not None),
+            [],
         )
-    with clock("evaluation"):
-        eval_plan, before, after = _evaluate(
-            spec, original, edit.model, train_data, eval_data, attack_data, plan, report
-        )
-    retrained = None
-    if spec.retrain is not None:
-        with clock("retrain"):
-            retrained = _retrain(spec, original, train_data, plan, eval_plan, report)
+        reset_peak_memory(device)
+        original = (
+            copy.deepcopy(model).to(devices.tensor_device(device)).eval()
+        )  # looked up now: the CPU tests double it
+        check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
 
-    result = EditResult(
-        method=spec.method,
-        request=spec.request.kind,
-        selection=SelectionSummary(
-            **edit.selection.summary(),
-            criterion="all" if spec.method in USES_FULL_SELECTION else spec.selection.criterion,
-            layers=[LayerSelection(**vars(layer)) for layer in edit.selection.layers],
-        ),
-        solver=_solver_summary(spec, edit.solution, edit.hessian),
-        step=edit.step,
-        metrics=Metrics(before=before.metrics, after=after.metrics, retrained=retrained.metrics if retrained else None),
-        class_accuracy=ClassAccuracy(
-            data=before.by_class_data,
-            before=before.by_class,
-            after=after.by_class,
-            retrained=retrained.by_class if retrained else None,
-        ),
-        timings=Timings(**clock.seconds, total_s=time.perf_counter() - started),
-        data=DataSummary(
-            train_samples=len(train_data),
-            affected_samples=len(plan.affected),
-            hessian_samples=len(samples.hessian),
-            gradient_samples=len(samples.gradient),
-            coefficient=plan.coefficient,
-            device=str(device),
-        ),
-        device=DeviceReport(**device_report(device)),
-        warnings=warnings,
-    )
-    state = {k: v.detach().cpu().clone() for k, v in edit.model.state_dict().items()}
-    return EditOutcome(state, result, edit.model)
+        plan = RequestPlan.of(spec.request, train_data)
+        samples = draw_samples(spec, plan, len(train_data), carve_validation=validation_data is None)
+        policy = step_policy(spec, plan, train_data, samples.validation, validation_data, original)
+        if warning := carved_validation_warning(spec, validation_data):
+            warnings.append(warning)
+        edit = _within_memory(
+            lambda attempt: _edit_weights(attempt, original, train_data, plan, samples, policy, loss_fn, report, clock),
+            spec,
+            device,
+            warnings,
+        )
+        solve = edit.solution.solve
+        if solve is not None and not solve.converged:
+            warnings.append(
+                f"the solver stopped after {solve.iterations} iterations at relative residual "
+                f"{solve.relative_residual:.3g} (tolerance {spec.solver.tolerance:g}): the solved vector is "
+                "approximate; raise solver.max_iterations for a tighter solve"
+            )
+        with clock("evaluation"):
+            eval_plan, before, after = _evaluate(
+                spec, original, edit.model, train_data, eval_data, attack_data, plan, report
+            )
+        retrained = None
+        if spec.retrain is not None:
+            with clock("retrain"):
+                retrained = _retrain(spec, original, train_data, plan, eval_plan, report)
+
+        result = EditResult(
+            method=spec.method,
+            request=spec.request.kind,
+            selection=SelectionSummary(
+                **edit.selection.summary(),
+                criterion="all" if spec.method in USES_FULL_SELECTION else spec.selection.criterion,
+                layers=[LayerSelection(**vars(layer)) for layer in edit.selection.layers],
+            ),
+            solver=_solver_summary(spec, edit.solution, edit.hessian),
+            step=edit.step,
+            metrics=Metrics(
+                before=before.metrics, after=after.metrics, retrained=retrained.metrics if retrained else None
+            ),
+            class_accuracy=ClassAccuracy(
+                data=before.by_class_data,
+                before=before.by_class,
+                after=after.by_class,
+                retrained=retrained.by_class if retrained else None,
+            ),
+            timings=Timings(**clock.seconds, total_s=time.perf_counter() - started),
+            data=DataSummary(
+                train_samples=len(train_data),
+                affected_samples=len(plan.affected),
+                hessian_samples=len(samples.hessian),
+                gradient_samples=len(samples.gradient),
+                coefficient=plan.coefficient,
+                device=str(device),
+            ),
+            device=DeviceReport(**device_report(device)),
+            warnings=warnings,
+        )
+        state = {k: v.detach().cpu().clone() for k, v in edit.model.state_dict().items()}
+        return EditOutcome(state, result, edit.model)
 
 
 def _solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: HessianOperator | None) -> SolverSummary:

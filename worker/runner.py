@@ -93,6 +93,7 @@ class Horse:
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.last_words = ""
         self.warm_sent = False
+        self.warm_on: dict[str, Any] | None = None  # the device it reported once warm
         assert self.process.stdout is not None and self.process.stderr is not None
         self.readers = [
             threading.Thread(target=self._read_events, args=(self.process.stdout,), daemon=True),
@@ -200,10 +201,14 @@ class StandbyHorseWorker(Worker):
         retry_s = self.settings.worker_unhealthy_retry_s
         while True:
             horse = self.start_standby()
+            if horse.warm_on is not None and horse.process.poll() is None:
+                return
             if self.info.state != "unhealthy":
                 self.publish("warming", job_id=None)
             try:
-                event = horse.await_event("warm", self.settings.worker_warmup_timeout_s, self.heartbeat)
+                horse.warm_on = horse.await_event("warm", self.settings.worker_warmup_timeout_s, self.heartbeat)[
+                    "device"
+                ]
             except HorseFailed as exc:
                 horse.stop()
                 self.standby = None
@@ -220,7 +225,7 @@ class StandbyHorseWorker(Worker):
                     retry_s = min(retry_s * 2, 10 * self.settings.worker_unhealthy_retry_s)
                 continue
             self.warmup_failures = 0
-            self.publish("idle", device=device_info(event["device"]), reason=None, job_id=None)
+            self.publish("idle", device=device_info(horse.warm_on), reason=None, job_id=None)
             return
 
     def wait_alive(self, seconds: float) -> None:

@@ -36,6 +36,13 @@ end
 return 0
 """
 
+_NOTE_ATTEMPT = """
+if redis.call('HGET', KEYS[1], 'status') == 'queued' then
+  return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+end
+return 0
+"""
+
 
 class InputRef(BaseModel):
     """One input of a job: the upload it came from and the blob that holds it (models: with their architecture)."""
@@ -97,6 +104,7 @@ class JobStore:
         self.artifacts = artifacts
         self.heartbeat_ttl_ms = int(heartbeat_ttl_s * 1000)
         self._write_progress = client.register_script(_WRITE_PROGRESS)
+        self._note_attempt = client.register_script(_NOTE_ATTEMPT)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -263,11 +271,9 @@ class JobStore:
                     continue
 
     def note_attempt(self, job_id: str) -> int:
-        """Count one more attempt at a job a worker just took off the queue; returns the count."""
-        key = self.keys.job(job_id)
-        if not self.client.exists(key):
-            return 0
-        return int(self.client.hincrby(key, "attempts", 1))
+        """Count one more attempt at a queued job a worker just took off the queue (a second queue entry of a job
+        that runs or ended counts nothing); returns the count."""
+        return int(self._note_attempt(keys=[self.keys.job(job_id)]))
 
     def attempts(self, job_id: str) -> int:
         return int(cast(str | None, self.client.hget(self.keys.job(job_id), "attempts")) or 0)

@@ -7,6 +7,7 @@ The API enqueues by dotted path and never imports the worker's code.
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from rq import Queue
 
@@ -45,8 +46,14 @@ def held_job_ids(queue: Queue) -> set[str]:
 
 
 def enqueue_again(queue: Queue, job_id: str, timeout_s: int) -> None:
-    """Put a lost job back in the queue (and out of RQ's intermediate list, so RQ does not re-enqueue it too, and out
-    of its failed registry, where an earlier attempt may have left it)."""
+    """Put a lost job back in the queue: out of RQ's intermediate list (so RQ does not re-enqueue it too), out of its
+    started registry (a dead worker's lease would hide it for a minute and a half) and its failed registry (where an
+    earlier attempt may have left it)."""
+    registry = queue.started_job_registry
+    entries = cast(list[bytes], queue.connection.zrange(registry.key, 0, -1))
+    stale = [entry for entry in entries if registry.parse_job_id(entry.decode()) == job_id]
+    if stale:
+        queue.connection.zrem(registry.key, *stale)
     queue.connection.lrem(queue.intermediate_queue_key, 0, job_id)
     queue.failed_job_registry.remove(job_id)
     enqueue_job(queue, job_id, timeout_s)

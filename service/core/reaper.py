@@ -4,8 +4,8 @@ A running job whose heartbeat expired (its worker died) is queued again, or fail
 has had ``GIF_JOB_MAX_ATTEMPTS`` attempts; a job still queued a heartbeat window after it was recorded that
 the queue no longer holds is enqueued again: its queue entry was lost (Redis restarted without its
 append-only file, the API died between recording and enqueueing) or a worker took it and died before
-starting it — unless workers took it ``GIF_JOB_MAX_ATTEMPTS`` times already, when it is failed: no job is
-retried forever. Both are safe to run from many processes at once: each change is one atomic transition of
+starting it — unless workers took it more often than ``GIF_JOB_MAX_ATTEMPTS`` allows, when it is failed: no
+job is retried forever. Both are safe to run from many processes at once: each change is one atomic transition of
 the job record, and enqueueing twice is harmless because only one worker can move the record from queued
 to running.
 """
@@ -31,7 +31,9 @@ def requeue_lost(ctx: ServiceContext) -> list[str]:
     ]
     requeued = []
     for job_id in lost:
-        if ctx.jobs.attempts(job_id) >= ctx.settings.job_max_attempts:
+        # A job just taken may look lost while its process starts (RQ keeps it in no list then), and enqueueing it
+        # twice is harmless; only a job taken once more than its attempts allow was lost each time.
+        if ctx.jobs.attempts(job_id) > ctx.settings.job_max_attempts:
             cause = "workers took the job off the queue but none ran it to an end"
             if ctx.jobs.retry_or_fail(job_id, cause, ctx.settings.job_max_attempts) == "failed":
                 log.warning("job was taken too often; marked failed", extra={"job_id": job_id})
@@ -48,5 +50,7 @@ def reap(ctx: ServiceContext) -> None:
         log.warning("job lost its worker; %s", outcome, extra={"job_id": job_id})
         if outcome == "failed":
             notify_end_in_background(ctx, job_id)
+        else:
+            enqueue_again(ctx.queue, job_id, ctx.settings.job_timeout_s)
     for job_id in requeue_lost(ctx):
         log.warning("job was missing from the queue; enqueued again", extra={"job_id": job_id})

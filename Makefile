@@ -66,7 +66,8 @@ $(GPU_VENV)/.gpu-installed: pyproject.toml client/pyproject.toml
 	@touch $@
 
 gpu-check: $(GPU_VENV)/.gpu-installed
-	$(GPU_PY) -m bench.gpu_check --command 'make gpu-check $(GPU_CHECK_ARGS)' $(GPU_CHECK_ARGS)
+	$(GPU_PY) -m bench.gpu_check $(GPU_CHECK_ARGS) \
+		--command "make gpu-check$(if $(strip $(GPU_CHECK_ARGS)), GPU_CHECK_ARGS='$(strip $(GPU_CHECK_ARGS))')"
 
 clean:
 	rm -rf $(VENV) $(GPU_VENV) var demo .pytest_cache

@@ -154,10 +154,31 @@ def test_the_wheelhouse_asks_for_the_project_and_client_needs_and_stands_in_for_
     with zipfile.ZipFile(stub) as wheel:
         metadata = wheel.read("torch-2.4+gifstub.dist-info/METADATA").decode()
     assert "Name: torch" in metadata and "Requires-Dist" not in metadata
-    for name in ("scikit_learn-1.9.1-cp312-cp312-manylinux_2_28_x86_64.whl", "redis-8.2.0-py3-none-any.whl"):
+    sklearn, redis = "scikit_learn-1.9.1-cp312-cp312-manylinux_2_28_x86_64.whl", "redis-8.2.0-py3-none-any.whl"
+    for name in (sklearn, redis):
         (tmp_path / name).write_bytes(b"")
-    assert wheelhouse.exclude(tmp_path, ["Scikit-Learn"]) == ["scikit_learn-1.9.1-cp312-cp312-manylinux_2_28_x86_64.whl"]
-    assert (tmp_path / "redis-8.2.0-py3-none-any.whl").exists()
+    assert wheelhouse.exclude(tmp_path, ["Scikit-Learn"]) == [sklearn]
+    assert (tmp_path / redis).exists() and not (tmp_path / sklearn).exists()
+
+
+def test_bench_gpu_runs_at_its_quick_sizes_when_its_full_ones_would_not_fit_in_the_eight_minutes(tmp_path, monkeypatch):
+    quick: list[str | None] = []
+
+    def command(self, args, log, timeout_s, env=None):
+        quick.append(env.get("GIF_BENCH_QUICK"))
+        return ""
+
+    monkeypatch.setattr(Check, "command", command)
+    with ExitStack() as stack:
+        late = Check(torch.device("cpu"), False, tmp_path, tmp_path, stack, {}, "auto", time.perf_counter() - 400)
+        step = Step(5, "bench.gpu", 60)
+        gpu_check.bench_step(late, step, tmp_path / "report.md")
+        assert quick == ["1"] and "quick sizes (steps 1–4 took 400 s" in step.numbers[0]
+        early = Check(torch.device("cpu"), False, tmp_path, tmp_path, stack, {}, "auto", time.perf_counter())
+        gpu_check.bench_step(early, Step(5, "bench.gpu", 60), tmp_path / "report.md")
+        forced = Check(torch.device("cpu"), False, tmp_path, tmp_path, stack, {}, "quick", time.perf_counter())
+        gpu_check.bench_step(forced, Step(5, "bench.gpu", 60), tmp_path / "report.md")
+    assert quick == ["1", None, "1"]
 
 
 def test_the_check_leaves_the_launcher_at_its_default_device_when_that_is_the_one_asked_for(tmp_path):

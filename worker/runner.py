@@ -215,10 +215,9 @@ class StandbyHorseWorker(Worker):
                 self.warmup_failures += 1
                 log.warning("a job process failed its warm-up (%d in a row): %s", self.warmup_failures, exc)
                 if self.warmup_failures >= self.settings.worker_warmup_attempts:
-                    reason = (
-                        f"{self.warmup_failures} job processes in a row failed their warm-up on "
-                        f"{self.settings.worker_device}; the last: {exc}"
-                    )
+                    count = self.warmup_failures
+                    processes = "a job process" if count == 1 else f"{count} job processes in a row"
+                    reason = f"{processes} failed the warm-up on {self.settings.worker_device}; the last: {exc}"
                     self.publish("unhealthy", reason=reason, job_id=None)
                     log.error("device unhealthy; trying again in %.0f s: %s", retry_s, reason)
                     self.wait_alive(retry_s)

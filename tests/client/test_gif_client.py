@@ -97,3 +97,6 @@ def test_gif_submit_waits_prints_the_metrics_and_downloads(client, demo, tmp_pat
     assert (tmp_path / "again.html").read_text() == (tmp_path / "r.html").read_text()
     assert main(["status", "job_" + "0" * 20, "--server", "x"]) == 2
     assert "404 not-found" in capsys.readouterr().err
+    assert main(["workers", "--server", "x"]) == 0  # the suite's worker, healthy
+    fleet = capsys.readouterr().out
+    assert "  cpu (" in fleet and "jobs done: " in fleet

@@ -56,21 +56,15 @@ def full_float32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    backends = torch.backends
-    if hasattr(backends.cudnn, "conv") and hasattr(backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
-        flags = [(backends.cudnn.conv, "fp32_precision"), (backends.cuda.matmul, "fp32_precision")]
-        exact: object = "ieee"
-    else:
-        flags = [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
-        exact = False
-    saved = [getattr(owner, name) for owner, name in flags]
-    for owner, name in flags:
-        setattr(owner, name, exact)
+    # The allow_tf32 switches, not the fp32_precision ones: they set cuDNN's convolutions and RNNs together, and once
+    # the two differ (the newer switches set one at a time) reading allow_tf32 raises, in torch and in libraries.
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
     try:
         yield
     finally:
-        for (owner, name), value in zip(flags, saved):
-            setattr(owner, name, value)
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def visible_cuda_devices() -> int:

@@ -109,15 +109,17 @@ def test_every_cuda_call_of_the_project_is_in_gif_devices():
     assert offenders == []
 
 
-def float32_precision() -> tuple[str, str]:
-    return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+def float32_precision() -> tuple[bool, bool, bool]:
+    """Whether cuDNN, its convolutions (the newer switch) and CUDA's matrix products may use TF32."""
+    backends = torch.backends
+    return backends.cudnn.allow_tf32, backends.cudnn.conv.fp32_precision == "tf32", backends.cuda.matmul.allow_tf32
 
 
 def test_an_edit_on_cuda_computes_float32_in_full_precision_and_restores_the_setting(cuda_double):
     """cuDNN's default TF32 convolutions (~1e-3 relative) moved the CUDA edit away from the CPU's."""
     before = float32_precision()
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[bool, bool, bool]] = set()
     spec, model, data = tiny_removal()
     run(spec, model, data, data, lambda *progress: seen.add(float32_precision()), device="cuda")
-    assert seen == {("ieee", "ieee")}
+    assert seen == {(False, False, False)}
     assert float32_precision() == before

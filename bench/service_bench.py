@@ -1,4 +1,4 @@
-"""The service's performance numbers (issues 3, 13 and 14), measured on a real stack, written to bench/SERVICE.md.
+"""The service's performance numbers (issues 3, 13, 14 and 25), measured on a real stack, written to bench/SERVICE.md.
 
 1. ``GET /v1/jobs/{id}`` latency, 50 concurrent pollers for 20 s: closed loop (each poller asks again as
    soon as it has an answer) and at a 100 ms poll interval (what a client would do).
@@ -7,6 +7,8 @@
 3. End-to-end overhead: submit → succeeded through the service, against the same edit run in-process
    with ``gif.edit.run`` (same spec, same data, same machine, one run of this script).
 4. Eight concurrent 256 MiB uploads while a job is polled every 100 ms: the API's memory rise, the polls' p99.
+5. Schema fuzzing: ``tests/service/test_api_fuzz.py`` (Schemathesis against the committed schema, the app on the
+   loopback) with ``FUZZ_EXAMPLES`` examples per operation: operations, responses by status, failures.
 
 Run: .venv/bin/python -m bench.service_bench   (not part of the test suite; about ten minutes)
      GIF_BENCH_QUICK=1 …                         a smoke run in seconds (writes bench/SERVICE.quick.md)
@@ -21,9 +23,11 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import secrets
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -58,6 +62,8 @@ POLLERS = 50
 POLL_SECONDS = 3.0 if QUICK else 20.0
 POLL_INTERVAL_S = 0.1
 E2E_RUNS = 2 if QUICK else 7
+FUZZ_EXAMPLES = 10 if QUICK else 150
+FUZZ_TEST = "tests/service/test_api_fuzz.py"
 BIG_SIZES = [2048, 2048, 4] if QUICK else [16384, 16384, 4]  # 16384²+…: 268,500,996 float32 parameters, 1.00 GiB
 WRITE_CHUNK = 64 << 20
 UPLOADS, UPLOAD_POLLERS, UPLOAD_REPEATS = 8, 10, 3
@@ -353,6 +359,29 @@ def host_description(device: torch.device | None = None) -> str:
     )
 
 
+def schema_fuzzing() -> dict[str, Any]:
+    """The suite's fuzzing test at ``FUZZ_EXAMPLES`` examples per operation: its summary line, outcome and time."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", FUZZ_TEST],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "GIF_FUZZ_EXAMPLES": str(FUZZ_EXAMPLES)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    summary = re.search(r"fuzz: (\d+) operations, (\d+) responses, statuses (\[.*\])", done.stdout)
+    outcome = re.findall(r"^(\d+ (?:passed|failed).*) in ", done.stdout, re.M)
+    return {
+        "seconds": time.perf_counter() - started,
+        "operations": int(summary.group(1)) if summary else 0,
+        "responses": int(summary.group(2)) if summary else 0,
+        "statuses": summary.group(3) if summary else "(no summary: the run failed before it)",
+        "outcome": outcome[-1] if outcome else f"exit status {done.returncode}",
+        "failed": done.returncode != 0,
+    }
+
+
 def report(
     started: datetime,
     host: str,
@@ -363,6 +392,7 @@ def report(
     uploads: list[dict],
     local: dict,
     service: dict,
+    fuzzing: dict,
 ) -> str:
     edit, load = median(local["edit_s"]), median(local["load_s"])
     e2e = median(service["submit_to_succeeded_s"])
@@ -383,7 +413,7 @@ def report(
         f"{u['seconds']:.1f} s | {max(u['upload_s']):.1f} s | {u['polls']['requests']:,} | {u['polls']['p50_ms']:.1f} ms | **{u['polls']['p99_ms']:.1f} ms** | {u['polls']['max_ms']:.1f} ms |"
         for i, u in enumerate(uploads)
     )
-    return f"""# Service performance (issues 3, 13 and 14)
+    return f"""# Service performance (issues 3, 13, 14 and 25)
 
 Command: `.venv/bin/python -m bench.service_bench` (this file is written by it)
 Date: {started:%Y-%m-%d %H:%M} UTC
@@ -453,6 +483,23 @@ of the last. The uploaders, the pollers and the API share this machine's cores.
 Uploads are CPU-bound here (multipart parsing, sha256, the finiteness scan): the API parses, hashes and validates
 one upload at a time (`service.web.uploads.upload_limiter`), so that the event loop keeps a core for the polls;
 before that limit, with eight threads at it, polls had p50 9 ms and p99 118–373 ms on this machine.
+
+## 5. Schema fuzzing ({FUZZ_EXAMPLES} examples per operation)
+
+`GIF_FUZZ_EXAMPLES={FUZZ_EXAMPLES} python -m pytest -q -s {FUZZ_TEST}` (the suite runs it with 40): Schemathesis
+generates requests from the committed schema (seeded: the same ones every run) and sends them with the API key to
+the app served on the loopback (real Redis, no worker); every response must be no 5xx and conform to the schema
+(status codes, content types, headers, problem+json bodies), schema-breaking and key-less requests must be refused.
+
+| operations | responses | by status | outcome | seconds | failures |
+| --- | --- | --- | --- | --- | --- |
+| {fuzzing["operations"]} | {fuzzing["responses"]:,} | {fuzzing["statuses"]} | {fuzzing["outcome"]} | {fuzzing["seconds"]:.0f} | **{"yes" if fuzzing["failed"] else "none"}** |
+
+What it found and what was fixed (issue 25): a cursor of non-ASCII digits (`cursor=²`: `str.isdigit()` let it
+through and `int()` failed: a 500) is now refused by the schema's pattern with a 422; a 405's `Allow` named only
+the first route at the path (`POST` on `/v1/models`, which has `GET` too); a query parameter an operation does not
+take was ignored (`?statu=failed` listed every job) and is now a 422 naming it; `POST /v1/jobs`'s 400 (a body that
+is not JSON) was undocumented.
 """
 
 
@@ -517,7 +564,8 @@ def main() -> int:
         bucket = new_bucket(endpoint, "bench")
         on_s3 = start_stack(stack, workdir / "s3", storage_url=f"s3://{bucket}/gif", s3_endpoint_url=endpoint)
         stores[f"S3 ({S3_SERVERS[kind]})"] = artifact_round_trip(on_s3, workdir)
-    text = report(started, host, running.redis_url, polling, body_bytes, stores, uploads, local, service)
+    fuzzing = schema_fuzzing()
+    text = report(started, host, running.redis_url, polling, body_bytes, stores, uploads, local, service, fuzzing)
     OUT.write_text(text)
     print(text)
     return 0

@@ -21,6 +21,7 @@ from service.core.context import ServiceContext
 from service.core.settings import Settings
 from service.web import docs, problems, validation
 from service.web.auth import caller
+from service.web.dependencies import known_query_parameters
 from service.web.metrics import job_registry
 from service.web.middleware import BodySizeLimit, HttpMetrics
 from service.web.routes import architectures, health, jobs, uploads, workers
@@ -87,7 +88,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpMetrics, registry=app.state.metrics)
     app.include_router(health.router)
     for router in (architectures.router, uploads.models, uploads.datasets, jobs.router, workers.router):
-        app.include_router(router, dependencies=[Depends(caller)], responses=problems.responses("unauthorized"))
+        app.include_router(
+            router,
+            dependencies=[Depends(caller), Depends(known_query_parameters)],
+            responses=problems.responses("unauthorized"),
+        )
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 

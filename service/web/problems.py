@@ -9,6 +9,7 @@ path parameter. Unexpected exceptions become a 500 problem and are logged; bad i
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -88,6 +89,17 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return items
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents at this path: Starlette's 405 names only the first route that matched the path
+    (``/v1/models`` has one route for GET and another for POST)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}/]+\}", template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     """Register the one mapping from exceptions to problems."""
 
@@ -112,7 +124,10 @@ def install(app: FastAPI) -> None:
         kind = kind_of(STATUS_CODES.get(exc.status_code, "internal"))
         if kind.status != exc.status_code:
             kind = ErrorKind(f"http-{exc.status_code}", exc.status_code, str(exc.detail))
-        return problem(kind, str(exc.detail), request.url.path, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            headers["Allow"] = ", ".join(allowed)
+        return problem(kind, str(exc.detail), request.url.path, headers=headers)
 
     async def on_redis_down(request: Request, exc: redis.ConnectionError | redis.TimeoutError) -> JSONResponse:
         log.error("redis unavailable: %s", exc)

@@ -7,41 +7,16 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-import uvicorn
 
-from service.web.app import create_app
 from tests.support import console_messages, headless_chromium, needs_chromium
 
 # Chromium reaching nothing but the loopback: every request but the loopback's (which chromium never proxies) goes
 # to a proxy on a port where nothing listens, and no host name resolves.
 OFFLINE = ("--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
-
-
-@pytest.fixture(scope="module")
-def served(settings) -> Iterator[str]:
-    """The app under uvicorn on the loopback, as a browser reaches it, with API keys configured."""
-    app = create_app(settings.model_copy(update={"api_keys": ["docs-key"]}))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def local_references(page: str) -> list[str]:

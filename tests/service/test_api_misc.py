@@ -132,3 +132,15 @@ def test_the_job_resource_is_the_records_public_fields():
     from service.web.schemas import JobOut
 
     assert set(JobOut.model_fields) == PUBLIC_JOB_FIELDS
+
+
+def test_what_the_schema_fuzzer_found_is_a_clear_4xx(http, problem):
+    """Each a finding of tests/service/test_api_fuzz.py, kept as a plain regression test."""
+    for route in ("/v1/jobs", "/v1/datasets"):  # "²" passed str.isdigit() and failed int(): a 500
+        body = problem(http.get(route, params={"limit": 68, "cursor": "²"}), 422, "validation-error")
+        assert body["errors"][0]["parameter"] == "cursor"
+    body = problem(http.get("/v1/jobs", params={"statu": "failed"}), 422, "validation-error")  # was ignored: all jobs
+    assert body["errors"] == [{"parameter": "statu", "in": "query", "detail": "not a parameter of this operation"}]
+    assert http.get("/v1/jobs", params={"status": "failed", "limit": 5}).status_code == 200
+    refused = problem(http.put("/v1/models"), 405, "method-not-allowed")  # Allow named POST only
+    assert refused and http.put("/v1/models").headers["allow"] == "GET, POST"

@@ -45,7 +45,12 @@ def job_response(record: JobRecord, status_code: int = 200, headers: dict[str, s
     "wrong shape are refused here with a 422 that names the field.",
     responses={
         **responses(
-            "unknown-reference", "invalid-spec", "validation-error", "unsupported-media-type", "idempotency-key-reused"
+            "unknown-reference",
+            "invalid-spec",
+            "validation-error",
+            "bad-request",
+            "unsupported-media-type",
+            "idempotency-key-reused",
         ),
         202: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}}}},
         200: {"description": "An Idempotency-Key seen before with the same body: the job it created."},

@@ -31,7 +31,7 @@ class SelectionSummary(_Result):
 
 
 class SolverSummary(_Result):
-    kind: str = Field(description="cg | neumann, or none for the first-order ablation.")
+    kind: str = Field(description="lsmr (the default) | cg | neumann, or none for the first-order ablation.")
     iterations: int
     hvp_count: int
     relative_residual: float

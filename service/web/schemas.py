@@ -36,7 +36,7 @@ JOB_EXAMPLES = {
             "request": {"kind": "remove_class", "classes": [8]},
             "method": "gif",
             "selection": {"criterion": "topk_outputs", "ratio": 0.1},
-            "solver": {"kind": "cg", "max_iterations": 20},
+            "solver": {"kind": "lsmr", "tolerance": 0.02, "max_iterations": 50},
         },
     },
     "remove_samples": {
@@ -45,7 +45,7 @@ JOB_EXAMPLES = {
         "value": {
             **_IDS,
             "request": {"kind": "remove_samples", "indices": [12, 40, 97]},
-            "solver": {"kind": "cg", "max_iterations": 50, "damping": 0.001},
+            "solver": {"kind": "lsmr", "max_iterations": 50, "damping": 0.001},
             "step": {"mode": "fixed", "scale": 1.0},
         },
     },

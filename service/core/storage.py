@@ -283,7 +283,8 @@ class Artifacts:
     """A store whose blobs live while a reference (``"model:<id>"``, ``"job:<id>"``…) holds them.
 
     Adding and dropping references take a per-blob Redis lock, so a delete cannot remove a file
-    that a concurrent upload of the same content has just referenced.
+    that a concurrent upload of the same content has just referenced. The lock covers the reference only, never the
+    upload itself: an S3 upload may outlast any lock timeout, and a content address makes committing twice harmless.
     """
 
     def __init__(self, store: ArtifactStore, client: redis.Redis, keys: Keys):
@@ -292,10 +293,15 @@ class Artifacts:
         self.keys = keys
 
     def add(self, staged: Path, sha256: str, ref: str) -> None:
-        """Commit a staged file under ``ref``."""
+        """Commit a staged file under ``ref``: the reference first (no concurrent release can then delete the blob),
+        the bytes after, outside the lock; a commit that fails takes its reference back."""
         with self.client.lock(self.keys.blob_lock(sha256), timeout=BLOB_LOCK_TIMEOUT_S):
             self.client.sadd(self.keys.blob_refs(sha256), ref)
+        try:
             self.store.commit(staged, sha256)
+        except BaseException:
+            self.release(sha256, ref)
+            raise
 
     def hold(self, sha256: str, ref: str) -> bool:
         """Add a reference to a stored blob; False if it is gone."""

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+import time
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from pydantic import ValidationError
 
+from service.core import storage
+from service.core.records import Keys, connect
 from service.core.settings import Settings
-from service.core.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore, artifact_store
+from service.core.storage import Artifacts, ArtifactStore, LocalArtifactStore, S3ArtifactStore, artifact_store
 from service.tools.local_s3 import CREDENTIALS, local_s3, new_bucket, seaweedfs_binary
 
 
@@ -153,3 +157,45 @@ def test_the_bucket_tool_creates_a_missing_bucket_once(s3_server, monkeypatch, c
         monkeypatch.setenv(f"GIF_{name}", str(value))
     assert buckets.main() == 0 and f"bucket {bucket} created" in capsys.readouterr().err
     assert buckets.main() == 0 and f"bucket {bucket} exists" in capsys.readouterr().err
+
+
+class SlowStore(LocalArtifactStore):
+    """A store whose commits take ``seconds`` (an S3 multipart upload of a large blob) or fail after them."""
+
+    def __init__(self, root, seconds: float, fails: bool = False):
+        super().__init__(root)
+        self.seconds, self.fails = seconds, fails
+
+    def commit(self, staged, sha256: str) -> None:
+        time.sleep(self.seconds)
+        if self.fails:
+            raise OSError("the upload broke off")
+        super().commit(staged, sha256)
+
+
+def add_blob(artifacts: Artifacts, content: bytes, ref: str) -> str:
+    sha256 = hashlib.sha256(content).hexdigest()
+    with artifacts.store.staging_file() as staged:
+        staged.write_bytes(content)
+        artifacts.add(staged, sha256, ref)
+    return sha256
+
+
+def test_an_upload_slower_than_the_blob_lock_is_stored_and_referenced(redis_url, tmp_path, monkeypatch):
+    """The blob's lock covers its references only: it once covered the whole upload, and an upload slower than the
+    lock's timeout failed after its blob was stored."""
+    monkeypatch.setattr(storage, "BLOB_LOCK_TIMEOUT_S", 0.3)
+    keys = Keys(f"test-{secrets.token_hex(4)}")
+    artifacts = Artifacts(SlowStore(tmp_path / "store", seconds=0.8), connect(redis_url), keys)
+    sha256 = add_blob(artifacts, b"a large checkpoint", "model:a")
+    assert artifacts.store.exists(sha256)
+    assert artifacts.client.smembers(keys.blob_refs(sha256)) == {"model:a"}
+
+
+def test_a_failed_upload_takes_its_reference_back(redis_url, tmp_path):
+    keys = Keys(f"test-{secrets.token_hex(4)}")
+    artifacts = Artifacts(SlowStore(tmp_path / "store", seconds=0.0, fails=True), connect(redis_url), keys)
+    with pytest.raises(OSError, match="broke off"):
+        add_blob(artifacts, b"a checkpoint", "model:b")
+    assert not artifacts.client.exists(keys.blob_refs(hashlib.sha256(b"a checkpoint").hexdigest()))
+    assert artifacts.store.names() == set()

@@ -178,9 +178,11 @@ class StandbyHorseWorker(Worker):
         context().fleet.publish(self.info)
 
     def beat_forever(self, stopped: threading.Event) -> None:
+        """Rewrite the record (not just its expiry) on every beat: a Redis that restarted empty has it back at once,
+        and a beat that raced a change of state is put right by the next one."""
         while not stopped.wait(self.settings.heartbeat_interval_s):
             try:
-                context().fleet.beat(self.name)
+                context().fleet.publish(self.info)
             except Exception as exc:  # a Redis hiccup must not end the thread
                 log.warning("worker heartbeat failed: %s", exc)
 

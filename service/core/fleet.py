@@ -57,9 +57,6 @@ class Fleet:
         info.updated_at = utc_now()
         self.client.set(self._key(info.name), info.model_dump_json(), px=self.ttl_ms)
 
-    def beat(self, name: str) -> None:
-        self.client.pexpire(self._key(name), self.ttl_ms)
-
     def withdraw(self, name: str) -> None:
         self.client.delete(self._key(name))
 

@@ -99,8 +99,7 @@ def _cuda_index(device: torch.device) -> int:
 def release_cached_memory(device: torch.device) -> None:
     """Return CUDA's cached, unused blocks to the driver (after an out-of-memory error, before a retry)."""
     if device.type == "cuda":
-        open_device(device)
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # a no-op before CUDA's allocator exists
 
 
 def is_device_failure(exc: BaseException) -> bool:

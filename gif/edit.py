@@ -409,15 +409,11 @@ def run(
     started = time.perf_counter()
     device = resolve_device(device if device is not None else "auto")
     with full_float32(device):  # TF32 would move the solve, and CUDA's edit away from the CPU's
-        clock, report, warnings = (
-            PhaseClock(device),
-            _Progress(progress or _ignore_progress, spec.retrain is not None),
-            [],
-        )
+        clock, report = PhaseClock(device), _Progress(progress or _ignore_progress, spec.retrain is not None)
+        warnings: list[str] = []
         reset_peak_memory(device)
-        original = (
-            copy.deepcopy(model).to(devices.tensor_device(device)).eval()
-        )  # looked up now: the CPU tests double it
+        # devices.tensor_device is looked up at each call: the CPU tests replace it with their CUDA double's
+        original = copy.deepcopy(model).to(devices.tensor_device(device)).eval()
         check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
 
         plan = RequestPlan.of(spec.request, train_data)

@@ -177,15 +177,6 @@ class StandbyHorseWorker(Worker):
         self.info = self.info.model_copy(update={"state": state, **changes})
         context().fleet.publish(self.info)
 
-    def beat_forever(self, stopped: threading.Event) -> None:
-        """Rewrite the record (not just its expiry) on every beat: a Redis that restarted empty has it back at once,
-        and a beat that raced a change of state is put right by the next one."""
-        while not stopped.wait(self.settings.heartbeat_interval_s):
-            try:
-                context().fleet.publish(self.info)
-            except Exception as exc:  # a Redis hiccup must not end the thread
-                log.warning("worker heartbeat failed: %s", exc)
-
     # --- standby horses --------------------------------------------------------------------------
 
     def start_standby(self) -> Horse:
@@ -308,7 +299,13 @@ def main() -> None:
         settings=settings,
     )
     stopped = threading.Event()
-    threading.Thread(target=worker.beat_forever, args=(stopped,), name="fleet-heartbeat", daemon=True).start()
+    heartbeat = threading.Thread(
+        target=ctx.fleet.publish_until,
+        args=(stopped, lambda: worker.info, settings.heartbeat_interval_s),
+        name="fleet-heartbeat",
+        daemon=True,
+    )
+    heartbeat.start()
     worker.publish("warming")
     worker.start_standby()
     log.info("worker ready", extra={"queue": settings.queue_name, "device": settings.worker_device})
@@ -317,7 +314,7 @@ def main() -> None:
     finally:
         stopped.set()
         worker.stop_standby()
-        ctx.fleet.withdraw(worker.name)
+        heartbeat.join(timeout=5.0)  # it withdraws the record
 
 
 if __name__ == "__main__":

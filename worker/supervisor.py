@@ -79,12 +79,7 @@ def report_unusable(settings: Settings, reason: str, stopped: threading.Event) -
     ).model_copy(update={"state": "unhealthy", "reason": reason})
     log.error("no worker started: %s; fix GIF_WORKER_DEVICE and restart", reason)
     fleet.publish(info)
-    while not stopped.wait(settings.heartbeat_interval_s):
-        try:
-            fleet.publish(info)
-        except Exception as exc:  # Redis may come back
-            log.warning("could not report this host's state: %s", exc)
-    fleet.withdraw(info.name)
+    fleet.publish_until(stopped, lambda: info, settings.heartbeat_interval_s)
 
 
 def start_runner(device: str) -> subprocess.Popen:

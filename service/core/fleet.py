@@ -11,7 +11,11 @@ and a job submitted then carries a warning.
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import threading
+import time
+from collections.abc import Callable
 from typing import Any, Literal, cast
 
 import redis
@@ -21,6 +25,7 @@ from service.core.records import Keys, utc_now
 
 WorkerState = Literal["warming", "idle", "running", "unhealthy"]
 HEALTHY: frozenset[str] = frozenset({"warming", "idle", "running"})
+log = logging.getLogger("service.core.fleet")
 
 
 class DeviceInfo(BaseModel):
@@ -45,25 +50,49 @@ class WorkerInfo(BaseModel):
 
 
 class Fleet:
-    """The records of live workers, under ``<prefix>:worker:<name>`` (expiring after ``ttl_s`` without a beat)."""
+    """The records of live workers, under ``<prefix>:worker:<name>`` (expiring after ``ttl_s`` without a beat),
+    indexed by a sorted set of names scored by expiry time: listing costs the workers, not the whole key space
+    (``/readyz`` and every submit list them)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, ttl_s: float):
-        self.client, self.keys, self.ttl_ms = client, keys, int(ttl_s * 1000)
+        self.client, self.keys, self.ttl_s = client, keys, ttl_s
 
     def _key(self, name: str) -> str:
         return self.keys.item("worker", name)
 
+    @property
+    def _index(self) -> str:
+        return self.keys.item("workers", "live")
+
     def publish(self, info: WorkerInfo) -> None:
         info.updated_at = utc_now()
-        self.client.set(self._key(info.name), info.model_dump_json(), px=self.ttl_ms)
+        with self.client.pipeline() as pipe:
+            pipe.set(self._key(info.name), info.model_dump_json(), px=int(self.ttl_s * 1000))
+            pipe.zadd(self._index, {info.name: time.time() + self.ttl_s})
+            pipe.execute()
+
+    def publish_until(self, stopped: threading.Event, current: Callable[[], WorkerInfo], interval_s: float) -> None:
+        """Rewrite ``current()`` every ``interval_s`` until ``stopped`` (the whole record, not just its expiry: a Redis
+        that restarted empty has it back at once, and a beat that raced a change of state is put right by the
+        next), then withdraw it."""
+        while not stopped.wait(interval_s):
+            try:
+                self.publish(current())
+            except redis.RedisError as exc:  # Redis may come back; the thread must not end
+                log.warning("could not publish this worker's state: %s", exc)
+        self.withdraw(current().name)
 
     def withdraw(self, name: str) -> None:
-        self.client.delete(self._key(name))
+        with self.client.pipeline() as pipe:
+            pipe.delete(self._key(name))
+            pipe.zrem(self._index, name)
+            pipe.execute()
 
     def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         """Every live worker (on ``queue`` only, when given), by name."""
-        keys = sorted(cast(list[str], list(self.client.scan_iter(self._key("*"), count=500))))
-        rows = cast(list[str | None], self.client.mget(keys)) if keys else []
+        self.client.zremrangebyscore(self._index, "-inf", time.time())
+        names = cast(list[str], self.client.zrange(self._index, 0, -1))
+        rows = cast(list[str | None], self.client.mget([self._key(n) for n in names])) if names else []
         found = [WorkerInfo.model_validate(json.loads(row)) for row in rows if row]
         return [w for w in found if queue is None or w.queue == queue]
 

@@ -239,36 +239,19 @@ class JobStore:
         """A queued or running job whose process died: back to ``queued`` while it has had fewer than
         ``max_attempts`` attempts (the cause kept in its ``warnings``; whoever calls this enqueues it again), else
         failed as ``worker-lost`` with the cause. None when the job had ended (or its heartbeat still beats)."""
-        attempts = int(cast(str | None, self.client.hget(self.keys.job(job_id), "attempts")) or 0)
+        attempts = self.attempts(job_id)
         if attempts < max_attempts:
             note = f"attempt {attempts} of {max_attempts} ended early: {cause}; the job was queued again"
-            if self._transition(
-                job_id, {"running"}, "queued", unless_alive, warning=note, cleared=("started_at", "worker", "progress")
-            ):
-                return "requeued"
-            if self.client.hget(self.keys.job(job_id), "status") == "queued":
-                self._add_warning(job_id, note)
-                return "requeued"
-            return None
+            cleared = ("started_at", "worker", "progress")
+            moved = self._transition(
+                job_id, {"queued", "running"}, "queued", unless_alive, warning=note, cleared=cleared
+            )
+            return "requeued" if moved else None
         detail = f"{cause} (attempt {attempts} of {max_attempts}); submit it again"
         error = job_error("worker-lost", detail, retryable=True)
         if self._transition(job_id, {"queued", "running"}, "failed", unless_alive, error=error):
             return "failed"
         return None
-
-    def _add_warning(self, job_id: str, warning: str) -> None:
-        key = self.keys.job(job_id)
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = cast(str | None, pipe.hget(key, "warnings"))
-                    pipe.multi()
-                    pipe.hset(key, "warnings", json.dumps([*(json.loads(raw) if raw else []), warning]))
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue
 
     def note_attempt(self, job_id: str) -> int:
         """Count one more attempt at a queued job a worker just took off the queue (a second queue entry of a job

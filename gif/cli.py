@@ -219,6 +219,22 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    with remote_client(args) as client:
+        usage = client.usage()
+    for name in ("active_jobs", "stored_bytes"):
+        limit = usage[name]["limit"]
+        print(f"{name}: {usage[name]['usage']} of {'no limit' if limit is None else limit}")
+    rate = usage["submits_per_minute"]
+    print(
+        "submits_per_minute: "
+        + ("no limit" if rate["limit"] is None else f"{rate['available']:.1f} of {rate['limit']} left")
+    )
+    print("jobs: " + ", ".join(f"{n} {status}" for status, n in usage["jobs"].items()))
+    print(f"models: {usage['models']}, datasets: {usage['datasets']}")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     with remote_client(args) as client:
         if args.out:
@@ -313,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--format", choices=["safetensors", "pt2"], default="safetensors")
     workers = commands.add_parser("workers", help="the server's live workers: device, state, jobs done")
     workers.set_defaults(handler=cmd_workers)
-    for command in (submit, *(commands.choices[n] for n in ("status", "cancel", "download", "workers"))):
+    usage = commands.add_parser("usage", help="your API key's usage and limits: active jobs, stored bytes, submits")
+    usage.set_defaults(handler=cmd_usage)
+    for command in (submit, *(commands.choices[n] for n in ("status", "cancel", "download", "workers", "usage"))):
         command.add_argument("--server", help="the service's base URL (default: $GIF_SERVER)")
 
     archs = commands.add_parser("architectures", help="list the registry, or one architecture's parameters")

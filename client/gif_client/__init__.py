@@ -17,9 +17,11 @@ problem's ``type``, ``detail`` and field ``errors``.
 from gif_client.client import Client, IntegrityError
 from gif_client.problems import (
     ConflictError,
+    ForbiddenError,
     NotFoundError,
     PayloadTooLargeError,
     ProblemError,
+    RateLimitedError,
     ServiceUnavailableError,
     UnauthorizedError,
     ValidationFailed,
@@ -28,10 +30,12 @@ from gif_client.problems import (
 __all__ = [
     "Client",
     "ConflictError",
+    "ForbiddenError",
     "IntegrityError",
     "NotFoundError",
     "PayloadTooLargeError",
     "ProblemError",
+    "RateLimitedError",
     "ServiceUnavailableError",
     "UnauthorizedError",
     "ValidationFailed",

@@ -127,6 +127,10 @@ class Client:
         """The fleet: ``{"workers": [...], "healthy": bool, "reason": str | None}`` (``GET /v1/workers``)."""
         return self._json(self.http.get("/v1/workers"))
 
+    def usage(self) -> dict[str, Any]:
+        """This key's usage and limits: active jobs, stored bytes, submits per minute (``GET /v1/usage``)."""
+        return self._json(self.http.get("/v1/usage"))
+
     def wait(
         self,
         job_id: str,

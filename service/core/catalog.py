@@ -13,6 +13,7 @@ from typing import Any, Literal, overload
 import redis
 from pydantic import BaseModel
 
+from service.core.quotas import Quotas
 from service.core.records import Keys, is_id, new_id, page_ids, utc_now
 from service.core.storage import Artifacts
 
@@ -52,23 +53,34 @@ RECORDS: dict[Kind, type[UploadRecord]] = {"model": ModelRecord, "dataset": Data
 
 
 class Catalog:
-    def __init__(self, client: redis.Redis, keys: Keys, artifacts: Artifacts):
+    def __init__(self, client: redis.Redis, keys: Keys, artifacts: Artifacts, quotas: Quotas):
         self.client = client
         self.keys = keys
         self.artifacts = artifacts
+        self.quotas = quotas
 
     def add(self, kind: Kind, owner: str, staged: Path, facts: dict[str, Any]) -> UploadRecord:
-        """Store a validated staged file and its record; ``facts`` must hold its ``sha256``."""
+        """Store a validated staged file and its record; ``facts`` must hold its ``sha256`` and ``size_bytes``.
+        The bytes count against the owner's quota first (refused past it); a store that fails gives them back."""
         record = self._new_record(kind, owner, facts)
-        self.artifacts.add(staged, record.sha256, f"{kind}:{record.id}")
-        self._save(kind, record)
+        self.quotas.reserve_bytes(owner, record.size_bytes)
+        try:
+            self.artifacts.add(staged, record.sha256, f"{kind}:{record.id}")
+            self._save(kind, record)
+        except BaseException:
+            with self.client.pipeline() as pipe:
+                self.quotas.release_bytes(pipe, owner, record.size_bytes)
+                pipe.execute()
+            raise
         return record
 
     def register(self, kind: Kind, owner: str, facts: dict[str, Any]) -> UploadRecord | None:
-        """A record for a blob already stored (an edited checkpoint); None if that blob is gone."""
+        """A record for a blob already stored (an edited checkpoint); None if that blob is gone. Its bytes count
+        towards the owner's usage but are never refused: the job that made it was admitted."""
         record = self._new_record(kind, owner, facts)
         if not self.artifacts.hold(record.sha256, f"{kind}:{record.id}"):
             return None
+        self.quotas.reserve_bytes(owner, record.size_bytes, enforce=False)
         self._save(kind, record)
         return record
 
@@ -100,15 +112,20 @@ class Catalog:
         return record if record is not None and record.owner == owner else None
 
     def delete(self, kind: Kind, item_id: str, owner: str) -> bool:
+        """Remove the record and its reference to the blob; only the caller whose DEL removed the record gives its
+        bytes back, so two concurrent deletes (a user's and retention's) count it once."""
         record = self.get(kind, item_id, owner)
-        if record is None:
+        if record is None or not self.client.delete(self.keys.item(kind, item_id)):
             return False
         with self.client.pipeline() as pipe:
-            pipe.delete(self.keys.item(kind, item_id))
             pipe.zrem(self.keys.items_of(kind, owner), item_id)
+            self.quotas.release_bytes(pipe, owner, record.size_bytes)
             pipe.execute()
         self.artifacts.release(record.sha256, f"{kind}:{item_id}")
         return True
+
+    def count(self, kind: Kind, owner: str) -> int:
+        return int(self.client.zcard(self.keys.items_of(kind, owner)))
 
     def page(self, kind: Kind, owner: str, limit: int, cursor: int | None) -> tuple[list[UploadRecord], int | None]:
         ids, next_cursor = page_ids(self.client, self.keys.items_of(kind, owner), limit, cursor)

@@ -17,6 +17,7 @@ from service.core.fleet import Fleet
 from service.core.idempotency import IdempotencyKeys
 from service.core.jobs import JobStore
 from service.core.queue import job_queue
+from service.core.quotas import Limits, Quotas
 from service.core.records import Keys, connect, connect_async
 from service.core.settings import Settings
 from service.core.storage import Artifacts, artifact_store
@@ -33,20 +34,24 @@ class ServiceContext:
     queue: Queue
     idempotency: IdempotencyKeys
     fleet: Fleet
+    quotas: Quotas
 
     @classmethod
     def create(cls, settings: Settings) -> ServiceContext:
         client = connect(settings.redis_url)
         keys = Keys(settings.key_prefix)
         artifacts = Artifacts(artifact_store(settings), client, keys)
+        limits = Limits(settings.quota_active_jobs, settings.quota_stored_bytes, settings.quota_submits_per_minute)
+        quotas = Quotas(client, keys, limits)
         return cls(
             settings=settings,
             client=client,
             async_client=connect_async(settings.redis_url),
             artifacts=artifacts,
-            catalog=Catalog(client, keys, artifacts),
+            catalog=Catalog(client, keys, artifacts, quotas),
             jobs=JobStore(client, keys, artifacts, settings.heartbeat_ttl_s),
             queue=job_queue(settings),
             idempotency=IdempotencyKeys(client, keys, settings.idempotency_ttl_s),
             fleet=Fleet(client, keys, settings.heartbeat_ttl_s),
+            quotas=quotas,
         )

@@ -46,8 +46,11 @@ KINDS: dict[str, ErrorKind] = {
         ErrorKind("not-found", 404, "Not found"),
         ErrorKind("method-not-allowed", 405, "Method not allowed"),
         ErrorKind("conflict", 409, "The resource is not in a state that allows this"),
+        ErrorKind("storage-quota-exceeded", 403, "The key's stored bytes would pass its quota"),
+        ErrorKind("active-jobs-limit", 409, "The key has as many jobs queued or running as it may"),
         ErrorKind("payload-too-large", 413, "The request body is too large"),
         ErrorKind("unsupported-media-type", 415, "Unsupported content type"),
+        ErrorKind("rate-limited", 429, "Too many submits; wait and try again"),
         ErrorKind("timeout", 504, "The job ran past its time limit"),
         ErrorKind("worker-lost", 503, "The worker running the job stopped answering"),
         ErrorKind("input-missing", 410, "An input of the job is no longer stored"),
@@ -62,7 +65,8 @@ def kind_of(code: str) -> ErrorKind:
 
 
 class ServiceError(Exception):
-    """An error the HTTP layer shows as a problem; ``errors`` lists field-level problems."""
+    """An error the HTTP layer shows as a problem; ``errors`` lists field-level problems, ``extensions`` adds
+    members to the problem document (RFC 9457 §3.2)."""
 
     def __init__(
         self,
@@ -70,8 +74,10 @@ class ServiceError(Exception):
         detail: str,
         errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
+        extensions: dict[str, Any] | None = None,
     ):
         super().__init__(detail)
+        self.extensions = extensions or {}
         self.kind = kind_of(code)
         self.detail = detail
         self.errors = errors or []

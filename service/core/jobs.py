@@ -17,6 +17,7 @@ import redis.asyncio
 from pydantic import BaseModel
 
 from service.core.errors import job_error
+from service.core.quotas import active_jobs_exceeded
 from service.core.records import Keys, is_id, new_id, page_ids, parse_time, utc_now
 from service.core.storage import Artifacts
 
@@ -34,6 +35,23 @@ if redis.call('HGET', KEYS[1], 'status') == 'running' then
   return 1
 end
 return 0
+"""
+
+# Record a queued job unless its owner has ARGV[1] (> 0) jobs queued or running already: the check and the write are
+# one step, so API processes racing for a key's last slot admit one job. Returns -1 when recorded, else the count.
+_CREATE = """
+local limit = tonumber(ARGV[1])
+if limit > 0 then
+  local active = redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[5])
+  if active >= limit then
+    return active
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+return -1
 """
 
 _NOTE_ATTEMPT = """
@@ -105,6 +123,7 @@ class JobStore:
         self.heartbeat_ttl_ms = int(heartbeat_ttl_s * 1000)
         self._write_progress = client.register_script(_WRITE_PROGRESS)
         self._note_attempt = client.register_script(_NOTE_ATTEMPT)
+        self._create = client.register_script(_CREATE)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -130,10 +149,11 @@ class JobStore:
             rows = pipe.execute()
         return [r for r in (self._decode(row, owner) for row in rows) if r], next_cursor
 
-    def count_by_status(self) -> dict[str, int]:
+    def count_by_status(self, owner: str | None = None) -> dict[str, int]:
+        """Jobs by status: everyone's, or one owner's."""
         with self.client.pipeline(transaction=False) as pipe:
             for status in STATUSES:
-                pipe.zcard(self.keys.jobs_with(status))
+                pipe.zcard(self.keys.jobs_with(status) if owner is None else self.keys.jobs_of(owner, status))
             return dict(zip(STATUSES, pipe.execute(), strict=True))
 
     def durations(self) -> dict[str, str]:
@@ -162,8 +182,10 @@ class JobStore:
         inputs: dict[str, InputRef],
         queue: str,
         warnings: list[str] | None = None,
+        active_limit: int | None = None,
     ) -> JobRecord | None:
-        """Record a job queued on ``queue`` holding its input blobs; None if an input blob has vanished meanwhile."""
+        """Record a job queued on ``queue`` holding its input blobs; None if an input blob has vanished meanwhile.
+        Raises ``active-jobs-limit`` when the owner already has ``active_limit`` jobs queued or running."""
         job_id = new_id("job")
         held: list[str] = []
         for item in inputs.values():
@@ -172,25 +194,27 @@ class JobStore:
                 return None
             held.append(item.sha256)
         seq = self.client.incr(self.keys.sequence)
-        with self.client.pipeline() as pipe:
-            pipe.hset(
-                self.keys.job(job_id),
-                mapping={
-                    "id": job_id,
-                    "owner": owner,
-                    "seq": seq,
-                    "status": "queued",
-                    "created_at": utc_now(),
-                    "queue": queue,
-                    "spec": json.dumps(spec),
-                    "inputs": json.dumps({role: item.model_dump() for role, item in inputs.items()}),
-                    **({"warnings": json.dumps(warnings)} if warnings else {}),
-                },
+        fields: dict[str, str | int] = {
+            "id": job_id,
+            "owner": owner,
+            "seq": seq,
+            "status": "queued",
+            "created_at": utc_now(),
+            "queue": queue,
+            "spec": json.dumps(spec),
+            "inputs": json.dumps({role: item.model_dump() for role, item in inputs.items()}),
+            **({"warnings": json.dumps(warnings)} if warnings else {}),
+        }
+        index_keys = [self.keys.jobs_of(owner), self.keys.jobs_of(owner, "queued"), self.keys.jobs_with("queued")]
+        active = int(
+            self._create(
+                keys=[self.keys.job(job_id), *index_keys, self.keys.jobs_of(owner, "running")],
+                args=[active_limit or 0, seq, job_id, *(item for pair in fields.items() for item in pair)],
             )
-            pipe.zadd(self.keys.jobs_of(owner), {job_id: seq})
-            pipe.zadd(self.keys.jobs_of(owner, "queued"), {job_id: seq})
-            pipe.zadd(self.keys.jobs_with("queued"), {job_id: seq})
-            pipe.execute()
+        )
+        if active >= 0:
+            self._release(job_id, held)
+            raise active_jobs_exceeded(cast(int, active_limit), active)
         return self.get(job_id)
 
     def cancel(self, job_id: str) -> str | None:

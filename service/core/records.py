@@ -114,6 +114,12 @@ class Keys:
     def idempotency(self, owner: str, key_digest: str) -> str:
         return f"{self.prefix}:idempotency:{owner}:{key_digest}"
 
+    def stored_bytes(self, owner: str) -> str:
+        return f"{self.prefix}:usage:{owner}:stored_bytes"
+
+    def submit_bucket(self, owner: str) -> str:
+        return f"{self.prefix}:usage:{owner}:submits"
+
     def blob_refs(self, sha256: str) -> str:
         return f"{self.prefix}:blob:{sha256}:refs"
 

@@ -57,6 +57,22 @@ class Settings(BaseSettings):
         8 * 1024**3, ge=1, description="Largest model once decompressed (torch zip and .pt2 archives declare it)."
     )
 
+    quota_active_jobs: int | None = Field(
+        None, ge=1, description="Most jobs one key may have queued or running at once (409 past it); unset: no limit."
+    )
+    quota_stored_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Most bytes of models and datasets (edited models included) one key may store (403 past it); "
+        "unset: no limit.",
+    )
+    quota_submits_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="Jobs one key may submit per minute, as a token bucket shared by every API process (that many "
+        "at once, refilled at that rate; 429 with Retry-After past it); unset: no limit.",
+    )
+
     webhook_secret: str | None = Field(
         None, description="Signs job notifications (Standard Webhooks); unset: jobs cannot ask for notify."
     )

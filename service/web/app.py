@@ -24,7 +24,7 @@ from service.web.auth import caller
 from service.web.dependencies import known_query_parameters
 from service.web.metrics import job_registry
 from service.web.middleware import BodySizeLimit, HttpMetrics
-from service.web.routes import architectures, health, jobs, uploads, workers
+from service.web.routes import architectures, health, jobs, uploads, usage, workers
 from service.web.schemas import Problem
 
 log = logging.getLogger("service.web.app")
@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(HttpMetrics, registry=app.state.metrics)
     app.include_router(health.router)
-    for router in (architectures.router, uploads.models, uploads.datasets, jobs.router, workers.router):
+    for router in (architectures.router, uploads.models, uploads.datasets, jobs.router, workers.router, usage.router):
         app.include_router(
             router,
             dependencies=[Depends(caller), Depends(known_query_parameters)],

@@ -53,9 +53,10 @@ def _file_facts(upload: Upload) -> dict[str, Any]:
 
 
 async def upload_model(
-    ctx: ServiceContext, owner: str, content_type: str | None, body: AsyncIterator[bytes]
+    ctx: ServiceContext, owner: str, content_type: str | None, declared_bytes: int | None, body: AsyncIterator[bytes]
 ) -> UploadRecord:
     """Stream the weights to a staging file, check them against the architecture, then store them."""
+    await admit_upload(ctx, owner, declared_bytes)
     with ctx.artifacts.store.staging_file() as staged:
         upload = await receive_upload(content_type, body, staged, "file", frozenset({"architecture"}))
         _require(upload, ())
@@ -73,9 +74,10 @@ async def upload_model(
 
 
 async def upload_dataset(
-    ctx: ServiceContext, owner: str, content_type: str | None, body: AsyncIterator[bytes]
+    ctx: ServiceContext, owner: str, content_type: str | None, declared_bytes: int | None, body: AsyncIterator[bytes]
 ) -> UploadRecord:
     """Stream the data to a staging file, read and check it, record its shape and label counts, then store it."""
+    await admit_upload(ctx, owner, declared_bytes)
     with ctx.artifacts.store.staging_file() as staged:
         upload = await receive_upload(content_type, body, staged, "file", frozenset())
         _require(upload, ())
@@ -84,6 +86,11 @@ async def upload_dataset(
                 inspect_dataset, staged, ctx.settings.max_dataset_bytes, limiter=upload_limiter()
             )
         return await _store(ctx, "dataset", owner, upload, facts)
+
+
+async def admit_upload(ctx: ServiceContext, owner: str, declared_bytes: int | None) -> None:
+    """Refuse an upload before its body is read when it cannot be kept (``declared_bytes``: the Content-Length)."""
+    await run_in_thread(ctx.quotas.check_room, owner, declared_bytes)
 
 
 async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, facts: dict[str, Any]) -> UploadRecord:
@@ -115,7 +122,9 @@ def submit_idempotent(ctx: ServiceContext, owner: str, body: JobRequest, key: st
 
 
 def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
-    """Check the job against its model and data now (a bad job is a 4xx, not a failed job later), then queue it."""
+    """Check the job against its model and data now (a bad job is a 4xx, not a failed job later), then queue it.
+    A submit spends one of the key's submits per minute first, refused or not: the limit bounds requests."""
+    ctx.quotas.take_submit(owner)
     model = ctx.catalog.get("model", body.model_id, owner)
     datasets = {
         role: ctx.catalog.get("dataset", getattr(body, field), owner)
@@ -140,7 +149,9 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
     inputs |= {role: InputRef(id=record.id, sha256=record.sha256) for role, record in found.items()}
     waits = ctx.fleet.health(ctx.settings.queue_name)
     warnings = [f"{waits}: the job waits in the queue until a healthy worker takes it"] if waits else None
-    record = ctx.jobs.create(owner, body.model_dump(mode="json"), inputs, ctx.settings.queue_name, warnings)
+    record = ctx.jobs.create(
+        owner, body.model_dump(mode="json"), inputs, ctx.settings.queue_name, warnings, ctx.settings.quota_active_jobs
+    )
     if record is None:
         raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")
     enqueue_job(ctx.queue, record.id, ctx.settings.job_timeout_s)

@@ -42,8 +42,10 @@ def problem(
     instance: str,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {
+        **(extensions or {}),
         "type": kind.type,
         "title": kind.title,
         "status": kind.status,
@@ -104,7 +106,7 @@ def install(app: FastAPI) -> None:
     """Register the one mapping from exceptions to problems."""
 
     async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return problem(exc.kind, exc.detail, request.url.path, exc.errors, exc.headers)
+        return problem(exc.kind, exc.detail, request.url.path, exc.errors, exc.headers, exc.extensions)
 
     async def on_engine_error(request: Request, exc: GifError) -> JSONResponse:
         return await on_service_error(request, ServiceError.from_engine(exc))

@@ -61,6 +61,12 @@ JOB_EXAMPLES = {
 }
 
 
+class QuotaState(BaseModel):
+    name: Literal["active_jobs", "stored_bytes", "submits_per_minute"]
+    limit: int
+    usage: float = Field(description="Jobs queued or running, bytes stored, or submits spent in the last minute.")
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document (``application/problem+json``)."""
 
@@ -72,6 +78,7 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = Field(
         None, description="Field-level problems: {detail, pointer (JSON pointer into the body or form) | parameter}."
     )
+    quota: QuotaState | None = Field(None, description="Past a per-key limit: which one, its value, the key's usage.")
 
 
 class Page(BaseModel, Generic[Item]):

@@ -42,7 +42,9 @@ def job_response(record: JobRecord, status_code: int = 200, headers: dict[str, s
     summary="Submit an edit job",
     description="The job is checked against its model and data before it is queued: unknown ids, "
     "classes or indices out of range, labels the model does not have, an empty forget set or data of the "
-    "wrong shape are refused here with a 422 that names the field.",
+    "wrong shape are refused here with a 422 that names the field. Where the server sets per-key limits "
+    "(GET /v1/usage), a key with GIF_QUOTA_ACTIVE_JOBS jobs queued or running gets a 409 and one past "
+    "GIF_QUOTA_SUBMITS_PER_MINUTE a 429, each with Retry-After and a `quota` member naming the limit.",
     responses={
         **responses(
             "unknown-reference",
@@ -51,6 +53,8 @@ def job_response(record: JobRecord, status_code: int = 200, headers: dict[str, s
             "bad-request",
             "unsupported-media-type",
             "idempotency-key-reused",
+            "active-jobs-limit",
+            "rate-limited",
         ),
         202: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}}}},
         200: {"description": "An Idempotency-Key seen before with the same body: the job it created."},

@@ -26,8 +26,15 @@ ARCHITECTURE_PART = {
     'leave it out (or give {"name": "exported"}) for a .pt2 program.',
     "example": '{"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}}',
 }
-UPLOAD_ERRORS = ("validation-error", "invalid-weights", "bad-request", "payload-too-large", "unsupported-media-type")
-Uploader = Callable[[ServiceContext, str, str | None, AsyncIterator[bytes]], Awaitable[UploadRecord]]
+UPLOAD_ERRORS = (
+    "validation-error",
+    "invalid-weights",
+    "bad-request",
+    "payload-too-large",
+    "unsupported-media-type",
+    "storage-quota-exceeded",
+)
+Uploader = Callable[[ServiceContext, str, str | None, int | None, AsyncIterator[bytes]], Awaitable[UploadRecord]]
 
 
 def multipart(description: str, optional: tuple[str, ...] = (), **parts: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +65,9 @@ def catalog_router(
         responses=responses(*errors),
     )
     async def create(request: Request, owner: Caller, ctx: Context) -> Response:
-        record = await upload(ctx, owner, request.headers.get("content-type"), request.stream())
+        length = request.headers.get("content-length", "")
+        declared = int(length) if length.isascii() and length.isdigit() else None
+        record = await upload(ctx, owner, request.headers.get("content-type"), declared, request.stream())
         return JSONResponse(public(record, out), status_code=201, headers={"Location": f"/v1/{kind}s/{record.id}"})
 
     @router.get("", summary=f"Your {kind}s, newest first", response_model=Page[out])  # type: ignore[valid-type]

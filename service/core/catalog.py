@@ -7,8 +7,9 @@ is refused at POST time from metadata alone.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import redis
 from pydantic import BaseModel
@@ -91,10 +92,33 @@ class Catalog:
         )
 
     def _save(self, kind: Kind, record: UploadRecord) -> None:
+        """Write the record; an upload (not a model a job registered) also enters the retention index as used now."""
         with self.client.pipeline() as pipe:
             pipe.set(self.keys.item(kind, record.id), record.model_dump_json())
             pipe.zadd(self.keys.items_of(kind, record.owner), {record.id: record.seq})
+            if getattr(record, "job_id", None) is None:
+                pipe.zadd(self.keys.uploads_used, {f"{kind}:{record.id}": time.time()})
             pipe.execute()
+
+    # --- retention ---------------------------------------------------------------------------
+
+    def touch(self, kind: Kind, item_id: str, when: float | None = None) -> None:
+        """Mark an upload used (a job named it): retention counts its age from now. An upload deleted meanwhile, or a
+        registered model (never in the index), is not added."""
+        self.client.zadd(self.keys.uploads_used, {f"{kind}:{item_id}": time.time() if when is None else when}, xx=True)
+
+    def unused_since(self, when: float, limit: int) -> list[tuple[Kind, str]]:
+        """Up to ``limit`` uploads last used before ``when`` (Unix seconds), least recently used first."""
+        members = cast(list[str], self.client.zrangebyscore(self.keys.uploads_used, "-inf", when, start=0, num=limit))
+        return [cast(tuple[Kind, str], tuple(member.split(":", 1))) for member in members]
+
+    def expire(self, kind: Kind, item_id: str) -> bool:
+        """Delete an upload whoever owns it (retention); False if it was gone."""
+        raw = self.client.get(self.keys.item(kind, item_id)) if is_id(kind, item_id) else None
+        owner = RECORDS[kind].model_validate_json(raw).owner if raw else None
+        deleted = owner is not None and self.delete(kind, item_id, owner)
+        self.client.zrem(self.keys.uploads_used, f"{kind}:{item_id}")
+        return deleted
 
     @overload
     def get(self, kind: Literal["model"], item_id: str, owner: str) -> ModelRecord | None: ...
@@ -119,6 +143,7 @@ class Catalog:
             return False
         with self.client.pipeline() as pipe:
             pipe.zrem(self.keys.items_of(kind, owner), item_id)
+            pipe.zrem(self.keys.uploads_used, f"{kind}:{item_id}")
             self.quotas.release_bytes(pipe, owner, record.size_bytes)
             pipe.execute()
         self.artifacts.release(record.sha256, f"{kind}:{item_id}")

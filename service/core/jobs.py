@@ -234,18 +234,46 @@ class JobStore:
         return status
 
     def delete(self, job_id: str) -> bool:
-        """Forget a finished job and release its blobs (inputs and checkpoint)."""
+        """Forget a finished job and release its blobs (inputs and outputs: each goes with its last reference, so an
+        edited model registered from the job keeps its file). Only the caller whose DEL removed the record releases
+        them, so the user and retention deleting at once release once."""
         record = self.get(job_id)
-        if record is None or record.status not in TERMINAL:
+        if record is None or record.status not in TERMINAL or not self.client.delete(self.keys.job(job_id)):
             return False
         with self.client.pipeline() as pipe:
-            pipe.delete(self.keys.job(job_id))
             pipe.zrem(self.keys.jobs_of(record.owner), job_id)
             pipe.zrem(self.keys.jobs_of(record.owner, record.status), job_id)
             pipe.zrem(self.keys.jobs_with(record.status), job_id)
+            pipe.zrem(self.keys.jobs_finished, job_id)
             pipe.execute()
         self._release(job_id, [i.sha256 for i in record.inputs.values()] + record.output_sha256s)
         return True
+
+    # --- retention ---------------------------------------------------------------------------
+
+    def ids_with(self, status: JobStatus) -> list[str]:
+        return cast(list[str], self.client.zrange(self.keys.jobs_with(status), 0, -1))
+
+    def finished_before(self, when: float, limit: int) -> list[str]:
+        """Up to ``limit`` ids of jobs that finished before ``when`` (Unix seconds), oldest first."""
+        return cast(list[str], self.client.zrangebyscore(self.keys.jobs_finished, "-inf", when, start=0, num=limit))
+
+    def forget_finished(self, job_id: str) -> None:
+        self.client.zrem(self.keys.jobs_finished, job_id)
+
+    def index_finished_before_retention(self) -> None:
+        """Add the jobs that finished before the retention index existed (an older version's) to it, once."""
+        if not self.client.set(self.keys.jobs_finished_indexed, "1", nx=True):
+            return
+        for status in TERMINAL:
+            ids = self.ids_with(cast(JobStatus, status))
+            with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hget(self.keys.job(job_id), "finished_at")
+                finished = pipe.execute()
+            stamps = {job_id: parse_time(at).timestamp() for job_id, at in zip(ids, finished, strict=True) if at}
+            if stamps:
+                self.client.zadd(self.keys.jobs_finished, stamps, nx=True)
 
     def reap_lost(self, max_attempts: int) -> list[tuple[str, str]]:
         """Run again (or fail, past ``max_attempts``) every running job whose heartbeat expired (its worker died);
@@ -367,6 +395,7 @@ class JobStore:
                     if new == "queued":
                         pipe.delete(heartbeat)
                     if new in TERMINAL:
+                        pipe.zadd(self.keys.jobs_finished, {job_id: parse_time(now).timestamp()})
                         pipe.delete(heartbeat, self.keys.cancel_flag(job_id))
                         pipe.hdel(key, "cancel_requested")
                         if started_at:

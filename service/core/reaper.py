@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from service.core import retention
 from service.core.context import ServiceContext
 from service.core.queue import enqueue_again, held_job_ids
 from service.core.webhooks import notify_end_in_background
@@ -45,7 +46,8 @@ def requeue_lost(ctx: ServiceContext) -> list[str]:
 
 
 def reap(ctx: ServiceContext) -> None:
-    """One pass: run again (or fail) jobs that lost their worker, re-enqueue jobs that lost their queue entry."""
+    """One pass: run again (or fail) jobs that lost their worker, re-enqueue jobs that lost their queue entry, and
+    remove what retention says has expired."""
     for job_id, outcome in ctx.jobs.reap_lost(ctx.settings.job_max_attempts):
         log.warning("job lost its worker; %s", outcome, extra={"job_id": job_id})
         if outcome == "failed":
@@ -54,3 +56,4 @@ def reap(ctx: ServiceContext) -> None:
             enqueue_again(ctx.queue, job_id, ctx.settings.job_timeout_s)
     for job_id in requeue_lost(ctx):
         log.warning("job was missing from the queue; enqueued again", extra={"job_id": job_id})
+    retention.expire(ctx)

@@ -102,6 +102,21 @@ class Keys:
         return f"{self.prefix}:jobs:status:{status}"
 
     @property
+    def jobs_finished(self) -> str:
+        """Finished jobs scored by when they finished (Unix seconds), for retention."""
+        return f"{self.prefix}:jobs:finished"
+
+    @property
+    def jobs_finished_indexed(self) -> str:
+        """Set once jobs that finished before the index existed have been added to it."""
+        return f"{self.prefix}:jobs:finished:indexed"
+
+    @property
+    def uploads_used(self) -> str:
+        """Uploads (``<kind>:<id>``) scored by when they were last used (Unix seconds), for retention."""
+        return f"{self.prefix}:uploads:used"
+
+    @property
     def durations(self) -> str:
         return f"{self.prefix}:jobs:durations"
 

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     storage_cache_bytes: int = Field(
         20 * 1024**3, ge=0, description="S3: the most bytes each host keeps in its read cache (least recently used go)."
     )
+    min_free_bytes: int = Field(
+        0,
+        ge=0,
+        description="Free bytes the store's disk (for S3: this host's staging and cache directory) must keep: an "
+        "upload that would leave less is refused up front with 507 storage-full, a job fails storage-full before "
+        "writing its checkpoint, and /readyz reports the shortfall; 0: no check.",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -71,6 +78,22 @@ class Settings(BaseSettings):
         ge=1,
         description="Jobs one key may submit per minute, as a token bucket shared by every API process (that many "
         "at once, refilled at that rate; 429 with Retry-After past it); unset: no limit.",
+    )
+
+    retention_jobs_s: float | None = Field(
+        None,
+        gt=0,
+        description="Finished jobs (succeeded, failed, cancelled) are deleted this long after they finished, with "
+        "what only they hold (their checkpoints; an edited model registered from a job stays); unset: kept.",
+    )
+    retention_uploads_s: float | None = Field(
+        None,
+        gt=0,
+        description="Uploaded models and datasets no job has named for this long are deleted (never one a queued or "
+        "running job uses; never an edited model a job registered); unset: kept.",
+    )
+    retention_batch: int = Field(
+        100, ge=1, description="Most jobs, and most uploads, retention removes in one reaper pass (oldest first)."
     )
 
     webhook_secret: str | None = Field(

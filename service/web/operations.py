@@ -154,6 +154,9 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
     )
     if record is None:
         raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")
+    ctx.catalog.touch("model", model.id)
+    for dataset in found.values():
+        ctx.catalog.touch("dataset", dataset.id)
     enqueue_job(ctx.queue, record.id, ctx.settings.job_timeout_s)
     log.info("job queued", extra={"job_id": record.id, "request": body.request.kind, "method": body.method})
     return record

@@ -180,7 +180,11 @@ def report(record: OwnedJob) -> Response:
 @router.delete(
     "/{job_id}",
     status_code=204,
-    summary="Delete a finished job and its checkpoint",
+    summary="Delete a finished job and what only it holds",
+    description="The job's record, its checkpoint and report, and its hold on its inputs: a file goes when nothing "
+    "else holds it, so the model registered from the job (result.model_id) and the uploads it used stay until they "
+    "are deleted themselves. A queued or running job is a 409: cancel it first. With GIF_RETENTION_JOBS_S, "
+    "finished jobs are deleted this way once that long has passed.",
     responses={**not_found, **responses("conflict")},
 )
 def delete(record: OwnedJob, ctx: Context) -> Response:

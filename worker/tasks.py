@@ -4,7 +4,8 @@ This runs in a standby horse (``worker.horse``): a fresh interpreter per job, al
 worker's device (``GIF_WORKER_DEVICE``), so CUDA is this process's own. While the job runs, a thread
 refreshes its heartbeat; the engine's progress callback writes progress (throttled) and raises
 ``EditCancelled`` once it sees a cancel request. Every outcome ends the record: succeeded, failed (with a
-typed error) or cancelled.
+typed error) or cancelled. A store without room for the checkpoint fails the job ``storage-full`` (retryable),
+and what it had stored is released: a failed job leaves no half of its outputs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from service.core.errors import job_error
 from service.core.jobs import InputRef, JobRecord, JobStore
 from service.core.logs import job_context
 from service.core.settings import Settings
+from service.core.storage import ArtifactStore, StorageFull, is_storage_full, require_room
 from service.core.webhooks import notify_end
 from worker import context
 
@@ -171,7 +173,12 @@ def _execute(ctx: ServiceContext, record: JobRecord) -> str:
     except GifError as exc:
         error, status = job_error(exc.code, exc.detail, exc.problems), "failed"
     except Exception as exc:
-        if is_device_failure(exc):  # the device may be unusable for this process now; the next horse is fresh
+        if is_storage_full(exc):
+            log.warning("no room for the job's outputs: %s", exc)
+            error = job_error(
+                "storage-full", f"{exc}; nothing was kept: submit the job again once space is freed", retryable=True
+            )
+        elif is_device_failure(exc):  # the device may be unusable for this process now; the next horse is fresh
             log.exception("the device failed")
             error = job_error("device-error", f"{type(exc).__name__}: {exc}; submit it again", retryable=True)
         else:
@@ -216,14 +223,39 @@ def _register_edited_model(ctx: ServiceContext, record: JobRecord, outcome: Edit
 
 def _store_outputs(ctx: ServiceContext, job_id: str, outcome: EditOutcome, model: InputRef) -> list[str]:
     """Write the edited weights into the store (staged, then added under their sha256), as ``gif edit`` writes
-    them, and for an exported program the edited ``.pt2`` too; returns the stored sha256s."""
+    them, and for an exported program the edited ``.pt2`` too; returns the stored sha256s. Each write first needs
+    room for the weights plus ``GIF_MIN_FREE_BYTES``; if any write or add fails, those stored already are released."""
     writers: list[Callable[[Path], CheckpointInfo]] = [outcome.write_checkpoint]
     if is_exported(model.architecture):
         writers.append(lambda path: outcome.write_program(ctx.artifacts.local_path(model.sha256), path))
-    stored = []
-    for write in writers:
-        with ctx.artifacts.store.staging_file() as staged:
-            info = write(staged)
-            ctx.artifacts.add(staged, info.sha256, f"job:{job_id}")
-            stored.append(info.sha256)
+    weight_bytes = sum(t.numel() * t.element_size() for t in outcome.state_dict.values())
+    stored: list[str] = []
+    try:
+        for write in writers:
+            require_room(ctx.artifacts.store, weight_bytes, ctx.settings.min_free_bytes, "the edited checkpoint")
+            with ctx.artifacts.store.staging_file() as staged:
+                info = _write(ctx.artifacts.store, write, staged, weight_bytes)
+                ctx.artifacts.add(staged, info.sha256, f"job:{job_id}")
+                stored.append(info.sha256)
+    except BaseException:
+        for sha256 in stored:
+            ctx.artifacts.release(sha256, f"job:{job_id}")
+        raise
     return stored
+
+
+def _write(
+    store: ArtifactStore, write: Callable[[Path], CheckpointInfo], staged: Path, weight_bytes: int
+) -> CheckpointInfo:
+    """Run a checkpoint writer; a failure with less room left on the disk than the weights take is a full disk.
+    safetensors and torch.save report ENOSPC as errors of their own, with no errno ("os error 28", "unexpected
+    pos"), and remove their partial file on the way out: the free space now is the space the write had."""
+    try:
+        return write(staged)
+    except Exception as exc:
+        if is_storage_full(exc) or (free := store.free_bytes()) >= weight_bytes:
+            raise
+        raise StorageFull(
+            f"writing the edited checkpoint ({weight_bytes} bytes of weights) failed with {free} bytes free on the "
+            f"artifact store's disk ({type(exc).__name__}: {exc})"
+        ) from exc

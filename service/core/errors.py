@@ -55,6 +55,7 @@ KINDS: dict[str, ErrorKind] = {
         ErrorKind("worker-lost", 503, "The worker running the job stopped answering"),
         ErrorKind("input-missing", 410, "An input of the job is no longer stored"),
         ErrorKind("service-unavailable", 503, "A backing service is unavailable"),
+        ErrorKind("storage-full", 507, "The artifact store has no room for this"),
         ErrorKind("internal", 500, "Internal error"),
     )
 }

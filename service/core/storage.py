@@ -8,12 +8,18 @@ half-written is ever served, and a failed or interrupted write leaves nothing be
 visible only when its multipart upload completes; its size is checked before the store reports it stored).
 ``Artifacts`` adds reference counting in Redis: one blob may back several records (the same file uploaded
 twice, a job's inputs), and it is deleted with its last reference.
+
+A full disk is an ``OSError`` of errno ENOSPC (or EDQUOT), whether a write hit it or ``require_room`` foresaw it
+(``StorageFull``, with the shortfall in words): the API answers 507 storage-full, a job fails storage-full
+(retryable), and the staging file is removed either way, so nothing half-written is kept.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -30,6 +36,44 @@ from service.core.settings import Settings
 BLOB_LOCK_TIMEOUT_S = 30
 CHUNK_BYTES = 1 << 20
 S3_PART_BYTES = 16 * 1024**2
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class StorageFull(OSError):
+    """The store's disk has no room for a write (errno ENOSPC): refused up front by ``require_room``, or found out by
+    a write that failed. The request or job may succeed once space is freed."""
+
+    def __init__(self, detail: str):
+        super().__init__(errno.ENOSPC, detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that found the disk (or the user's quota on it) full."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:.1f} MiB"
+
+
+def require_room(store: ArtifactStore, needed_bytes: int, reserve_bytes: int, what: str) -> None:
+    """Raise ``StorageFull`` unless writing ``needed_bytes`` (``what``: an upload, a checkpoint) would leave at least
+    ``reserve_bytes`` (``GIF_MIN_FREE_BYTES``) free on the store's disk. A reserve of 0 turns the check off. The
+    free space is read now, not cached: the store serves again as soon as space is freed."""
+    if not reserve_bytes:
+        return
+    free = store.free_bytes()
+    needed = needed_bytes + reserve_bytes
+    if free < needed:
+        raise StorageFull(
+            f"the artifact store's disk has {free} bytes free ({_mib(free)}); {what} needs {needed} "
+            f"({_mib(needed_bytes)} for it + GIF_MIN_FREE_BYTES {_mib(reserve_bytes)} kept free): "
+            f"{needed - free} bytes short"
+        )
 
 
 class ArtifactStore(Protocol):
@@ -61,6 +105,10 @@ class ArtifactStore(Protocol):
 
     def check(self) -> None:
         """Raise if the store cannot be written (readiness)."""
+        ...
+
+    def free_bytes(self) -> int:
+        """Free bytes on the disk that receives uploads and checkpoints (its staging directory), read now."""
         ...
 
 
@@ -126,6 +174,10 @@ class LocalArtifactStore:
     def check(self) -> None:
         with self.staging_file() as path:
             path.write_bytes(b"ok")
+
+    def free_bytes(self) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free
 
     def prune(self, keep_bytes: int) -> None:
         """Delete the least recently used blobs until at most ``keep_bytes`` remain (for a cache, not a store)."""
@@ -246,6 +298,9 @@ class S3ArtifactStore:
     def check(self) -> None:
         self.s3.head_bucket(Bucket=self.bucket)
         self.cache.check()
+
+    def free_bytes(self) -> int:
+        return self.cache.free_bytes()  # uploads and checkpoints are staged here before they go to the bucket
 
     def ensure_bucket(self) -> bool:
         """Create the bucket if it does not exist; True if it was created."""

@@ -19,6 +19,7 @@ from service.core.errors import ServiceError
 from service.core.idempotency import fingerprint
 from service.core.jobs import InputRef, JobRecord
 from service.core.queue import enqueue_job, withdraw_job
+from service.core.storage import require_room
 from service.core.webhooks import notify_end_in_background, target_problem
 from service.web.schemas import JobRequest
 from service.web.uploads import Upload, receive_upload, upload_limiter
@@ -91,6 +92,8 @@ async def upload_dataset(
 async def admit_upload(ctx: ServiceContext, owner: str, declared_bytes: int | None) -> None:
     """Refuse an upload before its body is read when it cannot be kept (``declared_bytes``: the Content-Length)."""
     await run_in_thread(ctx.quotas.check_room, owner, declared_bytes)
+    room = ctx.artifacts.store, declared_bytes or 0, ctx.settings.min_free_bytes, "this upload"
+    await run_in_thread(require_room, *room)  # 507 storage-full when the disk would keep less than it must
 
 
 async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, facts: dict[str, Any]) -> UploadRecord:

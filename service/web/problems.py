@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from gif.errors import GifError
 from service.core.errors import ErrorKind, ServiceError, kind_of
+from service.core.storage import StorageFull, is_storage_full
 
 PROBLEM_JSON = "application/problem+json"
 STATUS_CODES = {
@@ -140,6 +141,15 @@ def install(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
+    async def on_os_error(request: Request, exc: OSError) -> JSONResponse:
+        """A full disk is the store's state, not a bug: 507, and the half-written file is gone (staging files are
+        removed on the way out); any other OSError is unexpected."""
+        if not is_storage_full(exc):
+            return await on_unexpected(request, exc)
+        log.warning("artifact store full during %s %s: %s", request.method, request.url.path, exc)
+        detail = str(exc) if isinstance(exc, StorageFull) else f"the artifact store's disk is full ({exc.strerror})"
+        return problem(kind_of("storage-full"), f"nothing was stored: {detail}", request.url.path)
+
     async def on_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
         log.info("client disconnected during %s %s", request.method, request.url.path)
         return problem(kind_of("bad-request"), "the client disconnected before the body was complete", request.url.path)
@@ -155,6 +165,7 @@ def install(app: FastAPI) -> None:
         (HTTPException, on_http_error),
         (redis.ConnectionError, on_redis_down),
         (redis.TimeoutError, on_redis_down),
+        (OSError, on_os_error),
         (ClientDisconnect, on_disconnect),
         (Exception, on_unexpected),
     ]

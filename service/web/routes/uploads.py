@@ -33,6 +33,7 @@ UPLOAD_ERRORS = (
     "payload-too-large",
     "unsupported-media-type",
     "storage-quota-exceeded",
+    "storage-full",
 )
 Uploader = Callable[[ServiceContext, str, str | None, int | None, AsyncIterator[bytes]], Awaitable[UploadRecord]]
 

@@ -4,8 +4,10 @@ This runs in a standby horse (``worker.horse``): a fresh interpreter per job, al
 worker's device (``GIF_WORKER_DEVICE``), so CUDA is this process's own. While the job runs, a thread
 refreshes its heartbeat; the engine's progress callback writes progress (throttled) and raises
 ``EditCancelled`` once it sees a cancel request. Every outcome ends the record: succeeded, failed (with a
-typed error) or cancelled. A store without room for the checkpoint fails the job ``storage-full`` (retryable),
-and what it had stored is released: a failed job leaves no half of its outputs.
+typed error) or cancelled. A store without room for the checkpoint fails the job ``storage-full``, an S3 server
+lost while inputs are fetched or outputs stored fails it ``service-unavailable`` (both retryable: the same job
+succeeds once space is freed or the server is back), and what it had stored is released: a failed job leaves no
+half of its outputs.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from service.core.errors import job_error
 from service.core.jobs import InputRef, JobRecord, JobStore
 from service.core.logs import job_context
 from service.core.settings import Settings
-from service.core.storage import ArtifactStore, StorageFull, is_storage_full, require_room
+from service.core.storage import ArtifactStore, StorageFull, StoreUnavailable, is_storage_full, require_room
 from service.core.webhooks import notify_end
 from worker import context
 
@@ -172,6 +174,10 @@ def _execute(ctx: ServiceContext, record: JobRecord) -> str:
         error, status = job_error("input-missing", f"an input file is missing: {exc.filename}"), "failed"
     except GifError as exc:
         error, status = job_error(exc.code, exc.detail, exc.problems), "failed"
+    except StoreUnavailable as exc:
+        log.warning("the artifact store is unavailable: %s", exc)
+        detail = f"{exc}; nothing was kept: submit the job again once the store is back"
+        error, status = job_error("service-unavailable", detail, retryable=True), "failed"
     except Exception as exc:
         if is_storage_full(exc):
             log.warning("no room for the job's outputs: %s", exc)

@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     storage_cache_bytes: int = Field(
         20 * 1024**3, ge=0, description="S3: the most bytes each host keeps in its read cache (least recently used go)."
     )
+    s3_connect_timeout_s: float = Field(
+        5.0, gt=0, description="S3: the longest one attempt to connect to the server may take."
+    )
+    s3_retries: int = Field(
+        5,
+        ge=0,
+        description="S3: times a request is retried (with backoff) when the server cannot be reached or fails, before "
+        "the store reports it unavailable: a 503 for a request, a retryable failure for a job.",
+    )
     min_free_bytes: int = Field(
         0,
         ge=0,

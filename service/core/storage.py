@@ -11,21 +11,24 @@ twice, a job's inputs), and it is deleted with its last reference.
 
 A full disk is an ``OSError`` of errno ENOSPC (or EDQUOT), whether a write hit it or ``require_room`` foresaw it
 (``StorageFull``, with the shortfall in words): the API answers 507 storage-full, a job fails storage-full
-(retryable), and the staging file is removed either way, so nothing half-written is kept.
+(retryable), and the staging file is removed either way, so nothing half-written is kept. An S3 server that cannot
+be reached, cuts a transfer off or fails (5xx) after the client's bounded retries is ``StoreUnavailable`` (an
+``OSError`` too, so readiness reports the store down): a 503 for a request, a retryable failure for a job.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import redis
@@ -49,6 +52,11 @@ class StorageFull(OSError):
 
     def __str__(self) -> str:
         return self.detail
+
+
+class StoreUnavailable(ConnectionError):
+    """The S3 server could not be reached, cut the transfer off or failed, after the client's retries: nothing is
+    wrong with the request, and the same request may succeed once the server is back."""
 
 
 def is_storage_full(exc: BaseException) -> bool:
@@ -190,12 +198,50 @@ class LocalArtifactStore:
             total -= size
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _server_failure(exc: BaseException) -> bool:
+    """Whether an S3 call failed for want of a server (refused, cut off, timed out, or a 5xx), not for the request:
+    botocore's connection errors, s3transfer's exhausted download retries, and an upload failure that wraps either."""
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceededError
+
+    if isinstance(exc, BotoConnectionError | HTTPClientError | RetriesExceededError | TransferRetriesExceededError):
+        return True
+    if isinstance(exc, S3UploadFailedError):  # boto3 raises it while handling the ClientError it replaces
+        return exc.__context__ is not None and _server_failure(exc.__context__)
+    if isinstance(exc, ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) >= 500
+    return False
+
+
+def _reaching_s3(method: Callable[P, R]) -> Callable[P, R]:
+    """An S3 method whose server failures are ``StoreUnavailable``: callers handle one exception, whichever botocore,
+    boto3 or s3transfer raised, and readiness (which treats an ``OSError`` as a store that cannot be written) too."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            if not _server_failure(exc):
+                raise
+            raise StoreUnavailable(f"the S3 server is unavailable: {exc}") from exc
+
+    return call
+
+
 class S3ArtifactStore:
     """Blobs at ``s3://bucket/<prefix>blobs/ab/<sha256>``; staging files and a read cache in a local directory.
 
     Workers on other hosts fetch inputs into their own cache (verified against the sha256, then kept until the
     cache passes ``cache_bytes``); uploads go up in parts (bounded memory) and downloads stream, or redirect to
-    a presigned URL when ``presign_expiry_s`` is set. Credentials come from the standard AWS variables.
+    a presigned URL when ``presign_expiry_s`` is set. Credentials come from the standard AWS variables. A server
+    that is down costs a bounded wait: ``connect_timeout_s`` per attempt, ``retries`` retries with backoff.
     """
 
     def __init__(
@@ -206,6 +252,8 @@ class S3ArtifactStore:
         endpoint_url: str | None = None,
         presign_expiry_s: int | None = None,
         cache_bytes: int = 20 * 1024**3,
+        connect_timeout_s: float = 5.0,
+        retries: int = 5,
     ):
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -217,7 +265,11 @@ class S3ArtifactStore:
         self.s3 = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+            config=Config(
+                connect_timeout=connect_timeout_s,
+                retries={"max_attempts": retries, "mode": "standard"},  # retries after the first attempt
+                s3={"addressing_style": "path"},
+            ),
         )
         # 16 MiB parts, four at a time: an upload or a fetch holds at most ~64 MiB, whatever the file's size.
         self.transfer = TransferConfig(
@@ -230,6 +282,7 @@ class S3ArtifactStore:
     def staging_file(self) -> AbstractContextManager[Path]:
         return self.cache.staging_file()
 
+    @_reaching_s3
     def commit(self, staged: Path, sha256: str) -> None:
         if not self.exists(sha256):
             self.s3.upload_file(str(staged), self.bucket, self.key(sha256), Config=self.transfer)
@@ -240,6 +293,7 @@ class S3ArtifactStore:
         self.cache.commit(staged, sha256)  # the uploading host keeps its copy: the worker that runs next may be here
         self.cache.prune(self.cache_bytes)
 
+    @_reaching_s3
     def local_path(self, sha256: str) -> Path:
         path = self.cache.local_path(sha256)
         if path.is_file():
@@ -260,6 +314,7 @@ class S3ArtifactStore:
         self.cache.prune(self.cache_bytes)
         return path
 
+    @_reaching_s3
     def exists(self, sha256: str) -> bool:
         try:
             self.s3.head_object(Bucket=self.bucket, Key=self.key(sha256))
@@ -269,13 +324,16 @@ class S3ArtifactStore:
             raise
         return True
 
+    @_reaching_s3
     def size(self, sha256: str) -> int:
         return int(self.s3.head_object(Bucket=self.bucket, Key=self.key(sha256))["ContentLength"])
 
+    @_reaching_s3
     def delete(self, sha256: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self.key(sha256))
         self.cache.delete(sha256)
 
+    @_reaching_s3
     def download(self, sha256: str, filename: str) -> BlobDownload:
         if self.presign_expiry_s:
             url = self.s3.generate_presigned_url(
@@ -291,10 +349,12 @@ class S3ArtifactStore:
         body = self.s3.get_object(Bucket=self.bucket, Key=self.key(sha256))
         return BlobDownload(size=int(body["ContentLength"]), chunks=body["Body"].iter_chunks(CHUNK_BYTES))
 
+    @_reaching_s3
     def names(self) -> set[str]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}blobs/")
         return {item["Key"].rsplit("/", 1)[1] for page in pages for item in page.get("Contents", [])}
 
+    @_reaching_s3
     def check(self) -> None:
         self.s3.head_bucket(Bucket=self.bucket)
         self.cache.check()
@@ -302,6 +362,7 @@ class S3ArtifactStore:
     def free_bytes(self) -> int:
         return self.cache.free_bytes()  # uploads and checkpoints are staged here before they go to the bucket
 
+    @_reaching_s3
     def ensure_bucket(self) -> bool:
         """Create the bucket if it does not exist; True if it was created."""
         try:
@@ -330,6 +391,8 @@ def artifact_store(settings: Settings) -> ArtifactStore:
             settings.s3_endpoint_url,
             settings.s3_presign_expiry_s,
             settings.storage_cache_bytes,
+            settings.s3_connect_timeout_s,
+            settings.s3_retries,
         )
     return LocalArtifactStore(Path(url.path) if url.scheme == "file" else settings.storage_dir)
 

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from gif.errors import GifError
 from service.core.errors import ErrorKind, ServiceError, kind_of
-from service.core.storage import StorageFull, is_storage_full
+from service.core.storage import StorageFull, StoreUnavailable, is_storage_full
 
 PROBLEM_JSON = "application/problem+json"
 STATUS_CODES = {
@@ -141,6 +141,15 @@ def install(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
+    async def on_store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.error("artifact store unavailable during %s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            kind_of("service-unavailable"),
+            "the artifact store (S3) is unavailable; nothing was changed, try again",
+            request.url.path,
+            headers={"Retry-After": "5"},
+        )
+
     async def on_os_error(request: Request, exc: OSError) -> JSONResponse:
         """A full disk is the store's state, not a bug: 507, and the half-written file is gone (staging files are
         removed on the way out); any other OSError is unexpected."""
@@ -165,6 +174,7 @@ def install(app: FastAPI) -> None:
         (HTTPException, on_http_error),
         (redis.ConnectionError, on_redis_down),
         (redis.TimeoutError, on_redis_down),
+        (StoreUnavailable, on_store_down),
         (OSError, on_os_error),
         (ClientDisconnect, on_disconnect),
         (Exception, on_unexpected),

@@ -34,6 +34,7 @@ UPLOAD_ERRORS = (
     "unsupported-media-type",
     "storage-quota-exceeded",
     "storage-full",
+    "service-unavailable",
 )
 Uploader = Callable[[ServiceContext, str, str | None, int | None, AsyncIterator[bytes]], Awaitable[UploadRecord]]
 

@@ -288,18 +288,26 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(key: str, title: str, body: str, command: str, device: torch.device | None = None) -> None:
-    """Replace (or append) one experiment's section of RESULTS.md, stamped with command, machine (and the GPU, when
-    ``device`` is one) and date."""
+def write_section(
+    key: str, title: str, body: str, command: str, device: torch.device | None = None, target: Path = RESULTS
+) -> None:
+    """Replace (or append) one experiment's section of ``target`` (RESULTS.md), stamped with command, machine (and the
+    GPU, when ``device`` is one) and date."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- section:{key} -->\n## {title}\n\n"
         f"Command: `{command}` · {stamp} · {machine(device)}\n\n{body.strip()}\n<!-- end:{key} -->\n"
     )
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    text = target.read_text() if target.exists() else "# Benchmark results\n\n"
     pattern = re.compile(rf"<!-- section:{re.escape(key)} -->.*?<!-- end:{re.escape(key)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
-    RESULTS.write_text(text)
+    target.write_text(text)
+
+
+def kept_sections(path: Path) -> str:
+    """The ``write_section`` sections of ``path``, for a report that rewrites the rest of the file around them."""
+    text = path.read_text() if path.exists() else ""
+    return "".join(re.findall(r"<!-- section:.*?<!-- end:[^>]*-->\n", text, re.S))
 
 
 # --- running edits with the sizes each model affords on this CPU -----------------------------------

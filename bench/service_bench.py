@@ -45,7 +45,7 @@ import torch
 from gif_client import Client
 
 import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
-from bench.common import JOB_TIMEOUT_S, cpu_model, device_description, torch_build, wait_for_job
+from bench.common import JOB_TIMEOUT_S, cpu_model, device_description, kept_sections, torch_build, wait_for_job
 from gif.architectures import load_checkpoint
 from gif.data import read_dataset
 from gif.demo import upload_demo, write_demo_assets
@@ -95,10 +95,12 @@ async def _poll(
     interval: float | None,
     pollers: int = POLLERS,
     stop: threading.Event | None = None,
+    api_key: str | None = None,
 ) -> list[float]:
     """``pollers`` connections polling ``path`` for ``seconds`` (or until ``stop`` is set); closed loop when
     ``interval`` is None."""
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
@@ -516,10 +518,10 @@ class Stack:
     api_pid: int
 
 
-def start_stack(stack: ExitStack, workdir: Path, worker_device: str = "auto", **storage: Any) -> Stack:
+def start_stack(stack: ExitStack, workdir: Path, worker_device: str = "auto", **settings_given: Any) -> Stack:
     """Redis, ``python -m worker`` (on ``worker_device``: its ``GIF_WORKER_DEVICE``) and ``python -m service`` on
-    free ports with throwaway storage under ``workdir`` (or the S3 ``storage`` settings name), the demo model and
-    data uploaded; everything stops with ``stack``."""
+    free ports with throwaway storage under ``workdir`` and any other ``settings_given`` (S3 storage, API keys:
+    the stack's client uses the first), the demo model and data uploaded; everything stops with ``stack``."""
     url = stack.enter_context(redis_for(workdir / "redis"))
     tag = f"bench-{secrets.token_hex(4)}"
     settings = Settings(
@@ -529,7 +531,7 @@ def start_stack(stack: ExitStack, workdir: Path, worker_device: str = "auto", **
         storage_dir=workdir / "artifacts",
         port=free_port(),
         worker_device=worker_device,
-        **storage,
+        **settings_given,
     )
     env = {**os.environ, **CREDENTIALS, **settings.as_env()}
     logs = stack.enter_context(open(workdir / "stack.log", "wb"))  # noqa: SIM115 -- closed with the stack
@@ -539,7 +541,7 @@ def start_stack(stack: ExitStack, workdir: Path, worker_device: str = "auto", **
     wait_until_healthy(base + "/healthz", api_proc)
     demo = workdir / "demo"
     write_demo_assets(demo)
-    api = stack.enter_context(Client(base))
+    api = stack.enter_context(Client(base, api_key=settings.api_keys[0] if settings.api_keys else None))
     body = {**json.loads((demo / "job.json").read_text()), **upload_demo(api, demo)}
     return Stack(api, body, demo, base, url, settings.port, api_proc.pid)
 
@@ -566,7 +568,7 @@ def main() -> int:
         stores[f"S3 ({S3_SERVERS[kind]})"] = artifact_round_trip(on_s3, workdir)
     fuzzing = schema_fuzzing()
     text = report(started, host, running.redis_url, polling, body_bytes, stores, uploads, local, service, fuzzing)
-    OUT.write_text(text)
+    OUT.write_text(text + ("\n" + kept if (kept := kept_sections(OUT)) else ""))  # other benches' sections stay
     print(text)
     return 0
 

@@ -8,13 +8,14 @@ import uvicorn
 from service.core.logs import configure_logging
 from service.core.settings import Settings
 from service.web.app import create_app
+from service.web.server import server_config
 
 
 def main() -> None:
     settings = Settings()
     log_config = configure_logging(settings.log_level)
     torch.set_num_threads(settings.api_torch_threads)  # the API only checks data; requests run in parallel threads
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=log_config)
+    uvicorn.Server(server_config(create_app(settings), settings, log_config=log_config)).run()
 
 
 if __name__ == "__main__":

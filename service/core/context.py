@@ -41,12 +41,18 @@ class ServiceContext:
         client = connect(settings.redis_url)
         keys = Keys(settings.key_prefix)
         artifacts = Artifacts(artifact_store(settings), client, keys)
-        limits = Limits(settings.quota_active_jobs, settings.quota_stored_bytes, settings.quota_submits_per_minute)
-        quotas = Quotas(client, keys, limits)
+        async_client = connect_async(settings.redis_url)
+        limits = Limits(
+            settings.quota_active_jobs,
+            settings.quota_stored_bytes,
+            settings.quota_submits_per_minute,
+            settings.quota_requests_per_second,
+        )
+        quotas = Quotas(client, async_client, keys, limits)
         return cls(
             settings=settings,
             client=client,
-            async_client=connect_async(settings.redis_url),
+            async_client=async_client,
             artifacts=artifacts,
             catalog=Catalog(client, keys, artifacts, quotas),
             jobs=JobStore(client, keys, artifacts, settings.heartbeat_ttl_s),

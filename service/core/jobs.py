@@ -188,30 +188,34 @@ class JobStore:
         Raises ``active-jobs-limit`` when the owner already has ``active_limit`` jobs queued or running."""
         job_id = new_id("job")
         held: list[str] = []
-        for item in inputs.values():
-            if not self.artifacts.hold(item.sha256, f"job:{job_id}"):
-                self._release(job_id, held)
-                return None
-            held.append(item.sha256)
-        seq = self.client.incr(self.keys.sequence)
-        fields: dict[str, str | int] = {
-            "id": job_id,
-            "owner": owner,
-            "seq": seq,
-            "status": "queued",
-            "created_at": utc_now(),
-            "queue": queue,
-            "spec": json.dumps(spec),
-            "inputs": json.dumps({role: item.model_dump() for role, item in inputs.items()}),
-            **({"warnings": json.dumps(warnings)} if warnings else {}),
-        }
-        index_keys = [self.keys.jobs_of(owner), self.keys.jobs_of(owner, "queued"), self.keys.jobs_with("queued")]
-        active = int(
-            self._create(
-                keys=[self.keys.job(job_id), *index_keys, self.keys.jobs_of(owner, "running")],
-                args=[active_limit or 0, seq, job_id, *(item for pair in fields.items() for item in pair)],
+        try:  # a store or Redis failure half-way gives back the holds taken
+            for item in inputs.values():
+                if not self.artifacts.hold(item.sha256, f"job:{job_id}"):
+                    self._release(job_id, held)
+                    return None
+                held.append(item.sha256)
+            seq = self.client.incr(self.keys.sequence)
+            fields: dict[str, str | int] = {
+                "id": job_id,
+                "owner": owner,
+                "seq": seq,
+                "status": "queued",
+                "created_at": utc_now(),
+                "queue": queue,
+                "spec": json.dumps(spec),
+                "inputs": json.dumps({role: item.model_dump() for role, item in inputs.items()}),
+                **({"warnings": json.dumps(warnings)} if warnings else {}),
+            }
+            index_keys = [self.keys.jobs_of(owner), self.keys.jobs_of(owner, "queued"), self.keys.jobs_with("queued")]
+            active = int(
+                self._create(
+                    keys=[self.keys.job(job_id), *index_keys, self.keys.jobs_of(owner, "running")],
+                    args=[active_limit or 0, seq, job_id, *(item for pair in fields.items() for item in pair)],
+                )
             )
-        )
+        except BaseException:
+            self._release(job_id, held)
+            raise
         if active >= 0:
             self._release(job_id, held)
             raise active_jobs_exceeded(cast(int, active_limit), active)

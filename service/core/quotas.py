@@ -7,17 +7,21 @@
   counted but never refused: its job was admitted already.
 - ``GIF_QUOTA_SUBMITS_PER_MINUTE``: a token bucket per key (that many submits at once, refilled at that rate),
   on Redis's clock, so API processes on hosts whose clocks differ agree.
+- ``GIF_QUOTA_REQUESTS_PER_SECOND``: the same for every ``/v1`` request of a key (a poller at 1,000 requests a
+  second is held to its rate, and other keys' requests are not queued behind it).
 
 Usage is counted whether or not a limit is set, so ``GET /v1/usage`` always has it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+import redis.asyncio
 
 from service.core.errors import ServiceError
 from service.core.records import Keys
@@ -32,17 +36,19 @@ end
 return {1, redis.call('INCRBY', KEYS[1], size)}
 """
 
-# One token per submit; the bucket holds at most ARGV[1] tokens and refills ARGV[1] per minute.
-# Returns {admitted, tokens left (as a string: Lua numbers become integers), milliseconds until the next token}.
-_TAKE_TOKEN = """
+# A token bucket on Redis's clock: at most ARGV[1] tokens, refilled with one every ARGV[2] milliseconds; ARGV[3] = 1
+# takes a token, 0 only reads the level. Returns {admitted, tokens left (a string: Lua numbers become integers),
+# milliseconds until the next token}.
+_TOKEN_BUCKET = """
 local now_s, now_us = unpack(redis.call('TIME'))
 local now = tonumber(now_s) * 1000 + math.floor(tonumber(now_us) / 1000)
-local capacity = tonumber(ARGV[1])
-local per_ms = capacity / 60000
+local capacity, per_ms, take = tonumber(ARGV[1]), 1 / tonumber(ARGV[2]), tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or capacity
-local at = tonumber(state[2]) or now
-tokens = math.min(capacity, tokens + math.max(0, now - at) * per_ms)
+tokens = math.min(capacity, tokens + math.max(0, now - (tonumber(state[2]) or now)) * per_ms)
+if take == 0 then
+  return {0, tostring(tokens), 0}
+end
 local admitted, wait = 0, 0
 if tokens >= 1 then
   tokens, admitted = tokens - 1, 1
@@ -50,24 +56,17 @@ else
   wait = math.ceil((1 - tokens) / per_ms)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
-redis.call('PEXPIRE', KEYS[1], 120000)
+redis.call('PEXPIRE', KEYS[1], math.ceil(2 * capacity / per_ms))
 return {admitted, tostring(tokens), wait}
-"""
-
-# The bucket's tokens now, without taking one.
-_PEEK_TOKENS = """
-local now_s, now_us = unpack(redis.call('TIME'))
-local now = tonumber(now_s) * 1000 + math.floor(tonumber(now_us) / 1000)
-local capacity = tonumber(ARGV[1])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1]) or capacity
-local at = tonumber(state[2]) or now
-return tostring(math.min(capacity, tokens + math.max(0, now - at) * capacity / 60000))
 """
 
 FORM_ENVELOPE_BYTES = 80 * 1024
 """What a multipart body may carry besides the file (boundaries, headers, a text field of up to 64 KiB): the up-front
 check does not count it against the quota; the exact file size is reserved once the file is read."""
+
+RATE_LIMITED_DELAY_S = 1.0
+"""How long a request past GIF_QUOTA_REQUESTS_PER_SECOND waits for its 429 (its Retry-After, as a per-second bucket
+always refills within it)."""
 
 ACTIVE_JOBS_RETRY_AFTER_S = 10
 """A job's end cannot be foreseen: a client that waits this long and asks again does not hammer the API."""
@@ -78,6 +77,7 @@ class Limits:
     active_jobs: int | None = None
     stored_bytes: int | None = None
     submits_per_minute: int | None = None
+    requests_per_second: int | None = None
 
 
 class QuotaExceeded(ServiceError):
@@ -102,41 +102,77 @@ def active_jobs_exceeded(limit: int, usage: int) -> QuotaExceeded:
     )
 
 
+def request_burst(per_second: int) -> int:
+    """A key's requests may come a quarter of a second's worth at once: enough for pollers catching up after a stall,
+    while a closed-loop client's burst (one a second, after its 429s' delay) keeps the API busy for tens of
+    milliseconds, not for the quarter second a full second's worth took on two cores."""
+    return max(1, math.ceil(per_second / 4))
+
+
+def rate_limited(name: str, limit: int, per: str, setting: str, tokens: str, wait_ms: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        "rate-limited",
+        name,
+        limit,
+        round(max(0.0, limit - float(tokens)), 3),
+        f"this key may make {limit} {name.split('_per_')[0]} a {per} ({setting}); the next is possible in "
+        f"{wait_ms / 1000:.1f} s",
+        max(1, math.ceil(wait_ms / 1000)),
+    )
+
+
 class Quotas:
-    def __init__(self, client: redis.Redis, keys: Keys, limits: Limits):
+    def __init__(self, client: redis.Redis, async_client: redis.asyncio.Redis, keys: Keys, limits: Limits):
         self.client = client
         self.keys = keys
         self.limits = limits
         self._reserve_bytes = client.register_script(_RESERVE_BYTES)
-        self._take_token = client.register_script(_TAKE_TOKEN)
-        self._peek_tokens = client.register_script(_PEEK_TOKENS)
+        self._bucket = client.register_script(_TOKEN_BUCKET)
+        self._async_bucket = async_client.register_script(_TOKEN_BUCKET)
 
-    # --- submits per minute ------------------------------------------------------------------
+    # --- rates -------------------------------------------------------------------------------
 
     def take_submit(self, owner: str) -> None:
         """Spend one of the key's submits, or raise ``rate-limited`` with the wait until the next one."""
         limit = self.limits.submits_per_minute
         if limit is None:
             return
-        admitted, tokens, wait_ms = cast(
-            list[Any], self._take_token(keys=[self.keys.submit_bucket(owner)], args=[limit])
-        )
+        args = [limit, 60_000 / limit, 1]
+        admitted, tokens, wait_ms = cast(list[Any], self._bucket(keys=[self.keys.submit_bucket(owner)], args=args))
         if not admitted:
-            raise QuotaExceeded(
-                "rate-limited",
-                "submits_per_minute",
-                limit,
-                limit - float(tokens),
-                f"this key may submit {limit} jobs a minute (GIF_QUOTA_SUBMITS_PER_MINUTE); "
-                f"the next one is possible in {wait_ms / 1000:.1f} s",
-                max(1, math.ceil(int(wait_ms) / 1000)),
-            )
+            raise rate_limited("submits_per_minute", limit, "minute", "GIF_QUOTA_SUBMITS_PER_MINUTE", tokens, wait_ms)
 
     def submits_available(self, owner: str) -> float | None:
+        """Submits the key may make now (its bucket's level); None without a limit."""
         limit = self.limits.submits_per_minute
+        return None if limit is None else self._level(self.keys.submit_bucket(owner), limit, 60_000 / limit)
+
+    def requests_available(self, owner: str) -> float | None:
+        limit = self.limits.requests_per_second
+        return (
+            None if limit is None else self._level(self.keys.request_bucket(owner), request_burst(limit), 1000 / limit)
+        )
+
+    def _level(self, bucket: str, capacity: int, ms_per_token: float) -> float:
+        _, tokens, _ = cast(list[Any], self._bucket(keys=[bucket], args=[capacity, ms_per_token, 0]))
+        return float(tokens)
+
+    async def take_request(self, owner: str) -> None:
+        """Spend one of the key's requests this second (every ``/v1`` route), on the event loop's Redis client.
+
+        A request past the rate is answered 429 after ``RATE_LIMITED_DELAY_S``, the Retry-After it carries: a client
+        that ignores it and asks again at once gains nothing, and each connection it holds costs the API an idle
+        coroutine a second instead of a request's work each time (bench/SERVICE.md: answered at once, a closed-loop
+        poller's 429s alone, 1,400 a second, took another key's p99 from 6 ms to 190 ms on two cores)."""
+        limit = self.limits.requests_per_second
         if limit is None:
-            return None
-        return float(cast(str, self._peek_tokens(keys=[self.keys.submit_bucket(owner)], args=[limit])))
+            return
+        bucket = self.keys.request_bucket(owner)
+        args = [request_burst(limit), 1000 / limit, 1]
+        admitted, tokens, wait_ms = await self._async_bucket(keys=[bucket], args=args)
+        if not admitted:
+            await asyncio.sleep(RATE_LIMITED_DELAY_S)
+            raise rate_limited("requests_per_second", limit, "second", "GIF_QUOTA_REQUESTS_PER_SECOND", tokens, wait_ms)
 
     # --- stored bytes ------------------------------------------------------------------------
 

@@ -135,6 +135,9 @@ class Keys:
     def submit_bucket(self, owner: str) -> str:
         return f"{self.prefix}:usage:{owner}:submits"
 
+    def request_bucket(self, owner: str) -> str:
+        return f"{self.prefix}:usage:{owner}:requests"
+
     def blob_refs(self, sha256: str) -> str:
         return f"{self.prefix}:blob:{sha256}:refs"
 

@@ -66,6 +66,25 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(4 * 1024**3, ge=1, description="Largest request body on the upload routes.")
     max_json_bytes: int = Field(16 * 1024**2, ge=1, description="Largest request body on every other route.")
+    request_head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection that has not sent a complete request head this long after it opened (or after its "
+        "last response) is closed.",
+    )
+    keep_alive_timeout_s: int = Field(5, ge=1, description="An idle keep-alive connection is closed after this long.")
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections (and requests in progress) past which the API answers 503 at once."
+    )
+    body_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for the next part of a request body; once this long has been spent waiting, the "
+        "body must also have come at GIF_BODY_MIN_BYTES_PER_S on average (408 otherwise).",
+    )
+    body_min_bytes_per_s: float = Field(
+        1024.0, ge=0, description="Slowest average pace of a request body that is still accepted (see above)."
+    )
     max_dataset_bytes: int = Field(
         8 * 1024**3, ge=1, description="Largest dataset once decompressed (an .npz declares it before it is read)."
     )
@@ -87,6 +106,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Jobs one key may submit per minute, as a token bucket shared by every API process (that many "
         "at once, refilled at that rate; 429 with Retry-After past it); unset: no limit.",
+    )
+    quota_requests_per_second: int | None = Field(
+        None,
+        ge=1,
+        description="Requests one key may make per second on the /v1 routes, as a token bucket shared by every API "
+        "process (429 with Retry-After past it); unset: no limit.",
     )
 
     retention_jobs_s: float | None = Field(

@@ -23,7 +23,7 @@ from service.web import docs, problems, validation
 from service.web.auth import caller
 from service.web.dependencies import known_query_parameters
 from service.web.metrics import job_registry
-from service.web.middleware import BodySizeLimit, HttpMetrics
+from service.web.middleware import BodyLimit, BodyLimits, HttpMetrics
 from service.web.routes import architectures, health, jobs, uploads, usage, workers
 from service.web.schemas import Problem
 
@@ -80,10 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = job_registry(ctx)
     problems.install(app)
     app.add_middleware(
-        BodySizeLimit,
-        default_limit=settings.max_json_bytes,
-        upload_limit=settings.max_upload_bytes,
-        upload_paths=frozenset({"/v1/models", "/v1/datasets"}),
+        BodyLimit,
+        limits=BodyLimits(
+            default_bytes=settings.max_json_bytes,
+            upload_bytes=settings.max_upload_bytes,
+            upload_paths=frozenset({"/v1/models", "/v1/datasets"}),
+            idle_timeout_s=settings.body_idle_timeout_s,
+            min_bytes_per_s=settings.body_min_bytes_per_s,
+        ),
     )
     app.add_middleware(HttpMetrics, registry=app.state.metrics)
     app.include_router(health.router)
@@ -98,16 +102,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema, with every error response a ``Problem`` (FastAPI documents its own 422 body otherwise)."""
+    """FastAPI's schema, with every error response a ``Problem`` (FastAPI documents its own 422 body otherwise), and
+    the answers every route may give whatever its parameters: a 422 for an unknown query parameter, a 413 for a body
+    past its cap, a 408 for one that comes too slowly."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schemas = schema["components"]["schemas"]
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         schemas["Problem"] = Problem.model_json_schema()
-        for operation in (op for path in schema["paths"].values() for op in path.values()):
-            default_422 = operation["responses"].get("422", {})
-            if "application/json" in default_422.get("content", {}):
-                operation["responses"]["422"] = problems.responses("validation-error")[422]
+        for path, item in schema["paths"].items():
+            for operation in item.values():
+                answers = operation["responses"]
+                if "application/json" in answers.get("422", {}).get("content", {}) or (
+                    path.startswith("/v1/") and "422" not in answers
+                ):  # every /v1 operation refuses unknown query parameters with a 422
+                    answers["422"] = problems.responses("validation-error")[422]
+                if "requestBody" in operation:  # BodyLimit caps every body and its pace
+                    answers.setdefault("413", problems.responses("payload-too-large")[413])
+                    answers.setdefault("408", problems.responses("request-timeout")[408])
         app.openapi_schema = schema
     return app.openapi_schema

@@ -26,22 +26,27 @@ def owner_of(key: str) -> str:
 
 
 async def caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-    """The owner id of the caller; 401 when keys are configured and none of them was given.
+    """The owner id of the caller; 401 when keys are configured and none of them was given, 429 past the key's
+    GIF_QUOTA_REQUESTS_PER_SECOND.
 
-    ``async`` only so that FastAPI runs it inline: a plain function costs a thread-pool round trip per request.
+    ``async`` so that FastAPI runs it inline (a plain function costs a thread-pool round trip per request) and the
+    rate check awaits Redis without a thread.
     """
-    keys = request.app.state.context.settings.api_keys
-    if not keys:
-        return ANONYMOUS
-    given = credentials.credentials.encode() if credentials else b""
-    matched = [key for key in keys if hmac.compare_digest(key.encode(), given)]
-    if not matched:
-        raise ServiceError(
-            "unauthorized",
-            "send a valid API key as 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return owner_of(matched[0])
+    ctx = request.app.state.context
+    keys = ctx.settings.api_keys
+    owner = ANONYMOUS
+    if keys:
+        given = credentials.credentials.encode() if credentials else b""
+        matched = [key for key in keys if hmac.compare_digest(key.encode(), given)]
+        if not matched:
+            raise ServiceError(
+                "unauthorized",
+                "send a valid API key as 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        owner = owner_of(matched[0])
+    await ctx.quotas.take_request(owner)
+    return owner
 
 
 Caller = Annotated[str, Depends(caller)]

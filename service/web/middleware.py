@@ -1,9 +1,12 @@
-"""The API's ASGI middleware: request body caps (413 past the route's limit) and HTTP request metrics."""
+"""The API's ASGI middleware: request body caps (413 past the route's limit, 408 when it comes too slowly) and HTTP
+request metrics."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -17,31 +20,67 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
 
 
-class BodySizeLimit:
-    """ASGI middleware: cap request bodies, with a larger cap on the upload routes."""
+class BodyTooSlow(HTTPException):
+    """Raised from ``receive`` when the client sends its body too slowly (a 408, like the size cap's 413)."""
 
-    def __init__(self, app: ASGIApp, default_limit: int, upload_limit: int, upload_paths: frozenset[str]):
+    def __init__(self, detail: str):
+        super().__init__(408, detail)
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    default_bytes: int
+    upload_bytes: int
+    upload_paths: frozenset[str]
+    idle_timeout_s: float
+    min_bytes_per_s: float
+
+
+class BodyLimit:
+    """ASGI middleware: cap request bodies (a larger cap on the upload routes) and bound how slowly they may arrive.
+
+    A client that trickles its body (a byte a second) would otherwise hold a connection, a staging file and an upload
+    slot for as long as it likes. Two bounds, on the time spent waiting for the client only (an upload that waits its
+    turn for the parser is not the client's fault): no piece may take longer than ``idle_timeout_s``, and once that
+    long has been spent waiting, the body must have come at ``min_bytes_per_s`` on average. After the body is
+    complete, ``receive`` only reports a disconnect and is passed through untimed.
+    """
+
+    def __init__(self, app: ASGIApp, limits: BodyLimits):
         self.app = app
-        self.default_limit = default_limit
-        self.upload_limit = upload_limit
-        self.upload_paths = upload_paths
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.upload_limit if scope["path"].rstrip("/") in self.upload_paths else self.default_limit
+        limits = self.limits
+        cap = limits.upload_bytes if scope["path"].rstrip("/") in limits.upload_paths else limits.default_bytes
         declared = Headers(scope=scope).get("content-length", "")
-        received = 0
+        received, waited, complete = 0, 0.0, False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            if declared.isdigit() and int(declared) > limit:
-                raise BodyTooLarge(limit)
-            message = await receive()
+            nonlocal received, waited, complete
+            if complete:
+                return await receive()
+            if declared.isdigit() and int(declared) > cap:
+                raise BodyTooLarge(cap)
+            started = time.monotonic()
+            try:
+                with anyio.fail_after(limits.idle_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow(f"no part of the request body came for {limits.idle_timeout_s:g} s") from None
+            waited += time.monotonic() - started
             received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge(limit)
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            if received > cap:
+                raise BodyTooLarge(cap)
+            if not complete and waited > limits.idle_timeout_s and received < limits.min_bytes_per_s * waited:
+                raise BodyTooSlow(
+                    f"the request body came at {received / waited:.0f} bytes/s; at least "
+                    f"{limits.min_bytes_per_s:g} bytes/s are needed"
+                )
             return message
 
         await self.app(scope, limited_receive, send)

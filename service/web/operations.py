@@ -90,7 +90,13 @@ async def upload_dataset(
 
 
 async def admit_upload(ctx: ServiceContext, owner: str, declared_bytes: int | None) -> None:
-    """Refuse an upload before its body is read when it cannot be kept (``declared_bytes``: the Content-Length)."""
+    """Refuse an upload before its body is read when it cannot be kept (``declared_bytes``: the Content-Length); a body
+    past the upload cap is a 413 first, whatever else it would pass (``BodyLimit`` enforces the cap as it reads)."""
+    if declared_bytes is not None and declared_bytes > ctx.settings.max_upload_bytes:
+        limit = ctx.settings.max_upload_bytes
+        raise ServiceError(
+            "payload-too-large", f"the request body ({declared_bytes} bytes) exceeds the limit of {limit}"
+        )
     await run_in_thread(ctx.quotas.check_room, owner, declared_bytes)
     room = ctx.artifacts.store, declared_bytes or 0, ctx.settings.min_free_bytes, "this upload"
     await run_in_thread(require_room, *room)  # 507 storage-full when the disk would keep less than it must

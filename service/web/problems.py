@@ -30,6 +30,7 @@ STATUS_CODES = {
     401: "unauthorized",
     404: "not-found",
     405: "method-not-allowed",
+    408: "request-timeout",
     409: "conflict",
     413: "payload-too-large",
     415: "unsupported-media-type",
@@ -132,23 +133,16 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed)
         return problem(kind, str(exc.detail), request.url.path, headers=headers)
 
+    def unavailable(request: Request, detail: str) -> JSONResponse:
+        return problem(kind_of("service-unavailable"), detail, request.url.path, headers={"Retry-After": "5"})
+
     async def on_redis_down(request: Request, exc: redis.ConnectionError | redis.TimeoutError) -> JSONResponse:
         log.error("redis unavailable: %s", exc)
-        return problem(
-            kind_of("service-unavailable"),
-            "the job store (Redis) is unavailable; try again",
-            request.url.path,
-            headers={"Retry-After": "5"},
-        )
+        return unavailable(request, "the job store (Redis) is unavailable; try again")
 
     async def on_store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.error("artifact store unavailable during %s %s: %s", request.method, request.url.path, exc)
-        return problem(
-            kind_of("service-unavailable"),
-            "the artifact store (S3) is unavailable; nothing was changed, try again",
-            request.url.path,
-            headers={"Retry-After": "5"},
-        )
+        return unavailable(request, "the artifact store (S3) is unavailable; nothing was changed, try again")
 
     async def on_os_error(request: Request, exc: OSError) -> JSONResponse:
         """A full disk is the store's state, not a bug: 507, and the half-written file is gone (staging files are

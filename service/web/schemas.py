@@ -62,9 +62,9 @@ JOB_EXAMPLES = {
 
 
 class QuotaState(BaseModel):
-    name: Literal["active_jobs", "stored_bytes", "submits_per_minute"]
+    name: Literal["active_jobs", "stored_bytes", "submits_per_minute", "requests_per_second"]
     limit: int
-    usage: float = Field(description="Jobs queued or running, bytes stored, or submits spent in the last minute.")
+    usage: float = Field(description="Jobs queued or running, bytes stored, or the bucket's tokens spent.")
 
 
 class Problem(BaseModel):

@@ -2,7 +2,7 @@
 
 Starlette's own form parsing spools files to the system temp directory and leaves the size open;
 here the one file part goes straight into a staging file of the artifact store and is hashed
-(sha256) on the way, while ``service.web.middleware.BodySizeLimit`` cuts the body off with a 413 as
+(sha256) on the way, while ``service.web.middleware.BodyLimit`` cuts the body off with a 413 as
 soon as it passes the route's cap. The parser runs in a thread, one ~1 MiB batch at a time, so a
 large upload does not stall the event loop; concurrent uploads take turns (``upload_limiter``). It reads any
 async byte stream: no web framework here.

@@ -8,12 +8,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
 from service.web.app import create_app
+from service.web.server import server_config
 from tests.support import SuiteClient
 
 SERVED_KEY = "served-key"
@@ -42,11 +44,10 @@ def inputs(api, demo) -> dict[str, str]:
     return api.upload_demo(demo["model"].parent)
 
 
-@pytest.fixture(scope="session")
-def served(settings) -> Iterator[str]:
-    """The app under uvicorn on the loopback, as a browser or a fuzzer reaches it, with the API key ``SERVED_KEY``."""
-    app = create_app(settings.model_copy(update={"api_keys": [SERVED_KEY]}))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+@contextmanager
+def serving(app, settings) -> Iterator[str]:
+    """``app`` under uvicorn on a free loopback port, configured as ``python -m service`` serves it; its base URL."""
+    server = uvicorn.Server(server_config(app, settings, log_level="warning"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -61,3 +62,11 @@ def served(settings) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture(scope="session")
+def served(settings) -> Iterator[str]:
+    """The app under uvicorn on the loopback, as a browser or a fuzzer reaches it, with the API key ``SERVED_KEY``."""
+    keyed = settings.model_copy(update={"api_keys": [SERVED_KEY]})
+    with serving(create_app(keyed), keyed) as url:
+        yield url

@@ -7,7 +7,9 @@ must be refused, and requests without the key too.
 Seeded (``derandomize``: the same examples every run) and bounded: ``GIF_FUZZ_EXAMPLES`` examples per operation
 (default 40, about 20 s here). One check is left out: ``positive_data_acceptance`` expects every schema-valid request
 to be accepted, but the service refuses schema-valid requests on purpose when their content is wrong (a file that is
-no checkpoint, a job naming an id that does not exist): those get their 422s in the other service tests.
+no checkpoint, a job naming an id that does not exist): those get their 422s in the other service tests. The
+documented responses random requests cannot reach (a job that succeeded, a key at its limits) are reached, each
+validated against the same schema, in ``test_api_reach.py``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def test_the_fuzzer_reached_every_operation():
         for code in operation["responses"]
         if code.isdigit()
     }
-    unreached = sorted(documented - set(seen))  # reached by other tests or not: a list to read, not a verdict
+    unreached = sorted(documented - set(seen))  # each needs state random requests do not make: test_api_reach.py
     print(f"\nfuzz: {len(operations)} operations, {sum(seen.values())} responses, statuses {statuses}")
     print(
         f"fuzz: {len(documented) - len(unreached)} of {len(documented)} documented responses reached; not: {unreached}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
@@ -31,6 +33,19 @@ def upload_inputs(http: TestClient, demo) -> dict[str, str]:
 
 def job_body(inputs: dict[str, str], cls: int = 3) -> dict:
     return {**inputs, "request": {"kind": "remove_class", "classes": [cls]}}
+
+
+@contextmanager
+def two_api_processes(isolated_settings, **limits) -> Iterator[tuple[TestClient, TestClient]]:
+    """Two apps on one Redis prefix with the same limits, as two API processes, both calling with alpha-key."""
+    with (
+        isolated_settings() as settings,
+        app_client(settings, **limits) as first,
+        app_client(settings, **limits) as second,
+    ):
+        for http in (first, second):
+            http.headers.update(as_key("alpha-key"))
+        yield first, second
 
 
 @pytest.fixture
@@ -89,13 +104,7 @@ def test_active_jobs_are_limited_per_key_until_one_ends(limited, demo, problem):
 def test_two_api_processes_admit_a_keys_last_slot_once(isolated_settings, demo, problem):
     """The check and the write are one Redis step: two apps (two API processes) on one Redis, each sure it sees a
     free slot, cannot both take it."""
-    with (
-        isolated_settings() as settings,
-        app_client(settings, quota_active_jobs=1) as first,
-        app_client(settings, quota_active_jobs=1) as second,
-    ):
-        for http in (first, second):
-            http.headers.update(as_key("alpha-key"))
+    with two_api_processes(isolated_settings, quota_active_jobs=1) as (first, second):
         inputs = upload_inputs(first, demo)
         assert first.post("/v1/jobs", json=job_body(inputs)).status_code == 202
         problem(second.post("/v1/jobs", json=job_body(inputs)), 409, "active-jobs-limit")
@@ -153,13 +162,7 @@ def test_an_upload_that_passes_the_quota_once_read_is_refused_and_counts_nothing
 
 
 def test_submits_per_minute_is_a_token_bucket_shared_by_api_processes(isolated_settings, demo, problem):
-    with (
-        isolated_settings() as settings,
-        app_client(settings, quota_submits_per_minute=60) as first,
-        app_client(settings, quota_submits_per_minute=60) as second,
-    ):
-        for http in (first, second):
-            http.headers.update(as_key("alpha-key"))
+    with two_api_processes(isolated_settings, quota_submits_per_minute=60) as (first, second):
         inputs = upload_inputs(first, demo)
         admitted = 0
         for i in range(70):  # 60 at once, then about one a second
@@ -230,3 +233,20 @@ def test_the_client_and_cli_show_usage_and_the_limit_reached(limited, demo, monk
     assert main(["usage", "--server", "x"]) == 0
     printed = capsys.readouterr().out
     assert "active_jobs: 1 of 5" in printed and "stored_bytes: " in printed and "of 1 left" in printed
+
+
+def test_requests_per_second_hold_a_greedy_poller_to_its_rate(limited, problem):
+    """20 a second, a quarter second's worth (5) at once; a refused request is answered after its Retry-After."""
+    http = limited(quota_requests_per_second=20)
+    http.headers.update(as_key("alpha-key"))
+    statuses = [http.get("/v1/jobs").status_code for _ in range(5)]
+    started = time.monotonic()
+    refused = http.get("/v1/jobs")
+    waited = time.monotonic() - started
+    assert statuses == [200] * 5, statuses
+    body = problem(refused, 429, "rate-limited")
+    assert body["quota"]["name"] == "requests_per_second" and body["quota"]["limit"] == 20
+    assert refused.headers["retry-after"] == "1" and waited >= 1.0, "the 429 comes after the wait it asks for"
+    assert http.get("/healthz").status_code == 200, "probes carry no key and are not limited"
+    assert http.get("/v1/jobs", headers=as_key("beta-key")).status_code == 200, "each key has its own bucket"
+    assert http.get("/v1/jobs").status_code == 200, "refilled meanwhile"

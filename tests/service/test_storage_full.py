@@ -17,20 +17,18 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from service.core.context import ServiceContext
 from service.core.settings import Settings
 from service.web.app import create_app
+from tests.service.conftest import serving
 from tests.support import SuiteClient
 
 MiB = 1024**2
@@ -153,38 +151,21 @@ def test_an_upload_that_would_leave_less_than_the_reserve_is_refused_until_space
         assert assert_nothing_dangling(ctx) == {model["sha256"], stored["sha256"]}
 
 
-@contextmanager
-def served(app) -> Iterator[int]:
-    """``app`` under uvicorn on a loopback port (yielded), so that a test can talk raw HTTP to it."""
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 def test_an_upload_declaring_more_than_the_disk_can_keep_is_refused_before_its_body_is_sent(isolated_settings, disk):
     """The answer comes while the client has sent its headers only: nothing of the body was waited for or written."""
     declared = disk.free()  # all of it: the reserve would be gone
     with isolated_settings(min_free_bytes=disk.reserve) as settings:
-        app = create_app(settings.model_copy(update={"storage_dir": disk.path}))
-        with served(app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        on_disk = settings.model_copy(update={"storage_dir": disk.path})
+        with serving(create_app(on_disk), on_disk) as url:
+            port = int(url.rsplit(":", 1)[1])
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
             client.sendall(
                 b"POST /v1/models HTTP/1.1\r\nHost: localhost\r\n"
                 b"Content-Type: multipart/form-data; boundary=b\r\n"
                 b"Content-Length: %d\r\n\r\n" % declared
             )
             answer = client.recv(1 << 16).decode()
+            client.close()
     head, _, body = answer.partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 507 "), answer
     assert "application/problem+json" in head and "storage-full" in body and "bytes short" in body

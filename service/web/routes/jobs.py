@@ -55,6 +55,7 @@ def job_response(record: JobRecord, status_code: int = 200, headers: dict[str, s
             "idempotency-key-reused",
             "active-jobs-limit",
             "rate-limited",
+            "service-unavailable",
         ),
         202: {"headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}}}},
         200: {"description": "An Idempotency-Key seen before with the same body: the job it created."},
@@ -117,7 +118,7 @@ def cancel(job: OwnedJob, ctx: Context) -> Response:
     "result.program.sha256 for ?format=pt2, which only jobs on an exported program have).",
     responses={
         **not_found,
-        **responses("conflict"),
+        **responses("conflict", "service-unavailable"),
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         304: {"description": "If-None-Match matched the sha256"},
         307: {"description": "S3 storage with GIF_S3_PRESIGN_EXPIRY_S: a presigned URL of the same bytes"},

@@ -87,7 +87,7 @@ class SelectionSpec(_Strict):
 class SolverSpec(_Strict):
     """How the least-squares system min ‖H_S x − g‖ (normal equations H_Sᵀ H_S x = H_Sᵀ g) is solved, and on which data.
 
-    The defaults follow issue 11's measurements (an H100, 5 seeds: converged solves beat the first-order ablation
+    The defaults follow measurements on an H100 (5 seeds: converged solves beat the first-order ablation
     on four tasks where 5 CG iterations did not) and bench/RESULTS.md section 8 (LSMR reaches the relative
     residual 0.02 in fewer products than CG). The solve stops on ``tolerance``; ``max_iterations`` only bounds
     its cost. The result always reports the residual reached.

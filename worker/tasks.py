@@ -38,7 +38,8 @@ from service.core.errors import job_error
 from service.core.jobs import InputRef, JobRecord, JobStore
 from service.core.logs import job_context
 from service.core.settings import Settings
-from service.core.storage import ArtifactStore, StorageFull, StoreUnavailable, is_storage_full, require_room
+from service.core.storage.base import StorageFull, StoreUnavailable, is_storage_full
+from service.core.storage.references import Artifacts
 from service.core.webhooks import notify_end
 from worker import context
 
@@ -238,9 +239,9 @@ def _store_outputs(ctx: ServiceContext, job_id: str, outcome: EditOutcome, model
     stored: list[str] = []
     try:
         for write in writers:
-            require_room(ctx.artifacts.store, weight_bytes, ctx.settings.min_free_bytes, "the edited checkpoint")
-            with ctx.artifacts.store.staging_file() as staged:
-                info = _write(ctx.artifacts.store, write, staged, weight_bytes)
+            ctx.artifacts.require_room(weight_bytes, ctx.settings.min_free_bytes, "the edited checkpoint")
+            with ctx.artifacts.staging_file() as staged:
+                info = _write(ctx.artifacts, write, staged, weight_bytes)
                 ctx.artifacts.add(staged, info.sha256, f"job:{job_id}")
                 stored.append(info.sha256)
     except BaseException:
@@ -251,7 +252,7 @@ def _store_outputs(ctx: ServiceContext, job_id: str, outcome: EditOutcome, model
 
 
 def _write(
-    store: ArtifactStore, write: Callable[[Path], CheckpointInfo], staged: Path, weight_bytes: int
+    artifacts: Artifacts, write: Callable[[Path], CheckpointInfo], staged: Path, weight_bytes: int
 ) -> CheckpointInfo:
     """Run a checkpoint writer; a failure with less room left on the disk than the weights take is a full disk.
     safetensors and torch.save report ENOSPC as errors of their own, with no errno ("os error 28", "unexpected
@@ -259,7 +260,7 @@ def _write(
     try:
         return write(staged)
     except Exception as exc:
-        if is_storage_full(exc) or (free := store.free_bytes()) >= weight_bytes:
+        if is_storage_full(exc) or (free := artifacts.free_bytes()) >= weight_bytes:
             raise
         raise StorageFull(
             f"writing the edited checkpoint ({weight_bytes} bytes of weights) failed with {free} bytes free on the "

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from service.core.quotas import Quotas
 from service.core.records import Keys, is_id, new_id, page_ids, utc_now
-from service.core.storage import Artifacts
+from service.core.storage.references import Artifacts
 
 Kind = Literal["model", "dataset"]
 

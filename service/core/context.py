@@ -20,7 +20,8 @@ from service.core.queue import job_queue
 from service.core.quotas import Limits, Quotas
 from service.core.records import Keys, connect, connect_async
 from service.core.settings import Settings
-from service.core.storage import Artifacts, artifact_store
+from service.core.storage import artifact_store
+from service.core.storage.references import Artifacts
 
 
 @dataclass

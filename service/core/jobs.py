@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from service.core.errors import job_error
 from service.core.quotas import active_jobs_exceeded
 from service.core.records import Keys, is_id, new_id, page_ids, parse_time, utc_now
-from service.core.storage import Artifacts
+from service.core.storage.references import Artifacts
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")

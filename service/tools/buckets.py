@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 
 from service.core.settings import Settings
-from service.core.storage import S3ArtifactStore, artifact_store
+from service.core.storage import artifact_store
+from service.core.storage.s3 import S3ArtifactStore
 
 
 def main() -> int:

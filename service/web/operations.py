@@ -19,7 +19,6 @@ from service.core.errors import ServiceError
 from service.core.idempotency import fingerprint
 from service.core.jobs import InputRef, JobRecord
 from service.core.queue import enqueue_job, withdraw_job
-from service.core.storage import require_room
 from service.core.webhooks import notify_end_in_background, target_problem
 from service.web.schemas import JobRequest
 from service.web.uploads import Upload, receive_upload, upload_limiter
@@ -58,7 +57,7 @@ async def upload_model(
 ) -> UploadRecord:
     """Stream the weights to a staging file, check them against the architecture, then store them."""
     await admit_upload(ctx, owner, declared_bytes)
-    with ctx.artifacts.store.staging_file() as staged:
+    with ctx.artifacts.staging_file() as staged:
         upload = await receive_upload(content_type, body, staged, "file", frozenset({"architecture"}))
         _require(upload, ())
         given = upload.fields.get("architecture")
@@ -79,7 +78,7 @@ async def upload_dataset(
 ) -> UploadRecord:
     """Stream the data to a staging file, read and check it, record its shape and label counts, then store it."""
     await admit_upload(ctx, owner, declared_bytes)
-    with ctx.artifacts.store.staging_file() as staged:
+    with ctx.artifacts.staging_file() as staged:
         upload = await receive_upload(content_type, body, staged, "file", frozenset())
         _require(upload, ())
         with blame("/file"):
@@ -98,8 +97,10 @@ async def admit_upload(ctx: ServiceContext, owner: str, declared_bytes: int | No
             "payload-too-large", f"the request body ({declared_bytes} bytes) exceeds the limit of {limit}"
         )
     await run_in_thread(ctx.quotas.check_room, owner, declared_bytes)
-    room = ctx.artifacts.store, declared_bytes or 0, ctx.settings.min_free_bytes, "this upload"
-    await run_in_thread(require_room, *room)  # 507 storage-full when the disk would keep less than it must
+    room = declared_bytes or 0, ctx.settings.min_free_bytes, "this upload"
+    await run_in_thread(
+        ctx.artifacts.require_room, *room
+    )  # 507 storage-full when the disk would keep less than it must
 
 
 async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, facts: dict[str, Any]) -> UploadRecord:

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from gif.errors import GifError
 from service.core.errors import ErrorKind, ServiceError, kind_of
-from service.core.storage import StorageFull, StoreUnavailable, is_storage_full
+from service.core.storage.base import StorageFull, StoreUnavailable, is_storage_full
 
 PROBLEM_JSON = "application/problem+json"
 STATUS_CODES = {

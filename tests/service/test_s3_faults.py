@@ -30,7 +30,8 @@ from safetensors.torch import save_file
 
 from service.core.context import ServiceContext
 from service.core.settings import Settings
-from service.core.storage import StoreUnavailable, artifact_store
+from service.core.storage import artifact_store
+from service.core.storage.base import StoreUnavailable
 from service.tools.launch import free_port
 from service.tools.local_s3 import CREDENTIALS, wait_for_http
 from service.web.app import create_app

@@ -14,10 +14,13 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
-from service.core import storage
 from service.core.records import Keys, connect
 from service.core.settings import Settings
-from service.core.storage import Artifacts, ArtifactStore, LocalArtifactStore, S3ArtifactStore, artifact_store
+from service.core.storage import artifact_store, references
+from service.core.storage.base import ArtifactStore
+from service.core.storage.local import LocalArtifactStore
+from service.core.storage.references import Artifacts
+from service.core.storage.s3 import S3ArtifactStore
 from service.tools.local_s3 import CREDENTIALS, local_s3, new_bucket, seaweedfs_binary
 
 
@@ -184,7 +187,7 @@ def add_blob(artifacts: Artifacts, content: bytes, ref: str) -> str:
 def test_an_upload_slower_than_the_blob_lock_is_stored_and_referenced(redis_url, tmp_path, monkeypatch):
     """The blob's lock covers its references only: it once covered the whole upload, and an upload slower than the
     lock's timeout failed after its blob was stored."""
-    monkeypatch.setattr(storage, "BLOB_LOCK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(references, "BLOB_LOCK_TIMEOUT_S", 0.3)
     keys = Keys(f"test-{secrets.token_hex(4)}")
     artifacts = Artifacts(SlowStore(tmp_path / "store", seconds=0.8), connect(redis_url), keys)
     sha256 = add_blob(artifacts, b"a large checkpoint", "model:a")

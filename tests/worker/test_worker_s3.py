@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
-from service.core.storage import S3ArtifactStore, artifact_store
+from service.core.storage import artifact_store
+from service.core.storage.s3 import S3ArtifactStore
 from service.web.app import create_app
 from tests.support import SuiteClient
 from tests.worker.test_worker_models import program_file  # noqa: F401 -- the fixture, shared

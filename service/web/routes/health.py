@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.core.context import ServiceContext
 from service.core.errors import ServiceError
-from service.core.storage import is_storage_full
+from service.core.storage.base import is_storage_full
 from service.web.dependencies import Context
 from service.web.problems import responses
 
@@ -51,7 +51,7 @@ def _storage_state(ctx: ServiceContext) -> tuple[str, str | None]:
     """The storage state, "ok" or "full" / "low on space" with the reason: the API still serves what is stored, so
     a store without room makes a degraded service, not an unready one; any other failure to write it is a 503. Read
     live on every call: readiness comes back as soon as space is freed."""
-    store = ctx.artifacts.store
+    store = ctx.artifacts
     try:
         store.check()
     except OSError as exc:

@@ -144,7 +144,7 @@ def checkpoint(
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
     filename = f"{record.id}.{file_format}"
-    blob = ctx.artifacts.store.download(sha256, filename)
+    blob = ctx.artifacts.download(sha256, filename)
     if blob.url is not None:
         return RedirectResponse(blob.url, status_code=307, headers={"ETag": etag})
     if blob.path is not None:

@@ -1,0 +1,198 @@
+"""The store every host shares: an S3-compatible bucket (``s3://bucket/prefix``), with a local staging directory and
+read cache per host."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from service.core.storage.base import CHUNK_BYTES, BlobDownload, StoreUnavailable, check_sha256
+from service.core.storage.local import LocalArtifactStore
+
+S3_PART_BYTES = 16 * 1024**2
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _server_failure(exc: BaseException) -> bool:
+    """Whether an S3 call failed for want of a server (refused, cut off, timed out, or a 5xx), not for the request:
+    botocore's connection errors, s3transfer's exhausted download retries, and an upload failure that wraps either."""
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceededError
+
+    if isinstance(exc, BotoConnectionError | HTTPClientError | RetriesExceededError | TransferRetriesExceededError):
+        return True
+    if isinstance(exc, S3UploadFailedError):  # boto3 raises it while handling the ClientError it replaces
+        return exc.__context__ is not None and _server_failure(exc.__context__)
+    if isinstance(exc, ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) >= 500
+    return False
+
+
+def _reaching_s3(method: Callable[P, R]) -> Callable[P, R]:
+    """An S3 method whose server failures are ``StoreUnavailable``: callers handle one exception, whichever botocore,
+    boto3 or s3transfer raised, and readiness (which treats an ``OSError`` as a store that cannot be written) too."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            if not _server_failure(exc):
+                raise
+            raise StoreUnavailable(f"the S3 server is unavailable: {exc}") from exc
+
+    return call
+
+
+class S3ArtifactStore:
+    """Blobs at ``s3://bucket/<prefix>blobs/ab/<sha256>``; staging files and a read cache in a local directory.
+
+    Workers on other hosts fetch inputs into their own cache (verified against the sha256, then kept until the
+    cache passes ``cache_bytes``); uploads go up in parts (bounded memory) and downloads stream, or redirect to
+    a presigned URL when ``presign_expiry_s`` is set. Credentials come from the standard AWS variables. A server
+    that is down costs a bounded wait: ``connect_timeout_s`` per attempt, ``retries`` retries with backoff.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        cache_dir: Path,
+        endpoint_url: str | None = None,
+        presign_expiry_s: int | None = None,
+        cache_bytes: int = 20 * 1024**3,
+        connect_timeout_s: float = 5.0,
+        retries: int = 5,
+    ):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix
+        self.cache = LocalArtifactStore(cache_dir)
+        self.presign_expiry_s, self.cache_bytes = presign_expiry_s, cache_bytes
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                connect_timeout=connect_timeout_s,
+                retries={"max_attempts": retries, "mode": "standard"},  # retries after the first attempt
+                s3={"addressing_style": "path"},
+            ),
+        )
+        # 16 MiB parts, four at a time: an upload or a fetch holds at most ~64 MiB, whatever the file's size.
+        self.transfer = TransferConfig(
+            multipart_threshold=S3_PART_BYTES, multipart_chunksize=S3_PART_BYTES, max_concurrency=4
+        )
+
+    def key(self, sha256: str) -> str:
+        return f"{self.prefix}blobs/{check_sha256(sha256)[:2]}/{sha256}"
+
+    def staging_file(self) -> AbstractContextManager[Path]:
+        return self.cache.staging_file()
+
+    @_reaching_s3
+    def commit(self, staged: Path, sha256: str) -> None:
+        if not self.exists(sha256):
+            self.s3.upload_file(str(staged), self.bucket, self.key(sha256), Config=self.transfer)
+            stored = self.size(sha256)
+            if stored != staged.stat().st_size:
+                self.s3.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+                raise OSError(f"S3 stored {stored} bytes of {staged.stat().st_size} for {sha256}; removed")
+        self.cache.commit(staged, sha256)  # the uploading host keeps its copy: the worker that runs next may be here
+        self.cache.prune(self.cache_bytes)
+
+    @_reaching_s3
+    def local_path(self, sha256: str) -> Path:
+        path = self.cache.local_path(sha256)
+        if path.is_file():
+            os.utime(path)  # recently used: the cache keeps it longest
+            return path
+        with self.cache.staging_file() as staged:
+            try:
+                self.s3.download_file(self.bucket, self.key(sha256), str(staged), Config=self.transfer)
+            except self.s3.exceptions.ClientError as exc:
+                if _not_found(exc):
+                    raise FileNotFoundError(f"no blob {sha256} in s3://{self.bucket}/{self.prefix}") from None
+                raise
+            with open(staged, "rb") as fh:
+                actual = hashlib.file_digest(fh, "sha256").hexdigest()
+            if actual != sha256:
+                raise OSError(f"the blob fetched from S3 as {sha256} hashes to {actual}; not used")
+            self.cache.commit(staged, sha256)
+        self.cache.prune(self.cache_bytes)
+        return path
+
+    @_reaching_s3
+    def exists(self, sha256: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=self.key(sha256))
+        except self.s3.exceptions.ClientError as exc:
+            if _not_found(exc):
+                return False
+            raise
+        return True
+
+    @_reaching_s3
+    def size(self, sha256: str) -> int:
+        return int(self.s3.head_object(Bucket=self.bucket, Key=self.key(sha256))["ContentLength"])
+
+    @_reaching_s3
+    def delete(self, sha256: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+        self.cache.delete(sha256)
+
+    @_reaching_s3
+    def download(self, sha256: str, filename: str) -> BlobDownload:
+        if self.presign_expiry_s:
+            url = self.s3.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": self.key(sha256),
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                },
+                ExpiresIn=self.presign_expiry_s,
+            )
+            return BlobDownload(size=self.size(sha256), url=url)
+        body = self.s3.get_object(Bucket=self.bucket, Key=self.key(sha256))
+        return BlobDownload(size=int(body["ContentLength"]), chunks=body["Body"].iter_chunks(CHUNK_BYTES))
+
+    @_reaching_s3
+    def names(self) -> set[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}blobs/")
+        return {item["Key"].rsplit("/", 1)[1] for page in pages for item in page.get("Contents", [])}
+
+    @_reaching_s3
+    def check(self) -> None:
+        self.s3.head_bucket(Bucket=self.bucket)
+        self.cache.check()
+
+    def free_bytes(self) -> int:
+        return self.cache.free_bytes()  # uploads and checkpoints are staged here before they go to the bucket
+
+    @_reaching_s3
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if it does not exist; True if it was created."""
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+            return False
+        except self.s3.exceptions.ClientError as exc:
+            if not _not_found(exc):
+                raise
+        self.s3.create_bucket(Bucket=self.bucket)
+        return True
+
+
+def _not_found(exc: Exception) -> bool:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    return code in {"404", "NoSuchKey", "NotFound"}

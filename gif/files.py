@@ -132,6 +132,13 @@ class TensorInfo:
         return cls(tuple(tensor.shape), tensor.dtype, finite)
 
 
+def is_program_archive(names: list[str]) -> bool:
+    """A zip whose entries are a ``torch.export`` archive (``<root>/archive_format`` beside ``<root>/models/``)."""
+    return any(n.endswith("/archive_format") or n == "archive_format" for n in names) and any(
+        "models/" in n for n in names
+    )
+
+
 def sniff_format(path: str | Path) -> str:
     """``"safetensors"``, ``"torch_zip"``, ``"npz"`` or ``"pt2"``; anything else (a raw pickle included) is refused."""
     with open(path, "rb") as fh:
@@ -146,8 +153,6 @@ def sniff_format(path: str | Path) -> str:
             raise TensorFileError(f"corrupt zip archive: {exc}") from None
         if any(n.endswith(".npy") for n in names):
             return "npz"
-        from gif.programs import is_program_archive
-
         if is_program_archive(names):
             return "pt2"
         if any(n.endswith("data.pkl") for n in names):

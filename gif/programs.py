@@ -63,13 +63,6 @@ def _refuse(reason: str) -> InvalidWeightsError:
     return InvalidWeightsError("the .pt2 program was refused", [reason])
 
 
-def is_program_archive(names: list[str]) -> bool:
-    """A zip whose entries are a ``torch.export`` archive (``<root>/archive_format`` beside ``<root>/models/``)."""
-    return any(n.endswith("/archive_format") or n == "archive_format" for n in names) and any(
-        "models/" in n for n in names
-    )
-
-
 class _Archive:
     """The archive's entries under its one root folder, read within a byte budget."""
 

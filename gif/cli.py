@@ -132,8 +132,22 @@ def print_result(result: dict[str, Any]) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
+def remote_errors() -> tuple[type[Exception], ...]:
+    """The remote commands' errors: the service's problems, a changed download, a failed connection (none without the
+    client installed: the engine runs without it)."""
+    try:
+        import httpx
+        from gif_client import IntegrityError, ProblemError
+    except ImportError:
+        return ()
+    return (ProblemError, IntegrityError, httpx.HTTPError)
+
+
 def remote_client(args: argparse.Namespace) -> Any:
-    from gif_client import Client
+    try:
+        from gif_client import Client
+    except ImportError:
+        raise InvalidSpecError("the commands that talk to a server need the client: pip install ./client") from None
 
     server = args.server or os.environ.get("GIF_SERVER")
     if not server:
@@ -362,9 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"gif: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
-    except Exception as exc:  # the remote commands' errors: the client's problems and connection failures
-        if type(exc).__module__.split(".")[0] not in ("gif_client", "httpx"):
-            raise
+    except remote_errors() as exc:
         print(f"gif: error: {exc}", file=sys.stderr)
     return EXIT_BAD_INPUT
 

@@ -45,7 +45,6 @@ import torch.nn.functional as F
 import torchvision
 from gif_client import Client
 
-import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
 from bench.common import add_device_argument, device_description, markdown_table, wait_for_job
 from bench.service_bench import host_description, in_process, start_stack
 from gif.architectures import build_model
@@ -55,6 +54,7 @@ from gif.demo import upload_demo, write_demo_assets
 from gif.devices import synchronize
 from gif.spec import JobSpec
 from service.tools.launch import free_port
+from worker import set_openmp_policy
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
 OUT = Path(__file__).with_name("GPU.quick.md" if QUICK else "GPU.md")
@@ -356,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     add_device_argument(parser)
     parser.add_argument("--out", type=Path, default=OUT, help=f"where the report goes (default: {OUT})")
     args = parser.parse_args(argv)
+    set_openmp_policy(os.environ)  # the worker's OpenMP policy, for the processes it starts and the report
     device: torch.device = args.device
     started = datetime.now(UTC)
     host = host_description(device)

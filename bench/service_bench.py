@@ -44,7 +44,6 @@ import numpy as np
 import torch
 from gif_client import Client
 
-import worker  # noqa: F401, I001 -- first, before torch loads: the in-process edit gets the worker's OpenMP policy
 from bench.common import JOB_TIMEOUT_S, cpu_model, device_description, kept_sections, torch_build, wait_for_job
 from gif.architectures import load_checkpoint
 from gif.data import read_dataset
@@ -55,6 +54,7 @@ from gif.spec import JobSpec
 from service.core.settings import Settings
 from service.tools.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
 from service.tools.local_s3 import CREDENTIALS, local_s3, new_bucket, seaweedfs_binary
+from worker import set_openmp_policy
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"  # a smoke run of the script itself: seconds, numbers not kept
 OUT = Path(__file__).with_name("SERVICE.md" if not QUICK else "SERVICE.quick.md")
@@ -547,6 +547,7 @@ def start_stack(stack: ExitStack, workdir: Path, worker_device: str = "auto", **
 
 
 def main() -> int:
+    set_openmp_policy(os.environ)  # the worker's OpenMP policy, for the processes it starts and the report
     started = datetime.now(UTC)
     host = host_description()
     print(host, flush=True)

@@ -4,26 +4,30 @@ interpreter (a standby work-horse, warmed up before the job arrives) through ``w
 Processes, from the top (only the last one imports torch):
 - ``python -m worker`` (``worker.supervisor``): picks the devices, runs one RQ worker per device, restarts
   one that dies (with back-off) and reaps lost jobs, so that they are found even when no API runs.
-- ``python -m worker.runner`` (``worker.runner``): the RQ worker of one device; it takes job ids off the
-  queue and hands each to a standby horse, and fails the job as retryable if the horse dies.
+- ``python -m worker.runner`` (``worker.runner.EditWorker``): the RQ worker of one device; it takes job ids off
+  the queue and hands each to a standby horse, and fails the job as retryable if the horse dies.
 - ``python -m worker.horse`` (``worker.horse``): a fresh interpreter that loads the engine, warms up on its
   device, waits for one job, runs it and exits. No torch state (CUDA's above all) is ever inherited.
 
-Importing the package sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set, before anything loads torch (and
-OpenMP with it): idle OpenMP threads then sleep instead of spinning. A worker shares its cores with the API,
-other workers or anything else, and spinning threads made small edits 5-50x slower on a busy machine.
+What the RQ worker and its horse need of RQ's internals is in ``service.core.rq_internals``.
+Importing this package has no side effects.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import MutableMapping
+from functools import lru_cache
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from service.core.context import ServiceContext
+from service.core.settings import Settings
 
-from functools import lru_cache  # noqa: E402
 
-from service.core.context import ServiceContext  # noqa: E402
-from service.core.settings import Settings  # noqa: E402
+def set_openmp_policy(environ: MutableMapping[str, str]) -> None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` unless it is set: the environment of a process that will load
+    torch (and OpenMP with it, which reads it once, as it loads). Idle OpenMP threads then sleep instead of spinning:
+    a worker shares its cores with the API, other workers or anything else, and spinning threads made small edits
+    5-50x slower on a busy machine. The RQ worker sets it for each job process it starts."""
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @lru_cache(maxsize=1)

@@ -6,7 +6,8 @@ GPU: CUDA's context, allocator and libraries), then says ``warm`` with the devic
 RQ worker, job, queue and execution, which it runs as RQ's work-horse would, and exits. Its events go to stdout,
 one JSON line each; anything else written to stdout is sent to stderr. A warm-up that fails ends the process with
 the error as its last line on stderr, before it ever sees a job. If its worker dies first, the horse is killed with
-it (``PR_SET_PDEATHSIG``) or sees end-of-file on stdin, and exits without a job.
+it (``PR_SET_PDEATHSIG``) or sees end-of-file on stdin, and exits without a job. Its OpenMP policy comes with the
+environment its worker starts it with (``worker.set_openmp_policy``): this module loads torch as it is imported.
 """
 
 from __future__ import annotations
@@ -15,32 +16,16 @@ import json
 import os
 import signal
 import sys
-from typing import IO, Any
-
-from rq import Queue, Worker
-from rq.executions import Execution
-from rq.job import Job
+from typing import IO
 
 from gif.devices import device_report, resolve_device
 from service.core.logs import configure_logging
 from service.core.processes import die_with_parent
+from service.core.rq_internals import become_work_horse
 from service.core.settings import Settings
 from worker import context
 from worker.runner import PARENT_PID_ENV
 from worker.tasks import warm_up
-
-
-def run_handoff(handoff: dict[str, Any]) -> None:
-    """Become RQ's work-horse for the job in ``handoff`` (exits the process, as RQ's horse does)."""
-    connection = context().queue.connection
-    worker = Worker.find_by_key(handoff["worker_key"], connection=connection)
-    if worker is None:  # the worker ended meanwhile
-        sys.exit(1)
-    job = Job.fetch(handoff["job_id"], connection=connection)
-    execution = Execution.fetch(handoff["execution_id"], job.id, connection=connection)
-    execution._job = job
-    worker.execution = execution
-    worker.main_work_horse(job, Queue(handoff["queue"], connection=connection))
 
 
 def event_channel() -> IO[str]:
@@ -69,7 +54,7 @@ def main() -> None:
                 warm_up(settings.worker_device)
             events.write(json.dumps({"event": "warm", "device": device_report(device)}) + "\n")
         elif command["command"] == "run":
-            run_handoff(command)
+            become_work_horse(command, context().queue.connection)
             return
 
 

@@ -33,15 +33,17 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from rq import Worker
+from rq import Queue
+from rq.job import Job
 
 from service.core.fleet import WorkerInfo, WorkerState, device_info, new_worker_info
 from service.core.logs import configure_logging, job_context
 from service.core.processes import stop
 from service.core.queue import enqueue_again
+from service.core.rq_internals import HandOffWorker
 from service.core.settings import Settings
 from service.core.webhooks import notify_end
-from worker import context
+from worker import context, set_openmp_policy
 
 log = logging.getLogger("worker.runner")
 HORSE_ARGS = (sys.executable, "-m", "worker.horse")
@@ -158,8 +160,9 @@ class Horse:
         stop(self.process)
 
 
-class StandbyHorseWorker(Worker):
-    """RQ's worker, with each job run by a pre-started fresh interpreter instead of a fork of this process."""
+class EditWorker(HandOffWorker):
+    """The RQ worker of one device: each job is run by a pre-started fresh interpreter (a standby ``Horse``) instead
+    of a fork of this process (RQ's hooks are overridden in ``service.core.rq_internals``)."""
 
     def __init__(self, *args, settings: Settings, **kwargs):
         super().__init__(*args, **kwargs)
@@ -183,7 +186,9 @@ class StandbyHorseWorker(Worker):
         """The next horse, started now so that its imports are done when a job comes (warmed on the device only
         where no running job's process holds it)."""
         if self.standby is None or self.standby.process.poll() is not None:
-            self.standby = Horse({**os.environ, PARENT_PID_ENV: str(os.getpid())})
+            env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
+            set_openmp_policy(env)  # before the horse imports torch
+            self.standby = Horse(env)
         if not self.standby.warm_sent and (self.device_is_shared or self.running_horse is None):
             self.standby.warm_sent = self.standby.send({"command": "warm"})
         return self.standby
@@ -232,37 +237,34 @@ class StandbyHorseWorker(Worker):
             self.standby.stop()
             self.standby = None
 
-    # --- RQ's hooks ------------------------------------------------------------------------------
+    # --- the hand-off's hooks (service.core.rq_internals.HandOffWorker) ---------------------------
 
-    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+    def before_dequeue(self) -> None:
         self.ready_standby()  # no job is taken before a process is warm to run it
-        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        if result is not None:
-            job, _ = result
-            context().jobs.note_attempt(job.id)
-        return result
 
-    def fork_work_horse(self, job, queue) -> None:
+    def job_taken(self, job: Job) -> None:
+        context().jobs.note_attempt(job.id)
+
+    def start_job_process(self, job: Job, handoff: dict[str, Any]) -> int:
         horse = self.start_standby()  # the warm one, unless it died since
         self.standby = None
-        assert self.execution is not None  # RQ prepared it before forking
-        handoff = {"worker_key": self.key, "job_id": job.id, "queue": queue.name, "execution_id": self.execution.id}
         horse.send({"command": "run", **handoff})  # if it died just now, RQ's monitor sees it exit
         # Keep the horse referenced until RQ has reaped it: a dropped Popen that is still running would be polled
         # (and reaped) by subprocess's clean-up when the next standby starts, before RQ's wait4 sees it.
         self.running_horse = horse
-        self._horse_pid = horse.pid
-        self.procline(f"Handed job {job.id} to horse {horse.pid}")
+        return horse.pid
+
+    def job_process_started(self, job: Job, pid: int) -> None:
+        self.procline(f"Handed job {job.id} to horse {pid}")
         self.publish("running", job_id=job.id)
         self.start_standby()  # imports only, on a GPU: it opens the device once this job's process is gone
 
-    def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
+    def job_process_died(self, job: Job, wait_status: int) -> None:
         """The process running a job died (killed, out of memory, a crash, or stopped past its time limit): the job
         runs again, or fails with the cause once it has had its attempts."""
-        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
         horse = self.running_horse
         words = horse.last_line() if horse is not None else ""
-        cause = f"the process running the job died ({describe_exit(ret_val)})" + (
+        cause = f"the process running the job died ({describe_exit(wait_status)})" + (
             f"; its last words: {words}" if words else ""
         )
         with job_context(job.id):
@@ -274,25 +276,21 @@ class StandbyHorseWorker(Worker):
                 log.warning("job's process died; failed: %s", cause)
                 notify_end(context(), job.id)
 
-    def monitor_work_horse(self, job, queue, execution) -> None:
-        super().monitor_work_horse(job, queue, execution)
+    def job_process_reaped(self, queue: Queue) -> None:
         if self.requeue_job_id is not None:
             enqueue_again(queue, self.requeue_job_id, self.settings.job_timeout_s)
             self.requeue_job_id = None
 
-    def execute_job(self, job, queue) -> None:
-        try:
-            super().execute_job(job, queue)
-        finally:
-            self.running_horse = None  # RQ reaped it
-            self.info = self.info.model_copy(update={"jobs_done": self.info.jobs_done + 1})
+    def job_done(self) -> None:
+        self.running_horse = None  # RQ reaped it
+        self.info = self.info.model_copy(update={"jobs_done": self.info.jobs_done + 1})
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
     ctx = context()
-    worker = StandbyHorseWorker(
+    rq_worker = EditWorker(
         [ctx.queue],
         connection=ctx.queue.connection,
         name=f"gif-{socket.gethostname()}-{os.getpid()}-{settings.worker_device.replace(':', '')}",
@@ -301,19 +299,19 @@ def main() -> None:
     stopped = threading.Event()
     heartbeat = threading.Thread(
         target=ctx.fleet.publish_until,
-        args=(stopped, lambda: worker.info, settings.heartbeat_interval_s),
+        args=(stopped, lambda: rq_worker.info, settings.heartbeat_interval_s),
         name="fleet-heartbeat",
         daemon=True,
     )
     heartbeat.start()
-    worker.publish("warming")
-    worker.start_standby()
+    rq_worker.publish("warming")
+    rq_worker.start_standby()
     log.info("worker ready", extra={"queue": settings.queue_name, "device": settings.worker_device})
     try:
-        worker.work(with_scheduler=False, logging_level=settings.log_level)
+        rq_worker.work(with_scheduler=False, logging_level=settings.log_level)
     finally:
         stopped.set()
-        worker.stop_standby()
+        rq_worker.stop_standby()
         heartbeat.join(timeout=5.0)  # it withdraws the record
 
 

@@ -40,6 +40,8 @@ def test_a_job_runs_in_a_fresh_interpreter_and_the_worker_never_loads_torch(api,
         command = Path(f"/proc/{horse}/cmdline").read_bytes().split(b"\0")
         assert command[1:3] == [b"-m", b"worker.horse"]  # exec'd anew: nothing inherited from the worker's memory
         assert loads_torch(horse)
+        environ = Path(f"/proc/{horse}/environ").read_bytes().split(b"\0")
+        assert any(entry.startswith(b"OMP_WAIT_POLICY=") for entry in environ)  # set by its worker (PASSIVE by default)
         assert not loads_torch(runner) and not loads_torch(worker.pid)
         standby = [pid for pid in children_of(runner) if pid != horse]
         assert len(standby) == 1  # the next job's process is already warming up

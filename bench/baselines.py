@@ -22,9 +22,8 @@ from torch import nn
 
 from bench.common import Prepared
 from gif.data import Dataset
-from gif.edit import draw_samples, gradient_pool
 from gif.metrics import predict
-from gif.plan import RequestPlan
+from gif.plan import RequestPlan, Samples, gradient_pool
 from gif.spec import JobSpec
 from gif.step import AutoStepPolicy, step_policy
 from gif.training import train
@@ -50,7 +49,7 @@ def gradient_ascent(
     (``validation`` held-out data when given, else the split a job carves from the training data); on ``device``
     (default: where the model is)."""
     plan = RequestPlan.of(spec.request, prepared.train)
-    samples = draw_samples(spec, plan, len(prepared.train), carve_validation=validation is None)
+    samples = Samples.draw(spec, plan, len(prepared.train), carve_validation=validation is None)
     policy = step_policy(spec, plan, prepared.train, samples.validation, validation, prepared.model)
     assert isinstance(policy, AutoStepPolicy), "gradient ascent is tuned like the automatic step"
 

@@ -55,8 +55,8 @@ from bench.common import (
     pyplot,
     write_section,
 )
-from gif.edit import job_evaluation_plan, run
-from gif.metrics import measure
+from gif.edit import run
+from gif.metrics import EvaluationPlan, measure
 from gif.plan import RequestPlan
 from gif.result import EditResult
 from gif.spec import JobSpec, SolverSpec
@@ -202,7 +202,7 @@ def one_seed(task: Task, seed: int, device: torch.device) -> dict[str, Any]:
             entry["original"] = {"metrics": result.metrics.before}
             entry["retrained"] = {"metrics": result.metrics.retrained, "seconds": result.timings.retrain_s}
     job = spec(task, request, seed)
-    eval_plan = job_evaluation_plan(
+    eval_plan = EvaluationPlan.for_job(
         job, prepared.train, prepared.test, attack, RequestPlan.of(job.request, prepared.train)
     )
     baselines: dict[str, Callable[[], nn.Module]] = {

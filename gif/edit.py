@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +22,7 @@ from torch import nn
 from gif import devices
 from gif.checks import JobPart, check_job_fit
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
-from gif.data import Dataset, DatasetSummary, sample_indices
+from gif.data import Dataset, DatasetSummary
 from gif.devices import (
     device_report,
     full_float32,
@@ -33,10 +33,10 @@ from gif.devices import (
 )
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
-from gif.influence import USES_CURVATURE, USES_FULL_SELECTION, InfluenceSolution, solve_influence
-from gif.metrics import EvaluationPlan, Measurement, evaluation_plan, measure
+from gif.influence import METHODS, InfluenceSolution, Method
+from gif.metrics import EvaluationPlan, Measurement, measure
 from gif.parameters import ParameterSpace
-from gif.plan import RequestPlan
+from gif.plan import RequestPlan, Samples
 from gif.programs import read_program, write_program
 from gif.result import (
     CheckpointInfo,
@@ -52,14 +52,13 @@ from gif.result import (
     Timings,
 )
 from gif.selection import Selection, full_selection, select
-from gif.spec import AutoStep, JobSpec, Relabel, RemoveClass
-from gif.step import StepPolicy, carved_validation_indices, carved_validation_warning, step_policy
+from gif.spec import JobSpec
+from gif.step import StepPolicy, carved_validation_warning, step_policy
 from gif.training import reinitialised, train
 
 # Share of the progress bar each phase covers (retraining, when asked for, takes the last part).
 PHASES = {"selection": (0.0, 0.1), "solve": (0.1, 0.6), "step_search": (0.6, 0.8), "evaluation": (0.8, 1.0)}
 PHASES_WITH_RETRAIN = {**{k: (a * 0.5, b * 0.5) for k, (a, b) in PHASES.items()}, "retrain": (0.5, 1.0)}
-GRADIENT_SEED_OFFSET = 2
 
 
 class ProgressSink(Protocol):
@@ -155,36 +154,6 @@ def check_inputs(
     return check_job_fit(spec, output_shape, data)
 
 
-@dataclass(frozen=True)
-class Samples:
-    """The seeded index sets one job uses (all into the training data)."""
-
-    validation: torch.Tensor  # carved validation split (empty when held-out data is given or the step is fixed)
-    hessian: torch.Tensor  # retained examples in the Hessian sample
-    gradient: torch.Tensor  # affected examples in the gradient (and selection) sample
-
-
-def draw_samples(spec: JobSpec, plan: RequestPlan, num_train: int, carve_validation: bool) -> Samples:
-    solver = spec.solver
-    validation = torch.empty(0, dtype=torch.long)
-    if carve_validation and isinstance(spec.step, AutoStep):
-        validation = carved_validation_indices(spec.step, num_train, solver.seed)
-    return Samples(
-        validation,
-        sample_indices(plan.retained, solver.hessian_samples, solver.seed),
-        sample_indices(gradient_pool(plan, validation), solver.gradient_samples, solver.seed + GRADIENT_SEED_OFFSET),
-    )
-
-
-def gradient_pool(plan: RequestPlan, validation: torch.Tensor) -> torch.Tensor:
-    """The affected examples an edit may learn from: for a class removal, those outside the carved ``validation``
-    split, whose examples of the class the step objective keeps as held-out ones (all of them if none is outside)."""
-    if plan.class_level and len(validation):
-        outside = plan.affected[~torch.isin(plan.affected, validation)]
-        return outside if len(outside) else plan.affected
-    return plan.affected
-
-
 @dataclass
 class _WeightEdit:
     """What was selected, solved, stepped and applied on the model's weights."""
@@ -196,45 +165,80 @@ class _WeightEdit:
     step: StepSummary
 
 
-def _select(spec: JobSpec, model: nn.Module, gradient_objective: ModelObjective, loss_fn: LossFn) -> Selection:
-    if spec.method in USES_FULL_SELECTION:
-        selection = full_selection(model, gradient_objective.batches[0][0][:1])
+@dataclass(frozen=True)
+class EditJob:
+    """One edit's inputs, resolved once by ``run``: what every phase reads (a retry with a smaller batch is the same
+    job with another ``spec``)."""
+
+    spec: JobSpec
+    original: nn.Module  # the model to edit, on the device, in eval mode; never changed
+    train_data: Dataset
+    eval_data: Dataset | None
+    attack_data: Dataset | None
+    plan: RequestPlan
+    samples: Samples
+    policy: StepPolicy
+    loss_fn: LossFn
+    report: _Progress
+    clock: PhaseClock
+
+    @property
+    def method(self) -> Method:
+        return METHODS[self.spec.method]
+
+    @classmethod
+    def prepare(
+        cls,
+        spec: JobSpec,
+        model: nn.Module,
+        train_data: Dataset,
+        eval_data: Dataset | None,
+        validation_data: Dataset | None,
+        attack_data: Dataset | None,
+        loss_fn: LossFn,
+        progress: ProgressSink | None,
+        device: torch.device,
+    ) -> EditJob:
+        """A copy of ``model`` on ``device``, checked against the job and its data (refused before any work if it does
+        not fit); the request resolved, the samples drawn, the step policy chosen."""
+        # devices.tensor_device is looked up at each call: the CPU tests replace it with their CUDA double's
+        original = copy.deepcopy(model).to(devices.tensor_device(device)).eval()
+        check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
+        plan = RequestPlan.of(spec.request, train_data)
+        samples = Samples.draw(spec, plan, len(train_data), carve_validation=validation_data is None)
+        policy = step_policy(spec, plan, train_data, samples.validation, validation_data, original)
+        report = _Progress(progress or _ignore_progress, spec.retrain is not None)
+        parts = (original, train_data, eval_data, attack_data, plan, samples, policy, loss_fn, report)
+        return cls(spec, *parts, PhaseClock(device))
+
+
+def _select(job: EditJob, gradient_objective: ModelObjective) -> Selection:
+    if job.method.full_selection:
+        selection = full_selection(job.original, gradient_objective.batches[0][0][:1])
     else:
-        selection = select(model, spec.selection, gradient_objective.batches, loss_fn)
+        selection = select(job.original, job.spec.selection, gradient_objective.batches, job.loss_fn)
     if selection.num_selected == 0:
         raise InvalidSpecError("the selection ratio selects no parameters; raise selection.ratio")
     return selection
 
 
 def _solve(
-    spec: JobSpec,
-    model: nn.Module,
-    train_data: Dataset,
-    samples: Samples,
-    selection: Selection,
-    gradient_objective: ModelObjective,
-    loss_fn: LossFn,
-    report: _Progress,
+    job: EditJob, selection: Selection, gradient_objective: ModelObjective
 ) -> tuple[InfluenceSolution, HessianOperator | None]:
-    solver = spec.solver
-    device = next(model.parameters()).device
-    g = gradient_objective.gradient()
+    solver = job.spec.solver
+    device = next(job.original.parameters()).device
     hessian = None
-    if spec.method in USES_CURVATURE:
-        hessian_sample = train_data.subset(samples.hessian)
-        hessian = HessianOperator(
-            ModelObjective(model, [LossTerm(hessian_sample, 1.0 / len(hessian_sample))], loss_fn, solver.batch_size),
-            solver.damping,
-            solver.hvp,
-        )
+    if job.method.uses_curvature:
+        sample = job.train_data.subset(job.samples.hessian)
+        objective = ModelObjective(job.original, [LossTerm(sample, 1.0 / len(sample))], job.loss_fn, solver.batch_size)
+        hessian = HessianOperator(objective, solver.damping, solver.hvp)
 
     def monitor(iteration: int, residual: float) -> None:
         done = math.log(max(residual, 1e-300)) / math.log(solver.tolerance) if residual < 1 else 0.0
-        report("solve", max(iteration / solver.max_iterations, done), iteration, residual)
+        job.report("solve", max(iteration / solver.max_iterations, done), iteration, residual)
 
-    solution = solve_influence(
-        spec.method, hessian, g, selection.mask.to(device), selection.candidates.to(device), solver, monitor
-    )
+    selected, candidates = selection.mask.to(device), selection.candidates.to(device)
+    solution = job.method.solve(hessian, gradient_objective.gradient(), selected, candidates, solver, monitor)
     if not bool(torch.isfinite(solution.delta).all()):
         raise NonFiniteError("the solved influence vector contains NaN or Inf")
     return solution, hessian
@@ -251,27 +255,17 @@ def _apply(model: nn.Module, space: ParameterSpace, new_theta: torch.Tensor, sca
     return edited
 
 
-def _edit_weights(
-    spec: JobSpec,
-    model: nn.Module,
-    train_data: Dataset,
-    plan: RequestPlan,
-    samples: Samples,
-    policy: StepPolicy,
-    loss_fn: LossFn,
-    report: _Progress,
-    clock: PhaseClock,
-) -> _WeightEdit:
-    """select → solve → step → apply on ``model`` (left untouched)."""
+def _edit_weights(job: EditJob) -> _WeightEdit:
+    """select → solve → step → apply on the job's model (left untouched)."""
+    model, report, clock = job.original, job.report, job.clock
     with clock("selection"):
         report("selection", 0.0)
-        gradient_objective = ModelObjective(
-            model, plan.gradient_terms(train_data, samples.gradient), loss_fn, spec.solver.batch_size
-        )
-        selection = _select(spec, model, gradient_objective, loss_fn)
+        terms = job.plan.gradient_terms(job.train_data, job.samples.gradient)
+        gradient_objective = ModelObjective(model, terms, job.loss_fn, job.spec.solver.batch_size)
+        selection = _select(job, gradient_objective)
         report("selection", 1.0)
     with clock("solve"):
-        solution, hessian = _solve(spec, model, train_data, samples, selection, gradient_objective, loss_fn, report)
+        solution, hessian = _solve(job, selection, gradient_objective)
     space = gradient_objective.space
     theta = space.flatten(dict(model.named_parameters())).detach()
     modified, delta = solution.modified, solution.delta
@@ -282,7 +276,7 @@ def _edit_weights(
 
     with clock("step_search"):
         unit_change = float(delta[modified].norm() / theta[modified].norm().clamp_min(1e-12))
-        step = policy.choose(
+        step = job.policy.choose(
             lambda s: {**space.unflatten(weights_at(s)), **buffers},
             unit_change,
             lambda fraction: report("step_search", fraction),
@@ -290,20 +284,18 @@ def _edit_weights(
     return _WeightEdit(_apply(model, space, weights_at(step.scale), step.scale), selection, solution, hessian, step)
 
 
-def _within_memory(
-    attempt: Callable[[JobSpec], _WeightEdit], spec: JobSpec, device: torch.device, warnings: list[str]
-) -> _WeightEdit:
-    """``attempt(spec)``; if the device runs out of memory, once more with half the batch and no graph cache."""
+def _within_memory(job: EditJob, device: torch.device, warnings: list[str]) -> _WeightEdit:
+    """``_edit_weights(job)``; if the device runs out of memory, once more with half the batch and no graph cache."""
     try:
-        return attempt(spec)
+        return _edit_weights(job)
     except torch.OutOfMemoryError:
         pass  # leave the handler first, so that the failed attempt's tensors can be freed
     release_cached_memory(device)
-    solver = spec.solver.model_copy(
-        update={"batch_size": max(1, spec.solver.batch_size // 2), "hvp": "double_backward"}
+    solver = job.spec.solver.model_copy(
+        update={"batch_size": max(1, job.spec.solver.batch_size // 2), "hvp": "double_backward"}
     )
     try:
-        edit = attempt(spec.model_copy(update={"solver": solver}))
+        edit = _edit_weights(replace(job, spec=job.spec.model_copy(update={"solver": solver})))
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(
             f"the edit ran out of memory on {device}, also with solver.batch_size {solver.batch_size} and no graph "
@@ -317,66 +309,30 @@ def _within_memory(
     return edit
 
 
-def job_evaluation_plan(
-    spec: JobSpec, train_data: Dataset, eval_data: Dataset | None, attack_data: Dataset | None, plan: RequestPlan
-) -> EvaluationPlan:
-    """What a job's metrics measure every model on (the original, the edited, the retrained; the benchmarks'
-    baselines too), seeded by the job."""
-    return evaluation_plan(
-        train_data,
-        eval_data,
-        plan.affected,
-        plan.retained,
-        plan.new_labels,
-        spec.request.classes if isinstance(spec.request, RemoveClass) else None,
-        spec.evaluation.retain_samples,
-        spec.solver.seed,
-        spec.evaluation.batch_size,
-        attack=attack_data,
-        attack_target=spec.request.attack_target if isinstance(spec.request, Relabel) else None,
-    )
-
-
-def _evaluate(
-    spec: JobSpec,
-    original: nn.Module,
-    edited: nn.Module,
-    train_data: Dataset,
-    eval_data: Dataset | None,
-    attack_data: Dataset | None,
-    plan: RequestPlan,
-    report: _Progress,
-) -> tuple[EvaluationPlan, Measurement, Measurement]:
+def _evaluate(job: EditJob, edited: nn.Module) -> tuple[EvaluationPlan, Measurement, Measurement]:
     """The measurements before and after the edit, and the plan they were measured on (retraining reuses it)."""
-    report("evaluation", 0.0)
-    eval_plan = job_evaluation_plan(spec, train_data, eval_data, attack_data, plan)
-    device = next(original.parameters()).device
+    job.report("evaluation", 0.0)
+    eval_plan = EvaluationPlan.for_job(job.spec, job.train_data, job.eval_data, job.attack_data, job.plan)
     try:
-        before = measure(original, eval_plan)
-        report("evaluation", 0.5)
+        before = measure(job.original, eval_plan)
+        job.report("evaluation", 0.5)
         after = measure(edited, eval_plan)
     except torch.OutOfMemoryError:
+        device = next(job.original.parameters()).device
         raise OutOfMemoryError(f"the evaluation ran out of memory on {device}; lower evaluation.batch_size") from None
-    report("evaluation", 1.0)
+    job.report("evaluation", 1.0)
     return eval_plan, before, after
 
 
-def _retrain(
-    spec: JobSpec,
-    original: nn.Module,
-    train_data: Dataset,
-    plan: RequestPlan,
-    eval_plan: EvaluationPlan,
-    report: _Progress,
-) -> Measurement:
+def _retrain(job: EditJob, eval_plan: EvaluationPlan) -> Measurement:
     """The ground truth: the same architecture trained from scratch on the edited training data, measured alike."""
-    assert spec.retrain is not None
-    model = reinitialised(original, spec.retrain.seed)
+    assert job.spec.retrain is not None
+    model = reinitialised(job.original, job.spec.retrain.seed)
     train(
         model,
-        plan.edited_training_data(train_data),
-        spec.retrain,
-        on_epoch=lambda done, total: report("retrain", done / total),
+        job.plan.edited_training_data(job.train_data),
+        job.spec.retrain,
+        on_epoch=lambda done, total: job.report("retrain", done / total),
     )
     return measure(model, eval_plan)
 
@@ -409,73 +365,69 @@ def run(
     started = time.perf_counter()
     device = resolve_device(device if device is not None else "auto")
     with full_float32(device):  # TF32 would move the solve, and CUDA's edit away from the CPU's
-        clock, report = PhaseClock(device), _Progress(progress or _ignore_progress, spec.retrain is not None)
-        warnings: list[str] = []
         reset_peak_memory(device)
-        # devices.tensor_device is looked up at each call: the CPU tests replace it with their CUDA double's
-        original = copy.deepcopy(model).to(devices.tensor_device(device)).eval()
-        check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
-
-        plan = RequestPlan.of(spec.request, train_data)
-        samples = draw_samples(spec, plan, len(train_data), carve_validation=validation_data is None)
-        policy = step_policy(spec, plan, train_data, samples.validation, validation_data, original)
-        if warning := carved_validation_warning(spec, validation_data):
-            warnings.append(warning)
-        edit = _within_memory(
-            lambda attempt: _edit_weights(attempt, original, train_data, plan, samples, policy, loss_fn, report, clock),
-            spec,
-            device,
-            warnings,
+        job = EditJob.prepare(
+            spec, model, train_data, eval_data, validation_data, attack_data, loss_fn, progress, device
         )
-        solve = edit.solution.solve
-        if solve is not None and not solve.converged:
-            warnings.append(
-                f"the solver stopped after {solve.iterations} iterations at relative residual "
-                f"{solve.relative_residual:.3g} (tolerance {spec.solver.tolerance:g}): the solved vector is "
-                "approximate; raise solver.max_iterations for a tighter solve"
-            )
-        with clock("evaluation"):
-            eval_plan, before, after = _evaluate(
-                spec, original, edit.model, train_data, eval_data, attack_data, plan, report
-            )
+        warnings = [warning] if (warning := carved_validation_warning(spec, validation_data)) else []
+        edit = _within_memory(job, device, warnings)
+        with job.clock("evaluation"):
+            eval_plan, before, after = _evaluate(job, edit.model)
         retrained = None
         if spec.retrain is not None:
-            with clock("retrain"):
-                retrained = _retrain(spec, original, train_data, plan, eval_plan, report)
-
-        result = EditResult(
-            method=spec.method,
-            request=spec.request.kind,
-            selection=SelectionSummary(
-                **edit.selection.summary(),
-                criterion="all" if spec.method in USES_FULL_SELECTION else spec.selection.criterion,
-                layers=[LayerSelection(**vars(layer)) for layer in edit.selection.layers],
-            ),
-            solver=_solver_summary(spec, edit.solution, edit.hessian),
-            step=edit.step,
-            metrics=Metrics(
-                before=before.metrics, after=after.metrics, retrained=retrained.metrics if retrained else None
-            ),
-            class_accuracy=ClassAccuracy(
-                data=before.by_class_data,
-                before=before.by_class,
-                after=after.by_class,
-                retrained=retrained.by_class if retrained else None,
-            ),
-            timings=Timings(**clock.seconds, total_s=time.perf_counter() - started),
-            data=DataSummary(
-                train_samples=len(train_data),
-                affected_samples=len(plan.affected),
-                hessian_samples=len(samples.hessian),
-                gradient_samples=len(samples.gradient),
-                coefficient=plan.coefficient,
-                device=str(device),
-            ),
-            device=DeviceReport(**device_report(device)),
-            warnings=warnings,
-        )
+            with job.clock("retrain"):
+                retrained = _retrain(job, eval_plan)
+        result = _result(job, edit, before, after, retrained, warnings, time.perf_counter() - started, device)
         state = {k: v.detach().cpu().clone() for k, v in edit.model.state_dict().items()}
         return EditOutcome(state, result, edit.model)
+
+
+def _result(
+    job: EditJob,
+    edit: _WeightEdit,
+    before: Measurement,
+    after: Measurement,
+    retrained: Measurement | None,
+    warnings: list[str],
+    total_s: float,
+    device: torch.device,
+) -> EditResult:
+    spec, solve = job.spec, edit.solution.solve
+    if solve is not None and not solve.converged:
+        warnings.append(
+            f"the solver stopped after {solve.iterations} iterations at relative residual "
+            f"{solve.relative_residual:.3g} (tolerance {spec.solver.tolerance:g}): the solved vector is "
+            "approximate; raise solver.max_iterations for a tighter solve"
+        )
+    return EditResult(
+        method=spec.method,
+        request=spec.request.kind,
+        selection=SelectionSummary(
+            **edit.selection.summary(),
+            criterion="all" if job.method.full_selection else spec.selection.criterion,
+            layers=[LayerSelection(**vars(layer)) for layer in edit.selection.layers],
+        ),
+        solver=_solver_summary(spec, edit.solution, edit.hessian),
+        step=edit.step,
+        metrics=Metrics(before=before.metrics, after=after.metrics, retrained=retrained.metrics if retrained else None),
+        class_accuracy=ClassAccuracy(
+            data=before.by_class_data,
+            before=before.by_class,
+            after=after.by_class,
+            retrained=retrained.by_class if retrained else None,
+        ),
+        timings=Timings(**job.clock.seconds, total_s=total_s),
+        data=DataSummary(
+            train_samples=len(job.train_data),
+            affected_samples=len(job.plan.affected),
+            hessian_samples=len(job.samples.hessian),
+            gradient_samples=len(job.samples.gradient),
+            coefficient=job.plan.coefficient,
+            device=str(device),
+        ),
+        device=DeviceReport(**device_report(device)),
+        warnings=warnings,
+    )
 
 
 def _solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: HessianOperator | None) -> SolverSummary:

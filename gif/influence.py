@@ -67,14 +67,21 @@ def least_squares(
     return LeastSquares(apply, adjoint, restrict_rows(g.clone()))
 
 
+Solve = Callable[
+    [HessianOperator | None, torch.Tensor, torch.Tensor, torch.Tensor, SolverSpec, Monitor], InfluenceSolution
+]
+"""(hessian, g, selected, candidates, solver spec, monitor) → Δ; masks are flat booleans on g's device."""
+
+
 def _solve(
-    hessian: HessianOperator,
+    hessian: HessianOperator | None,
     g: torch.Tensor,
     rows: torch.Tensor | None,
     cols: torch.Tensor,
     spec: SolverSpec,
     monitor: Monitor,
 ) -> InfluenceSolution:
+    assert hessian is not None, "a method that solves needs the Hessian (Method.uses_curvature)"
     options = {"scale": spec.neumann_scale, "seed": spec.seed} if spec.kind == "neumann" else {}
     problem = least_squares(hessian, g, rows, cols)
     result = SOLVERS[spec.kind](problem, spec.tolerance, spec.max_iterations, monitor, **options)
@@ -83,42 +90,7 @@ def _solve(
     return InfluenceSolution(delta, cols, result)
 
 
-def _gif(hessian, g, selected, candidates, spec, monitor):
-    return _solve(hessian, g, None, selected, spec, monitor)
-
-
-def _fif(hessian, g, selected, candidates, spec, monitor):
-    return _solve(hessian, g, selected, selected, spec, monitor)
-
-
-def _if(hessian, g, selected, candidates, spec, monitor):
-    return _solve(hessian, g, candidates, candidates, spec, monitor)
-
-
-def _pif(hessian, g, selected, candidates, spec, monitor):
-    full = _if(hessian, g, selected, candidates, spec, monitor)
-    full.delta[~selected] = 0
-    return InfluenceSolution(full.delta, selected, full.solve)
-
-
-def _first_order(hessian, g, selected, candidates, spec, monitor):
-    delta = torch.where(selected, g, torch.zeros_like(g))
-    return InfluenceSolution(delta, selected, None)
-
-
-METHODS: dict[str, Callable[..., InfluenceSolution]] = {
-    "gif": _gif,
-    "fif": _fif,
-    "pif": _pif,
-    "if": _if,
-    "first_order": _first_order,
-}
-USES_FULL_SELECTION = {"if"}
-USES_CURVATURE = {"gif", "fif", "pif", "if"}
-
-
-def solve_influence(
-    method: str,
+def _gif(
     hessian: HessianOperator | None,
     g: torch.Tensor,
     selected: torch.Tensor,
@@ -126,5 +98,70 @@ def solve_influence(
     spec: SolverSpec,
     monitor: Monitor,
 ) -> InfluenceSolution:
-    """Δ for ``method`` (see the module docstring); masks are flat booleans on g's device."""
-    return METHODS[method](hessian, g, selected, candidates, spec, monitor)
+    return _solve(hessian, g, None, selected, spec, monitor)
+
+
+def _fif(
+    hessian: HessianOperator | None,
+    g: torch.Tensor,
+    selected: torch.Tensor,
+    candidates: torch.Tensor,
+    spec: SolverSpec,
+    monitor: Monitor,
+) -> InfluenceSolution:
+    return _solve(hessian, g, selected, selected, spec, monitor)
+
+
+def _if(
+    hessian: HessianOperator | None,
+    g: torch.Tensor,
+    selected: torch.Tensor,
+    candidates: torch.Tensor,
+    spec: SolverSpec,
+    monitor: Monitor,
+) -> InfluenceSolution:
+    return _solve(hessian, g, candidates, candidates, spec, monitor)
+
+
+def _pif(
+    hessian: HessianOperator | None,
+    g: torch.Tensor,
+    selected: torch.Tensor,
+    candidates: torch.Tensor,
+    spec: SolverSpec,
+    monitor: Monitor,
+) -> InfluenceSolution:
+    full = _if(hessian, g, selected, candidates, spec, monitor)
+    full.delta[~selected] = 0
+    return InfluenceSolution(full.delta, selected, full.solve)
+
+
+def _first_order(
+    hessian: HessianOperator | None,
+    g: torch.Tensor,
+    selected: torch.Tensor,
+    candidates: torch.Tensor,
+    spec: SolverSpec,
+    monitor: Monitor,
+) -> InfluenceSolution:
+    delta = torch.where(selected, g, torch.zeros_like(g))
+    return InfluenceSolution(delta, selected, None)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the module docstring: how it solves, whether it needs the Hessian, and whether it edits every
+    Conv/Linear parameter (``if``: no selection) instead of the selected ones."""
+
+    solve: Solve
+    uses_curvature: bool = True
+    full_selection: bool = False
+
+
+METHODS: dict[str, Method] = {
+    "gif": Method(_gif),
+    "fif": Method(_fif),
+    "pif": Method(_pif),
+    "if": Method(_if, full_selection=True),
+    "first_order": Method(_first_order, uses_curvature=False),
+}

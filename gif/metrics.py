@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gif.data import Dataset, sample_indices
-from gif.spec import SampleCount
+from gif.plan import RequestPlan
+from gif.spec import JobSpec, Relabel, RemoveClass, SampleCount
 
 METRIC_KEYS = (
     "test_accuracy",
@@ -106,6 +107,26 @@ class EvaluationPlan:
     batch_size: int = 512
     attack: Dataset | None = None  # held-out triggered inputs, true labels (relabel only)
     attack_target: int | None = None  # the class the backdoor sends them to
+
+    @classmethod
+    def for_job(
+        cls, spec: JobSpec, train: Dataset, eval_data: Dataset | None, attack: Dataset | None, plan: RequestPlan
+    ) -> EvaluationPlan:
+        """What a job's metrics measure every model on (the original, the edited, the retrained; the benchmarks'
+        baselines too), seeded by the job."""
+        return evaluation_plan(
+            train,
+            eval_data,
+            plan.affected,
+            plan.retained,
+            plan.new_labels,
+            spec.request.classes if isinstance(spec.request, RemoveClass) else None,
+            spec.evaluation.retain_samples,
+            spec.solver.seed,
+            spec.evaluation.batch_size,
+            attack=attack,
+            attack_target=spec.request.attack_target if isinstance(spec.request, Relabel) else None,
+        )
 
 
 @dataclass

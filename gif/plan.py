@@ -1,7 +1,8 @@
 """A request resolved against the training data: which examples it affects, which it keeps, the new labels,
 and the coefficient c of the gradient g (sign and scale conventions: ``gif.influence``).
 
-Selection, the solve, the step, the metrics and retraining all read one ``RequestPlan``.
+Selection, the solve, the step, the metrics and retraining all read one ``RequestPlan``; ``Samples`` are the seeded
+index sets one job draws from it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from gif.curvature import LossTerm
-from gif.data import Dataset
-from gif.spec import Relabel, RemoveClass, RemoveSamples
+from gif.data import Dataset, sample_indices, split_indices
+from gif.spec import AutoStep, JobSpec, Relabel, RemoveClass, RemoveSamples
+
+GRADIENT_SEED_OFFSET = 2
+STEP_SEED_OFFSET = 1  # the validation split and its samples are seeded by solver.seed + this
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,40 @@ class RequestPlan:
         if self.new_labels is None:
             return train.subset(self.retained)
         return train.relabelled(self.affected.tolist(), self.new_labels.tolist())
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The seeded index sets one job uses (all into the training data)."""
+
+    validation: torch.Tensor  # carved validation split (empty when held-out data is given or the step is fixed)
+    hessian: torch.Tensor  # retained examples in the Hessian sample
+    gradient: torch.Tensor  # affected examples in the gradient (and selection) sample
+
+    @classmethod
+    def draw(cls, spec: JobSpec, plan: RequestPlan, num_train: int, carve_validation: bool) -> Samples:
+        solver = spec.solver
+        validation = torch.empty(0, dtype=torch.long)
+        if carve_validation and isinstance(spec.step, AutoStep):
+            validation = carved_validation_indices(spec.step, num_train, solver.seed)
+        return cls(
+            validation,
+            sample_indices(plan.retained, solver.hessian_samples, solver.seed),
+            sample_indices(
+                gradient_pool(plan, validation), solver.gradient_samples, solver.seed + GRADIENT_SEED_OFFSET
+            ),
+        )
+
+
+def carved_validation_indices(step: AutoStep, num_train: int, seed: int) -> torch.Tensor:
+    """The seeded validation split the automatic step carves from the training data."""
+    return split_indices(num_train, step.validation_fraction, seed + STEP_SEED_OFFSET)[0]
+
+
+def gradient_pool(plan: RequestPlan, validation: torch.Tensor) -> torch.Tensor:
+    """The affected examples an edit may learn from: for a class removal, those outside the carved ``validation``
+    split, whose examples of the class the step objective keeps as held-out ones (all of them if none is outside)."""
+    if plan.class_level and len(validation):
+        outside = plan.affected[~torch.isin(plan.affected, validation)]
+        return outside if len(outside) else plan.affected
+    return plan.affected

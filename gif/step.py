@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gif.data import Dataset, sample_indices, split_indices
+from gif.data import Dataset, sample_indices
 from gif.errors import InvalidSpecError
 from gif.metrics import accuracy, mean_loss, predict, removal_score
-from gif.plan import RequestPlan
+from gif.plan import STEP_SEED_OFFSET, RequestPlan
 from gif.result import StepSummary
 from gif.spec import AutoStep, FixedStep, JobSpec, RemoveClass, RemoveSamples
 
@@ -41,7 +41,6 @@ REFINE_STEPS = 6
 MAX_EVALUATIONS = 1 + GRID_POINTS + REFINE_STEPS
 MIN_RELATIVE_CHANGE = 1e-4
 MAX_RELATIVE_CHANGE = 1.0
-STEP_SEED_OFFSET = 1  # the validation split and its samples are seeded by solver.seed + this
 
 
 @dataclass(frozen=True)
@@ -117,11 +116,6 @@ def search_step(objective_at: Callable[[float], float], unit_change: float) -> S
             fb = at_relative(math.exp(b))
     scale, value = max(trace, key=lambda t: (t[1], -t[0]))
     return StepSearch(scale, value, scale * unit_change, trace)
-
-
-def carved_validation_indices(step: AutoStep, num_train: int, seed: int) -> torch.Tensor:
-    """The seeded validation split the automatic step carves from the training data."""
-    return split_indices(num_train, step.validation_fraction, seed + STEP_SEED_OFFSET)[0]
 
 
 def validation_data(

@@ -8,9 +8,8 @@ from bench.baselines import fine_tune, gradient_ascent
 from bench.common import Prepared, Setup
 from gif.architectures import build_model
 from gif.data import load_digits, split_indices
-from gif.edit import draw_samples
 from gif.metrics import accuracy, predict
-from gif.plan import RequestPlan
+from gif.plan import RequestPlan, Samples
 from gif.spec import JobSpec, RetrainSpec
 from gif.step import step_policy
 from gif.training import reinitialised, train
@@ -47,7 +46,7 @@ def test_gradient_ascent_forgets_and_keeps_its_best_checkpoint_by_the_step_objec
     assert forget_accuracy(prepared.model, prepared) > 0.8
     assert forget_accuracy(ascended, prepared) < 0.5  # the budget moves the model
     plan = RequestPlan.of(spec.request, prepared.train)
-    samples = draw_samples(spec, plan, len(prepared.train), carve_validation=True)
+    samples = Samples.draw(spec, plan, len(prepared.train), carve_validation=True)
     policy = step_policy(spec, plan, prepared.train, samples.validation, None, prepared.model)
     objective = policy.objective  # type: ignore[union-attr]
     data = policy.data  # type: ignore[union-attr]

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from gif.data import Dataset
-from gif.edit import draw_samples, run
+from gif.edit import run
 from gif.errors import EditCancelled, InvalidSpecError, NonFiniteError, OutOfMemoryError
-from gif.plan import RequestPlan
+from gif.plan import RequestPlan, Samples
 from gif.spec import JobSpec
 from tests.support import assert_the_same_edit
 
@@ -30,7 +30,7 @@ def test_the_samples_depend_on_the_seed_only():
             solver={**FAST_SOLVER, "hessian_samples": 30, "gradient_samples": 10, "seed": solver_seed},
         )
         torch.manual_seed(global_seed)
-        drawn.append(draw_samples(spec, RequestPlan.of(spec.request, data), len(data), carve_validation=True))
+        drawn.append(Samples.draw(spec, RequestPlan.of(spec.request, data), len(data), carve_validation=True))
     first, same, other_seed = drawn
     for field in ("validation", "hessian", "gradient"):
         assert len(getattr(first, field)) > 0

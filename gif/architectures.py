@@ -90,7 +90,8 @@ class TinyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
             x = torch.relu(conv(x))
-        return self.fc(torch.flatten(x, 1))
+        logits: torch.Tensor = self.fc(torch.flatten(x, 1))
+        return logits
 
 
 class VGG11(nn.Module):
@@ -112,7 +113,8 @@ class VGG11(nn.Module):
         self.classifier = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(self.features(x), 1))
+        return logits
 
 
 class MLP(nn.Module):
@@ -129,14 +131,15 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(torch.flatten(x, 1))
+        logits: torch.Tensor = self.layers(torch.flatten(x, 1))
+        return logits
 
 
 def _resnet18(config: ImageClassifierConfig) -> nn.Module:
     """torchvision's ResNet-18 with the paper's 3×3 stride-1 stem and no max-pool (parameter names as torchvision's)."""
     from torchvision.models import resnet18
 
-    model = resnet18(num_classes=config.num_classes)
+    model: nn.Module = resnet18(num_classes=config.num_classes)
     model.conv1 = nn.Conv2d(config.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
@@ -257,7 +260,8 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
 
 
 def num_classes(spec: ArchitectureSpec | dict[str, Any]) -> int:
-    return resolve(spec)[1].num_classes  # type: ignore[attr-defined]
+    classes: int = resolve(spec)[1].num_classes  # type: ignore[attr-defined]
+    return classes
 
 
 def build_model(spec: ArchitectureSpec | dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 
@@ -38,7 +38,7 @@ class ProgressBar:
 
     WIDTH = 30
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
         self.last = 0.0
         self.started = time.perf_counter()
@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code: int = args.handler(args)
+        return code
     except GifError as exc:
         print(f"gif: error: {exc}", file=sys.stderr)
     except ValidationError as exc:

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,10 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 HvpMethod = Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward"]
 CACHE_SHARE_OF_FREE_MEMORY = 0.5  # the rest is for the solver's vectors, the step search and evaluation
 FALLBACK_CACHE_BUDGET_BYTES = 4 * 1024**3  # where free memory cannot be told
+
+
+Graph = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[int, ...]]
+"""One batch's first-order graph: its gradients, the parameters they came from, and those parameters' positions."""
 
 
 def cross_entropy_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -80,7 +84,9 @@ class _TwiceDifferentiable(TorchFunctionMode):
 
     ``hardsigmoid`` (MobileNetV3's squeeze-excitation gate) is ``relu6(x + 3) / 6`` exactly."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         if func in _HARDSIGMOIDS:  # the functional, or an exported program's ATen node
             return F.relu6(args[0] + 3) / 6
         return func(*args, **(kwargs or {}))
@@ -186,7 +192,7 @@ class HessianOperator:
         self.seconds = 0.0
         self.trial_seconds: dict[HvpMethod, float] = {}
         self.device = next(iter(objective.params.values())).device
-        fitting, first_graph = 0, None
+        fitting, first_graph = 0, cast(Graph | None, None)
         if method in ("auto", "cached_double_backward"):
             budget = default_cache_budget_bytes(self.device) if cache_budget_bytes is None else cache_budget_bytes
             fitting = self._batches_within(budget)
@@ -195,7 +201,7 @@ class HessianOperator:
         self.method = method
         self.cached_batches = fitting if method == "cached_double_backward" else 0
         with curvature_kernels():
-            self._cache = [
+            self._cache: list[Graph] = [
                 first_graph if i == 0 and first_graph is not None else self._first_order_graph(*batch)
                 for i, batch in enumerate(objective.batches[: self.cached_batches])
             ]
@@ -221,7 +227,7 @@ class HessianOperator:
             fitting += 1
         return fitting
 
-    def _fastest(self, cached_available: bool) -> tuple[HvpMethod, object]:
+    def _fastest(self, cached_available: bool) -> tuple[HvpMethod, Graph | None]:
         """Time one product of each implementation that works here on the first batch: the fastest, and the
         first batch's first-order graph when the cached implementation was tried (it becomes the cache's first)."""
         batch = self.objective.batches[0]
@@ -229,7 +235,7 @@ class HessianOperator:
         # any vector times the products alike; a seeded CPU draw leaves torch's global random state untouched
         probe = torch.randn(self.size, generator=torch.Generator().manual_seed(0), dtype=like.dtype)
         v_parts = self.objective.space.unflatten(probe.to(like.device))
-        graph = None
+        graph: Graph | None = None
         trials: dict[HvpMethod, Callable[[], object]] = {
             "double_backward": lambda: self._product_via_graph(self._first_order_graph(*batch), v_parts, keep=False),
             "forward_over_reverse": lambda: self._product_forward_over_reverse(batch, v_parts),
@@ -253,14 +259,14 @@ class HessianOperator:
             raise RuntimeError("no Hessian-vector product works for this model: " + "; ".join(failures))
         return min(self.trial_seconds, key=self.trial_seconds.__getitem__), graph
 
-    def _graphs(self):
+    def _graphs(self) -> Iterator[tuple[Graph, bool]]:
         """(first-order graph, keep it) per batch: the cached ones, then the others rebuilt one at a time."""
         for graph in self._cache:
             yield graph, True
         for x, y, w in self.objective.batches[self.cached_batches :]:
             yield self._first_order_graph(x, y, w), False
 
-    def _first_order_graph(self, x: torch.Tensor, y: torch.Tensor, w: float):
+    def _first_order_graph(self, x: torch.Tensor, y: torch.Tensor, w: float) -> Graph:
         leaves = self.objective.leaf_params()
         loss = self.objective.batch_loss(leaves, x, y, w)
         inputs = tuple(leaves.values())
@@ -268,7 +274,7 @@ class HessianOperator:
         used = tuple(i for i, g in enumerate(grads) if g is not None and g.requires_grad)
         return tuple(grads[i] for i in used), tuple(inputs[i] for i in used), used
 
-    def _product_via_graph(self, graph, v_parts: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+    def _product_via_graph(self, graph: Graph, v_parts: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
         """One batch's Hessian-vector product by differentiating its first-order graph once more."""
         grads, inputs, used = graph
         if not grads:
@@ -279,10 +285,13 @@ class HessianOperator:
         )
         return {names[i]: h for i, h in zip(used, hv) if h is not None}
 
-    def _product_forward_over_reverse(self, batch, v_parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _product_forward_over_reverse(
+        self, batch: tuple[torch.Tensor, torch.Tensor, float], v_parts: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         x, y, w = batch
         grad_fn = grad(lambda p: self.objective.batch_loss(p, x, y, w))
-        return jvp(grad_fn, (self.objective.params,), (v_parts,))[1]
+        product: dict[str, torch.Tensor] = jvp(grad_fn, (self.objective.params,), (v_parts,))[1]
+        return product
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()

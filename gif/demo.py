@@ -35,7 +35,7 @@ DEMOS: dict[str, dict[str, Any]] = {
 }
 
 
-def demo_model(dataset: str, seed: int = 0) -> tuple[dict, torch.nn.Module, Dataset, Dataset]:
+def demo_model(dataset: str, seed: int = 0) -> tuple[dict[str, Any], torch.nn.Module, Dataset, Dataset]:
     """(architecture, trained model, train split, eval split) for a demo dataset; 80/20 seeded split."""
     demo = DEMOS[dataset]
     data: Dataset = demo["load"]()

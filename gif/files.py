@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ def check_archive_sizes(path: str | Path, max_bytes: int, limit_name: str) -> No
 NUMPY_TO_TORCH = {np.dtype(n): t for n, t in SAFETENSORS_DTYPES.values() if n is not None}
 
 
-def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype, int]:
+def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any], int]:
     """(shape, dtype, header bytes) of a ``.npy`` stream, which is left at the start of the data."""
     try:
         version = np.lib.format.read_magic(fh)
@@ -88,7 +89,9 @@ def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype, int]:
     return shape, dtype, fh.tell()
 
 
-def scan_npz(path: str | Path, max_bytes: int, read_whole: tuple[str, ...] = ()) -> tuple[dict[str, TensorInfo], dict]:
+def scan_npz(
+    path: str | Path, max_bytes: int, read_whole: tuple[str, ...] = ()
+) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
     """Shapes, dtypes and finiteness of every array of an ``.npz``, read in bounded chunks after its declared sizes
     passed ``check_archive_sizes``; the arrays named in ``read_whole`` (small ones: labels) are also returned."""
     check_archive_sizes(path, max_bytes, "GIF_MAX_DATASET_BYTES")
@@ -163,7 +166,7 @@ def sniff_format(path: str | Path) -> str:
     raise TensorFileError("unrecognised file: expected safetensors, a torch zip state dict or .npz")
 
 
-def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, dict]]:
+def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, dict[str, Any]]]:
     """Parse and check the header: every tensor's byte range is inside the file and consistent with its shape."""
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
@@ -230,7 +233,8 @@ def read_safetensors_tensor(path: str | Path, name: str) -> torch.Tensor:
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return handle.get_tensor(name)
+            tensor: torch.Tensor = handle.get_tensor(name)
+            return tensor
     except SafetensorError as exc:
         raise TensorFileError(f"unreadable safetensors file: {exc}") from None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,9 @@ class _LayerWatch(TorchFunctionMode):
         self.outputs: dict[str, _Accumulator] = {}
         self.gradients: dict[str, _Accumulator] = {}
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func is F.multi_head_attention_forward:
             return self._attention(func, args, kwargs)
@@ -105,6 +108,7 @@ class _LayerWatch(TorchFunctionMode):
         if func in LINEAR_FUNCTIONS or func in CONVOLUTION_FUNCTIONS:
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            assert weight is not None  # F.linear and the convolutions require it
             axis = -1 if func in LINEAR_FUNCTIONS else (1 if result.dim() == weight.dim() else 0)
             if (layer := self._layer(weight, bias)) is not None:
                 self.outputs[layer.name].add_outputs(result, axis)
@@ -123,7 +127,7 @@ class _LayerWatch(TorchFunctionMode):
             self.outputs[layer.name], self.gradients[layer.name] = _Accumulator(), _Accumulator()
         return self.layers[layer.name]
 
-    def _attention(self, func, args, kwargs):
+    def _attention(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``nn.MultiheadAttention``: its packed input projection ``in_proj_weight`` is a layer of 3·E units.
 
         The projection happens inside one function, so it is recomputed here for the output statistics; its
@@ -144,7 +148,9 @@ class _LayerWatch(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _with_argument(args: tuple, kwargs: dict, position: int, name: str, value: object) -> tuple[tuple, dict]:
+def _with_argument(
+    args: tuple[Any, ...], kwargs: dict[str, Any], position: int, name: str, value: object
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if len(args) > position:
         return (*args[:position], value, *args[position + 1 :]), kwargs
     return args, {**kwargs, name: value}

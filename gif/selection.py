@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ class Selection:
     def modification_ratio(self) -> float:
         return self.num_selected / self.num_candidates
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {"num_selected": self.num_selected, "modification_ratio": self.modification_ratio}
 
 
@@ -100,7 +101,9 @@ def _measured(grads: torch.Tensor | None) -> torch.Tensor:
     return grads
 
 
-def _threshold(outputs: torch.Tensor, _grads, k: int, generator: torch.Generator, spec: SelectionSpec) -> torch.Tensor:
+def _threshold(
+    outputs: torch.Tensor, _grads: torch.Tensor | None, k: int, generator: torch.Generator, spec: SelectionSpec
+) -> torch.Tensor:
     """Units whose |mean output| exceeds the threshold (rounded on the scores' grid, so that a score equal to it up
     to float rounding is not above it on one device only), k of them at random."""
     scores = outputs.detach().to("cpu", torch.float64).abs()
@@ -109,7 +112,9 @@ def _threshold(outputs: torch.Tensor, _grads, k: int, generator: torch.Generator
     return _random_among(rounded[:-1] > rounded[-1], k, generator)
 
 
-def _random(outputs: torch.Tensor, _grads, k: int, generator: torch.Generator, _spec: SelectionSpec) -> torch.Tensor:
+def _random(
+    outputs: torch.Tensor, _grads: torch.Tensor | None, k: int, generator: torch.Generator, _spec: SelectionSpec
+) -> torch.Tensor:
     return _random_among(torch.ones(len(outputs), dtype=torch.bool), k, generator)
 
 

@@ -52,7 +52,8 @@ class ToyResult:
 
 
 def _least_squares(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1)
+    solution: torch.Tensor = torch.linalg.lstsq(x, y.unsqueeze(1)).solution
+    return solution.squeeze(1)
 
 
 def linear_regression_toy(

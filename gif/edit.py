@@ -33,7 +33,7 @@ from gif.devices import (
 )
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.files import sha256_file, write_safetensors
-from gif.influence import METHODS, InfluenceSolution, Method
+from gif.influence import METHODS, InfluenceProblem, InfluenceSolution, Method
 from gif.metrics import EvaluationPlan, Measurement, measure
 from gif.parameters import ParameterSpace
 from gif.plan import RequestPlan, Samples
@@ -238,7 +238,8 @@ def _solve(
         job.report("solve", max(iteration / solver.max_iterations, done), iteration, residual)
 
     selected, candidates = selection.mask.to(device), selection.candidates.to(device)
-    solution = job.method.solve(hessian, gradient_objective.gradient(), selected, candidates, solver, monitor)
+    problem = InfluenceProblem(hessian, gradient_objective.gradient(), selected, candidates, solver, monitor)
+    solution = job.method.solve(problem)
     if not bool(torch.isfinite(solution.delta).all()):
         raise NonFiniteError("the solved influence vector contains NaN or Inf")
     return solution, hessian

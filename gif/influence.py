@@ -67,85 +67,55 @@ def least_squares(
     return LeastSquares(apply, adjoint, restrict_rows(g.clone()))
 
 
-Solve = Callable[
-    [HessianOperator | None, torch.Tensor, torch.Tensor, torch.Tensor, SolverSpec, Monitor], InfluenceSolution
-]
-"""(hessian, g, selected, candidates, solver spec, monitor) → Δ; masks are flat booleans on g's device."""
+def _quiet(iteration: int, residual: float) -> None:
+    return None
 
 
-def _solve(
-    hessian: HessianOperator | None,
-    g: torch.Tensor,
-    rows: torch.Tensor | None,
-    cols: torch.Tensor,
-    spec: SolverSpec,
-    monitor: Monitor,
-) -> InfluenceSolution:
+@dataclass(frozen=True)
+class InfluenceProblem:
+    """What every method solves from: the Hessian (None for ``first_order``), g, and the flat boolean masks of the
+    selected parameters J and the candidates C, on g's device; the solver's settings and its progress monitor."""
+
+    hessian: HessianOperator | None
+    g: torch.Tensor
+    selected: torch.Tensor
+    candidates: torch.Tensor
+    spec: SolverSpec
+    monitor: Monitor = _quiet
+
+
+def _solve(problem: InfluenceProblem, rows: torch.Tensor | None, cols: torch.Tensor) -> InfluenceSolution:
+    hessian, g, spec = problem.hessian, problem.g, problem.spec
     assert hessian is not None, "a method that solves needs the Hessian (Method.uses_curvature)"
     options = {"scale": spec.neumann_scale, "seed": spec.seed} if spec.kind == "neumann" else {}
-    problem = least_squares(hessian, g, rows, cols)
-    result = SOLVERS[spec.kind](problem, spec.tolerance, spec.max_iterations, monitor, **options)
+    system = least_squares(hessian, g, rows, cols)
+    result = SOLVERS[spec.kind](system, spec.tolerance, spec.max_iterations, problem.monitor, **options)
     delta = torch.zeros_like(g)
     delta[cols] = result.x
     return InfluenceSolution(delta, cols, result)
 
 
-def _gif(
-    hessian: HessianOperator | None,
-    g: torch.Tensor,
-    selected: torch.Tensor,
-    candidates: torch.Tensor,
-    spec: SolverSpec,
-    monitor: Monitor,
-) -> InfluenceSolution:
-    return _solve(hessian, g, None, selected, spec, monitor)
+def _gif(problem: InfluenceProblem) -> InfluenceSolution:
+    return _solve(problem, None, problem.selected)
 
 
-def _fif(
-    hessian: HessianOperator | None,
-    g: torch.Tensor,
-    selected: torch.Tensor,
-    candidates: torch.Tensor,
-    spec: SolverSpec,
-    monitor: Monitor,
-) -> InfluenceSolution:
-    return _solve(hessian, g, selected, selected, spec, monitor)
+def _fif(problem: InfluenceProblem) -> InfluenceSolution:
+    return _solve(problem, problem.selected, problem.selected)
 
 
-def _if(
-    hessian: HessianOperator | None,
-    g: torch.Tensor,
-    selected: torch.Tensor,
-    candidates: torch.Tensor,
-    spec: SolverSpec,
-    monitor: Monitor,
-) -> InfluenceSolution:
-    return _solve(hessian, g, candidates, candidates, spec, monitor)
+def _if(problem: InfluenceProblem) -> InfluenceSolution:
+    return _solve(problem, problem.candidates, problem.candidates)
 
 
-def _pif(
-    hessian: HessianOperator | None,
-    g: torch.Tensor,
-    selected: torch.Tensor,
-    candidates: torch.Tensor,
-    spec: SolverSpec,
-    monitor: Monitor,
-) -> InfluenceSolution:
-    full = _if(hessian, g, selected, candidates, spec, monitor)
-    full.delta[~selected] = 0
-    return InfluenceSolution(full.delta, selected, full.solve)
+def _pif(problem: InfluenceProblem) -> InfluenceSolution:
+    full = _if(problem)
+    full.delta[~problem.selected] = 0
+    return InfluenceSolution(full.delta, problem.selected, full.solve)
 
 
-def _first_order(
-    hessian: HessianOperator | None,
-    g: torch.Tensor,
-    selected: torch.Tensor,
-    candidates: torch.Tensor,
-    spec: SolverSpec,
-    monitor: Monitor,
-) -> InfluenceSolution:
-    delta = torch.where(selected, g, torch.zeros_like(g))
-    return InfluenceSolution(delta, selected, None)
+def _first_order(problem: InfluenceProblem) -> InfluenceSolution:
+    delta = torch.where(problem.selected, problem.g, torch.zeros_like(problem.g))
+    return InfluenceSolution(delta, problem.selected, None)
 
 
 @dataclass(frozen=True)
@@ -153,7 +123,7 @@ class Method:
     """One method of the module docstring: how it solves, whether it needs the Hessian, and whether it edits every
     Conv/Linear parameter (``if``: no selection) instead of the selected ones."""
 
-    solve: Solve
+    solve: Callable[[InfluenceProblem], InfluenceSolution]
     uses_curvature: bool = True
     full_selection: bool = False
 

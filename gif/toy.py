@@ -21,7 +21,7 @@ from torch import nn
 
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, squared_error_sum
 from gif.data import Dataset
-from gif.influence import METHODS
+from gif.influence import METHODS, InfluenceProblem
 from gif.plan import RequestPlan
 from gif.spec import RemoveSamples, SolverSpec
 
@@ -90,7 +90,7 @@ def toy_edits(n: int = 200, seed: int = 0, methods: tuple[str, ...] = ("gif", "f
 
     result = ToyResult(original, retrained, {}, {}, {}, data, removed)
     for method in methods:
-        delta = METHODS[method].solve(hessian, g, selected, candidates, spec, lambda i, r: None).delta
+        delta = METHODS[method].solve(InfluenceProblem(hessian, g, selected, candidates, spec)).delta
         result.edited[method] = original + delta
         result.gradient_norm[method] = result.retained_gradient_norm(result.edited[method])
         result.distance[method] = float((result.edited[method] - retrained).norm())

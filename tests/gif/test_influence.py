@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
-from gif.influence import METHODS
+from gif.influence import METHODS, InfluenceProblem
 from gif.parameters import ParameterSpace
 from gif.plan import RequestPlan
 from gif.selection import select
@@ -53,7 +53,7 @@ def test_solved_vectors_match_dense_linear_algebra(problem, kind, method, dampin
     # LSMR minimises the normal residual, CG the error's energy norm: the same residual can leave LSMR a larger error
     tolerance = {"neumann": 1e-5, "cg": 1e-6, "lsmr": 1e-8}[kind]
     spec = SolverSpec(kind=kind, tolerance=tolerance, max_iterations=10_000, damping=damping)
-    solution = METHODS[method].solve(hessian, problem["g"], problem["J"], problem["C"], spec, lambda i, r: None)
+    solution = METHODS[method].solve(InfluenceProblem(hessian, problem["g"], problem["J"], problem["C"], spec))
     modified = problem["C"] if method == "if" else problem["J"]
     assert torch.equal(solution.modified, modified)
     assert not solution.delta[~modified].any()
@@ -81,11 +81,13 @@ def test_scaling_the_loss_changes_nothing(tanh_mlp, digits_double, problem):
     objective = ModelObjective(tanh_mlp, [LossTerm(digits_double.subset(plan.retained[:300]), 1 / 300)], scaled)
     g = ModelObjective(tanh_mlp, plan.gradient_terms(digits_double, plan.affected), scaled).gradient()
     spec = SolverSpec(tolerance=1e-8, max_iterations=1000, damping=0.05 * M)
-    gif, quiet = METHODS["gif"].solve, lambda i, r: None
-    scaled_delta = gif(HessianOperator(objective, 0.05 * M), g, problem["J"], problem["C"], spec, quiet).delta
+    gif = METHODS["gif"].solve
+    scaled_delta = gif(
+        InfluenceProblem(HessianOperator(objective, 0.05 * M), g, problem["J"], problem["C"], spec)
+    ).delta
     unscaled = HessianOperator(problem["objective"], 0.05)
     spec = spec.model_copy(update={"damping": 0.05})
-    delta = gif(unscaled, problem["g"], problem["J"], problem["C"], spec, quiet).delta
+    delta = gif(InfluenceProblem(unscaled, problem["g"], problem["J"], problem["C"], spec)).delta
     assert (scaled_delta - delta).norm() / delta.norm() <= 1e-6
 
 

@@ -17,7 +17,7 @@ from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entro
 from gif.data import Dataset
 from gif.edit import run
 from gif.errors import InvalidSpecError, InvalidWeightsError, TooLargeError, UnknownArchitectureError
-from gif.influence import METHODS
+from gif.influence import METHODS, InfluenceProblem
 from gif.plan import RequestPlan
 from gif.programs import load_program, read_program
 from gif.selection import select
@@ -126,7 +126,7 @@ def test_the_gif_vector_of_a_program_matches_a_dense_solve(trained, dense_hessia
     selection = select(program, SelectionSpec(ratio=0.5), gradient_objective.batches, cross_entropy_sum)
     hessian = HessianOperator(objective, damping=0.05)
     solver = SolverSpec(kind="cg", tolerance=1e-8, max_iterations=5_000, damping=0.05)
-    solution = METHODS["gif"].solve(hessian, g, selection.mask, selection.candidates, solver, lambda i, r: None)
+    solution = METHODS["gif"].solve(InfluenceProblem(hessian, g, selection.mask, selection.candidates, solver))
     with curvature_kernels():  # hardsigmoid has no double backward: the engine's rewrite, here too
         H = dense_hessian(objective) + 0.05 * torch.eye(len(g), dtype=torch.float64)
     expected = torch.linalg.lstsq(H[:, selection.mask], g.unsqueeze(1)).solution.squeeze(1)

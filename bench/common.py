@@ -38,6 +38,9 @@ CACHE_DIR = Path(os.environ.get("GIF_BENCH_CACHE", BENCH_DIR / "cache"))
 RESULTS = Path(os.environ.get("GIF_BENCH_RESULTS", BENCH_DIR / "RESULTS.md"))
 # The smallest configuration of every experiment (the suite runs it so that the harness cannot rot).
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
+# Its training set: every reference model (and every retraining, fine-tuning and ascent of it) costs time in
+# proportion; 500 images still leave ~50 of each class, so every request (class, samples, backdoor) has examples.
+QUICK_TRAIN_SUBSET = 500
 BACKDOOR_TARGET = 4
 BACKDOOR_FRACTION = 0.1
 
@@ -98,8 +101,8 @@ def load_data(setup: Setup) -> tuple[Dataset, Dataset, dict[str, Any]]:
 
 
 def quick(setup: Setup) -> Setup:
-    """The setup shrunk to seconds: one epoch on at most 1,000 training images."""
-    subset = min(setup.train_subset or 1000, 1000)
+    """The setup shrunk to seconds: one epoch on at most ``QUICK_TRAIN_SUBSET`` training images."""
+    subset = min(setup.train_subset or QUICK_TRAIN_SUBSET, QUICK_TRAIN_SUBSET)
     return Setup(
         setup.name + "-quick", setup.architecture, setup.dataset, setup.recipe.model_copy(update={"epochs": 1}), subset
     )
@@ -328,6 +331,7 @@ BENCH_SOLVER = {
 }
 BENCH_EVALUATION = {"resnet18": {"retain_samples": 500}, "vgg11": {"retain_samples": 1000}}
 QUICK_SOLVER = {"max_iterations": 2, "hessian_samples": 64, "gradient_samples": 64, "damping": 0.01}
+QUICK_EVALUATION = {"retain_samples": 256}
 
 
 def job_spec(prepared: Prepared, request: dict, **fields: Any):
@@ -337,7 +341,7 @@ def job_spec(prepared: Prepared, request: dict, **fields: Any):
 
     arch = prepared.setup.architecture["name"]
     solver = {**(QUICK_SOLVER if QUICK else BENCH_SOLVER[arch]), **fields.pop("solver", {})}
-    evaluation = {**BENCH_EVALUATION.get(arch, {}), **fields.pop("evaluation", {})}
+    evaluation = {**(QUICK_EVALUATION if QUICK else BENCH_EVALUATION.get(arch, {})), **fields.pop("evaluation", {})}
     return JobSpec.model_validate({"request": request, "solver": solver, "evaluation": evaluation, **fields})
 
 

@@ -1,6 +1,6 @@
 """The benchmark harness cannot rot: every experiment runs in its smallest configuration.
 
-The numbers of a quick run mean nothing (models trained for one epoch on 1,000 images); what is
+The numbers of a quick run mean nothing (models trained for one epoch on ``QUICK_TRAIN_SUBSET`` images); what is
 checked is that each entry point runs end to end and writes its section.
 """
 
@@ -16,6 +16,11 @@ SECTIONS = ("engine-cost", "selection", "baselines", "backdoor", "toy", "alterna
 
 
 def test_every_experiment_runs_in_its_smallest_configuration(tmp_path):
+    """Slow by design (the suite's longest test): it trains, edits, retrains, fine-tunes and evaluates real models
+    in every experiment, and bench.service starts a real stack (Redis, API, worker, an S3 server) and fuzzes its
+    schema. What is left is kept small: one run_all process (quick mode imports torch once), the reference models
+    trained once into a cache shared by all experiments, one epoch on ``QUICK_TRAIN_SUBSET`` images, the quick
+    solver and evaluation sizes of bench.common and a 32-example Hessian sample for the solver table."""
     results = tmp_path / "RESULTS.md"
     env = {
         **os.environ,

@@ -43,7 +43,8 @@ from bench.common import (
     prepare,
     write_section,
 )
-from gif.data import Dataset, checkerboard_trigger, split_indices
+from bench.datasets import checkerboard_trigger
+from gif.data import Dataset, split_indices
 from gif.metrics import accuracy, evaluate, evaluation_plan, predict
 from gif.plan import RequestPlan
 from gif.spec import JobSpec

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.datasets import load_cifar10, poison
 from gif.architectures import build_model, load_weights
-from gif.data import Dataset, load_cifar10, load_mnist, poison, split_indices
+from gif.data import Dataset, load_mnist, split_indices
 from gif.devices import device_report, resolve_device
 from gif.errors import InvalidSpecError
 from gif.files import read_tensors, write_safetensors
@@ -89,7 +90,7 @@ def load_data(setup: Setup) -> tuple[Dataset, Dataset, dict[str, Any]]:
     if setup.dataset.endswith("backdoor"):
         clean_labels = train_data.y
         train_data, indices = poison(train_data, BACKDOOR_FRACTION, BACKDOOR_TARGET, seed=0)
-        from gif.data import checkerboard_trigger
+        from bench.datasets import checkerboard_trigger
 
         not_target = torch.nonzero(test.y != BACKDOOR_TARGET).flatten()
         extras = {

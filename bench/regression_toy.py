@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from bench.common import RESULTS, markdown_table, pyplot, write_section
-from gif.toy import toy_edits
+from bench.toy import toy_edits
 
 PLOT = RESULTS.parent / "regression_toy.png"
 COLOURS = {"gif": "tab:red", "fif": "tab:blue", "pif": "tab:green"}

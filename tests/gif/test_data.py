@@ -5,7 +5,6 @@ from safetensors.torch import save_file
 
 from gif.data import (
     Dataset,
-    load_cifar10,
     load_mnist,
     make_dataset,
     read_dataset,
@@ -21,13 +20,6 @@ def test_mnist_matches_the_published_files(data_dir):
     assert mnist.y[:5].tolist() == [7, 2, 1, 0, 4]
     assert torch.bincount(mnist.y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert float(mnist.x.min()) >= 0.0 and float(mnist.x.max()) == 1.0
-
-
-def test_cifar_subset(data_dir):
-    train, test = load_cifar10("train", data_dir), load_cifar10("test", data_dir)
-    assert train.x.shape == (4000, 3, 32, 32) and test.x.shape == (1000, 3, 32, 32)
-    assert test.y[:5].tolist() == [3, 8, 8, 0, 6]
-    assert round(float(test.x[0, 0, 0, 0]) * 255) == 158 and round(float(train.x[0, 0, 0, 0]) * 255) == 59
 
 
 def test_digits(digits):

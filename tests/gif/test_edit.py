@@ -180,8 +180,8 @@ def test_a_fixed_step_is_applied_exactly(mnist_tinynet, mnist_split):
 @pytest.fixture(scope="module")
 def backdoored(mnist_split):
     """TinyNet trained on MNIST with 10% of the images carrying the paper's checkerboard trigger, labelled 4."""
+    from bench.datasets import poison
     from gif.architectures import build_model
-    from gif.data import poison
     from gif.spec import RetrainSpec
     from gif.training import reinitialised, train
 
@@ -193,7 +193,8 @@ def backdoored(mnist_split):
 
 
 def test_relabel_repairs_a_backdoor(backdoored):
-    from gif.data import Dataset, checkerboard_trigger
+    from bench.datasets import checkerboard_trigger
+    from gif.data import Dataset
     from gif.metrics import predict
 
     model, poisoned, indices, true_labels, held_out = backdoored

@@ -102,10 +102,13 @@ class Catalog:
 
     # --- retention ---------------------------------------------------------------------------
 
-    def touch(self, kind: Kind, item_id: str, when: float | None = None) -> None:
-        """Mark an upload used (a job named it): retention counts its age from now. An upload deleted meanwhile, or a
-        registered model (never in the index), is not added."""
-        self.client.zadd(self.keys.uploads_used, {f"{kind}:{item_id}": time.time() if when is None else when}, xx=True)
+    def touch(self, *items: tuple[Kind, str], when: float | None = None) -> None:
+        """Mark uploads (kind, id) used (a job named them), in one write: retention counts their age from now. An
+        upload deleted meanwhile, or a registered model (never in the index), is not added."""
+        if not items:
+            return
+        at = time.time() if when is None else when
+        self.client.zadd(self.keys.uploads_used, {f"{kind}:{item_id}": at for kind, item_id in items}, xx=True)
 
     def unused_since(self, when: float, limit: int) -> list[tuple[Kind, str]]:
         """Up to ``limit`` uploads last used before ``when`` (Unix seconds), least recently used first."""

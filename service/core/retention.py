@@ -45,10 +45,9 @@ def expire(ctx: ServiceContext, now: float | None = None) -> Expired:
     if settings.retention_uploads_s is not None:
         stale = ctx.catalog.unused_since(now - settings.retention_uploads_s, settings.retention_batch)
         in_use = active_inputs(ctx) if stale else set()
+        ctx.catalog.touch(*(item for item in stale if item[1] in in_use), when=now)
         for kind, item_id in stale:
-            if item_id in in_use:
-                ctx.catalog.touch(kind, item_id, now)
-            else:
+            if item_id not in in_use:
                 expired.uploads += ctx.catalog.expire(kind, item_id)
     if expired.jobs or expired.uploads:
         log.info("retention removed %d finished jobs and %d unused uploads", expired.jobs, expired.uploads)

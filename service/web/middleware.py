@@ -12,6 +12,9 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.core.errors import kind_of
+from service.web.problems import problem
+
 
 class BodyTooLarge(HTTPException):
     """Raised from ``receive``; an ``HTTPException`` so FastAPI's body reader passes it through unchanged."""
@@ -57,14 +60,16 @@ class BodyLimit:
         limits = self.limits
         cap = limits.upload_bytes if scope["path"].rstrip("/") in limits.upload_paths else limits.default_bytes
         declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:  # answered before the app runs: no check of it reads a byte
+            too_large = BodyTooLarge(cap)
+            await problem(kind_of("payload-too-large"), too_large.detail, scope["path"])(scope, receive, send)
+            return
         received, waited, complete = 0, 0.0, False
 
         async def limited_receive() -> Message:
             nonlocal received, waited, complete
             if complete:
                 return await receive()
-            if declared.isdigit() and int(declared) > cap:
-                raise BodyTooLarge(cap)
             started = time.monotonic()
             try:
                 with anyio.fail_after(limits.idle_timeout_s):

@@ -89,18 +89,11 @@ async def upload_dataset(
 
 
 async def admit_upload(ctx: ServiceContext, owner: str, declared_bytes: int | None) -> None:
-    """Refuse an upload before its body is read when it cannot be kept (``declared_bytes``: the Content-Length); a body
-    past the upload cap is a 413 first, whatever else it would pass (``BodyLimit`` enforces the cap as it reads)."""
-    if declared_bytes is not None and declared_bytes > ctx.settings.max_upload_bytes:
-        limit = ctx.settings.max_upload_bytes
-        raise ServiceError(
-            "payload-too-large", f"the request body ({declared_bytes} bytes) exceeds the limit of {limit}"
-        )
+    """Refuse an upload before its body is read when it cannot be kept (``declared_bytes``: the Content-Length): past
+    the key's stored-bytes quota (403), or leaving the disk less than GIF_MIN_FREE_BYTES (507). A body past the upload
+    cap never gets here: ``BodyLimit`` answers it with a 413 first."""
     await run_in_thread(ctx.quotas.check_room, owner, declared_bytes)
-    room = declared_bytes or 0, ctx.settings.min_free_bytes, "this upload"
-    await run_in_thread(
-        ctx.artifacts.require_room, *room
-    )  # 507 storage-full when the disk would keep less than it must
+    await run_in_thread(ctx.artifacts.require_room, declared_bytes or 0, ctx.settings.min_free_bytes, "this upload")
 
 
 async def _store(ctx: ServiceContext, kind: Kind, owner: str, upload: Upload, facts: dict[str, Any]) -> UploadRecord:
@@ -164,9 +157,7 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
     )
     if record is None:
         raise ServiceError("conflict", "an input of the job was deleted while the job was submitted")
-    ctx.catalog.touch("model", model.id)
-    for dataset in found.values():
-        ctx.catalog.touch("dataset", dataset.id)
+    ctx.catalog.touch(("model", model.id), *(("dataset", dataset.id) for dataset in found.values()))
     enqueue_job(ctx.queue, record.id, ctx.settings.job_timeout_s)
     log.info("job queued", extra={"job_id": record.id, "request": body.request.kind, "method": body.method})
     return record

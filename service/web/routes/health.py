@@ -51,15 +51,14 @@ def _storage_state(ctx: ServiceContext) -> tuple[str, str | None]:
     """The storage state, "ok" or "full" / "low on space" with the reason: the API still serves what is stored, so
     a store without room makes a degraded service, not an unready one; any other failure to write it is a 503. Read
     live on every call: readiness comes back as soon as space is freed."""
-    store = ctx.artifacts
     try:
-        store.check()
+        ctx.artifacts.check()
     except OSError as exc:
         if not is_storage_full(exc):
             raise ServiceError("service-unavailable", f"the artifact store is not writable: {exc}") from None
         return "full", "the artifact store's disk is full: uploads are refused and jobs fail storage-full"
     reserve = ctx.settings.min_free_bytes
-    if reserve and (free := store.free_bytes()) < reserve:
+    if reserve and (free := ctx.artifacts.free_bytes()) < reserve:
         return "low on space", (
             f"the artifact store's disk has {free} bytes free, {reserve - free} short of GIF_MIN_FREE_BYTES "
             f"({reserve}): uploads are refused and jobs fail storage-full until space is freed"

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from bench.datasets import load_cifar10, poison
-from gif.architectures import build_model, load_weights
 from gif.data import Dataset, load_mnist, split_indices
 from gif.devices import device_report, resolve_device
 from gif.errors import InvalidSpecError
-from gif.files import read_tensors, write_safetensors
+from gif.io.files import read_tensors, write_safetensors
+from gif.models.checkpoints import load_weights
+from gif.models.registry import build_model
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
 

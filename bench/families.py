@@ -30,10 +30,10 @@ import torch
 from bench.common import add_device_argument, device_description, markdown_table
 from bench.gpu import IMPLEMENTATIONS, hvp_row
 from bench.service_bench import host_description
-from gif.architectures import build_model
 from gif.data import Dataset
 from gif.edit import run
-from gif.programs import load_program
+from gif.io.programs import load_program
+from gif.models.registry import build_model
 from gif.spec import JobSpec
 
 QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"

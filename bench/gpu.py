@@ -47,11 +47,11 @@ from gif_client import Client
 
 from bench.common import add_device_argument, device_description, markdown_table, wait_for_job
 from bench.service_bench import host_description, in_process, start_stack
-from gif.architectures import build_model
 from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective
 from gif.data import Dataset
 from gif.demo import upload_demo, write_demo_assets
 from gif.devices import synchronize
+from gif.models.registry import build_model
 from gif.spec import JobSpec
 from service.tools.launch import free_port
 from worker import set_openmp_policy

@@ -61,10 +61,10 @@ from bench.common import (
 )
 from bench.gpu import Launched, launched
 from bench.service_bench import host_description
-from gif.architectures import build_model
 from gif.data import Dataset, shared_data_dir
 from gif.demo import upload_demo, write_demo_assets
-from gif.files import write_safetensors
+from gif.io.files import write_safetensors
+from gif.models.registry import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "GPU.md"

@@ -45,11 +45,11 @@ import torch
 from gif_client import Client
 
 from bench.common import JOB_TIMEOUT_S, cpu_model, device_description, kept_sections, torch_build, wait_for_job
-from gif.architectures import load_checkpoint
-from gif.data import read_dataset
 from gif.demo import upload_demo, write_demo_assets
 from gif.edit import run
-from gif.files import write_safetensors
+from gif.io.datasets import read_dataset
+from gif.io.files import write_safetensors
+from gif.models.checkpoints import load_checkpoint
 from gif.spec import JobSpec
 from service.core.settings import Settings
 from service.tools.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
@@ -446,7 +446,7 @@ S3 server runs on this machine too.
 | --- | --- | --- | --- | --- | --- | --- |
 {store_rows}
 
-Uploads stream to a staging file (hashed on the way), `gif.files.scan_safetensors` checks shapes, dtypes and
+Uploads stream to a staging file (hashed on the way), `gif.io.files.scan_safetensors` checks shapes, dtypes and
 finiteness in 8 MiB chunks; on S3 the validated file then goes up in 16 MiB parts, four at a time. Downloads are
 a file response from the local directory, and from S3 a stream of 1 MiB chunks through the API (or, with
 `GIF_S3_PRESIGN_EXPIRY_S`, a redirect that takes the API out of the path).

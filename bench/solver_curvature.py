@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import QUICK, SETUPS, best_of, markdown_table, prepare, write_section
-from gif.architectures import build_model
 from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset
 from gif.influence import least_squares
+from gif.models.registry import build_model
 from gif.plan import RequestPlan
 from gif.selection import select
 from gif.solvers import conjugate_gradient, neumann

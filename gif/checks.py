@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gif.data import DatasetSummary
 from gif.errors import InvalidSpecError
+from gif.io.datasets import DatasetSummary
 from gif.spec import JobSpec, Relabel, check_request
 
 JobPart = Literal["request", "train", "eval", "validation", "attack"]

@@ -79,9 +79,10 @@ def metrics_table(metrics: dict[str, dict[str, float] | None]) -> str:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from gif.architectures import is_exported, load_checkpoint, model_architecture, model_format
-    from gif.data import read_dataset
     from gif.edit import run
+    from gif.io.datasets import read_dataset
+    from gif.models.checkpoints import load_checkpoint, model_architecture, model_format
+    from gif.models.registry import is_exported
     from gif.spec import JobSpec
 
     spec = JobSpec.model_validate(_json_argument(args.spec))
@@ -261,7 +262,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_architectures(args: argparse.Namespace) -> int:
-    from gif.architectures import architectures, parameter_listing
+    from gif.models.registry import architectures, parameter_listing
 
     if args.name is None:
         entries = architectures()

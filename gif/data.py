@@ -1,4 +1,4 @@
-"""Tensor datasets: reading user files, the bundled real datasets, validation and seeded splits.
+"""Tensor datasets: validation, the bundled real datasets and seeded splits (files are read by ``gif.io.datasets``).
 
 A dataset is ``x`` (N × sample shape) and ``y`` (N integer labels). Values are fed to the model
 as stored, with one conversion: ``uint8`` images become float32 in [0, 1] (divided by 255), as
@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,19 +18,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from gif.errors import InvalidDatasetError, TooLargeError
-from gif.files import (
-    DeclaredSizeError,
-    TensorFileError,
-    read_safetensors_tensor,
-    read_tensors,
-    scan_npz,
-    scan_safetensors,
-    sniff_format,
-    write_safetensors,
-)
+from gif.errors import InvalidDatasetError
+from gif.io.files import write_safetensors
 
-DATASET_FORMATS = ("safetensors", "npz")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -70,7 +60,7 @@ class Dataset:
         write_safetensors(path, {"x": self.x, "y": self.y})
 
 
-def _structure_problems(x_shape: tuple[int, ...], x_dtype: torch.dtype, y: torch.Tensor) -> list[str]:
+def structure_problems(x_shape: tuple[int, ...], x_dtype: torch.dtype, y: torch.Tensor) -> list[str]:
     problems = []
     if len(x_shape) < 2:
         problems.append(f"x must have a sample axis and at least one feature axis (got shape {list(x_shape)})")
@@ -87,7 +77,7 @@ def _structure_problems(x_shape: tuple[int, ...], x_dtype: torch.dtype, y: torch
     return problems
 
 
-def _value_problems(x_finite: bool, y: torch.Tensor) -> list[str]:
+def value_problems(x_finite: bool, y: torch.Tensor) -> list[str]:
     return (["x contains NaN or Inf"] if not x_finite else []) + (
         ["y contains negative labels"] if bool((y < 0).any()) else []
     )
@@ -96,75 +86,15 @@ def _value_problems(x_finite: bool, y: torch.Tensor) -> list[str]:
 def make_dataset(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> Dataset:
     """Validate and convert raw arrays; raise ``InvalidDatasetError`` listing every problem."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)
-    problems = _structure_problems(tuple(x.shape), x.dtype, y)
+    problems = structure_problems(tuple(x.shape), x.dtype, y)
     if problems:
         raise InvalidDatasetError("invalid dataset", problems)
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     y = y.long()
-    problems = _value_problems(bool(torch.isfinite(x).all()), y)
+    problems = value_problems(bool(torch.isfinite(x).all()), y)
     if problems:
         raise InvalidDatasetError("invalid dataset", problems)
     return Dataset(x.contiguous(), y.contiguous())
-
-
-def _require_x_and_y(names: Iterable[str]) -> None:
-    if set(names) != {"x", "y"}:
-        raise InvalidDatasetError(f"the file must hold exactly the tensors 'x' and 'y' (found: {sorted(names)})")
-
-
-def read_dataset(path: str | Path) -> Dataset:
-    """A ``.safetensors`` or ``.npz`` file holding exactly ``x`` and ``y``."""
-    try:
-        tensors = read_tensors(path, DATASET_FORMATS)
-    except TensorFileError as exc:
-        raise InvalidDatasetError(str(exc)) from None
-    _require_x_and_y(tensors)
-    return make_dataset(tensors["x"], tensors["y"])
-
-
-@dataclass(frozen=True)
-class DatasetSummary:
-    """What job checks need to know about a dataset, without its images."""
-
-    num_samples: int
-    num_classes: int
-    sample_shape: list[int]
-    class_counts: list[int]
-
-    @classmethod
-    def of(cls, data: Dataset) -> DatasetSummary:
-        return cls(len(data), data.num_classes, data.sample_shape, torch.bincount(data.y).tolist())
-
-
-def summarize_dataset(path: str | Path, max_bytes: int = 1 << 40) -> DatasetSummary:
-    """Validate a dataset file as ``read_dataset`` does and summarise it.
-
-    Only the labels are loaded; ``x`` is checked for NaN/Inf in bounded chunks, so memory does not grow
-    with the file. An ``.npz`` whose members declare more than ``max_bytes`` uncompressed, or expand like a
-    decompression bomb, is refused (``TooLargeError``) before any of it is read.
-    """
-    try:
-        fmt = sniff_format(path)
-        if fmt not in DATASET_FORMATS:
-            raise TensorFileError(f"{fmt} files are not datasets (accepted: {', '.join(DATASET_FORMATS)})")
-        if fmt == "safetensors":
-            infos = scan_safetensors(path)
-            _require_x_and_y(infos)
-            y = read_safetensors_tensor(path, "y")
-        else:
-            infos, whole = scan_npz(path, max_bytes, read_whole=("y",))
-            _require_x_and_y(infos)
-            y = whole["y"]
-    except DeclaredSizeError as exc:
-        raise TooLargeError(str(exc)) from None
-    except TensorFileError as exc:
-        raise InvalidDatasetError(str(exc)) from None
-    x = infos["x"]
-    problems = _structure_problems(x.shape, x.dtype, y) or _value_problems(x.finite, y)
-    if problems:
-        raise InvalidDatasetError("invalid dataset", problems)
-    y = y.long()
-    return DatasetSummary(len(y), int(y.max()) + 1, list(x.shape[1:]), torch.bincount(y).tolist())
 
 
 # --- the real datasets bundled with the project's shared data -------------------------------------

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gif.architectures import build_model
 from gif.data import Dataset, load_digits, load_mnist, split_indices
-from gif.files import write_safetensors
+from gif.io.files import write_safetensors
+from gif.models.registry import build_model
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
 

@@ -22,7 +22,7 @@ from torch import nn
 from gif import devices
 from gif.checks import JobPart, check_job_fit
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
-from gif.data import Dataset, DatasetSummary
+from gif.data import Dataset
 from gif.devices import (
     device_report,
     full_float32,
@@ -32,12 +32,13 @@ from gif.devices import (
     synchronize,
 )
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
-from gif.files import sha256_file, write_safetensors
 from gif.influence import METHODS, InfluenceProblem, InfluenceSolution, Method
+from gif.io.datasets import DatasetSummary
+from gif.io.files import sha256_file, write_safetensors
+from gif.io.programs import read_program, write_program
 from gif.metrics import EvaluationPlan, Measurement, measure
 from gif.parameters import ParameterSpace
 from gif.plan import RequestPlan, Samples
-from gif.programs import read_program, write_program
 from gif.result import (
     CheckpointInfo,
     ClassAccuracy,

@@ -15,9 +15,9 @@ import redis
 import torch
 from fastapi.testclient import TestClient
 
-from gif.architectures import build_model
 from gif.data import Dataset, load_digits, load_mnist, shared_data_dir, split_indices
 from gif.demo import write_demo_assets
+from gif.models.registry import build_model
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
 from service.core.errors import PROBLEM_TYPE_PREFIX

@@ -25,11 +25,13 @@ import torch
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from gif.architectures import build_model, is_exported, load_checkpoint
-from gif.data import Dataset, read_dataset
+from gif.data import Dataset
 from gif.devices import is_device_failure, resolve_device
 from gif.edit import EditOutcome, run
 from gif.errors import EditCancelled, GifError
+from gif.io.datasets import read_dataset
+from gif.models.checkpoints import load_checkpoint
+from gif.models.registry import build_model, is_exported
 from gif.result import CheckpointInfo
 from gif.spec import JobSpec
 from service.core.catalog import UploadRecord

@@ -11,8 +11,9 @@ from typing import Any
 
 from anyio.to_thread import run_sync as run_in_thread
 
-from gif.architectures import ArchitectureSpec, model_architecture, model_format
 from gif.errors import GifError
+from gif.models.checkpoints import model_architecture, model_format
+from gif.models.registry import ArchitectureSpec
 from service.core.catalog import Kind, UploadRecord
 from service.core.context import ServiceContext
 from service.core.errors import ServiceError

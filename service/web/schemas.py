@@ -6,7 +6,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from gif.architectures import ArchitectureSpec
+from gif.models.registry import ArchitectureSpec
 from gif.result import EditResult
 from gif.spec import JobSpec
 from service.core.catalog import UploadRecord

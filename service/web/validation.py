@@ -15,21 +15,13 @@ from typing import Any
 
 import torch
 
-from gif.architectures import (
-    EXPORTED,
-    ArchitectureSpec,
-    build_model,
-    check_weights,
-    checkpoint_tensor_infos,
-    is_exported,
-    num_classes,
-    resolve,
-)
 from gif.checks import JobPart, job_fit_problems
-from gif.data import DatasetSummary, summarize_dataset
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
-from gif.files import sniff_format
-from gif.programs import inspect_program_file
+from gif.io.datasets import DatasetSummary, summarize_dataset
+from gif.io.files import sniff_format
+from gif.io.programs import inspect_program_file
+from gif.models.checkpoints import check_weights, checkpoint_tensor_infos
+from gif.models.registry import EXPORTED, ArchitectureSpec, build_model, is_exported, num_classes, resolve
 from gif.spec import JobSpec
 from service.core.catalog import DatasetRecord, ModelRecord
 from service.core.errors import ServiceError

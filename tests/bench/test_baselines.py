@@ -6,9 +6,9 @@ import torch
 
 from bench.baselines import fine_tune, gradient_ascent
 from bench.common import Prepared, Setup
-from gif.architectures import build_model
 from gif.data import load_digits, split_indices
 from gif.metrics import accuracy, predict
+from gif.models.registry import build_model
 from gif.plan import RequestPlan, Samples
 from gif.spec import JobSpec, RetrainSpec
 from gif.step import step_policy

@@ -1,14 +1,9 @@
 import pytest
 import torch
 
-from gif.architectures import (
-    REGISTRY,
-    build_model,
-    load_weights,
-    parameter_listing,
-    read_checkpoint,
-)
 from gif.errors import InvalidWeightsError, UnknownArchitectureError
+from gif.models.checkpoints import load_weights, read_checkpoint
+from gif.models.registry import REGISTRY, build_model, parameter_listing
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from gif.architectures import build_model
 from gif.checks import FitProblem, JobMismatchError, job_fit_problems
-from gif.data import Dataset, DatasetSummary
+from gif.data import Dataset
 from gif.edit import check_inputs
+from gif.io.datasets import DatasetSummary
+from gif.models.registry import build_model
 from gif.spec import JobSpec
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from gif.architectures import parameter_listing
 from gif.cli import main
-from gif.files import sha256_file
+from gif.io.files import sha256_file
+from gif.models.registry import parameter_listing
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_an_exported_program_is_edited_as_its_eager_model_is(demo, capsys):
     import torch
     from safetensors.torch import load_file
 
-    from gif.architectures import load_checkpoint
-    from gif.programs import load_program
+    from gif.io.programs import load_program
+    from gif.models.checkpoints import load_checkpoint
 
     model = load_checkpoint(json.loads((demo / "architecture.json").read_text()), demo / "model.safetensors").eval()
     sample = load_file(str(demo / "train.safetensors"))["x"][:2]

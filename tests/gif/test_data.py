@@ -3,15 +3,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gif.data import (
-    Dataset,
-    load_mnist,
-    make_dataset,
-    read_dataset,
-    sample_indices,
-    split_indices,
-)
+from gif.data import Dataset, load_mnist, make_dataset, sample_indices, split_indices
 from gif.errors import InvalidDatasetError
+from gif.io.datasets import read_dataset
 
 
 def test_mnist_matches_the_published_files(data_dir):
@@ -86,7 +80,7 @@ def test_relabelled_and_subset():
 
 
 def test_summaries_match_the_loaded_dataset_and_refuse_the_same(tmp_path, digits):
-    from gif.data import summarize_dataset
+    from gif.io.datasets import summarize_dataset
 
     digits.save(tmp_path / "d.safetensors")
     np.savez(tmp_path / "d.npz", x=digits.x.numpy(), y=digits.y.numpy())
@@ -135,7 +129,7 @@ def test_an_npz_bomb_is_refused_from_its_directory_with_flat_memory(tmp_path):
     assert os.path.getsize(bomb) < 2_000_000
     probe = (
         "import json, resource, sys\n"
-        "from gif.data import summarize_dataset\n"
+        "from gif.io.datasets import summarize_dataset\n"
         "from gif.errors import TooLargeError\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"
@@ -153,8 +147,8 @@ def test_an_npz_bomb_is_refused_from_its_directory_with_flat_memory(tmp_path):
 
 
 def test_npz_archives_are_checked_in_bounded_chunks(tmp_path):
-    from gif.data import summarize_dataset
     from gif.errors import TooLargeError
+    from gif.io.datasets import summarize_dataset
 
     x = np.random.default_rng(0).random((50, 1, 8, 8), dtype=np.float32)
     np.savez_compressed(tmp_path / "ok.npz", x=x, y=np.arange(50) % 5)

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from gif.architectures import build_model
 from gif.data import Dataset
 from gif.devices import (
     available_memory_bytes,
@@ -19,6 +18,7 @@ from gif.devices import (
 )
 from gif.edit import run
 from gif.errors import InvalidSpecError
+from gif.models.registry import build_model
 from gif.spec import JobSpec
 
 

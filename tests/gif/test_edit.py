@@ -181,7 +181,7 @@ def test_a_fixed_step_is_applied_exactly(mnist_tinynet, mnist_split):
 def backdoored(mnist_split):
     """TinyNet trained on MNIST with 10% of the images carrying the paper's checkerboard trigger, labelled 4."""
     from bench.datasets import poison
-    from gif.architectures import build_model
+    from gif.models.registry import build_model
     from gif.spec import RetrainSpec
     from gif.training import reinitialised, train
 

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gif.architectures import load_checkpoint, model_architecture, model_format
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, cross_entropy_sum, curvature_kernels
 from gif.data import Dataset
 from gif.edit import run
 from gif.errors import InvalidSpecError, InvalidWeightsError, TooLargeError, UnknownArchitectureError
 from gif.influence import METHODS, InfluenceProblem
+from gif.io.programs import load_program, read_program
+from gif.models.checkpoints import load_checkpoint, model_architecture, model_format
 from gif.plan import RequestPlan
-from gif.programs import load_program, read_program
 from gif.selection import select
 from gif.spec import JobSpec, RemoveClass, SelectionSpec, SolverSpec
 

@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from gif.architectures import load_checkpoint
-from gif.data import read_dataset
 from gif.edit import run
+from gif.io.datasets import read_dataset
 from gif.metrics import predict
+from gif.models.checkpoints import load_checkpoint
 from gif.report import Axis, render_report, step_chart
 from gif.spec import JobSpec
 

@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 
-from gif.architectures import build_model
 from gif.curvature import cross_entropy_sum
 from gif.data import Dataset
 from gif.edit import run
 from gif.instrumentation import unit_statistics
+from gif.models.registry import build_model
 from gif.parameters import ParameterSpace
 from gif.selection import CRITERIA, full_selection, select
 from gif.spec import JobSpec, SelectionSpec

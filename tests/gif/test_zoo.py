@@ -4,11 +4,11 @@ import pytest
 import torch
 import torchvision
 
-from gif.architectures import REGISTRY, architectures, build_model, parameter_listing, resolve
 from gif.curvature import HessianOperator, LossTerm, ModelObjective
 from gif.data import Dataset
 from gif.edit import run
 from gif.errors import UnknownArchitectureError
+from gif.models.registry import REGISTRY, architectures, build_model, parameter_listing, resolve
 from gif.spec import JobSpec
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gif.architectures import architectures, parameter_listing
+from gif.models.registry import architectures, parameter_listing
 from service.tools.openapi_snapshot import SNAPSHOT, render
 
 

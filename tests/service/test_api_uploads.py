@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
-from gif.architectures import build_model
+from gif.models.registry import build_model
 from service.web.app import create_app
 from tests.support import stored_files
 

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
-from gif.architectures import build_model
 from gif.data import Dataset
-from gif.files import write_safetensors
+from gif.io.files import write_safetensors
+from gif.models.registry import build_model
 from service.web.app import create_app
 from tests.support import SuiteClient
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from gif.programs import load_program
+from gif.io.programs import load_program
 from tests.support import stored_files
 
 

@@ -1,4 +1,4 @@
-"""The server-side architecture registry (``gif.architectures``): what can be uploaded, parameter by parameter."""
+"""The server-side architecture registry (``gif.models.registry``): what can be uploaded, parameter by parameter."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from gif.architectures import architectures, lookup, parameter_listing
 from gif.errors import UnknownArchitectureError
+from gif.models.registry import architectures, lookup, parameter_listing
 from service.core.errors import ServiceError
 from service.web.dependencies import Pagination
 from service.web.problems import responses

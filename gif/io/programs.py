@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from gif.errors import InvalidWeightsError, TooLargeError
-from gif.files import SCAN_CHUNK_BYTES
+from gif.io.files import SCAN_CHUNK_BYTES
 
 MAX_PROGRAM_JSON_BYTES = 64 * 1024 * 1024
 MAX_NODES = 100_000
@@ -381,7 +381,7 @@ def load_program(path: str | Path, max_bytes: int = 1 << 34) -> nn.Module:
 
 def write_program(program: torch.export.ExportedProgram, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Save ``program`` as ``.pt2`` with its parameters and buffers replaced (in place) by ``state``."""
-    from gif.files import atomic_write
+    from gif.io.files import atomic_write
 
     own = program.state_dict
     missing = set(own) - set(state)

@@ -1,5 +1,5 @@
-"""The ``gif`` command: ``gif edit``, ``gif architectures``, ``gif demo-assets``, and on a server (``gif_client``)
-``gif submit``, ``gif status``, ``gif cancel`` and ``gif download``.
+"""The ``gif`` command: ``gif edit``, ``gif architectures``, ``gif demo-assets``, and the commands installed packages
+add (the client, ``pip install ./client``, adds ``gif submit|status|cancel|download|workers|usage``).
 
 ``gif edit`` runs the same ``gif.edit.run`` as the worker, in-process: a progress bar on stderr,
 a metrics table on stdout, the result object in ``--result``. Bad input ends with exit status 2
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -133,132 +133,28 @@ def print_result(result: dict[str, Any]) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def remote_errors() -> tuple[type[Exception], ...]:
-    """The remote commands' errors: the service's problems, a changed download, a failed connection (none without the
-    client installed: the engine runs without it)."""
-    try:
-        import httpx
-        from gif_client import IntegrityError, ProblemError
-    except ImportError:
-        return ()
-    return (ProblemError, IntegrityError, httpx.HTTPError)
+class CommandHost:
+    """What ``gif`` lends the commands an installed package adds (``gif_client``: submit, status, cancel, download,
+    workers, usage): its JSON argument reader, its result printer, and the error it reports in one line."""
+
+    error = GifError
+
+    @staticmethod
+    def json_argument(value: str) -> Any:
+        return _json_argument(value)
+
+    @staticmethod
+    def print_result(result: dict[str, Any]) -> None:
+        print_result(result)
 
 
-def remote_client(args: argparse.Namespace) -> Any:
-    try:
-        from gif_client import Client
-    except ImportError:
-        raise InvalidSpecError("the commands that talk to a server need the client: pip install ./client") from None
-
-    server = args.server or os.environ.get("GIF_SERVER")
-    if not server:
-        raise InvalidSpecError("no server: give --server URL or set GIF_SERVER")
-    return Client(server, api_key=os.environ.get("GIF_API_KEY"))
+COMMAND_GROUP = "gif.commands"  # entry points: callables (subparsers, CommandHost) -> None that add commands
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    """Upload what the job needs (reusing uploads the server already holds), submit, and optionally wait."""
-    spec = _json_argument(args.spec)
-    with remote_client(args) as client:
-        architecture = _json_argument(args.architecture) if args.architecture else None
-        spec["model_id"] = client.upload_once("models", args.model, architecture)["id"]
-        for field, path in (
-            ("train_dataset_id", args.train_data),
-            ("eval_dataset_id", args.eval_data),
-            ("validation_dataset_id", args.validation_data),
-            ("attack_dataset_id", args.attack_data),
-        ):
-            if path:
-                spec[field] = client.upload_once("datasets", path)["id"]
-        job = client.submit(spec)
-        print(f"job {job['id']} {job['status']}", file=sys.stderr)
-        if not args.wait:
-            print(job["id"])
-            return 0
-        job = client.wait(job["id"])
-        if job["status"] != "succeeded":
-            error = job["error"] or {}
-            print(f"gif: job {job['id']} {job['status']}: {error.get('detail')}", file=sys.stderr)
-            return 1
-        print_result(job["result"])
-        if args.out:
-            client.download(job["id"], args.out, "pt2" if str(args.out).endswith(".pt2") else "safetensors")
-            print(f"edited checkpoint: {args.out} (job {job['id']}, model {job['result'].get('model_id')})")
-        if args.report:
-            print(f"report: {client.report(job['id'], args.report)}")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from gif_client.client import progress_line
-
-    with remote_client(args) as client:
-        job = client.job(args.job)
-    print(progress_line(job))
-    if job["status"] == "succeeded":
-        print_result(job["result"])
-    elif job["error"]:
-        print(f"{job['error']['code']}: {job['error']['detail']}")
-    return 0
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    with remote_client(args) as client:
-        job = client.cancel(args.job)
-    print(f"job {job['id']} {job['status']}" + (" (cancel requested)" if job.get("cancel_requested") else ""))
-    return 0
-
-
-def worker_line(worker: dict[str, Any]) -> str:
-    """One worker of ``GET /v1/workers`` as ``gif workers`` prints it."""
-    device = worker["device"]
-    where = device["type"] + (f":{device['index']}" if device.get("index") is not None else "")
-    if device.get("name"):
-        memory = device.get("total_memory_bytes")
-        where += f" ({device['name']}" + (f", {memory / 1024**3:.0f} GiB" if memory else "") + ")"
-    state = {"running": f"running {worker.get('job_id')}", "unhealthy": f"unhealthy: {worker.get('reason')}"}
-    return (
-        f"{worker['name']}  {worker['host']}  {where}  {state.get(worker['state'], worker['state'])}  "
-        f"jobs done: {worker['jobs_done']}"
-    )
-
-
-def cmd_workers(args: argparse.Namespace) -> int:
-    with remote_client(args) as client:
-        fleet = client.workers()
-    for worker in fleet["workers"]:
-        print(worker_line(worker))
-    if not fleet["healthy"]:
-        print(f"gif: {fleet['reason']}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_usage(args: argparse.Namespace) -> int:
-    with remote_client(args) as client:
-        usage = client.usage()
-    for name in ("active_jobs", "stored_bytes"):
-        limit = usage[name]["limit"]
-        print(f"{name}: {usage[name]['usage']} of {'no limit' if limit is None else limit}")
-    rate = usage["submits_per_minute"]
-    print(
-        "submits_per_minute: "
-        + ("no limit" if rate["limit"] is None else f"{rate['available']:.1f} of {rate['limit']} left")
-    )
-    print("jobs: " + ", ".join(f"{n} {status}" for status, n in usage["jobs"].items()))
-    print(f"models: {usage['models']}, datasets: {usage['datasets']}")
-    return 0
-
-
-def cmd_download(args: argparse.Namespace) -> int:
-    with remote_client(args) as client:
-        if args.out:
-            print(client.download(args.job, args.out, args.format))
-        if args.report:
-            print(client.report(args.job, args.report))
-    if not (args.out or args.report):
-        raise InvalidSpecError("nothing to download: give --out, --report or both")
-    return 0
+def add_installed_commands(commands: Any) -> None:
+    """Add the commands of every installed package that registers some in ``COMMAND_GROUP``."""
+    for entry in entry_points(group=COMMAND_GROUP):
+        entry.load()(commands, CommandHost())
 
 
 def cmd_architectures(args: argparse.Namespace) -> int:
@@ -318,36 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     edit.set_defaults(handler=cmd_edit)
 
-    submit = commands.add_parser("submit", help="run a job on a GIF server (uploads what it needs)")
-    submit.add_argument("--spec", required=True, help="the job specification (JSON file or string)")
-    submit.add_argument("--model", required=True, help="weights or a .pt2 program (reused if the server has it)")
-    submit.add_argument("--architecture", help="for weights: the architecture (JSON or a JSON file)")
-    submit.add_argument("--train-data", required=True)
-    submit.add_argument("--eval-data")
-    submit.add_argument("--validation-data")
-    submit.add_argument("--attack-data")
-    submit.add_argument("--wait", action="store_true", help="wait with a progress bar and print the metrics")
-    submit.add_argument("--out", help="with --wait: where to download the edited checkpoint (.pt2 for a program)")
-    submit.add_argument("--report", help="with --wait: where to write the job report (HTML)")
-    submit.set_defaults(handler=cmd_submit)
-    for name, handler, text in (
-        ("status", cmd_status, "a job's progress, metrics or error"),
-        ("cancel", cmd_cancel, "cancel a queued or running job"),
-        ("download", cmd_download, "download a job's edited checkpoint"),
-    ):
-        command = commands.add_parser(name, help=text)
-        command.add_argument("job")
-        command.set_defaults(handler=handler)
-        if name == "download":
-            command.add_argument("--out", help="where to write the edited checkpoint")
-            command.add_argument("--report", help="where to write the job report (HTML)")
-            command.add_argument("--format", choices=["safetensors", "pt2"], default="safetensors")
-    workers = commands.add_parser("workers", help="the server's live workers: device, state, jobs done")
-    workers.set_defaults(handler=cmd_workers)
-    usage = commands.add_parser("usage", help="your API key's usage and limits: active jobs, stored bytes, submits")
-    usage.set_defaults(handler=cmd_usage)
-    for command in (submit, *(commands.choices[n] for n in ("status", "cancel", "download", "workers", "usage"))):
-        command.add_argument("--server", help="the service's base URL (default: $GIF_SERVER)")
+    add_installed_commands(commands)
 
     archs = commands.add_parser("architectures", help="list the registry, or one architecture's parameters")
     archs.add_argument("name", nargs="?")
@@ -378,8 +245,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"gif: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
-    except remote_errors() as exc:
-        print(f"gif: error: {exc}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 

@@ -20,9 +20,9 @@ def client(api) -> Client:
     return Client(http=api.http)  # FastAPI's TestClient is an httpx.Client
 
 
-def test_the_client_needs_neither_torch_nor_the_service():
+def test_the_client_and_its_commands_need_neither_torch_nor_the_engine_nor_the_service():
     heavy = "('torch', 'numpy', 'fastapi', 'gif', 'service')"
-    probe = f"import sys, gif_client; print(sorted(m for m in {heavy} if m in sys.modules))"
+    probe = f"import sys, gif_client, gif_client.commands; print(sorted(m for m in {heavy} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
 
@@ -77,7 +77,7 @@ def client_inputs(client: Client, demo) -> dict[str, str]:
 
 
 def test_gif_submit_waits_prints_the_metrics_and_downloads(client, demo, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("gif.cli.remote_client", lambda args: Client(http=client.http))
+    monkeypatch.setattr("gif_client.commands.remote_client", lambda args, host: Client(http=client.http))
     monkeypatch.setattr(Client, "close", lambda self: None)  # the shared test client stays open
     out = tmp_path / "edited.safetensors"
     argv = ["submit", "--server", "http://testserver", "--spec", str(demo["job"]), "--model", str(demo["model"]),
@@ -100,3 +100,14 @@ def test_gif_submit_waits_prints_the_metrics_and_downloads(client, demo, tmp_pat
     assert main(["workers", "--server", "x"]) == 0  # the suite's worker, healthy
     fleet = capsys.readouterr().out
     assert "  cpu (" in fleet and "jobs done: " in fleet
+    assert main(["download", job_id, "--server", "x"]) == 2
+    assert "nothing to download" in capsys.readouterr().err
+
+
+def test_the_remote_commands_fail_in_one_line_without_a_server_or_a_connection(monkeypatch, capsys):
+    """The commands come from the client's entry point; their errors reach ``gif`` as its own (exit status 2)."""
+    monkeypatch.delenv("GIF_SERVER", raising=False)
+    assert main(["status", "job_" + "0" * 20]) == 2
+    assert capsys.readouterr().err.strip() == "gif: error: no server: give --server URL or set GIF_SERVER"
+    assert main(["usage", "--server", "http://127.0.0.1:1"]) == 2  # nothing listens on port 1
+    assert capsys.readouterr().err.startswith("gif: error: ")

@@ -228,7 +228,7 @@ def test_the_client_and_cli_show_usage_and_the_limit_reached(limited, demo, monk
     assert refused.value.retry_after_s is not None and 1 <= refused.value.retry_after_s <= 60
     assert client.usage()["active_jobs"] == {"usage": 1, "limit": 5}
 
-    monkeypatch.setattr("gif.cli.remote_client", lambda args: Client(http=http))
+    monkeypatch.setattr("gif_client.commands.remote_client", lambda args, host: Client(http=http))
     monkeypatch.setattr(Client, "close", lambda self: None)
     assert main(["usage", "--server", "x"]) == 0
     printed = capsys.readouterr().out

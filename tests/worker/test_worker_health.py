@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from fastapi.testclient import TestClient
+from gif_client.commands import worker_line
 
-from gif.cli import worker_line
 from service.web.app import create_app
 from tests.support import SuiteClient
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+from torch import nn
+
+from gif.data import Dataset
 from gif.errors import InvalidSpecError
 from gif.io.datasets import DatasetSummary
 from gif.spec import JobSpec, Relabel, check_request
@@ -78,3 +82,29 @@ def check_job_fit(spec: JobSpec, output_shape: tuple[int, ...] | str, data: dict
         raise JobMismatchError(problems)
     assert not isinstance(output_shape, str)
     return output_shape[1]
+
+
+def check_inputs(
+    model: nn.Module,
+    spec: JobSpec,
+    train: Dataset,
+    eval_data: Dataset | None = None,
+    validation_data: Dataset | None = None,
+    attack_data: Dataset | None = None,
+) -> int:
+    """Refuse what can be refused before any work (``gif.checks``: input shape, labels, request ranges); return the
+    class count. The model's output shape is measured on one real training sample."""
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            output_shape: tuple[int, ...] | str = tuple(model.eval()(train.x[:1].to(device)).shape)
+    except RuntimeError as exc:
+        output_shape = str(exc).splitlines()[0]
+    data: dict[JobPart, DatasetSummary] = {"train": DatasetSummary.of(train)}
+    if eval_data is not None:
+        data["eval"] = DatasetSummary.of(eval_data)
+    if validation_data is not None:
+        data["validation"] = DatasetSummary.of(validation_data)
+    if attack_data is not None:
+        data["attack"] = DatasetSummary.of(attack_data)
+    return check_job_fit(spec, output_shape, data)

@@ -2,7 +2,8 @@
 
 ``run`` is the single entry point shared by the command line and the worker. It never touches
 storage, queues or HTTP: progress and cancellation cross the boundary as one callback. Each phase
-below is one function, timed by one ``PhaseClock``; the step policy lives in ``gif.step``.
+below is one function, timed by the job's ``PhaseClock`` (``gif.job``); the step policy lives in ``gif.step``,
+the result's assembly in ``gif.summary``.
 """
 
 from __future__ import annotations
@@ -10,70 +11,28 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
 
-from gif import devices
-from gif.checks import JobPart, check_job_fit
 from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset
-from gif.devices import (
-    device_report,
-    full_float32,
-    release_cached_memory,
-    reset_peak_memory,
-    resolve_device,
-    synchronize,
-)
+from gif.devices import full_float32, release_cached_memory, reset_peak_memory, resolve_device
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
-from gif.influence import METHODS, InfluenceProblem, InfluenceSolution, Method
-from gif.io.datasets import DatasetSummary
+from gif.influence import InfluenceProblem, InfluenceSolution
 from gif.io.files import sha256_file, write_safetensors
 from gif.io.programs import read_program, write_program
+from gif.job import EditJob, ProgressSink, WeightEdit
 from gif.metrics import EvaluationPlan, Measurement, measure
 from gif.parameters import ParameterSpace
-from gif.plan import RequestPlan, Samples
-from gif.result import (
-    CheckpointInfo,
-    ClassAccuracy,
-    DataSummary,
-    DeviceReport,
-    EditResult,
-    LayerSelection,
-    Metrics,
-    SelectionSummary,
-    SolverSummary,
-    StepSummary,
-    Timings,
-)
+from gif.result import CheckpointInfo, EditResult
 from gif.selection import Selection, full_selection, select
 from gif.spec import JobSpec
-from gif.step import StepPolicy, carved_validation_warning, step_policy
+from gif.step import carved_validation_warning
+from gif.summary import edit_result
 from gif.training import reinitialised, train
-
-# Share of the progress bar each phase covers (retraining, when asked for, takes the last part).
-PHASES = {"selection": (0.0, 0.1), "solve": (0.1, 0.6), "step_search": (0.6, 0.8), "evaluation": (0.8, 1.0)}
-PHASES_WITH_RETRAIN = {**{k: (a * 0.5, b * 0.5) for k, (a, b) in PHASES.items()}, "retrain": (0.5, 1.0)}
-
-
-class ProgressSink(Protocol):
-    """Receives progress; raising ``EditCancelled`` (or any error) from it stops the edit."""
-
-    def __call__(
-        self, phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None
-    ) -> None: ...
-
-
-def _ignore_progress(
-    phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None
-) -> None:
-    return None
 
 
 @dataclass
@@ -96,121 +55,6 @@ class EditOutcome:
         write_program(read_program(original), self.state_dict, path)
         self.result.program = CheckpointInfo(sha256=sha256_file(path), size_bytes=Path(path).stat().st_size)
         return self.result.program
-
-
-class _Progress:
-    """Maps phase-local fractions onto the whole job and forwards them to the sink."""
-
-    def __init__(self, sink: ProgressSink, with_retrain: bool):
-        self.sink = sink
-        self.ranges = PHASES_WITH_RETRAIN if with_retrain else PHASES
-
-    def __call__(self, phase: str, local: float, iteration: int | None = None, residual: float | None = None) -> None:
-        start, end = self.ranges[phase]
-        self.sink(phase, start + (end - start) * min(max(local, 0.0), 1.0), iteration, residual)
-
-
-class PhaseClock:
-    """Wall-clock seconds per phase, as the result's ``timings`` names them (``<phase>_s``); the device's queued
-    kernels are waited for at each end, so that a phase's time is its own (CUDA runs them asynchronously)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            synchronize(self.device)
-            self.seconds[f"{phase}_s"] = time.perf_counter() - start
-
-
-def check_inputs(
-    model: nn.Module,
-    spec: JobSpec,
-    train: Dataset,
-    eval_data: Dataset | None = None,
-    validation_data: Dataset | None = None,
-    attack_data: Dataset | None = None,
-) -> int:
-    """Refuse what can be refused before any work (``gif.checks``: input shape, labels, request ranges); return the
-    class count. The model's output shape is measured on one real training sample."""
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            output_shape: tuple[int, ...] | str = tuple(model.eval()(train.x[:1].to(device)).shape)
-    except RuntimeError as exc:
-        output_shape = str(exc).splitlines()[0]
-    data: dict[JobPart, DatasetSummary] = {"train": DatasetSummary.of(train)}
-    if eval_data is not None:
-        data["eval"] = DatasetSummary.of(eval_data)
-    if validation_data is not None:
-        data["validation"] = DatasetSummary.of(validation_data)
-    if attack_data is not None:
-        data["attack"] = DatasetSummary.of(attack_data)
-    return check_job_fit(spec, output_shape, data)
-
-
-@dataclass
-class _WeightEdit:
-    """What was selected, solved, stepped and applied on the model's weights."""
-
-    model: nn.Module
-    selection: Selection
-    solution: InfluenceSolution
-    hessian: HessianOperator | None
-    step: StepSummary
-
-
-@dataclass(frozen=True)
-class EditJob:
-    """One edit's inputs, resolved once by ``run``: what every phase reads (a retry with a smaller batch is the same
-    job with another ``spec``)."""
-
-    spec: JobSpec
-    original: nn.Module  # the model to edit, on the device, in eval mode; never changed
-    train_data: Dataset
-    eval_data: Dataset | None
-    attack_data: Dataset | None
-    plan: RequestPlan
-    samples: Samples
-    policy: StepPolicy
-    loss_fn: LossFn
-    report: _Progress
-    clock: PhaseClock
-
-    @property
-    def method(self) -> Method:
-        return METHODS[self.spec.method]
-
-    @classmethod
-    def prepare(
-        cls,
-        spec: JobSpec,
-        model: nn.Module,
-        train_data: Dataset,
-        eval_data: Dataset | None,
-        validation_data: Dataset | None,
-        attack_data: Dataset | None,
-        loss_fn: LossFn,
-        progress: ProgressSink | None,
-        device: torch.device,
-    ) -> EditJob:
-        """A copy of ``model`` on ``device``, checked against the job and its data (refused before any work if it does
-        not fit); the request resolved, the samples drawn, the step policy chosen."""
-        # devices.tensor_device is looked up at each call: the CPU tests replace it with their CUDA double's
-        original = copy.deepcopy(model).to(devices.tensor_device(device)).eval()
-        check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
-        plan = RequestPlan.of(spec.request, train_data)
-        samples = Samples.draw(spec, plan, len(train_data), carve_validation=validation_data is None)
-        policy = step_policy(spec, plan, train_data, samples.validation, validation_data, original)
-        report = _Progress(progress or _ignore_progress, spec.retrain is not None)
-        parts = (original, train_data, eval_data, attack_data, plan, samples, policy, loss_fn, report)
-        return cls(spec, *parts, PhaseClock(device))
 
 
 def _select(job: EditJob, gradient_objective: ModelObjective) -> Selection:
@@ -257,7 +101,7 @@ def _apply(model: nn.Module, space: ParameterSpace, new_theta: torch.Tensor, sca
     return edited
 
 
-def _edit_weights(job: EditJob) -> _WeightEdit:
+def _edit_weights(job: EditJob) -> WeightEdit:
     """select → solve → step → apply on the job's model (left untouched)."""
     model, report, clock = job.original, job.report, job.clock
     with clock("selection"):
@@ -283,10 +127,10 @@ def _edit_weights(job: EditJob) -> _WeightEdit:
             unit_change,
             lambda fraction: report("step_search", fraction),
         )
-    return _WeightEdit(_apply(model, space, weights_at(step.scale), step.scale), selection, solution, hessian, step)
+    return WeightEdit(_apply(model, space, weights_at(step.scale), step.scale), selection, solution, hessian, step)
 
 
-def _within_memory(job: EditJob, device: torch.device, warnings: list[str]) -> _WeightEdit:
+def _within_memory(job: EditJob, device: torch.device, warnings: list[str]) -> WeightEdit:
     """``_edit_weights(job)``; if the device runs out of memory, once more with half the batch and no graph cache."""
     try:
         return _edit_weights(job)
@@ -360,10 +204,6 @@ def run(
     ``device`` is a device or ``"auto"`` (the default: CUDA when there is one); the result's ``device`` entry
     names it and reports the edit's peak memory there.
     """
-    if spec.retrain is not None and isinstance(model, torch.fx.GraphModule):
-        raise InvalidSpecError(
-            "retrain needs an architecture that can be trained from scratch; an exported program has no initialisation"
-        )
     started = time.perf_counter()
     device = resolve_device(device if device is not None else "auto")
     with full_float32(device):  # TF32 would move the solve, and CUDA's edit away from the CPU's
@@ -379,76 +219,6 @@ def run(
         if spec.retrain is not None:
             with job.clock("retrain"):
                 retrained = _retrain(job, eval_plan)
-        result = _result(job, edit, before, after, retrained, warnings, time.perf_counter() - started, device)
+        result = edit_result(job, edit, before, after, retrained, warnings, time.perf_counter() - started, device)
         state = {k: v.detach().cpu().clone() for k, v in edit.model.state_dict().items()}
         return EditOutcome(state, result, edit.model)
-
-
-def _result(
-    job: EditJob,
-    edit: _WeightEdit,
-    before: Measurement,
-    after: Measurement,
-    retrained: Measurement | None,
-    warnings: list[str],
-    total_s: float,
-    device: torch.device,
-) -> EditResult:
-    spec, solve = job.spec, edit.solution.solve
-    if solve is not None and not solve.converged:
-        warnings.append(
-            f"the solver stopped after {solve.iterations} iterations at relative residual "
-            f"{solve.relative_residual:.3g} (tolerance {spec.solver.tolerance:g}): the solved vector is "
-            "approximate; raise solver.max_iterations for a tighter solve"
-        )
-    return EditResult(
-        method=spec.method,
-        request=spec.request.kind,
-        selection=SelectionSummary(
-            **edit.selection.summary(),
-            criterion="all" if job.method.full_selection else spec.selection.criterion,
-            layers=[LayerSelection(**vars(layer)) for layer in edit.selection.layers],
-        ),
-        solver=_solver_summary(spec, edit.solution, edit.hessian),
-        step=edit.step,
-        metrics=Metrics(before=before.metrics, after=after.metrics, retrained=retrained.metrics if retrained else None),
-        class_accuracy=ClassAccuracy(
-            data=before.by_class_data,
-            before=before.by_class,
-            after=after.by_class,
-            retrained=retrained.by_class if retrained else None,
-        ),
-        timings=Timings(**job.clock.seconds, total_s=total_s),
-        data=DataSummary(
-            train_samples=len(job.train_data),
-            affected_samples=len(job.plan.affected),
-            hessian_samples=len(job.samples.hessian),
-            gradient_samples=len(job.samples.gradient),
-            coefficient=job.plan.coefficient,
-            device=str(device),
-        ),
-        device=DeviceReport(**device_report(device)),
-        warnings=warnings,
-    )
-
-
-def _solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: HessianOperator | None) -> SolverSummary:
-    solve = solution.solve
-    if solve is None:
-        return SolverSummary(kind="none", iterations=0, hvp_count=0, relative_residual=0.0, converged=True, scale=1.0)
-    return SolverSummary(
-        kind=spec.solver.kind,
-        iterations=solve.iterations,
-        hvp_count=hessian.count if hessian else 0,
-        relative_residual=solve.relative_residual,
-        converged=solve.converged,
-        scale=solve.scale,
-        restarts=solve.restarts,
-        lambda_max=solve.lambda_max,
-        damping=spec.solver.damping,
-        hvp_method=hessian.method if hessian else None,
-        hvp_trial_seconds={name: s for name, s in hessian.trial_seconds.items()} if hessian else {},  # noqa: C416
-        hvp_cached_batches=hessian.cached_batches if hessian else 0,
-        hvp_seconds=hessian.seconds if hessian else 0.0,
-        residual_history=solve.history[-200:],
-    )

@@ -21,15 +21,8 @@ from torch import nn
 
 from gif.instrumentation import find_layers, unit_statistics
 from gif.parameters import ParameterSpace, layer_mask
+from gif.result import LayerSelection
 from gif.spec import SelectionSpec
-
-
-@dataclass
-class LayerSelection:
-    module: str
-    units_selected: int
-    units_total: int
-    parameters_selected: int
 
 
 @dataclass
@@ -149,7 +142,11 @@ def select(
             rows = mask[space.slice_of(name)].view(space.shape_of(name))
             rows[chosen] = True
             selected += int(rows[chosen].numel())
-        chosen_layers.append(LayerSelection(layer.name, len(chosen), layer.units, selected))
+        chosen_layers.append(
+            LayerSelection(
+                module=layer.name, units_selected=len(chosen), units_total=layer.units, parameters_selected=selected
+            )
+        )
     return Selection(mask, chosen_layers, layer_mask(space, layers))
 
 
@@ -159,7 +156,12 @@ def full_selection(model: nn.Module, sample: torch.Tensor) -> Selection:
     layers = find_layers(model, sample)
     mask = layer_mask(space, layers)
     summaries = [
-        LayerSelection(layer.name, layer.units, layer.units, sum(space.shape_of(n).numel() for n in layer.parameters))
+        LayerSelection(
+            module=layer.name,
+            units_total=layer.units,
+            units_selected=layer.units,
+            parameters_selected=sum(space.shape_of(n).numel() for n in layer.parameters),
+        )
         for layer in layers
     ]
     return Selection(mask, summaries, mask)

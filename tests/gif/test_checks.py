@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from gif.checks import FitProblem, JobMismatchError, job_fit_problems
+from gif.checks import FitProblem, JobMismatchError, check_inputs, job_fit_problems
 from gif.data import Dataset
-from gif.edit import check_inputs
 from gif.io.datasets import DatasetSummary
 from gif.models.registry import build_model
 from gif.spec import JobSpec

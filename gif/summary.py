@@ -1,0 +1,92 @@
+"""The ``EditResult`` of a finished edit, assembled from its parts: what was selected, solved, stepped and measured."""
+
+from __future__ import annotations
+
+import torch
+
+from gif.curvature import HessianOperator
+from gif.devices import device_report
+from gif.influence import InfluenceSolution
+from gif.job import EditJob, WeightEdit
+from gif.metrics import Measurement
+from gif.result import (
+    ClassAccuracy,
+    DataSummary,
+    DeviceReport,
+    EditResult,
+    Metrics,
+    SelectionSummary,
+    SolverSummary,
+    Timings,
+)
+from gif.spec import JobSpec
+
+
+def edit_result(
+    job: EditJob,
+    edit: WeightEdit,
+    before: Measurement,
+    after: Measurement,
+    retrained: Measurement | None,
+    warnings: list[str],
+    total_s: float,
+    device: torch.device,
+) -> EditResult:
+    spec, solve = job.spec, edit.solution.solve
+    if solve is not None and not solve.converged:
+        warnings.append(
+            f"the solver stopped after {solve.iterations} iterations at relative residual "
+            f"{solve.relative_residual:.3g} (tolerance {spec.solver.tolerance:g}): the solved vector is "
+            "approximate; raise solver.max_iterations for a tighter solve"
+        )
+    return EditResult(
+        method=spec.method,
+        request=spec.request.kind,
+        selection=SelectionSummary(
+            **edit.selection.summary(),
+            criterion="all" if job.method.full_selection else spec.selection.criterion,
+            layers=edit.selection.layers,
+        ),
+        solver=solver_summary(spec, edit.solution, edit.hessian),
+        step=edit.step,
+        metrics=Metrics(before=before.metrics, after=after.metrics, retrained=retrained.metrics if retrained else None),
+        class_accuracy=ClassAccuracy(
+            data=before.by_class_data,
+            before=before.by_class,
+            after=after.by_class,
+            retrained=retrained.by_class if retrained else None,
+        ),
+        timings=Timings(**job.clock.seconds, total_s=total_s),
+        data=DataSummary(
+            train_samples=len(job.train_data),
+            affected_samples=len(job.plan.affected),
+            hessian_samples=len(job.samples.hessian),
+            gradient_samples=len(job.samples.gradient),
+            coefficient=job.plan.coefficient,
+            device=str(device),
+        ),
+        device=DeviceReport(**device_report(device)),
+        warnings=warnings,
+    )
+
+
+def solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: HessianOperator | None) -> SolverSummary:
+    solve = solution.solve
+    if solve is None:
+        return SolverSummary(kind="none", iterations=0, hvp_count=0, relative_residual=0.0, converged=True, scale=1.0)
+    return SolverSummary(
+        kind=spec.solver.kind,
+        iterations=solve.iterations,
+        hvp_count=hessian.count if hessian else 0,
+        relative_residual=solve.relative_residual,
+        converged=solve.converged,
+        scale=solve.scale,
+        restarts=solve.restarts,
+        lambda_max=solve.lambda_max,
+        damping=spec.solver.damping,
+        hvp_method=hessian.method if hessian else None,
+        hvp_trial_seconds={name: s for name, s in hessian.trial_seconds.items()} if hessian else {},  # noqa: C416
+        hvp_cached_batches=hessian.cached_batches if hessian else 0,
+        hvp_seconds=hessian.seconds if hessian else 0.0,
+        residual_history=solve.history[-200:],
+    )

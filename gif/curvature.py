@@ -14,6 +14,13 @@ Three implementations give the same product (tests assert it):
 keeps the fastest: which one wins differs by device and model. No graph survives from one product to
 the next except that fixed first-order graph.
 
+The same operator gives the generalised Gauss-Newton matrix instead (``curvature="gauss_newton"``):
+G = Jᵀ H_out J, with J the Jacobian of the model's outputs in its parameters and H_out the Hessian of the loss
+in the outputs (for the cross-entropy, diag(p) − ppᵀ per example: positive semi-definite). G drops the
+Hessian's second-order term Σ ∂ℓ/∂f · ∇²f, and equals H where the model is linear in its parameters. One
+product (``jvp_vjp``) is one forward pass carrying the tangent J v (forward-mode AD), H_out applied to it on the
+outputs alone, and one backward pass for Jᵀ(H_out J v).
+
 Curvature code runs attention on PyTorch's math kernel (``scaled_dot_product_attention``'s fused CPU
 and CUDA kernels have no double-backward) and ``hardsigmoid`` as the equal ``relu6(x + 3) / 6`` (its
 backward has no derivative); the rest of the engine, and the user's model, keep the fast kernels.
@@ -31,6 +38,7 @@ from typing import Any, Literal, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad
 from torch.func import functional_call, grad, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
@@ -42,6 +50,8 @@ from gif.parameters import ParameterSpace, model_buffers, model_parameters
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 HvpMethod = Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward"]
+Curvature = Literal["hessian", "gauss_newton"]
+GAUSS_NEWTON_PRODUCT = "jvp_vjp"  # the one implementation of the Gauss-Newton product
 CACHE_SHARE_OF_FREE_MEMORY = 0.5  # the rest is for the solver's vectors, the step search and evaluation
 FALLBACK_CACHE_BUDGET_BYTES = 4 * 1024**3  # where free memory cannot be told
 
@@ -172,11 +182,13 @@ def _check_finite(v: torch.Tensor, what: str) -> None:
 
 
 class HessianOperator:
-    """``v ↦ (H + λI) v`` for the objective's Hessian at the model's weights; counts its products.
+    """``v ↦ (H + λI) v`` for the objective's Hessian at the model's weights (or its Gauss-Newton matrix G, with
+    ``curvature="gauss_newton"``); counts its products.
 
-    ``method`` is an implementation, or ``auto``: the fastest on the first batch (``trial_seconds`` holds
-    each one's time). The cached implementation keeps the first-order graphs of as many batches as
-    ``cache_budget_bytes`` allows (``cached_batches``) and rebuilds the others at every product.
+    ``method`` is a Hessian-vector implementation, or ``auto``: the fastest on the first batch (``trial_seconds``
+    holds each one's time). The cached implementation keeps the first-order graphs of as many batches as
+    ``cache_budget_bytes`` allows (``cached_batches``) and rebuilds the others at every product. The Gauss-Newton
+    product has one implementation (``jvp_vjp``): ``method`` must be ``auto`` for it.
     """
 
     def __init__(
@@ -185,13 +197,24 @@ class HessianOperator:
         damping: float = 0.0,
         method: HvpMethod = "auto",
         cache_budget_bytes: int | None = None,
+        curvature: Curvature = "hessian",
     ):
         self.objective = objective
         self.damping = damping
+        self.curvature = curvature
         self.count = 0
         self.seconds = 0.0
         self.trial_seconds: dict[HvpMethod, float] = {}
         self.device = next(iter(objective.params.values())).device
+        self.cached_batches = 0
+        self._cache: list[Graph] = []
+        if curvature == "gauss_newton":
+            if method != "auto":
+                raise ValueError(
+                    f"the Gauss-Newton product has one implementation ({GAUSS_NEWTON_PRODUCT}), not {method}"
+                )
+            self.method: str = GAUSS_NEWTON_PRODUCT
+            return
         fitting, first_graph = 0, cast(Graph | None, None)
         if method in ("auto", "cached_double_backward"):
             budget = default_cache_budget_bytes(self.device) if cache_budget_bytes is None else cache_budget_bytes
@@ -201,7 +224,7 @@ class HessianOperator:
         self.method = method
         self.cached_batches = fitting if method == "cached_double_backward" else 0
         with curvature_kernels():
-            self._cache: list[Graph] = [
+            self._cache = [
                 first_graph if i == 0 and first_graph is not None else self._first_order_graph(*batch)
                 for i, batch in enumerate(objective.batches[: self.cached_batches])
             ]
@@ -293,6 +316,28 @@ class HessianOperator:
         product: dict[str, torch.Tensor] = jvp(grad_fn, (self.objective.params,), (v_parts,))[1]
         return product
 
+    def _product_gauss_newton(
+        self, batch: tuple[torch.Tensor, torch.Tensor, float], v_parts: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """One batch's Jᵀ H_out J v: the outputs and their tangent J v in one forward pass (forward-mode AD on
+        parameters that autograd also records), H_out J v by differentiating the loss twice in the outputs only,
+        and Jᵀ of that by one backward pass through the recorded forward."""
+        x, y, w = batch
+        leaves = self.objective.leaf_params()
+        with forward_ad.dual_level():
+            duals = {name: forward_ad.make_dual(p, v_parts[name]) for name, p in leaves.items()}
+            outputs, tangent = forward_ad.unpack_dual(
+                functional_call(self.objective.model, {**duals, **self.objective.buffers}, (x,))
+            )
+        if tangent is None:  # the outputs do not depend on the parameters
+            return {}
+        at = outputs.detach().requires_grad_()
+        (loss_gradient,) = torch.autograd.grad(w * self.objective.loss_fn(at, y), at, create_graph=True)
+        (h_out_jv,) = torch.autograd.grad(loss_gradient, at, grad_outputs=tangent.detach())
+        names = list(leaves)
+        jt = torch.autograd.grad(outputs, list(leaves.values()), grad_outputs=h_out_jv, allow_unused=True)
+        return {name: g for name, g in zip(names, jt) if g is not None}
+
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         space = self.objective.space
@@ -300,7 +345,9 @@ class HessianOperator:
         total = space.zeros(v)
         parts = space.unflatten(total)
         with curvature_kernels():
-            if self.method == "forward_over_reverse":
+            if self.method == GAUSS_NEWTON_PRODUCT:
+                products = (self._product_gauss_newton(batch, v_parts) for batch in self.objective.batches)
+            elif self.method == "forward_over_reverse":
                 products = (self._product_forward_over_reverse(batch, v_parts) for batch in self.objective.batches)
             else:
                 products = (self._product_via_graph(graph, v_parts, keep) for graph, keep in self._graphs())
@@ -311,5 +358,5 @@ class HessianOperator:
             total.add_(v, alpha=self.damping)
         self.count += 1
         self.seconds += time.perf_counter() - start
-        _check_finite(total, "Hessian-vector product")
+        _check_finite(total, "curvature-vector product")
         return total

@@ -76,7 +76,7 @@ def _solve(
     if job.method.uses_curvature:
         sample = job.train_data.subset(job.samples.hessian)
         objective = ModelObjective(job.original, [LossTerm(sample, 1.0 / len(sample))], job.loss_fn, solver.batch_size)
-        hessian = HessianOperator(objective, solver.damping, solver.hvp)
+        hessian = HessianOperator(objective, solver.damping, solver.hvp, curvature=solver.curvature)
 
     def monitor(iteration: int, residual: float) -> None:
         done = math.log(max(residual, 1e-300)) / math.log(solver.tolerance) if residual < 1 else 0.0

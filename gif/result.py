@@ -40,7 +40,12 @@ class SolverSummary(_Result):
     restarts: int | None = None
     lambda_max: float | None = None
     damping: float | None = None
-    hvp_method: str | None = Field(None, description="The Hessian-vector product implementation that ran.")
+    curvature: Literal["hessian", "gauss_newton"] | None = Field(
+        None, description="The curvature solved with (solver.curvature); none for the first-order ablation."
+    )
+    hvp_method: str | None = Field(
+        None, description="The curvature-vector product that ran (jvp_vjp for the Gauss-Newton matrix)."
+    )
     hvp_trial_seconds: dict[str, float] = Field(
         default_factory=dict, description="With hvp auto: one product of each implementation on the first batch."
     )

@@ -115,6 +115,18 @@ class SolverSpec(_Strict):
     neumann_scale: float | None = Field(
         None, gt=0.0, description="Neumann's M (series on AᵀA/M²). Null: set from a power-iteration estimate."
     )
+    curvature: Literal["hessian", "gauss_newton"] = Field(
+        "hessian",
+        description="The curvature H of the system: the Hessian of the training loss, or its generalised "
+        "Gauss-Newton matrix Jᵀ H_out J (positive semi-definite; one product is a forward pass with forward-mode "
+        "AD and one backward pass, and needs hvp auto).",
+    )
+
+    @model_validator(mode="after")
+    def _gauss_newton_has_one_product(self) -> SolverSpec:
+        if self.curvature == "gauss_newton" and self.hvp != "auto":
+            raise ValueError("solver.hvp chooses a Hessian-vector product: with curvature gauss_newton, leave it auto")
+        return self
 
 
 class AutoStep(_Strict):

@@ -84,6 +84,7 @@ def solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: HessianO
         restarts=solve.restarts,
         lambda_max=solve.lambda_max,
         damping=spec.solver.damping,
+        curvature=hessian.curvature if hessian else None,
         hvp_method=hessian.method if hessian else None,
         hvp_trial_seconds={name: s for name, s in hessian.trial_seconds.items()} if hessian else {},  # noqa: C416
         hvp_cached_batches=hessian.cached_batches if hessian else 0,

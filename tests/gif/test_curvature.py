@@ -4,6 +4,7 @@ import torch
 from gif.curvature import HessianOperator, LossTerm, ModelObjective, curvature_kernels
 from gif.data import Dataset
 from gif.errors import NonFiniteError
+from gif.models.registry import build_model
 
 METHODS = ["forward_over_reverse", "double_backward", "cached_double_backward"]
 
@@ -128,3 +129,111 @@ def test_hvp_through_attention_matches_the_dense_hessian(dense_hessian, method):
     with curvature_kernels():
         dense = dense_hessian(objective)
     assert torch.allclose(op(v), dense @ v, rtol=1e-8, atol=1e-10)
+
+
+def test_hvps_through_mobilenet_v3s_hardsigmoid_agree():
+    """hardsigmoid's backward has no derivative; curvature code computes it as relu6(x + 3) / 6."""
+    torch.manual_seed(0)
+    model = build_model({"name": "torchvision.mobilenet_v3_small", "config": {"num_classes": 4}}).double()
+    data = Dataset(torch.randn(6, 3, 32, 32, dtype=torch.float64), torch.arange(6) % 4)
+    objective = ModelObjective(model, [LossTerm(data, 1 / 6)], batch_size=3)
+    v = torch.randn(objective.space.size, dtype=torch.float64)
+    products = [HessianOperator(objective, method=m)(v) for m in ("cached_double_backward", "forward_over_reverse")]
+    assert torch.allclose(products[0], products[1], rtol=1e-8, atol=1e-10)
+    assert products[0].norm() > 0
+
+
+def jacobian_and_output_hessian(model: torch.nn.Module, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's full Jacobian J (N × C × P, ``torch.func.jacrev``) and the cross-entropy's Hessian in the outputs,
+    diag(pₙ) − pₙpₙᵀ (N × C × C)."""
+    from torch.func import functional_call, jacrev
+
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    jacobian = jacrev(lambda p: functional_call(model, p, (data.x,)))(params)
+    n, classes = data.x.shape[0], jacobian[next(iter(params))].shape[1]
+    J = torch.cat([jacobian[name].reshape(n, classes, -1) for name in params], dim=2)
+    with torch.no_grad():
+        p = model(data.x).softmax(-1)
+    return J, torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+
+
+@pytest.mark.parametrize(
+    "architecture, sample_shape",
+    [
+        ({"name": "mlp", "config": {"sizes": [64, 16, 10], "activation": "tanh"}}, (64,)),
+        ({"name": "tinynet", "config": {"in_channels": 1, "num_classes": 10}}, (1, 28, 28)),
+    ],
+)
+def test_the_gauss_newton_product_is_the_dense_jacobian_products(architecture, sample_shape):
+    """Jᵀ H_out J v from one forward-mode pass and one backward pass equals the product with the model's dense
+    Jacobian (float64), damping included."""
+    torch.manual_seed(0)
+    model = build_model(architecture).double().eval()
+    data = Dataset(torch.randn(6, *sample_shape, dtype=torch.float64), torch.randint(0, 10, (6,)))
+    objective = ModelObjective(model, [LossTerm(data, 1 / 6)], batch_size=4)
+    J, h_out = jacobian_and_output_hessian(model, data)
+    op = HessianOperator(objective, damping=0.01, curvature="gauss_newton")
+    v = torch.randn(objective.space.size, dtype=torch.float64)
+    expected = torch.einsum("ncp,ncd,nd->p", J, h_out, J @ v) / 6 + 0.01 * v
+    assert op.method == "jvp_vjp" and op.cached_batches == 0
+    assert torch.allclose(op(v), expected, rtol=1e-9, atol=1e-12)
+    assert op.count == 1
+
+
+def test_the_gauss_newton_matrix_is_positive_semi_definite_where_the_hessian_is_not(
+    tanh_mlp, digits_double, dense_hessian
+):
+    sample = digits_double.subset(torch.arange(50))
+    J, h_out = jacobian_and_output_hessian(tanh_mlp, sample)
+    objective = ModelObjective(tanh_mlp, [LossTerm(sample, 1 / 50)], batch_size=64)
+    G = torch.einsum("ncp,ncd,ndq->pq", J, h_out, J) / 50
+    H = dense_hessian(objective)
+    assert torch.linalg.eigvalsh(G).min() > -1e-10 and torch.linalg.eigvalsh(H).min() < -1e-6
+    op = HessianOperator(objective, curvature="gauss_newton")
+    assert torch.allclose(torch.stack([op(e) for e in torch.eye(op.size, dtype=torch.float64)[:20]]), G[:20])
+
+
+@pytest.mark.parametrize(
+    "architecture, sample_shape",
+    [
+        ({"name": "vgg11", "config": {"in_channels": 1, "num_classes": 4}}, (1, 32, 32)),
+        ({"name": "resnet18", "config": {"in_channels": 1, "num_classes": 4}}, (1, 8, 8)),
+    ],
+)
+def test_the_gauss_newton_product_on_batchnorm_nets_is_torch_funcs_jvp_then_vjp(architecture, sample_shape):
+    """VGG-11 and ResNet-18 (BatchNorm in eval mode) are too large for a dense Jacobian in a CPU test: the product
+    is checked against torch.func's own jvp and vjp composed around the cross-entropy's output Hessian."""
+    from torch.func import functional_call, jvp, vjp
+
+    torch.manual_seed(0)
+    model = build_model(architecture).double().eval()
+    data = Dataset(torch.randn(2, *sample_shape, dtype=torch.float64), torch.randint(0, 4, (2,)))
+    objective = ModelObjective(model, [LossTerm(data, 0.5)], batch_size=2)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    v = torch.randn(objective.space.size, dtype=torch.float64)
+
+    def outputs(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(model, {**p, **buffers}, (data.x,))
+
+    logits, jv = jvp(outputs, (params,), (objective.space.unflatten(v),))
+    p = logits.softmax(-1)
+    _, pullback = vjp(outputs, params)
+    (expected,) = pullback(0.5 * (p * jv - p * (p * jv).sum(-1, keepdim=True)))
+    product = HessianOperator(objective, curvature="gauss_newton")(v)
+    assert torch.allclose(product, objective.space.flatten(expected), rtol=1e-9, atol=1e-12)
+
+
+def test_the_gauss_newton_matrix_is_the_hessian_of_a_model_linear_in_its_parameters(digits_double, dense_hessian):
+    """The Gauss-Newton matrix drops only Σ ∂ℓ/∂f · ∇²f, which is zero for softmax regression."""
+    model = build_model({"name": "mlp", "config": {"sizes": [64, 10]}}).double().eval()
+    sample = digits_double.subset(torch.arange(200))
+    objective = ModelObjective(model, [LossTerm(sample, 1 / 200)], batch_size=64)
+    v = torch.randn(objective.space.size, dtype=torch.float64)
+    expected = dense_hessian(objective) @ v
+    assert torch.allclose(HessianOperator(objective, curvature="gauss_newton")(v), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_the_gauss_newton_product_has_one_implementation(objective):
+    with pytest.raises(ValueError, match="one implementation"):
+        HessianOperator(objective, method="double_backward", curvature="gauss_newton")

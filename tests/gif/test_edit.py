@@ -242,6 +242,18 @@ def test_first_order_ablation_needs_no_hessian(mnist_tinynet, mnist_split):
     assert outcome.result.metrics.after["forget_test_accuracy"] < 0.5
 
 
+def test_a_gauss_newton_solve_removes_a_class_too(mnist_tinynet, mnist_split):
+    """The same class removal with the Gauss-Newton matrix as its curvature: the solve, the step and the result
+    work alike, and the result says which curvature and product ran."""
+    train, held_out = mnist_split
+    spec = job(request={"kind": "remove_class", "classes": [8]}, solver={**FAST_SOLVER, "curvature": "gauss_newton"})
+    outcome = run(spec, mnist_tinynet, train, held_out)
+    solver, after = outcome.result.solver, outcome.result.metrics.after
+    assert solver.curvature == "gauss_newton" and solver.hvp_method == "jvp_vjp" and solver.hvp_count > 0
+    assert after["forget_test_accuracy"] < 0.05
+    assert after["test_accuracy"] >= outcome.result.metrics.before["test_accuracy"] - 0.05
+
+
 def test_cancellation_from_the_progress_callback(mnist_tinynet, mnist_split):
     train, _ = mnist_split
 

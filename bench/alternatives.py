@@ -32,18 +32,20 @@ import torch
 from torch import nn
 
 from bench.baselines import fine_tune, gradient_ascent
-from bench.common import (
+from bench.datasets import checkerboard_trigger
+from bench.report import QUICK, markdown_table, write_section
+from bench.setups import (
     BACKDOOR_TARGET,
-    QUICK,
     SETUPS,
     Prepared,
+    Task,
     edit,
     job_spec,
-    markdown_table,
     prepare,
-    write_section,
+    random_samples,
+    relabel_request,
+    removal_of,
 )
-from bench.datasets import checkerboard_trigger
 from gif.data import Dataset, split_indices
 from gif.metrics import accuracy, evaluate, evaluation_plan, predict
 from gif.plan import RequestPlan
@@ -54,38 +56,13 @@ REMOVAL_KEYS = ("UA", "RA", "TA", "MIA")
 BACKDOOR_KEYS = ("clean", "attack", "triggered")
 
 
-@dataclass
-class Task:
-    name: str
-    setup: str
-    request: Callable[[Prepared], dict]
-    backdoor: bool = False
-
-
-def class_request(_: Prepared) -> dict:
-    return {"kind": "remove_class", "classes": [8]}
-
-
-def random_request(prepared: Prepared) -> dict:
-    chosen, _ = split_indices(len(prepared.train), 0.1, seed=7)
-    return {"kind": "remove_samples", "indices": chosen.tolist()}
-
-
-def backdoor_request(prepared: Prepared) -> dict:
-    return {
-        "kind": "relabel",
-        "indices": prepared.extras["indices"].tolist(),
-        "labels": prepared.extras["true_labels"].tolist(),
-    }
-
-
 TASKS = [
-    Task("class removal", "tinynet-mnist", class_request),
-    Task("10% random samples", "tinynet-mnist", random_request),
-    Task("backdoor repair", "tinynet-mnist-backdoor", backdoor_request, backdoor=True),
-    Task("class removal", "vgg11-cifar", class_request),
-    Task("10% random samples", "vgg11-cifar", random_request),
-    Task("backdoor repair", "vgg11-cifar-backdoor", backdoor_request, backdoor=True),
+    Task("tinynet-mnist", removal_of(8), "class removal"),
+    Task("tinynet-mnist", random_samples, "10% random samples"),
+    Task("tinynet-mnist-backdoor", relabel_request, "backdoor repair", backdoor=True),
+    Task("vgg11-cifar", removal_of(8), "class removal"),
+    Task("vgg11-cifar", random_samples, "10% random samples"),
+    Task("vgg11-cifar-backdoor", relabel_request, "backdoor repair", backdoor=True),
 ]
 
 
@@ -222,7 +199,7 @@ def seed_spread(task: Task, seeds: tuple[int, ...]) -> list:
 
 def iterated(rounds: int) -> str:
     """Iterated GIF on TinyNet memorising the CIFAR-10 subset, 10% random samples removed."""
-    ctx = context(Task("10% random samples", "tinynet-cifar", random_request))
+    ctx = context(Task("tinynet-cifar", random_samples, "10% random samples"))
     rows = [["retrain", *ctx.retrained.values(), 0.0, f"{ctx.retrain_seconds:.1f}"]]
     original = ctx.judge(ctx.prepared.model)
     rows.append(["original (k = 0)", *original.values(), gap(original, ctx.retrained), "0.0"])

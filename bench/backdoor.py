@@ -14,7 +14,8 @@ import time
 
 from torch import nn
 
-from bench.common import BACKDOOR_TARGET, QUICK, SETUPS, Prepared, edit, markdown_table, prepare, write_section
+from bench.report import QUICK, markdown_table, write_section
+from bench.setups import BACKDOOR_TARGET, SETUPS, Prepared, edit, prepare, relabel_request
 from gif.metrics import accuracy, predict
 from gif.training import train
 
@@ -28,14 +29,6 @@ def backdoor_metrics(model: nn.Module, prepared: Prepared) -> dict[str, float]:
         "clean_accuracy": accuracy(predict(model, prepared.test.x), prepared.test.y),
         "attack_success_rate": float((logits.argmax(1) == BACKDOOR_TARGET).float().mean()),
         "triggered_accuracy": accuracy(logits, triggered.y),
-    }
-
-
-def relabel_request(prepared: Prepared) -> dict:
-    return {
-        "kind": "relabel",
-        "indices": prepared.extras["indices"].tolist(),
-        "labels": prepared.extras["true_labels"].tolist(),
     }
 
 

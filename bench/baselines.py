@@ -20,7 +20,7 @@ import copy
 import torch
 from torch import nn
 
-from bench.common import Prepared
+from bench.setups import Prepared
 from gif.data import Dataset
 from gif.metrics import predict
 from gif.plan import RequestPlan, Samples, gradient_pool

@@ -7,7 +7,7 @@ One key (the victim) polls a succeeded job from 10 connections every 100 ms, fir
 3. trickles an upload at a byte a second;
 the victim's latency (p50, p99, max) in each phase, and what each greedy client got (answers by status, how long
 until it was cut off). The stack is ``python -m service`` (uvicorn, its own settings: the defaults but the
-request rate) and one worker, as ``bench/service_bench.py`` starts it.
+request rate) and one worker, as ``bench.stack.start_stack`` starts it.
 
 Run: .venv/bin/python -m bench.clients_bench   (about two minutes)
      GIF_BENCH_QUICK=1 …                        a smoke run (short phases; writes nothing)
@@ -32,13 +32,11 @@ from typing import Any
 
 from gif_client import Client
 
-from bench.common import markdown_table, wait_for_job, write_section
-from bench.service_bench import _poll, host_description, latency_summary, start_stack
-from gif.demo import upload_demo
+from bench.report import QUICK, host_description, markdown_table, report_file, write_section
+from bench.stack import latency_summary, poll, start_stack, upload_demo, wait_for_job
 from service.core.settings import Settings
 
-QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
-SERVICE_MD = Path(__file__).with_name("SERVICE.md")
+SERVICE_MD = report_file("SERVICE", quick=False)
 PHASE_S = 3.0 if QUICK else 15.0
 LEAD_S = 1.0
 VICTIM, GREEDY = "victim-key", "greedy-key"
@@ -57,7 +55,7 @@ def victim_latency(
     port, job_id = running.port, running.victim_job
 
     async def phase() -> tuple[list[float], dict[str, Any] | None]:
-        polls = _poll(port, f"/v1/jobs/{job_id}", PHASE_S, POLL_INTERVAL_S, VICTIM_POLLERS, api_key=VICTIM)
+        polls = poll(port, f"/v1/jobs/{job_id}", PHASE_S, POLL_INTERVAL_S, VICTIM_POLLERS, api_key=VICTIM)
         if during is None:
             return await polls, None
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

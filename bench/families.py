@@ -5,7 +5,7 @@ ViT-B/16 and Swin-T, a timm ViT, and ResNet-18 as an exported ``.pt2`` program r
 loader — at 32×32 inputs (the CPU's budget; 224² where a GPU runs this):
 
 1. one Hessian-vector product against one forward+backward of the same batch, for each implementation and
-   for ``auto`` (``bench.gpu.hvp_row``: best of 3 after a warm-up);
+   for ``auto`` (``bench.setups.hvp_row``: best of 3 after a warm-up);
 2. a class removal through ``gif.edit.run`` at the default sample sizes (Hessian 512, gradient 256,
    selection 10%, auto step, CG at 5 iterations): its wall time, phase by phase, and its HVP count.
 
@@ -27,18 +27,16 @@ from pathlib import Path
 
 import torch
 
-from bench.common import add_device_argument, device_description, markdown_table
-from bench.gpu import IMPLEMENTATIONS, hvp_row
-from bench.service_bench import host_description
+from bench.report import BENCH_DIR, QUICK, device_description, host_description, markdown_table, report_file
+from bench.setups import HVP_IMPLEMENTATIONS, add_device_argument, hvp_row
 from gif.data import Dataset
 from gif.edit import run
 from gif.io.programs import load_program
 from gif.models.registry import build_model
 from gif.spec import JobSpec
 
-QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
-OUT = Path(__file__).with_name("FAMILIES.quick.md" if QUICK else "FAMILIES.md")
-ROWS = Path(__file__).with_name("FAMILIES.json")  # the measured rows, so that a run of some families keeps the others
+OUT = report_file("FAMILIES")
+ROWS = BENCH_DIR / "FAMILIES.json"  # the measured rows, so that a run of some families keeps the others
 SHAPE = (3, 32, 32)
 CLASSES = 10
 FAMILIES: list[tuple[str, dict]] = [
@@ -118,7 +116,7 @@ Inputs: {SHAPE[1]}×{SHAPE[2]} RGB, {CLASSES} classes, random weights (speed doe
 
 ## 1. One Hessian-vector product against one forward+backward of the same batch (best of 3 after a warm-up)
 
-{markdown_table(["model", "batch", "forward+backward ms", *IMPLEMENTATIONS, "auto (its choice: ratio)"], hvp_rows)}
+{markdown_table(["model", "batch", "forward+backward ms", *HVP_IMPLEMENTATIONS, "auto (its choice: ratio)"], hvp_rows)}
 
 ## 2. A class removal at the default sample sizes ({EDIT_SAMPLES} training samples; Hessian 512, gradient 256;
 Top-k outputs 10%; CG, {EDIT_ITERATIONS} iterations; auto step; evaluation on the training data)

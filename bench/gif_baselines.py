@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from bench.common import QUICK, SETUPS, edit, markdown_table, prepare, write_section
+from bench.report import QUICK, markdown_table, write_section
+from bench.setups import SETUPS, edit, prepare
 from gif.metrics import evaluate, evaluation_plan
 from gif.plan import RequestPlan
 from gif.result import EditResult

@@ -10,7 +10,7 @@
 3. Healing: ``python -m service.tools.launch`` (``make run``), its worker killed with SIGKILL, a job submitted
    half a second later: seconds from the kill until the job runs and until it succeeds.
 
-Every job wait is bounded (``bench.common.wait_for_job``): a job that fails, or never ends, fails its section
+Every job wait is bounded (``bench.stack.wait_for_job``): a job that fails, or never ends, fails its section
 with the job's error, the other sections still run, and the report says which failed (exit status 1).
 
 Run: .venv/bin/python -m bench.gpu [--device auto|cpu|cuda|cuda:N] [--out FILE]
@@ -22,44 +22,33 @@ Run: .venv/bin/python -m bench.gpu [--device auto|cpu|cuda|cuda:N] [--out FILE]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
-import torch.nn.functional as F
 import torchvision
 from gif_client import Client
 
-from bench.common import add_device_argument, device_description, markdown_table, wait_for_job
-from bench.service_bench import host_description, in_process, start_stack
-from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective
-from gif.data import Dataset
-from gif.demo import upload_demo, write_demo_assets
-from gif.devices import synchronize
+from bench.report import QUICK, device_description, host_description, markdown_table, report_file
+from bench.setups import HVP_IMPLEMENTATIONS, HVP_REPEATS, add_device_argument, hvp_row
+from bench.stack import RESTARTED, demo_body, in_process, launched, start_stack, wait_for_job
+from gif.demo import write_demo_assets
 from gif.models.registry import build_model
 from gif.spec import JobSpec
-from service.tools.launch import free_port
 from worker import set_openmp_policy
 
-QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
-OUT = Path(__file__).with_name("GPU.quick.md" if QUICK else "GPU.md")
-IMPLEMENTATIONS: tuple[HvpMethod, ...] = ("cached_double_backward", "double_backward", "forward_over_reverse")
-REPEATS = 3
+OUT = report_file("GPU")
 JOBS = 2 if QUICK else 7
 KILL_SETTLE_S = 0.5  # a job posted in the very milliseconds the worker dies may be taken by it: see section 3
 STANDBY_WARM_S = 6.0  # an idle worker's next job process is warm well within this (about 3 s on 2 cores)
@@ -90,48 +79,6 @@ def hvp_models(device: torch.device) -> list[tuple[str, torch.nn.Module, tuple[i
     else:
         models.append(("ResNet-18 (3×3 stem)", build_model({"name": "resnet18", "config": {}}), (1, 28, 28), batch))
     return models
-
-
-def best_of(fn, device: torch.device) -> float:
-    """Best wall time of ``REPEATS`` calls after one warm-up, synchronised on CUDA."""
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def hvp_row(
-    name: str, model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device
-) -> list[object]:
-    """One table row: forward+backward milliseconds, each implementation's ratio, and auto's choice and ratio."""
-    torch.manual_seed(0)
-    model = model.to(device).eval()
-    x, y = torch.rand(batch, *shape, device=device), torch.randint(0, 10, (batch,), device=device)
-
-    def forward_backward() -> None:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-
-    fb = best_of(forward_backward, device)
-    model.zero_grad(set_to_none=True)
-    objective = ModelObjective(model, [LossTerm(Dataset(x, y), 1 / batch)], batch_size=batch)
-    ratios = {}
-    for method in (*IMPLEMENTATIONS, "auto"):
-        try:
-            operator = HessianOperator(objective, method=method)
-            v = torch.randn(operator.size, device=device)
-            ratio = best_of(lambda: operator(v), device) / fb
-            ratios[method] = f"{operator.method}: **{ratio:.2f}×**" if method == "auto" else f"{ratio:.2f}×"
-        except (RuntimeError, NotImplementedError) as exc:
-            ratios[method] = f"fails ({str(exc).splitlines()[0][:60]})"
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return [name, batch, f"{fb * 1000:.1f}", *ratios.values()]
 
 
 def hvp_costs(device: torch.device) -> list[list[object]]:
@@ -165,7 +112,7 @@ def start_overhead(workdir: Path, device: torch.device) -> dict[str, Any]:
         for _ in range(JOBS):
             job = wait_for_job(api, api.submit(body)["id"], poll_s=0.005)
             back_to_back.append(seconds_between(job, "created_at", "started_at"))
-    local = in_process(demo, JobSpec.model_validate(body), device)
+    local = in_process(demo, JobSpec.model_validate(body), JOBS, device)
     in_process_s = statistics.median(local["edit_s"][1:]) + statistics.median(local["load_s"][1:])
     return {
         "idle": idle,
@@ -176,70 +123,6 @@ def start_overhead(workdir: Path, device: torch.device) -> dict[str, Any]:
     }
 
 
-READY = re.compile(r"ready on (\S+) .*worker pid (\d+)")
-RESTARTED = re.compile(r"the worker was restarted \(pid (\d+)\)")
-LAUNCH_TIMEOUT_S = 120.0
-LAUNCHER_STOP_S = 60.0
-
-
-@dataclass
-class Launched:
-    """``python -m service.tools.launch`` (``make run``) running in a directory of its own: its URL, its worker's
-    pid and what it has printed on stderr so far."""
-
-    process: subprocess.Popen
-    lines: list[str] = field(default_factory=list)
-    base: str = ""
-    worker_pid: int = 0
-
-    def wait_for(self, pattern: re.Pattern, timeout_s: float = LAUNCH_TIMEOUT_S) -> re.Match:
-        """The first line of the launcher's stderr that matches, once there is one; ``RuntimeError`` with the
-        last lines if the launcher exits first or none comes within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while not (found := next((m for m in map(pattern.search, list(self.lines)) if m), None)):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                state = f"exited with {self.process.returncode}" if self.process.poll() is not None else "running"
-                raise RuntimeError(f"the launcher ({state}) printed no {pattern.pattern!r}:\n{self.tail()}")
-            time.sleep(0.05)
-        return found
-
-    def tail(self, lines: int = 20) -> str:
-        return "".join(self.lines[-lines:])
-
-
-@contextmanager
-def launched(workdir: Path, worker_device: str | None = None, env: dict[str, str] | None = None) -> Iterator[Launched]:
-    """``make run``'s launcher with its default settings but a free ``GIF_PORT``, its own Redis (``var/redis``) and
-    artifacts under ``workdir`` (its working directory), and ``GIF_WORKER_DEVICE`` when ``worker_device`` is given;
-    ready when it says so (its URL and worker pid read from that line); stopped with Ctrl-C (SIGINT) on exit."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    base_env = {k: v for k, v in (env or os.environ).items() if k not in ("REDIS_URL", "GIF_REDIS_URL")}
-    base_env |= {"GIF_PORT": str(free_port()), "GIF_STORAGE_DIR": str(workdir / "artifacts")}
-    if worker_device is not None:
-        base_env["GIF_WORKER_DEVICE"] = worker_device
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.tools.launch"],
-        cwd=workdir,
-        env=base_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    running = Launched(process)
-    threading.Thread(target=lambda: running.lines.extend(process.stderr), daemon=True).start()  # type: ignore[arg-type]
-    try:
-        ready = running.wait_for(READY)
-        running.base, running.worker_pid = ready.group(1), int(ready.group(2))
-        yield running
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(LAUNCHER_STOP_S)
-        except subprocess.TimeoutExpired:  # its children die with it (PR_SET_PDEATHSIG)
-            process.kill()
-            process.wait(10)
-
-
 def healing(workdir: Path, device: torch.device) -> dict[str, float]:
     """``make run``'s launcher (its worker on ``device``): kill its worker, submit a job at once; seconds until it
     runs and succeeds."""
@@ -247,7 +130,7 @@ def healing(workdir: Path, device: torch.device) -> dict[str, float]:
         demo = workdir / "demo"
         write_demo_assets(demo)
         api = Client(http=http)
-        body = {**json.loads((demo / "job.json").read_text()), **upload_demo(api, demo)}
+        body = demo_body(api, demo)
         wait_for_job(api, api.submit(body)["id"])
         time.sleep(0.5 if QUICK else STANDBY_WARM_S)
         killed = time.perf_counter()
@@ -267,7 +150,7 @@ def healing(workdir: Path, device: torch.device) -> dict[str, float]:
 
 
 def hvp_section(rows: list[list[object]]) -> str:
-    return f"""{markdown_table(["model", "batch", "forward+backward ms", *IMPLEMENTATIONS, "auto (its choice: ratio)"], rows)}
+    return f"""{markdown_table(["model", "batch", "forward+backward ms", *HVP_IMPLEMENTATIONS, "auto (its choice: ratio)"], rows)}
 
 Targets (issue 8): ≤ 2.5× on CUDA for VGG-11, ResNet-18 and ViT-B/16; ≤ 3× on the CPU for TinyNet and ResNet-18.
 `auto` times one product of each implementation on the first batch and keeps the fastest; the cache
@@ -364,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gif-bench-") as tmp:
         sections = [
             Section(
-                f"1. One Hessian-vector product against one forward+backward of the same batch (best of {REPEATS} "
+                f"1. One Hessian-vector product against one forward+backward of the same batch (best of {HVP_REPEATS} "
                 "after a warm-up)",
                 lambda: hvp_costs(device),
                 hvp_section,

@@ -16,7 +16,7 @@ key numbers), a failed one does not stop the next, and the exit status is 1 when
    what is left of the 8 minutes (``BENCH_FULL_S``), else at its quick ones (``--bench full|quick`` decides).
 
 Steps 2–4 share one launcher. Every wait is bounded: a job that fails or never ends fails its step with the job's
-error (``bench.common.wait_for_job``), and each step has a time limit besides (``Step.limit_s``).
+error (``bench.stack.wait_for_job``), and each step has a time limit besides (``Step.limit_s``).
 
 Without a GPU it runs end to end on the CPU in its quick mode (the default there): tiny sizes (ResNet-18 on 256
 inputs; timm's ViT-Tiny at 32² on 32 inputs stands in for ViT-B/16, whose Hessian-vector products take half a minute
@@ -50,25 +50,17 @@ from typing import Any
 import torch
 from gif_client import Client
 
-from bench.common import (
-    JOB_TIMEOUT_S,
-    add_device_argument,
-    device_description,
-    markdown_table,
-    parse_device,
-    torch_build,
-    wait_for_job,
-)
-from bench.gpu import Launched, launched
-from bench.service_bench import host_description
+from bench.report import device_description, host_description, markdown_table, report_file, torch_build
+from bench.setups import add_device_argument, parse_device
+from bench.stack import JOB_TIMEOUT_S, Launched, demo_body, launched, wait_for_job
 from gif.data import Dataset, shared_data_dir
-from gif.demo import upload_demo, write_demo_assets
+from gif.demo import write_demo_assets
 from gif.io.files import write_safetensors
 from gif.models.registry import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "GPU.md"
-QUICK_OUT = ROOT / "bench" / "GPU.quick.md"
+OUT = report_file("GPU", quick=False)
+QUICK_OUT = report_file("GPU", quick=True)
 TARGET_S = 480  # issue 20: the whole check within 8 minutes on one GPU
 BENCH_FULL_S = 240  # bench.gpu at its full sizes on one GPU (estimated: its sections 2 and 3 alone wait ~80 s)
 BENCH_JOB_TIMEOUT_S = 120
@@ -95,7 +87,7 @@ class Sizes:
     limits: dict[str, float]  # seconds per step
 
 
-FULL = Sizes(
+FULL_SIZES = Sizes(
     zoo_inputs=4000,
     vit={"name": "torchvision.vit_b_16", "config": {"num_classes": CLASSES, "image_size": 224}},
     vit_inputs=1000,
@@ -107,7 +99,7 @@ FULL = Sizes(
 )
 # ViT-B/16 (86M parameters) on 2 shared CPU cores: a job of 7 HVPs took 250 s at 64² on 32 inputs and 170 s at 32²
 # with a Hessian sample of 16; timm's ViT-Tiny (5.7M) at 32², about 50 s.
-QUICK = Sizes(
+QUICK_SIZES = Sizes(
     zoo_inputs=256,
     vit={"name": "timm.vit_tiny_patch16_224", "config": {"num_classes": CLASSES, "img_size": 32}},
     vit_inputs=32,
@@ -196,7 +188,7 @@ class Check:
 
     @property
     def sizes(self) -> Sizes:
-        return QUICK if self.quick else FULL
+        return QUICK_SIZES if self.quick else FULL_SIZES
 
     @property
     def worker_device(self) -> str | None:
@@ -243,7 +235,7 @@ class Check:
         if not (demo / "job.json").exists():
             write_demo_assets(demo)
         if self.demo_body is None:
-            self.demo_body = {**json.loads((demo / "job.json").read_text()), **upload_demo(api, demo)}
+            self.demo_body = demo_body(api, demo)
         return demo, self.demo_body
 
 
@@ -514,7 +506,7 @@ Steps 3 and 4 use random weights and synthetic inputs (uniform noise, labels cyc
 the GPU host has none of the project's data): they check that the jobs run, on the device, through the service,
 not what an edit achieves. Step 3: `torchvision.resnet18` on {sizes.zoo_inputs:,} inputs of 3×32×32, class
 {REMOVED_CLASS} removed, solver {json.dumps(sizes.zoo_solver) if sizes.zoo_solver else "defaults"}. Step 4:
-`{sizes.vit["name"]}` at {sizes.vit_image}² on {sizes.vit_inputs:,} inputs{"" if sizes is FULL else " (standing in for `torchvision.vit_b_16` at 224² on 1,000, a GPU's job)"}, solver bounded to
+`{sizes.vit["name"]}` at {sizes.vit_image}² on {sizes.vit_inputs:,} inputs{"" if sizes is FULL_SIZES else " (standing in for `torchvision.vit_b_16` at 224² on 1,000, a GPU's job)"}, solver bounded to
 {json.dumps(sizes.vit_solver)} (evaluation {json.dumps(sizes.vit_evaluation)}), and the demo job submitted as soon as
 it runs. Steps 2–4 share one `python -m service.tools.launch` with its default settings
 (GIF_WORKER_DEVICE {check.worker_device or "default: auto"}), on a free port, in a temporary directory.

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from bench.common import RESULTS, markdown_table, pyplot, write_section
+from bench.report import beside_results, markdown_table, pyplot, write_section
 from bench.toy import toy_edits
 
-PLOT = RESULTS.parent / "regression_toy.png"
+PLOT = beside_results("regression_toy.png")
 COLOURS = {"gif": "tab:red", "fif": "tab:blue", "pif": "tab:green"}
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import QUICK, QUICK_SOLVER, SETUPS, best_of, markdown_table, prepare, write_section
+from bench.report import QUICK, best_of, markdown_table, write_section
+from bench.setups import QUICK_SOLVER, SETUPS, prepare
 from gif.edit import run
 from gif.metrics import evaluate, evaluation_plan
 from gif.plan import RequestPlan

@@ -7,13 +7,14 @@ Run: python -m bench.run_all        (make bench)
 
 from __future__ import annotations
 
-import os
 import resource
 import runpy
 import subprocess
 import sys
 import time
 import traceback
+
+from bench.report import QUICK
 
 EXPERIMENTS = (
     "bench.removal_cost",
@@ -51,12 +52,11 @@ def cpu_seconds() -> float:
 
 
 def main() -> int:
-    quick = os.environ.get("GIF_BENCH_QUICK") == "1"
     failed = []
     for module in EXPERIMENTS:
         start, cpu = time.perf_counter(), cpu_seconds()
         print(f"== {module}", flush=True)
-        code = in_this_process(module) if quick else subprocess.call([sys.executable, "-m", module])
+        code = in_this_process(module) if QUICK else subprocess.call([sys.executable, "-m", module])
         print(
             f"== {module}: exit {code} after {time.perf_counter() - start:.0f} s ({cpu_seconds() - cpu:.0f} s CPU)",
             flush=True,

@@ -9,7 +9,8 @@ Run: python -m bench.selection_criteria
 
 from __future__ import annotations
 
-from bench.common import QUICK, RESULTS, SETUPS, edit, markdown_table, prepare, pyplot, write_section
+from bench.report import QUICK, beside_results, markdown_table, pyplot, write_section
+from bench.setups import SETUPS, edit, prepare
 
 CRITERIA = ("topk_outputs", "topk_gradients", "threshold", "random")
 RATIOS = (0.05, 0.1, 0.3, 0.5)
@@ -91,7 +92,7 @@ def plot_scores(setup_name: str, scores: dict[str, list[tuple[float, float]]], o
     axes.legend()
     figure.tight_layout()
     name = f"selection_{setup_name}.png"
-    figure.savefig(RESULTS.parent / name, dpi=110)  # beside the results they illustrate
+    figure.savefig(beside_results(name), dpi=110)  # beside the results they illustrate
     plt.close(figure)
     return f"![score against MR, {setup_name}]({name})"
 
@@ -113,7 +114,7 @@ def plot_step_search(setup_name: str, trace: list, chosen: float) -> str:
     )
     figure.tight_layout()
     name = f"step_search_{setup_name}.png"
-    figure.savefig(RESULTS.parent / name, dpi=110)  # beside the results they illustrate
+    figure.savefig(beside_results(name), dpi=110)  # beside the results they illustrate
     plt.close(figure)
     return f"![step search, {setup_name}]({name})"
 

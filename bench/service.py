@@ -11,13 +11,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from bench.common import QUICK, write_section
-from bench.service_bench import OUT
+from bench.report import QUICK, report_file, write_section
 
 
 def main() -> None:
     subprocess.run([sys.executable, "-m", "bench.service_bench"], check=True)
-    report = OUT.read_text().split("\n", 1)[1]  # without its own title
+    report = report_file("SERVICE").read_text().split("\n", 1)[1]  # without its own title
     body = report.replace("\n## ", "\n### ")
     write_section("service", "7. Service", body, "python -m bench.service" + (" (quick)" if QUICK else ""))
 

@@ -22,9 +22,7 @@ import asyncio
 import json
 import multiprocessing
 import os
-import platform
 import re
-import secrets
 import statistics
 import struct
 import subprocess
@@ -34,7 +32,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,20 +41,22 @@ import numpy as np
 import torch
 from gif_client import Client
 
-from bench.common import JOB_TIMEOUT_S, cpu_model, device_description, kept_sections, torch_build, wait_for_job
-from gif.demo import upload_demo, write_demo_assets
-from gif.edit import run
-from gif.io.datasets import read_dataset
+from bench.report import QUICK, host_description, kept_sections, report_file
+from bench.stack import (
+    JOB_TIMEOUT_S,
+    Stack,
+    in_process,
+    latency_summary,
+    poll,
+    start_stack,
+    wait_for_job,
+)
 from gif.io.files import write_safetensors
-from gif.models.checkpoints import load_checkpoint
 from gif.spec import JobSpec
-from service.core.settings import Settings
-from service.tools.launch import api_process, free_port, redis_for, wait_until_healthy, worker_process
-from service.tools.local_s3 import CREDENTIALS, local_s3, new_bucket, seaweedfs_binary
+from service.tools.local_s3 import local_s3, new_bucket, seaweedfs_binary
 from worker import set_openmp_policy
 
-QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"  # a smoke run of the script itself: seconds, numbers not kept
-OUT = Path(__file__).with_name("SERVICE.md" if not QUICK else "SERVICE.quick.md")
+OUT = report_file("SERVICE")
 POLLERS = 50
 POLL_SECONDS = 3.0 if QUICK else 20.0
 POLL_INTERVAL_S = 0.1
@@ -74,67 +73,10 @@ UPLOAD_SIZES = [1024, 1024, 4] if QUICK else [8192, 8192, 4]  # 67,141,636 float
 # --- 1. polling latency -------------------------------------------------------------------------
 
 
-async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> float:
-    """One keep-alive GET; returns its latency (seconds from sending to the last body byte)."""
-    started = time.perf_counter()
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(head.decode(errors="replace"))
-    length = int(
-        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-    )
-    await reader.readexactly(length)
-    return time.perf_counter() - started
-
-
-async def _poll(
-    port: int,
-    path: str,
-    seconds: float,
-    interval: float | None,
-    pollers: int = POLLERS,
-    stop: threading.Event | None = None,
-    api_key: str | None = None,
-) -> list[float]:
-    """``pollers`` connections polling ``path`` for ``seconds`` (or until ``stop`` is set); closed loop when
-    ``interval`` is None."""
-    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
-    latencies: list[float] = []
-    stop_at = time.perf_counter() + seconds
-
-    async def poller(index: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        if interval:
-            await asyncio.sleep(interval * index / pollers)  # spread the pollers over the interval
-        next_at = time.perf_counter()
-        while time.perf_counter() < stop_at and not (stop and stop.is_set()):
-            latencies.append(await _get(reader, writer, request))
-            if interval:
-                next_at += interval
-                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-        writer.close()
-
-    await asyncio.gather(*(poller(i) for i in range(pollers)))
-    return latencies
-
-
-def latency_summary(seconds: list[float], duration_s: float) -> dict[str, float]:
-    latencies = np.array(seconds) * 1000
-    return {
-        "requests": len(latencies),
-        "per_second": len(latencies) / duration_s,
-        "p50_ms": float(np.percentile(latencies, 50)),
-        "p99_ms": float(np.percentile(latencies, 99)),
-        "max_ms": float(latencies.max()),
-    }
-
-
 def polling_latency(port: int, job_id: str) -> dict[str, dict[str, float]]:
     results = {}
     for name, interval in (("closed loop", None), (f"every {POLL_INTERVAL_S * 1000:.0f} ms", POLL_INTERVAL_S)):
-        latencies = asyncio.run(_poll(port, f"/v1/jobs/{job_id}", POLL_SECONDS, interval))
+        latencies = asyncio.run(poll(port, f"/v1/jobs/{job_id}", POLL_SECONDS, interval, POLLERS))
         results[name] = latency_summary(latencies, POLL_SECONDS)
         print(name, results[name], flush=True)
     return results
@@ -266,7 +208,7 @@ def poll_until(port: int, path: str, polling: Any, stop: Any, results: Any) -> N
     of its own; it sets ``polling`` once its interpreter is up); puts (latencies, seconds) on ``results``."""
     polling.set()
     started = time.perf_counter()
-    latencies = asyncio.run(_poll(port, path, 3600, POLL_INTERVAL_S, UPLOAD_POLLERS, stop=stop))
+    latencies = asyncio.run(poll(port, path, 3600, POLL_INTERVAL_S, UPLOAD_POLLERS, stop=stop))
     results.put((latencies, time.perf_counter() - started))
 
 
@@ -313,22 +255,6 @@ def concurrent_uploads(running: Stack, workdir: Path, job_id: str) -> dict[str, 
 # --- 3. end-to-end overhead -----------------------------------------------------------------------
 
 
-def in_process(demo: Path, spec: JobSpec, device: torch.device | str | None = None) -> dict[str, list[float]]:
-    """The same edit with gif.edit.run in this process (on ``device``, default auto): loading, and the edit itself
-    (first run cold)."""
-    times: dict[str, list[float]] = {"load_s": [], "edit_s": []}
-    architecture = json.loads((demo / "architecture.json").read_text())
-    for _ in range(E2E_RUNS + 1):
-        started = time.perf_counter()
-        model = load_checkpoint(architecture, demo / "model.safetensors")
-        train, held_out = read_dataset(demo / "train.safetensors"), read_dataset(demo / "eval.safetensors")
-        loaded = time.perf_counter()
-        run(spec, model, train, held_out, device=device)
-        times["load_s"].append(loaded - started)
-        times["edit_s"].append(time.perf_counter() - loaded)
-    return times
-
-
 def through_service(api: Client, body: dict) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"submit_to_succeeded_s": [], "worker_edit_s": [], "queue_wait_s": []}
     for _ in range(E2E_RUNS + 1):
@@ -346,19 +272,6 @@ def median(values: list[float], skip_first: bool = True) -> float:
 
 
 # --- report ---------------------------------------------------------------------------------------
-
-
-def host_description(device: torch.device | None = None) -> str:
-    """The machine in one line, with its load: the service's numbers depend on what else shares the cores. With a
-    ``device`` (where the edits run; default: the CPU) a CUDA device is named, GPU model and memory."""
-    cpu = cpu_model()
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    where = "CPU" if device is None or device.type != "cuda" else device_description(device)
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, {torch_build()}, edits on {where}, load average at start "
-        f"{os.getloadavg()[0]:.2f}"
-    )
 
 
 def schema_fuzzing() -> dict[str, Any]:
@@ -505,47 +418,6 @@ is not JSON) was undocumented.
 """
 
 
-@dataclass
-class Stack:
-    """A real stack started by ``start_stack``: the API's client, the demo job's body and where things are."""
-
-    api: Client
-    body: dict
-    demo: Path
-    base: str
-    redis_url: str
-    port: int
-    api_pid: int
-
-
-def start_stack(stack: ExitStack, workdir: Path, worker_device: str = "auto", **settings_given: Any) -> Stack:
-    """Redis, ``python -m worker`` (on ``worker_device``: its ``GIF_WORKER_DEVICE``) and ``python -m service`` on
-    free ports with throwaway storage under ``workdir`` and any other ``settings_given`` (S3 storage, API keys:
-    the stack's client uses the first), the demo model and data uploaded; everything stops with ``stack``."""
-    url = stack.enter_context(redis_for(workdir / "redis"))
-    tag = f"bench-{secrets.token_hex(4)}"
-    settings = Settings(
-        redis_url=url,
-        key_prefix=tag,
-        queue_name=tag,
-        storage_dir=workdir / "artifacts",
-        port=free_port(),
-        worker_device=worker_device,
-        **settings_given,
-    )
-    env = {**os.environ, **CREDENTIALS, **settings.as_env()}
-    logs = stack.enter_context(open(workdir / "stack.log", "wb"))  # noqa: SIM115 -- closed with the stack
-    stack.enter_context(worker_process(env, stderr=logs))
-    api_proc = stack.enter_context(api_process(env, stderr=logs))
-    base = f"http://127.0.0.1:{settings.port}"
-    wait_until_healthy(base + "/healthz", api_proc)
-    demo = workdir / "demo"
-    write_demo_assets(demo)
-    api = stack.enter_context(Client(base, api_key=settings.api_keys[0] if settings.api_keys else None))
-    body = {**json.loads((demo / "job.json").read_text()), **upload_demo(api, demo)}
-    return Stack(api, body, demo, base, url, settings.port, api_proc.pid)
-
-
 def main() -> int:
     set_openmp_policy(os.environ)  # the worker's OpenMP policy, for the processes it starts and the report
     started = datetime.now(UTC)
@@ -556,7 +428,7 @@ def main() -> int:
         running = start_stack(stack, workdir)
         api, body = running.api, running.body
         service = through_service(api, body)
-        local = in_process(running.demo, JobSpec.model_validate(body))
+        local = in_process(running.demo, JobSpec.model_validate(body), E2E_RUNS)
         job_id = wait_for_job(api, api.submit(body)["id"])["id"]
         polling = polling_latency(running.port, job_id)
         body_bytes = len(api.http.get(f"/v1/jobs/{job_id}").content)

@@ -22,7 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.common import QUICK, SETUPS, best_of, markdown_table, prepare, write_section
+from bench.report import QUICK, best_of, markdown_table, write_section
+from bench.setups import SETUPS, prepare
 from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective, cross_entropy_sum
 from gif.data import Dataset
 from gif.influence import least_squares

@@ -34,27 +34,15 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.backdoor import relabel_request
 from bench.baselines import FINETUNE_EPOCHS, fine_tune, gradient_ascent
-from bench.common import (
-    QUICK,
-    RESULTS,
-    SETUPS,
-    Prepared,
-    add_device_argument,
-    machine,
-    markdown_table,
-    prepare,
-    pyplot,
-    write_section,
-)
+from bench.report import QUICK, beside_results, machine, markdown_table, pyplot, write_section
+from bench.setups import SETUPS, Prepared, Task, add_device_argument, prepare, relabel_request, removal_of
 from gif.edit import run
 from gif.metrics import EvaluationPlan, measure
 from gif.plan import RequestPlan
@@ -64,8 +52,7 @@ from gif.spec import JobSpec, SolverSpec
 ITERATIONS = 5 if QUICK else 40
 THRESHOLDS = (0.05, 0.02, 0.01)
 SIZES = {"hessian_samples": 64, "gradient_samples": 64} if QUICK else {}
-FIGURES = RESULTS.parent  # plots and per-seed values beside the results they illustrate
-SEEDS_FILE = FIGURES / "solvers_seeds.json"
+SEEDS_FILE = beside_results("solvers_seeds.json")
 VARIANTS: dict[str, dict[str, Any]] = {
     "GIF, new defaults": {},
     "GIF, LSMR to 0.005": {"solver": {"tolerance": 0.005}},
@@ -80,21 +67,6 @@ PAPER_EPOCHS = 200
 PAPER_TRAIN_SIZE = {"mnist": 60_000, "cifar10": 50_000}
 # The CPU target for TinyNet class removal with the defaults.
 TARGET_FORGET_ACCURACY, TARGET_OTHER_CLASSES, TARGET_COST_SHARE = 0.01, 0.005, 0.2
-
-
-@dataclass(frozen=True)
-class Task:
-    setup: str
-    request: Callable[[Prepared], dict]
-    backdoor: bool = False
-    default: bool = True  # run when no --tasks are named
-    sizes: dict[str, Any] = field(default_factory=dict)  # solver sizes other than the product's defaults
-    curves: bool = True  # measure the residual against HVPs (seed 0)
-    skipped: tuple[str, ...] = ()  # GIF variants left out where their solves cost too long here
-
-
-def removal_of(label: int) -> Callable[[Prepared], dict]:
-    return lambda _: {"kind": "remove_class", "classes": [label]}
 
 
 TASKS = {
@@ -150,7 +122,7 @@ def plot_curves(task: str, curves: dict[str, list[tuple[int, float]]]) -> None:
     axes.set(xlabel="Hessian-vector products", ylabel="relative normal residual", title=f"GIF system: {task}")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(FIGURES / f"solvers_{task}.png", dpi=110)
+    figure.savefig(beside_results(f"solvers_{task}.png"), dpi=110)
     plt.close(figure)
 
 
@@ -278,7 +250,7 @@ def plot_seeds(results: dict[str, dict]) -> None:
             axes.set(title=name if row == 0 else f"{name}: GIF variants", ylabel=ylabel)
             axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(FIGURES / "solvers_seeds.png", dpi=110)
+    figure.savefig(beside_results("solvers_seeds.png"), dpi=110)
     plt.close(figure)
 
 

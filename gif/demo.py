@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -17,9 +17,6 @@ from gif.io.files import write_safetensors
 from gif.models.registry import build_model
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
-
-if TYPE_CHECKING:
-    from gif_client import Client
 
 DEMOS: dict[str, dict[str, Any]] = {
     "digits": {
@@ -44,17 +41,6 @@ def demo_model(dataset: str, seed: int = 0) -> tuple[dict[str, Any], torch.nn.Mo
     model = reinitialised(build_model(demo["architecture"]), seed)
     train(model, train_data, demo["recipe"].model_copy(update={"seed": seed}))
     return demo["architecture"], model, train_data, eval_data
-
-
-def upload_demo(client: Client, directory: str | Path) -> dict[str, str]:
-    """Upload what ``write_demo_assets`` wrote; returns the ids as a job body names them."""
-    directory = Path(directory)
-    architecture = json.loads((directory / "architecture.json").read_text())
-    return {
-        "model_id": client.upload_model(directory / "model.safetensors", architecture)["id"],
-        "train_dataset_id": client.upload_dataset(directory / "train.safetensors")["id"],
-        "eval_dataset_id": client.upload_dataset(directory / "eval.safetensors")["id"],
-    }
 
 
 def write_demo_assets(out: Path, dataset: str = "digits", seed: int = 0) -> list[Path]:

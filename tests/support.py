@@ -17,7 +17,7 @@ from gif_client import Client
 from gif_client.client import TERMINAL
 from gif_client.problems import raise_for_problem
 
-from gif.demo import upload_demo
+from bench.stack import upload_demo
 from service.core.settings import Settings
 from service.core.storage import artifact_store
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.baselines import fine_tune, gradient_ascent
-from bench.common import Prepared, Setup
+from bench.setups import Prepared, Setup
 from gif.data import load_digits, split_indices
 from gif.metrics import accuracy, predict
 from gif.models.registry import build_model

@@ -16,9 +16,10 @@ import torch
 from gif_client import Client
 
 from bench import gpu_check, wheelhouse
-from bench.common import JobFailed, add_device_argument, wait_for_job
 from bench.gpu import Section
 from bench.gpu_check import Check, Step, StepSkipped
+from bench.setups import add_device_argument
+from bench.stack import JobFailed, wait_for_job
 
 
 def test_a_step_records_its_outcome_and_a_failure_or_an_overrun_does_not_escape():

@@ -20,7 +20,7 @@ def test_every_experiment_runs_in_its_smallest_configuration(tmp_path):
     in every experiment, and bench.service starts a real stack (Redis, API, worker, an S3 server) and fuzzes its
     schema. What is left is kept small: one run_all process (quick mode imports torch once), the reference models
     trained once into a cache shared by all experiments, one epoch on ``QUICK_TRAIN_SUBSET`` images, the quick
-    solver and evaluation sizes of bench.common and a 32-example Hessian sample for the solver table."""
+    solver and evaluation sizes of bench.setups and a 32-example Hessian sample for the solver table."""
     results = tmp_path / "RESULTS.md"
     env = {
         **os.environ,

@@ -1,33 +1,34 @@
-"""Shared benchmark machinery: reference setups, cached trained models, timing and the report file.
+"""What the experiments share: the reference setups and their cached trained models, the tasks asked of them, the
+sizes edits run at, ``--device``, and the HVP cost measurement.
 
-Every experiment loads its data through the product's own loaders (``gif.data``) and trains
-with the product's own trainer (``gif.training``). Trained reference models are cached under
-``bench/cache/`` by a key that includes the recipe, so a re-run reuses them (their training
-time is cached with them).
+Every experiment loads its data through the product's own loaders (``gif.data``) and trains with the product's own
+trainer (``gif.training``). Trained reference models are cached under ``bench/cache/`` by a key that includes the
+recipe, so a re-run reuses them (their training time is cached with them). An experiment imports what it shares
+from here, ``bench.report``, ``bench.stack``, ``bench.baselines``, ``bench.datasets`` and ``bench.toy``, never from
+another experiment.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import platform
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from bench.datasets import load_cifar10, poison
+from bench.datasets import checkerboard_trigger, load_cifar10, poison
+from bench.report import BENCH_DIR, QUICK, best_of
+from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective
 from gif.data import Dataset, load_mnist, split_indices
-from gif.devices import device_report, resolve_device
+from gif.devices import resolve_device
 from gif.errors import InvalidSpecError
 from gif.io.files import read_tensors, write_safetensors
 from gif.models.checkpoints import load_weights
@@ -35,11 +36,7 @@ from gif.models.registry import build_model
 from gif.spec import RetrainSpec
 from gif.training import reinitialised, train
 
-BENCH_DIR = Path(__file__).resolve().parent
 CACHE_DIR = Path(os.environ.get("GIF_BENCH_CACHE", BENCH_DIR / "cache"))
-RESULTS = Path(os.environ.get("GIF_BENCH_RESULTS", BENCH_DIR / "RESULTS.md"))
-# The smallest configuration of every experiment (the suite runs it so that the harness cannot rot).
-QUICK = os.environ.get("GIF_BENCH_QUICK") == "1"
 # Its training set: every reference model (and every retraining, fine-tuning and ascent of it) costs time in
 # proportion; 500 images still leave ~50 of each class, so every request (class, samples, backdoor) has examples.
 QUICK_TRAIN_SUBSET = 500
@@ -91,8 +88,6 @@ def load_data(setup: Setup) -> tuple[Dataset, Dataset, dict[str, Any]]:
     if setup.dataset.endswith("backdoor"):
         clean_labels = train_data.y
         train_data, indices = poison(train_data, BACKDOOR_FRACTION, BACKDOOR_TARGET, seed=0)
-        from bench.datasets import checkerboard_trigger
-
         not_target = torch.nonzero(test.y != BACKDOOR_TARGET).flatten()
         extras = {
             "indices": indices,
@@ -169,152 +164,6 @@ SETUPS = {
 }
 
 
-# --- timing and the report -------------------------------------------------------------------------
-
-
-def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up (timings swing when the cores are shared)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def cpu_model() -> str:
-    """The processor's name (Linux: /proc/cpuinfo), else what the platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(device: torch.device | None = None) -> str:
-    """One line for a RESULTS.md section's header; with a CUDA ``device``, the GPU it ran on too."""
-    line = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    return line if device is None or device.type != "cuda" else f"{line}; on {device_description(device)}"
-
-
-# --- the device a benchmark runs on (``--device``) -------------------------------------------------
-
-
-def parse_device(name: str) -> torch.device:
-    """``--device``'s value: ``auto`` (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    try:
-        return resolve_device(name)
-    except (InvalidSpecError, RuntimeError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """The one ``--device`` option of every benchmark that runs edits (``args.device`` is a ``torch.device``)."""
-    parser.add_argument(
-        "--device",
-        type=parse_device,
-        default="auto",
-        help="where the edits run: auto (default: CUDA when there is one, else the CPU), cpu, cuda or cuda:N; "
-        "for the service's jobs it is the worker's GIF_WORKER_DEVICE",
-    )
-
-
-def torch_build() -> str:
-    """torch's version, with the CUDA it was built for when it was (a CUDA build may still run on the CPU)."""
-    return f"torch {torch.__version__}" + (f" (built for CUDA {torch.version.cuda})" if torch.version.cuda else "")
-
-
-def device_description(device: torch.device) -> str:
-    """The device in words: the GPU's name, index and memory on CUDA; the processor's name on the CPU."""
-    where = device_report(device)
-    if where["type"] != "cuda":
-        return f"CPU ({where['name']})"
-    memory = where.get("total_memory_bytes")
-    return f"{where['name']} (cuda:{where['index']}" + (f", {memory / 2**30:.0f} GiB)" if memory else ")")
-
-
-# --- jobs through the service: every wait is bounded -----------------------------------------------
-
-JOB_TIMEOUT_S = float(os.environ.get("GIF_BENCH_JOB_TIMEOUT_S", 900))  # no benchmark job takes longer
-FAILED = ("failed", "cancelled")
-
-
-class JobFailed(RuntimeError):
-    """A benchmark's job ended without succeeding, or did not end in time; the message says how."""
-
-
-def wait_for_job(
-    api: Any,
-    job_id: str,
-    timeout_s: float = JOB_TIMEOUT_S,
-    until: tuple[str, ...] = ("succeeded",),
-    poll_s: float = 0.05,
-) -> dict:
-    """The job once its status is one of ``until`` (default: succeeded). ``JobFailed`` when it ends otherwise
-    (failed or cancelled, with its error) or is not there within ``timeout_s`` (it is then cancelled, so that it
-    does not hold the worker): a benchmark never waits for ever on a job that cannot end."""
-    try:
-        job = api.wait(job_id, progress=False, poll_s=poll_s, timeout_s=timeout_s, until=until)
-    except TimeoutError:
-        with contextlib.suppress(Exception):
-            api.cancel(job_id)
-        try:
-            status = api.job(job_id)["status"]
-        except Exception:  # the service itself may be what is stuck
-            status = "unknown"
-        raise JobFailed(f"job {job_id} is still {status} after {timeout_s:.0f} s (cancelled)") from None
-    if job["status"] not in until:
-        error = job.get("error") or {}
-        raise JobFailed(f"job {job_id} {job['status']}: {error.get('code')}: {error.get('detail')}")
-    return job
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the file-only Agg backend (no display here); imported only by plotting code."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_section(
-    key: str, title: str, body: str, command: str, device: torch.device | None = None, target: Path = RESULTS
-) -> None:
-    """Replace (or append) one experiment's section of ``target`` (RESULTS.md), stamped with command, machine (and the
-    GPU, when ``device`` is one) and date."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = (
-        f"<!-- section:{key} -->\n## {title}\n\n"
-        f"Command: `{command}` · {stamp} · {machine(device)}\n\n{body.strip()}\n<!-- end:{key} -->\n"
-    )
-    text = target.read_text() if target.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"<!-- section:{re.escape(key)} -->.*?<!-- end:{re.escape(key)} -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
-    target.write_text(text)
-
-
-def kept_sections(path: Path) -> str:
-    """The ``write_section`` sections of ``path``, for a report that rewrites the rest of the file around them."""
-    text = path.read_text() if path.exists() else ""
-    return "".join(re.findall(r"<!-- section:.*?<!-- end:[^>]*-->\n", text, re.S))
-
-
 # --- running edits with the sizes each model affords on this CPU -----------------------------------
 
 # Solver and evaluation sizes per architecture (scaled down for ResNet-18 and VGG-11, whose HVPs
@@ -365,3 +214,101 @@ def edit(
         prepared.test if eval_data is None else eval_data,
         validation_data=validation_data,
     )
+
+
+# --- the device a benchmark runs on (``--device``) -------------------------------------------------
+
+
+def parse_device(name: str) -> torch.device:
+    """``--device``'s value: ``auto`` (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    try:
+        return resolve_device(name)
+    except (InvalidSpecError, RuntimeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """The one ``--device`` option of every benchmark that runs edits (``args.device`` is a ``torch.device``)."""
+    parser.add_argument(
+        "--device",
+        type=parse_device,
+        default="auto",
+        help="where the edits run: auto (default: CUDA when there is one, else the CPU), cpu, cuda or cuda:N; "
+        "for the service's jobs it is the worker's GIF_WORKER_DEVICE",
+    )
+
+
+# --- the tasks: an edit asked of a reference setup -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """An edit asked of a reference setup (``SETUPS[setup]``): its request, built from the prepared model and data,
+    and how experiments run it. ``bench.solvers`` reads the last four: whether it runs when no ``--tasks`` are named,
+    solver sizes other than the product's defaults, whether to measure the residual against HVPs, and the GIF
+    variants it leaves out where their solves cost too long here."""
+
+    setup: str
+    request: Callable[[Prepared], dict]
+    name: str = ""  # what is asked, in words ("class removal")
+    backdoor: bool = False  # a backdoor repair: measured on triggered inputs, not by forgetting
+    default: bool = True
+    sizes: dict[str, Any] = field(default_factory=dict)
+    curves: bool = True
+    skipped: tuple[str, ...] = ()
+
+
+def removal_of(label: int) -> Callable[[Prepared], dict]:
+    """The request removing class ``label``."""
+    return lambda _: {"kind": "remove_class", "classes": [label]}
+
+
+def random_samples(prepared: Prepared) -> dict:
+    """The request removing 10% of the training samples, drawn with seed 7."""
+    chosen, _ = split_indices(len(prepared.train), 0.1, seed=7)
+    return {"kind": "remove_samples", "indices": chosen.tolist()}
+
+
+def relabel_request(prepared: Prepared) -> dict:
+    """The backdoor repair: the poisoned training images given back their true labels."""
+    return {
+        "kind": "relabel",
+        "indices": prepared.extras["indices"].tolist(),
+        "labels": prepared.extras["true_labels"].tolist(),
+    }
+
+
+# --- one Hessian-vector product against one forward+backward ----------------------------------------
+
+HVP_IMPLEMENTATIONS: tuple[HvpMethod, ...] = ("cached_double_backward", "double_backward", "forward_over_reverse")
+HVP_REPEATS = 3
+
+
+def hvp_row(
+    name: str, model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device
+) -> list[object]:
+    """One table row: forward+backward milliseconds, each implementation's ratio, and auto's choice and ratio (best
+    of ``HVP_REPEATS`` after a warm-up, synchronised on CUDA)."""
+    torch.manual_seed(0)
+    model = model.to(device).eval()
+    x, y = torch.rand(batch, *shape, device=device), torch.randint(0, 10, (batch,), device=device)
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    fb = best_of(forward_backward, HVP_REPEATS, device)
+    model.zero_grad(set_to_none=True)
+    objective = ModelObjective(model, [LossTerm(Dataset(x, y), 1 / batch)], batch_size=batch)
+    ratios = {}
+    for method in (*HVP_IMPLEMENTATIONS, "auto"):
+        try:
+            operator = HessianOperator(objective, method=method)
+            v = torch.randn(operator.size, device=device)
+            ratio = best_of(lambda: operator(v), HVP_REPEATS, device) / fb
+            ratios[method] = f"{operator.method}: **{ratio:.2f}×**" if method == "auto" else f"{ratio:.2f}×"
+        except (RuntimeError, NotImplementedError) as exc:
+            ratios[method] = f"fails ({str(exc).splitlines()[0][:60]})"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return [name, batch, f"{fb * 1000:.1f}", *ratios.values()]

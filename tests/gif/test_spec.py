@@ -1,0 +1,29 @@
+"""The job specification's check against the training data's metadata (no tensors: the API refuses at POST time)."""
+
+import pytest
+
+from gif.errors import InvalidSpecError
+from gif.spec import Relabel, RemoveClass, RemoveSamples, check_request
+
+
+def test_every_problem_of_a_request_is_listed_at_once():
+    with pytest.raises(InvalidSpecError) as refused:
+        check_request(Relabel(indices=[1, 12], labels=[4, 5]), class_counts=[3, 3, 3, 0, 1], num_classes=4)
+    assert refused.value.problems == [
+        "the training data has label 4 but the model has 4 classes",
+        "indices out of range for 10 training examples: [12]",
+        "labels out of range for 4 classes: [4, 5]",
+    ]
+
+
+@pytest.mark.parametrize(
+    "request_, fragment",
+    [
+        (RemoveClass(classes=[0, 1]), "every training example"),
+        (RemoveSamples(indices=[0, 1, 2, 3, 4]), "every training example"),
+    ],
+)
+def test_a_request_that_would_leave_no_training_data_is_refused(request_, fragment):
+    with pytest.raises(InvalidSpecError, match=fragment):
+        check_request(request_, class_counts=[2, 3, 0], num_classes=3)
+    check_request(RemoveClass(classes=[1]), class_counts=[2, 3, 0], num_classes=3)  # what fits passes

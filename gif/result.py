@@ -142,3 +142,7 @@ class EditResult(_Result):
         description="The edited exported program (.pt2), for models uploaded as one: "
         "GET /v1/jobs/{id}/checkpoint?format=pt2.",
     )
+
+    def output(self, file_format: Literal["safetensors", "pt2"]) -> CheckpointInfo | None:
+        """The written file of a format: the edited weights (safetensors), or the edited exported program (pt2)."""
+        return self.program if file_format == "pt2" else self.checkpoint

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import redis
 import torch
@@ -161,8 +162,8 @@ def _execute(ctx: ServiceContext, record: JobRecord) -> str:
         )
         stored = _store_outputs(ctx, job_id, outcome, record.inputs["model"])
         edited = _register_edited_model(ctx, record, outcome)
-        outcome.result.model_id = edited.id if edited is not None else None
-        if jobs.succeed(job_id, outcome.result.model_dump(mode="json")):
+        result = outcome.result.model_copy(update={"model_id": edited.id if edited is not None else None})
+        if jobs.succeed(job_id, result):
             return "succeeded"
         if edited is not None:
             ctx.catalog.delete("model", edited.id, record.owner)
@@ -213,11 +214,10 @@ def _register_edited_model(ctx: ServiceContext, record: JobRecord, outcome: Edit
     again; None when the model the job edited was deleted meanwhile (its facts are taken from it)."""
     model_input = record.inputs["model"]
     parent = ctx.catalog.get("model", model_input.id, record.owner)
-    exported = is_exported(model_input.architecture)
-    blob = outcome.result.program if exported else outcome.result.checkpoint
+    file_format: Literal["safetensors", "pt2"] = "pt2" if is_exported(model_input.architecture) else "safetensors"
+    blob = outcome.result.output(file_format)
     if parent is None or blob is None:
         return None
-    file_format = "pt2" if exported else "safetensors"
     facts = {
         **parent.model_dump(include={"architecture", "num_parameters", "num_classes", "input_shape"}),
         "sha256": blob.sha256,

@@ -9,48 +9,64 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal, cast, overload
+from typing import Any, Literal, TypeAlias, cast, overload
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.core.quotas import Quotas
-from service.core.records import Keys, is_id, new_id, page_ids, utc_now
+from service.core.records import Keys, OwnedRecord, is_id, new_id, page_ids, utc_now
 from service.core.storage.references import Artifacts
 
 Kind = Literal["model", "dataset"]
 
 
-class UploadRecord(BaseModel):
-    """What every upload's record holds: who owns it, which blob holds it, and what the file was."""
+class ModelBase(BaseModel):
+    """A model upload as the API shows it (``ModelOut``): the public part of its ``ModelRecord``."""
 
     id: str
-    owner: str
-    seq: int
-    created_at: str
-    sha256: str
-    size_bytes: int
-    filename: str | None = None
-    format: str
-
-
-class ModelRecord(UploadRecord):
     architecture: dict[str, Any]
     num_parameters: int
+    sha256: str
+    size_bytes: int
+    format: Literal["safetensors", "torch_zip", "pt2"]
+    input_shape: list[int] | None = Field(
+        None, description="Exported programs: the shape of one sample the program takes (the batch left out)."
+    )
+    parent_model_id: str | None = Field(None, description="An edited model: the model the job edited.")
+    job_id: str | None = Field(None, description="An edited model: the job that made it (result.model_id).")
+    filename: str | None = None
+    created_at: str
+
+
+class ModelRecord(ModelBase, OwnedRecord):
+    """A stored model: the resource, plus the class count job checks need."""
+
     num_classes: int
-    input_shape: list[int] | None = None  # exported programs: one sample's shape
-    parent_model_id: str | None = None  # an edited model: the model its job edited
-    job_id: str | None = None  # an edited model: the job that made it
 
 
-class DatasetRecord(UploadRecord):
+class DatasetBase(BaseModel):
+    """A dataset upload as the API shows it (``DatasetOut``): its file and what job checks need to know of it (the
+    engine's ``DatasetSummary``, measured once at upload; ``service.web.validation`` turns it back into one)."""
+
+    id: str
     num_samples: int
-    num_classes: int
+    num_classes: int = Field(description="The largest label + 1.")
     sample_shape: list[int]
-    class_counts: list[int]
+    class_counts: list[int] = Field(description="Examples per label, from label 0.")
+    sha256: str
+    size_bytes: int
+    format: Literal["safetensors", "npz"]
+    filename: str | None = None
+    created_at: str
 
 
-RECORDS: dict[Kind, type[UploadRecord]] = {"model": ModelRecord, "dataset": DatasetRecord}
+class DatasetRecord(DatasetBase, OwnedRecord):
+    """A stored dataset: the resource and its owner."""
+
+
+UploadRecord: TypeAlias = ModelRecord | DatasetRecord
+RECORDS: dict[Kind, type[ModelRecord] | type[DatasetRecord]] = {"model": ModelRecord, "dataset": DatasetRecord}
 
 
 class Catalog:

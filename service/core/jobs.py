@@ -14,17 +14,19 @@ from typing import Any, Literal, cast
 
 import redis
 import redis.asyncio
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from gif.result import EditResult
 from service.core.errors import job_error
 from service.core.quotas import active_jobs_exceeded
-from service.core.records import Keys, is_id, new_id, page_ids, parse_time, utc_now
+from service.core.records import Keys, OwnedRecord, is_id, new_id, page_ids, parse_time, utc_now
 from service.core.storage.references import Artifacts
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 JSON_FIELDS = ("spec", "inputs", "progress", "result", "error", "worker", "warnings")
+_PARSED_FIELDS = tuple(name for name in JSON_FIELDS if name != "result")  # json.loads; the result decodes as itself
 DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 # Progress is written only while the job still runs: a late write must not touch a finished
@@ -70,49 +72,46 @@ class InputRef(BaseModel):
     architecture: dict[str, Any] | None = None
 
 
-class JobRecord(BaseModel):
-    """A job as stored, decoded once from its Redis hash; the API shows the ``JobOut`` part of it."""
+class JobBase(BaseModel):
+    """The job resource: every field the API shows (``JobOut`` documents them), as stored.
+
+    ``result`` is the worker's ``EditResult`` as it is: written once as its JSON, read back as the model.
+    """
 
     id: str
-    owner: str
-    seq: int
     status: JobStatus
-    queue: str | None = None
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
     spec: dict[str, Any]
-    inputs: dict[str, InputRef]
     progress: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
+    result: EditResult | None = Field(None, description="Once succeeded.")
     error: dict[str, Any] | None = None
+    cancel_requested: bool = Field(False, description="A cancel was asked for and the worker has not stopped yet.")
+    attempts: int = Field(
+        0,
+        description="Times a worker took the job; a job whose process died is queued again, up to "
+        "GIF_JOB_MAX_ATTEMPTS attempts.",
+    )
+    warnings: list[str] | None = Field(
+        None,
+        description="Why the job may wait or ran again: no healthy worker when it was submitted, an attempt "
+        "whose process died. The edit's own warnings are in result.warnings.",
+    )
+
+
+class JobRecord(JobBase, OwnedRecord):
+    """A job as stored, decoded once from its Redis hash: the resource plus what only the service sees."""
+
+    queue: str | None = None
+    inputs: dict[str, InputRef]
     worker: dict[str, Any] | None = None
-    cancel_requested: bool = False
-    attempts: int = 0
-    warnings: list[str] | None = None
-
-    def public(self) -> dict[str, Any]:
-        """The job resource: the record without its internal fields (owner, sequence number, queue, inputs, worker)."""
-        return self.model_dump(mode="json", include=set(PUBLIC_JOB_FIELDS))
-
-    @property
-    def checkpoint_sha256(self) -> str | None:
-        return (self.result or {}).get("checkpoint", {}).get("sha256")
-
-    @property
-    def program_sha256(self) -> str | None:
-        """The edited ``.pt2`` program, for jobs on exported programs."""
-        return ((self.result or {}).get("program") or {}).get("sha256")
 
     @property
     def output_sha256s(self) -> list[str]:
-        return [sha for sha in (self.checkpoint_sha256, self.program_sha256) if sha]
-
-
-PUBLIC_JOB_FIELDS = frozenset(
-    {"id", "status", "created_at", "started_at", "finished_at", "spec", "progress", "result", "error"}
-    | {"cancel_requested", "attempts", "warnings"}
-)
+        """The blobs the job wrote: the edited checkpoint and, for exported programs, the edited ``.pt2``."""
+        result = self.result
+        return [blob.sha256 for blob in (result.checkpoint, result.program) if blob] if result else []
 
 
 class JobStore:
@@ -168,8 +167,9 @@ class JobStore:
         if not row or (owner is not None and row.get("owner") != owner):
             return None
         fields: dict[str, Any] = {name: value or None for name, value in row.items() if name in JobRecord.model_fields}
-        for name in JSON_FIELDS:
+        for name in _PARSED_FIELDS:
             fields[name] = json.loads(row[name]) if row.get(name) else None
+        fields["result"] = EditResult.model_validate_json(row["result"]) if row.get("result") else None
         fields["cancel_requested"] = row.get("cancel_requested") == "1" and row.get("status") == "running"
         return JobRecord.model_validate(fields)
 
@@ -344,8 +344,9 @@ class JobStore:
     def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         self._write_progress(keys=[self.keys.job(job_id)], args=[json.dumps(progress)])
 
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-        return bool(self._transition(job_id, {"running"}, "succeeded", result=result))
+    def succeed(self, job_id: str, result: EditResult) -> bool:
+        """running → succeeded, with the edit's result (stored as its JSON, read back as it is)."""
+        return bool(self._transition(job_id, {"running"}, "succeeded", result=result.model_dump(mode="json")))
 
     def fail(self, job_id: str, error: dict[str, Any], status: str = "failed") -> bool:
         """running → failed (or cancelled), with the error object."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 import redis.asyncio
+from pydantic import BaseModel, TypeAdapter
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -74,6 +75,26 @@ def utc_now() -> str:
 
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class OwnedRecord(BaseModel):
+    """What a stored record (a job, a model, a dataset) adds to its resource: who owns it, and its place in the
+    owner's lists. A record class names its resource first, ``class JobRecord(JobBase, OwnedRecord)``: the resource
+    model declares the public fields once, for the record and the response alike."""
+
+    owner: str
+    seq: int
+    _resource: ClassVar[TypeAdapter[Any]]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._resource = TypeAdapter(cls.__bases__[0])
+
+    def public(self) -> dict[str, Any]:
+        """The resource as JSON: the record serialised as its resource class, which leaves out what only the service
+        sees (owner, sequence number, and each record's own internal fields)."""
+        return self._resource.dump_python(self, mode="json")
 
 
 class Keys:

@@ -7,10 +7,9 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from gif.models.registry import ArchitectureSpec
-from gif.result import EditResult
 from gif.spec import JobSpec
-from service.core.catalog import UploadRecord
-from service.core.jobs import JobRecord, JobStatus
+from service.core.catalog import DatasetBase, ModelBase
+from service.core.jobs import JobBase
 
 Item = TypeVar("Item")
 
@@ -103,33 +102,14 @@ class ParameterListing(BaseModel):
     num_parameters: int
 
 
-class ModelOut(BaseModel):
-    id: str
-    architecture: ArchitectureSpec
-    num_parameters: int
-    sha256: str
-    size_bytes: int
-    format: Literal["safetensors", "torch_zip", "pt2"]
-    input_shape: list[int] | None = Field(
-        None, description="Exported programs: the shape of one sample the program takes (the batch left out)."
-    )
-    parent_model_id: str | None = Field(None, description="An edited model: the model the job edited.")
-    job_id: str | None = Field(None, description="An edited model: the job that made it (result.model_id).")
-    filename: str | None = None
-    created_at: str
+# The upload resources: their base's fields (a stored record is served as its base). No docstrings: they would
+# become the schemas' descriptions.
+class ModelOut(ModelBase):
+    architecture: ArchitectureSpec  # type: ignore[assignment]  # stored as the JSON of the spec it was checked as
 
 
-class DatasetOut(BaseModel):
-    id: str
-    num_samples: int
-    num_classes: int = Field(description="The largest label + 1.")
-    sample_shape: list[int]
-    class_counts: list[int] = Field(description="Examples per label, from label 0.")
-    sha256: str
-    size_bytes: int
-    format: Literal["safetensors", "npz"]
-    filename: str | None = None
-    created_at: str
+class DatasetOut(DatasetBase):
+    pass
 
 
 class Progress(BaseModel):
@@ -148,34 +128,11 @@ class JobError(BaseModel):
     retryable: bool = Field(False, description="True when submitting the same job again may succeed.")
 
 
-class JobOut(BaseModel):
-    id: str
-    status: JobStatus
-    created_at: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    spec: JobSpec
-    progress: Progress | None = Field(None, description="Updated while the job runs; the last value is kept.")
-    result: EditResult | None = Field(None, description="Once succeeded.")
-    error: JobError | None = Field(None, description="Once failed or cancelled.")
-    cancel_requested: bool = Field(False, description="A cancel was asked for and the worker has not stopped yet.")
-    attempts: int = Field(
-        0,
-        description="Times a worker took the job; a job whose process died is queued again, up to "
-        "GIF_JOB_MAX_ATTEMPTS attempts.",
+# The job resource: ``JobBase``'s fields (a ``JobRecord`` is served as one), three of them typed here for the schema.
+# No docstring: it would become the schema's description.
+class JobOut(JobBase):
+    spec: JobSpec  # type: ignore[assignment]  # stored as the JSON of the JobSpec it was checked as
+    progress: Progress | None = Field(  # type: ignore[assignment]  # the worker's progress writes
+        None, description="Updated while the job runs; the last value is kept."
     )
-    warnings: list[str] | None = Field(
-        None,
-        description="Why the job may wait or ran again: no healthy worker when it was submitted, an attempt "
-        "whose process died. The edit's own warnings are in result.warnings.",
-    )
-
-
-def public(record: UploadRecord, model: type[BaseModel]) -> dict[str, Any]:
-    """A stored upload record without its internal fields (owner, sequence number)."""
-    return record.model_dump(mode="json", include=set(model.model_fields))
-
-
-def public_job(record: JobRecord) -> dict[str, Any]:
-    """The job resource (``JobOut``'s fields: ``JobRecord.public``)."""
-    return record.public()
+    error: JobError | None = Field(None, description="Once failed or cancelled.")  # type: ignore[assignment]

@@ -8,7 +8,7 @@ upload to record what later job checks need. Nothing here runs an edit.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -87,12 +87,14 @@ def warm_up() -> None:
     _logits_shape(json.dumps({"name": "mlp", "config": {"sizes": [4, 2]}}), (4,))
 
 
+def dataset_summary(record: DatasetRecord) -> DatasetSummary:
+    """What job checks need of a dataset (``gif.checks``), from its record: the summary it was measured as at upload."""
+    return DatasetSummary(**{field.name: getattr(record, field.name) for field in fields(DatasetSummary)})
+
+
 def check_job(spec: JobSpec, model: ModelRecord, datasets: dict[JobPart, DatasetRecord]) -> None:
     """Refuse a job that cannot run on its model and data (``gif.checks``), every problem at its field's pointer."""
-    summaries = {
-        part: DatasetSummary(record.num_samples, record.num_classes, record.sample_shape, record.class_counts)
-        for part, record in datasets.items()
-    }
+    summaries = {part: dataset_summary(record) for part, record in datasets.items()}
     sample_shape = tuple(summaries["train"].sample_shape)
     errors = []
     if is_exported(model.architecture):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from service.core.context import ServiceContext
 from service.core.queue import job_queue, withdraw_job
 from service.core.records import Keys
+from tests.service.results import edit_result
 
 
 @pytest.fixture()
@@ -194,6 +197,27 @@ def test_unfinished_jobs_have_no_checkpoint_and_cannot_be_deleted(http, base, pr
         for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/checkpoint"):
             problem(http.get(path), 404, "not-found")
         problem(http.post(f"/v1/jobs/{job_id}/cancel"), 404, "not-found")
+
+
+def test_a_stored_result_is_served_as_written_and_one_of_an_older_version_still_reads(http, base, settings, problem):
+    """The worker stores its ``EditResult`` as the JSON of ``model_dump`` (every version's layout) and the API reads it
+    back as an ``EditResult``: served as written; one from before ``data``, ``device`` and ``class_accuracy`` existed
+    reads with them null, and its checkpoint and report are served."""
+    ctx = ServiceContext.create(settings)
+    job = http.post("/v1/jobs", json=base).json()
+    assert ctx.jobs.start(job["id"], {"name": "test"})
+    sha = "0" * 64
+    result = edit_result(checkpoint={"sha256": sha, "size_bytes": 3}, model_id="model_00000000000000000000")
+    assert ctx.jobs.succeed(job["id"], result)
+    written = result.model_dump(mode="json")
+    assert http.get(f"/v1/jobs/{job['id']}").json()["result"] == written
+    newer = ("data", "device", "class_accuracy")
+    older = {name: value for name, value in written.items() if name not in newer}
+    ctx.jobs.client.hset(Keys(settings.key_prefix).job(job["id"]), "result", json.dumps(older))
+    assert http.get(f"/v1/jobs/{job['id']}").json()["result"] == {**older, **dict.fromkeys(newer)}
+    assert http.get(f"/v1/jobs/{job['id']}/checkpoint", headers={"If-None-Match": f'"{sha}"'}).status_code == 304
+    problem(http.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "pt2"}), 409, "conflict")
+    assert http.get(f"/v1/jobs/{job['id']}/report").status_code == 200
 
 
 def test_lists_are_paginated_newest_first_and_filtered_by_status(http, base):

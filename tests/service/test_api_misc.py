@@ -127,11 +127,35 @@ def test_routing_errors_are_problems(http, problem):
     problem(http.put("/v1/jobs"), 405, "method-not-allowed")
 
 
-def test_the_job_resource_is_the_records_public_fields():
-    from service.core.jobs import PUBLIC_JOB_FIELDS
-    from service.web.schemas import JobOut
+def test_each_resource_is_its_records_public_fields():
+    """A record class names its resource first; the response model is that resource, and a record is served as it."""
+    from service.core.catalog import DatasetBase, DatasetRecord, ModelBase, ModelRecord
+    from service.core.jobs import JobBase, JobRecord
+    from service.web.schemas import DatasetOut, JobOut, ModelOut
 
-    assert set(JobOut.model_fields) == PUBLIC_JOB_FIELDS
+    common = {"owner": "o", "seq": 1, "created_at": "now"}
+    file = {"sha256": "0" * 64, "size_bytes": 1, **common}
+    records = {
+        JobOut: JobRecord(
+            id="job_0",
+            status="queued",
+            spec={"request": {"kind": "remove_class", "classes": [0]}},
+            inputs={},
+            queue="q",
+            **common,
+        ),
+        ModelOut: ModelRecord(
+            id="model_0", architecture={"name": "mlp"}, num_parameters=1, num_classes=2, format="pt2", **file
+        ),
+        DatasetOut: DatasetRecord(
+            id="dataset_0", num_samples=2, num_classes=1, sample_shape=[1], class_counts=[2], format="npz", **file
+        ),
+    }
+    for (out, record), base in zip(records.items(), (JobBase, ModelBase, DatasetBase), strict=True):
+        assert issubclass(out, base) and isinstance(record, base)
+        assert list(out.model_fields) == list(base.model_fields)
+        assert list(record.public()) == list(out.model_fields)
+        out.model_validate(record.public())
 
 
 def test_what_the_schema_fuzzer_found_is_a_clear_4xx(http, problem):

@@ -26,6 +26,7 @@ from service.tools.launch import free_port
 from service.web.app import create_app
 from service.web.auth import owner_of
 from tests.service.conftest import serving
+from tests.service.results import edit_result
 from tests.support import SuiteClient
 
 SCHEMA = schemathesis.openapi.from_path(Path(__file__).resolve().parents[2] / "openapi" / "openapi.json")
@@ -177,7 +178,7 @@ def test_a_presigned_redirect_and_a_store_that_cannot_be_written(
         with ctx.artifacts.store.staging_file() as staged:
             staged.write_bytes(content)
             ctx.artifacts.add(staged, sha, f"job:{job.id}")
-        assert ctx.jobs.succeed(job.id, {"checkpoint": {"sha256": sha, "size_bytes": len(content)}})
+        assert ctx.jobs.succeed(job.id, edit_result(checkpoint={"sha256": sha, "size_bytes": len(content)}))
         redirect = reach(http, "GET", "/v1/jobs/{job_id}/checkpoint", 307, f"/v1/jobs/{job.id}/checkpoint")
         assert httpx.get(redirect.headers["location"]).content == content
         inputs = job_body(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from service.core import retention
 from service.core.context import ServiceContext
 from service.web.app import create_app
+from tests.service.results import edit_result
 from tests.support import SuiteClient, stored_files
 
 HOUR = 3600.0
@@ -48,7 +50,7 @@ def finish(ctx: ServiceContext, job_id: str, register: bool = False) -> str:
     with ctx.artifacts.store.staging_file() as staged:
         staged.write_bytes(content)
         ctx.artifacts.add(staged, sha, f"job:{job_id}")
-    result = {"checkpoint": {"sha256": sha, "size_bytes": len(content)}}
+    result: dict[str, Any] = {"checkpoint": {"sha256": sha, "size_bytes": len(content)}}
     if register:
         job = ctx.jobs.get(job_id)
         assert job is not None
@@ -57,7 +59,7 @@ def finish(ctx: ServiceContext, job_id: str, register: bool = False) -> str:
         model = ctx.catalog.register("model", job.owner, facts)
         assert model is not None
         result["model_id"] = model.id
-    assert ctx.jobs.succeed(job_id, result)
+    assert ctx.jobs.succeed(job_id, edit_result(**result))
     return sha
 
 
@@ -82,7 +84,7 @@ def test_a_model_registered_from_a_job_outlives_the_job(stack, demo):
     inputs = uploads(client, demo)
     job_id = submit(client, inputs)
     sha = finish(ctx, job_id, register=True)
-    edited = ctx.jobs.get(job_id).result["model_id"]  # type: ignore[union-attr]
+    edited = ctx.jobs.get(job_id).result.model_id  # type: ignore[union-attr]
 
     assert retention.expire(ctx, time.time() + 1000 * HOUR) == retention.Expired(jobs=1, uploads=2)
     assert client.http.get(f"/v1/jobs/{job_id}").status_code == 404
@@ -108,7 +110,7 @@ def test_an_input_of_a_queued_or_running_job_never_expires(stack, demo):
 
     # Once both have ended, the uploads are looked at again a full age after the pass that found them in use.
     client.cancel(queued)
-    assert ctx.jobs.succeed(running, {})
+    assert ctx.jobs.succeed(running, edit_result())
     assert retention.expire(ctx, much_later + 24 * HOUR - 60) == retention.Expired(jobs=2, uploads=0)
     assert retention.expire(ctx, much_later + 24 * HOUR + 1) == retention.Expired(jobs=0, uploads=2)
     assert client.usage()["stored_bytes"]["usage"] == 0, "expired uploads give their bytes back"

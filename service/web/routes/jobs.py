@@ -15,14 +15,13 @@ from fastapi.responses import (
 )
 
 from gif.report import render_report
-from gif.result import EditResult
 from service.core.errors import ServiceError
-from service.core.jobs import JobRecord
+from service.core.jobs import JobRecord, JobStatus
 from service.web.auth import Caller
 from service.web.dependencies import Context, OwnedJob, Pagination
 from service.web.operations import cancel_job, submit_idempotent
 from service.web.problems import responses
-from service.web.schemas import JOB_EXAMPLES, JobOut, JobRequest, JobStatus, Page, public_job
+from service.web.schemas import JOB_EXAMPLES, JobOut, JobRequest, Page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 not_found = responses("not-found")
@@ -32,7 +31,7 @@ REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'uns
 
 def job_response(record: JobRecord, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
     """The job resource, serialised directly: records are written by this service, and polling must be cheap."""
-    return JSONResponse(public_job(record), status_code=status_code, headers=headers)
+    return JSONResponse(record.public(), status_code=status_code, headers=headers)
 
 
 @router.post(
@@ -87,7 +86,7 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs with this status.")] = None,
 ) -> Page[JobOut]:
     items, cursor = ctx.jobs.page(owner, status, page.limit, page.cursor)
-    return Page[JobOut](items=[JobOut.model_validate(public_job(r)) for r in items], next_cursor=page.next(cursor))
+    return Page[JobOut](items=[JobOut.model_validate(r.public()) for r in items], next_cursor=page.next(cursor))
 
 
 @router.get(
@@ -137,9 +136,10 @@ def checkpoint(
 ) -> Response:
     if record.status != "succeeded":
         raise ServiceError("conflict", f"the job is {record.status}; its checkpoint exists once it succeeded")
-    sha256 = record.program_sha256 if file_format == "pt2" else record.checkpoint_sha256
-    if sha256 is None:
+    output = record.result.output(file_format) if record.result is not None else None
+    if output is None:
         raise ServiceError("conflict", "only jobs on an exported (.pt2) model have an edited program; use safetensors")
+    sha256 = output.sha256
     etag = f'"{sha256}"'
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
@@ -174,7 +174,7 @@ def report(record: OwnedJob) -> Response:
     if record.status != "succeeded" or record.result is None:
         raise ServiceError("conflict", f"the job is {record.status}; its report exists once it succeeded")
     context = [("job", record.id), ("model", str(record.spec.get("model_id"))), ("finished", str(record.finished_at))]
-    page = render_report(EditResult.model_validate(record.result), record.spec, context)
+    page = render_report(record.result, record.spec, context)
     return HTMLResponse(page, headers=REPORT_HEADERS)
 
 

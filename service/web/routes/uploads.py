@@ -17,7 +17,7 @@ from service.web.auth import Caller
 from service.web.dependencies import Context, Pagination, owned_item
 from service.web.operations import upload_dataset, upload_model
 from service.web.problems import responses
-from service.web.schemas import DatasetOut, ModelOut, Page, public
+from service.web.schemas import DatasetOut, ModelOut, Page
 
 FILE_PART = {"type": "string", "format": "binary"}
 ARCHITECTURE_PART = {
@@ -70,16 +70,16 @@ def catalog_router(
         length = request.headers.get("content-length", "")
         declared = int(length) if length.isascii() and length.isdigit() else None
         record = await upload(ctx, owner, request.headers.get("content-type"), declared, request.stream())
-        return JSONResponse(public(record, out), status_code=201, headers={"Location": f"/v1/{kind}s/{record.id}"})
+        return JSONResponse(record.public(), status_code=201, headers={"Location": f"/v1/{kind}s/{record.id}"})
 
     @router.get("", summary=f"Your {kind}s, newest first", response_model=Page[out])  # type: ignore[valid-type]
     def list_items(owner: Caller, ctx: Context, page: Pagination) -> dict[str, Any]:
         items, cursor = ctx.catalog.page(kind, owner, page.limit, page.cursor)
-        return {"items": [public(r, out) for r in items], "next_cursor": page.next(cursor)}
+        return {"items": [r.public() for r in items], "next_cursor": page.next(cursor)}
 
     @router.get(item_path, summary=f"One {kind}", response_model=out, responses=not_found)
     def read(record: Owned) -> dict[str, Any]:
-        return public(record, out)
+        return record.public()
 
     @router.delete(
         item_path,

@@ -26,6 +26,7 @@ EXPERIMENTS = (
     "bench.solver_curvature",
     "bench.service",
     "bench.solvers",
+    "bench.curvature",
 )
 
 

@@ -12,7 +12,18 @@ from pathlib import Path
 from bench.run_all import EXPERIMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("engine-cost", "selection", "baselines", "backdoor", "toy", "alternatives", "solver", "service", "solvers")
+SECTIONS = (
+    "engine-cost",
+    "selection",
+    "baselines",
+    "backdoor",
+    "toy",
+    "alternatives",
+    "solver",
+    "service",
+    "solvers",
+    "curvature",
+)
 
 
 def test_every_experiment_runs_in_its_smallest_configuration(tmp_path):

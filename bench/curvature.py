@@ -1,0 +1,145 @@
+"""Section 9 (issue 24): the Hessian against the Gauss-Newton matrix as the curvature of the GIF system, over seeds.
+
+For each task and seed the reference model is trained with that seed (``bench.setups.prepare``, cached), and the
+same job (the product's defaults: LSMR to the relative residual 0.02, the automatic step; the same seeds, so the same
+Hessian, gradient and validation samples) runs once with ``solver.curvature`` "hessian" and once with
+"gauss_newton", side by side in one process. Reported per curvature: the quality key of the task (score for a
+removal; held-out attack success and clean accuracy for the backdoor repair), the residual reached, the
+curvature-vector products used, the seconds per product, and the solve's seconds. Per-seed values go to
+``bench/curvature_seeds.json`` (written after every seed; ``--first-seed`` adds seeds to the stored ones).
+
+Tasks: TinyNet / MNIST (8k) removing class 3, the TinyNet backdoor repair (5 seeds by default); on request
+VGG-11 / CIFAR-10 (4k) removing class 8 and ResNet-18 / MNIST (the benchmarks' reduced setup) removing 8, one seed
+each (``--tasks vgg11-remove-ship --seeds 1``).
+
+Run: python -m bench.curvature [--tasks a,b] [--seeds N] [--first-seed K] [--device auto|cpu|cuda|cuda:N]
+     (GIF_BENCH_QUICK=1: one seed, small sizes, the removal only; --tasks "": rewrite the section from the JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from typing import Any
+
+import torch
+
+from bench.report import QUICK, beside_results, markdown_table, write_section
+from bench.setups import SETUPS, Task, add_device_argument, prepare, relabel_request, removal_of
+from gif.edit import run
+from gif.spec import JobSpec
+
+CURVATURES = ("hessian", "gauss_newton")
+SEEDS_FILE = beside_results("curvature.quick.json" if QUICK else "curvature_seeds.json")
+QUICK_SIZES = {"hessian_samples": 32, "gradient_samples": 32, "max_iterations": 3}
+TASKS = {
+    "tinynet-remove-3": Task("tinynet-mnist", removal_of(3)),
+    "tinynet-backdoor": Task("tinynet-mnist-backdoor", relabel_request, backdoor=True, default=not QUICK),
+    "vgg11-remove-ship": Task("vgg11-cifar", removal_of(8), default=False),
+    "resnet18-remove-8": Task(
+        "resnet18-mnist",
+        removal_of(8),
+        default=False,
+        sizes={"hessian_samples": 128, "gradient_samples": 128, "batch_size": 64},
+    ),
+}
+
+
+def quality_keys(task: Task) -> tuple[str, ...]:
+    return ("heldout_attack_success_rate", "clean_accuracy") if task.backdoor else ("score", "forget_test_accuracy")
+
+
+def one_seed(task: Task, seed: int, device: torch.device) -> dict[str, Any]:
+    """The job with each curvature on one seed: its metrics after the edit, and the solve's residual and cost."""
+    prepared = prepare(SETUPS[task.setup], seed)
+    attack = prepared.extras.get("triggered_test")
+    entry: dict[str, Any] = {}
+    for curvature in CURVATURES:
+        solver = {**(QUICK_SIZES if QUICK else {}), **task.sizes, "seed": seed, "curvature": curvature}
+        job = JobSpec.model_validate({"request": task.request(prepared), "selection": {"seed": seed}, "solver": solver})
+        result = run(job, prepared.model, prepared.train, prepared.test, attack_data=attack, device=device).result
+        entry[curvature] = {
+            "metrics": result.metrics.after,
+            "before": result.metrics.before,
+            "residual": result.solver.relative_residual,
+            "converged": result.solver.converged,
+            "products": result.solver.hvp_count,
+            "product_s": result.solver.hvp_seconds / max(result.solver.hvp_count, 1),
+            "product_method": result.solver.hvp_method,
+            "solve_s": result.timings.solve_s,
+            "step": result.step.scale,
+        }
+    return entry
+
+
+def mean_sd(values: list[float], digits: int = 4) -> str:
+    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.{digits}f}{spread}"
+
+
+def report(results: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for name, seeds in results.items():
+        task = TASKS[name]
+        for curvature in CURVATURES:
+            runs = [entry[curvature] for entry in seeds.values()]
+            rows.append([
+                f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})", curvature,
+                " / ".join(mean_sd([r["metrics"][k] for r in runs]) for k in quality_keys(task)),
+                mean_sd([r["residual"] for r in runs], 3),
+                f"{sum(r['converged'] for r in runs)}/{len(runs)}",
+                mean_sd([r["products"] for r in runs], 1),
+                f"{statistics.mean(r['product_s'] for r in runs) * 1000:.0f} ({runs[0]['product_method']})",
+                mean_sd([r["solve_s"] for r in runs], 1),
+            ])  # fmt: skip
+    table = markdown_table(
+        ["task", "curvature", "score / forget acc. (removal), attack success / clean acc. (backdoor)",
+         "residual", "converged", "products", "ms per product (implementation)", "solve s"],
+        rows,
+    )  # fmt: skip
+    return table + "\n\n" + verdict(results)
+
+
+def verdict(results: dict[str, dict[str, Any]]) -> str:
+    """Per task: is the Gauss-Newton edit better, worse or within one standard deviation, and at what cost?"""
+    lines = []
+    for name, seeds in results.items():
+        task, key = TASKS[name], quality_keys(TASKS[name])[0]
+        sign = -1 if task.backdoor else 1  # attack success: lower is better
+        gains = [sign * (e["gauss_newton"]["metrics"][key] - e["hessian"]["metrics"][key]) for e in seeds.values()]
+        cost = [e["gauss_newton"]["solve_s"] / e["hessian"]["solve_s"] for e in seeds.values()]
+        sd = statistics.stdev(gains) if len(gains) > 1 else float("nan")
+        lines.append(
+            f"- {name}: Gauss-Newton − Hessian on {key} (better is +) {statistics.mean(gains):+.4f}"
+            + (f" (sd of the paired difference {sd:.4f})" if len(gains) > 1 else "")
+            + f"; Gauss-Newton solve time ÷ Hessian's {statistics.mean(cost):.2f}."
+        )
+    return "\n".join(lines)
+
+
+def load_results() -> dict[str, dict[str, Any]]:
+    return json.loads(SEEDS_FILE.read_text()) if SEEDS_FILE.exists() else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(name for name, task in TASKS.items() if task.default))
+    parser.add_argument("--seeds", type=int, default=1 if QUICK else 5)
+    parser.add_argument("--first-seed", type=int, default=0, help="above 0: add seeds to the stored ones")
+    add_device_argument(parser)
+    args = parser.parse_args()
+    results = load_results()
+    for name in filter(None, args.tasks.split(",")):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            results.setdefault(name, {})[str(seed)] = one_seed(TASKS[name], seed, args.device)
+            SEEDS_FILE.write_text(json.dumps(results, indent=1))
+            print(f"{name} seed {seed}: {json.dumps(results[name][str(seed)], default=str)[:300]}", flush=True)
+    body = report({name: results[name] for name in TASKS if name in results})
+    command = "python -m bench.curvature" + (f" --device {args.device}" if args.device.type != "cpu" else "")
+    write_section("curvature", "9. Hessian or Gauss-Newton curvature (issue 24)", body, command, args.device)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,16 +12,13 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import httpx
 from gif_client import ProblemError
 
-from service.tools.launch import free_port
-from tests.service.test_launch import READY, launcher_env, processes, wait_for_line
+from bench.stack import launched
+from tests.service.test_launch import processes
 from tests.support import SuiteClient
 
 JOBS = 30
@@ -63,26 +60,12 @@ def victims(root: int) -> dict[str, list[int]]:
 
 
 def test_jobs_survive_killed_horses_workers_and_redis(tmp_path, demo):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.tools.launch"],
-        cwd=tmp_path,
-        env={
-            **launcher_env(free_port()),
-            "GIF_HEARTBEAT_TTL_S": "3",
-            "GIF_REAPER_INTERVAL_S": "0.5",
-            "GIF_WORKER_TORCH_THREADS": "1",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    env = {**os.environ, "GIF_HEARTBEAT_TTL_S": "3", "GIF_REAPER_INTERVAL_S": "0.5", "GIF_WORKER_TORCH_THREADS": "1"}
     rng = random.Random(0)
     kills = {"work-horse": 0, "worker": 0, "redis": 0}
-    try:
-        base = wait_for_line(process, lines, READY).group(1)
-        api = SuiteClient(base, timeout_s=30)
+    with launched(tmp_path, env=env) as running:
+        lines = running.lines
+        api = SuiteClient(running.base, timeout_s=30)
         inputs = api.upload_demo(demo["model"].parent)
         spec = {**json.loads(demo["job"].read_text()), **inputs, "solver": SOLVE_FOR_A_WHILE}
 
@@ -99,7 +82,7 @@ def test_jobs_survive_killed_horses_workers_and_redis(tmp_path, demo):
         while time.monotonic() - started < CHAOS_S:
             time.sleep(KILL_EVERY_S)
             kind = rng.choice(sorted(kills))
-            found = victims(process.pid)[kind]
+            found = victims(running.process.pid)[kind]
             if found:
                 os.kill(rng.choice(found), signal.SIGKILL)
                 kills[kind] += 1
@@ -132,8 +115,4 @@ def test_jobs_survive_killed_horses_workers_and_redis(tmp_path, demo):
         assert outcome["failed other"] == 0, "".join(lines[-40:])
         assert outcome["succeeded"] == JOBS
         assert all(count >= 1 for count in kills.values()), kills
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
+    assert running.process.returncode == 0, running.tail()  # stopped by Ctrl-C (SIGINT)

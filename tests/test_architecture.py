@@ -169,8 +169,6 @@ def test_only_gif_io_parses_files():
 UNTESTED_ALONE = {
     "gif/demo.py": "the demo assets: `gif demo-assets` in tests/gif/test_cli.py and the suite's `demo` fixture",
     "gif/result.py": "the result's schema: its shape in tests/gif/test_edit.py, results served in tests/service",
-    "gif/job.py": "pending: new (issue 21, item 2); run through tests/gif/test_edit.py meanwhile",
-    "gif/summary.py": "pending: new (issue 21, item 2); run through tests/gif/test_edit.py meanwhile",
 }
 
 

@@ -18,7 +18,6 @@ Run: python -m bench.curvature [--tasks a,b] [--seeds N] [--first-seed K] [--dev
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from typing import Any
@@ -26,24 +25,13 @@ from typing import Any
 import torch
 
 from bench.report import QUICK, beside_results, markdown_table, write_section
-from bench.setups import SETUPS, Task, add_device_argument, prepare, relabel_request, removal_of
+from bench.setups import SEEDS_SUITE, SETUPS, Task, command, prepare, seeds_command_line
 from gif.edit import run
 from gif.spec import JobSpec
 
 CURVATURES = ("hessian", "gauss_newton")
 SEEDS_FILE = beside_results("curvature.quick.json" if QUICK else "curvature_seeds.json")
 QUICK_SIZES = {"hessian_samples": 32, "gradient_samples": 32, "max_iterations": 3}
-TASKS = {
-    "tinynet-remove-3": Task("tinynet-mnist", removal_of(3)),
-    "tinynet-backdoor": Task("tinynet-mnist-backdoor", relabel_request, backdoor=True, default=not QUICK),
-    "vgg11-remove-ship": Task("vgg11-cifar", removal_of(8), default=False),
-    "resnet18-remove-8": Task(
-        "resnet18-mnist",
-        removal_of(8),
-        default=False,
-        sizes={"hessian_samples": 128, "gradient_samples": 128, "batch_size": 64},
-    ),
-}
 
 
 def quality_keys(task: Task) -> tuple[str, ...]:
@@ -81,7 +69,7 @@ def mean_sd(values: list[float], digits: int = 4) -> str:
 def report(results: dict[str, dict[str, Any]]) -> str:
     rows = []
     for name, seeds in results.items():
-        task = TASKS[name]
+        task = SEEDS_SUITE[name]
         for curvature in CURVATURES:
             runs = [entry[curvature] for entry in seeds.values()]
             rows.append([
@@ -105,7 +93,7 @@ def verdict(results: dict[str, dict[str, Any]]) -> str:
     """Per task: is the Gauss-Newton edit better, worse or within one standard deviation, and at what cost?"""
     lines = []
     for name, seeds in results.items():
-        task, key = TASKS[name], quality_keys(TASKS[name])[0]
+        task, key = SEEDS_SUITE[name], quality_keys(SEEDS_SUITE[name])[0]
         sign = -1 if task.backdoor else 1  # attack success: lower is better
         gains = [sign * (e["gauss_newton"]["metrics"][key] - e["hessian"]["metrics"][key]) for e in seeds.values()]
         cost = [e["gauss_newton"]["solve_s"] / e["hessian"]["solve_s"] for e in seeds.values()]
@@ -123,21 +111,18 @@ def load_results() -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default=",".join(name for name, task in TASKS.items() if task.default))
-    parser.add_argument("--seeds", type=int, default=1 if QUICK else 5)
-    parser.add_argument("--first-seed", type=int, default=0, help="above 0: add seeds to the stored ones")
-    add_device_argument(parser)
-    args = parser.parse_args()
+    args = seeds_command_line(__doc__.splitlines()[0], SEEDS_SUITE)
+    if QUICK:
+        args.tasks = args.tasks[:1]  # the harness's smoke run: the removal alone
     results = load_results()
-    for name in filter(None, args.tasks.split(",")):
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            results.setdefault(name, {})[str(seed)] = one_seed(TASKS[name], seed, args.device)
+    for name in args.tasks:
+        for seed in args.seeds:
+            results.setdefault(name, {})[str(seed)] = one_seed(SEEDS_SUITE[name], seed, args.device)
             SEEDS_FILE.write_text(json.dumps(results, indent=1))
             print(f"{name} seed {seed}: {json.dumps(results[name][str(seed)], default=str)[:300]}", flush=True)
-    body = report({name: results[name] for name in TASKS if name in results})
-    command = "python -m bench.curvature" + (f" --device {args.device}" if args.device.type != "cpu" else "")
-    write_section("curvature", "9. Hessian or Gauss-Newton curvature (issue 24)", body, command, args.device)
+    body = report({name: results[name] for name in SEEDS_SUITE if name in results})
+    section = "9. Hessian or Gauss-Newton curvature (issue 24)"
+    write_section("curvature", section, body, command("bench.curvature", args.device), args.device)
     print(body)
 
 

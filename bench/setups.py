@@ -258,6 +258,26 @@ class Task:
     skipped: tuple[str, ...] = ()
 
 
+def seeds_command_line(description: str, tasks: dict[str, Task]) -> argparse.Namespace:
+    """The command line of an experiment over tasks and seeds: ``tasks`` (names; ``--tasks ""`` measures nothing and
+    rewrites the report from the stored values), ``seeds`` (a range: ``--seeds N`` from ``--first-seed K``, which
+    adds seeds to the stored ones) and ``device``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--tasks", default=",".join(name for name, task in tasks.items() if task.default))
+    parser.add_argument("--seeds", type=int, default=1 if QUICK else 5, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="above 0: add seeds to the stored ones")
+    add_device_argument(parser)
+    args = parser.parse_args()
+    args.tasks = [name for name in args.tasks.split(",") if name]
+    args.seeds = range(args.first_seed, args.first_seed + args.seeds)
+    return args
+
+
+def command(module: str, device: torch.device) -> str:
+    """How a section was made, for its stamp: ``python -m MODULE``, with ``--device`` where it was not the CPU."""
+    return f"python -m {module}" + (f" --device {device}" if device.type != "cpu" else "")
+
+
 def removal_of(label: int) -> Callable[[Prepared], dict]:
     """The request removing class ``label``."""
     return lambda _: {"kind": "remove_class", "classes": [label]}
@@ -276,6 +296,23 @@ def relabel_request(prepared: Prepared) -> dict:
         "indices": prepared.extras["indices"].tolist(),
         "labels": prepared.extras["true_labels"].tolist(),
     }
+
+
+# The seeds suite's tasks (sections 8 and 9): TinyNet's class removal and backdoor repair by default, VGG-11's and
+# ResNet-18's removals on request; ResNet-18's HVPs cost ~25 s at the default Hessian sample here: the bench's
+# reduced setup and sizes.
+SEEDS_SUITE = {
+    "tinynet-remove-3": Task("tinynet-mnist", removal_of(3)),
+    "tinynet-backdoor": Task("tinynet-mnist-backdoor", relabel_request, backdoor=True),
+    "vgg11-remove-ship": Task("vgg11-cifar", removal_of(8), default=False),
+    "resnet18-remove-8": Task(
+        "resnet18-mnist",
+        removal_of(8),
+        default=False,
+        sizes={"hessian_samples": 128, "gradient_samples": 128, "batch_size": 64},
+        curves=False,
+    ),
+}
 
 
 # --- one Hessian-vector product against one forward+backward ----------------------------------------

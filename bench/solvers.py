@@ -28,12 +28,12 @@ Run: python -m bench.solvers [--tasks a,b] [--seeds N] [--device auto|cpu|cuda|c
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +42,7 @@ from torch import nn
 
 from bench.baselines import FINETUNE_EPOCHS, fine_tune, gradient_ascent
 from bench.report import QUICK, beside_results, machine, markdown_table, pyplot, write_section
-from bench.setups import SETUPS, Prepared, Task, add_device_argument, prepare, relabel_request, removal_of
+from bench.setups import SEEDS_SUITE, SETUPS, Prepared, Task, command, prepare, seeds_command_line
 from gif.edit import run
 from gif.metrics import EvaluationPlan, measure
 from gif.plan import RequestPlan
@@ -69,19 +69,11 @@ PAPER_TRAIN_SIZE = {"mnist": 60_000, "cifar10": 50_000}
 TARGET_FORGET_ACCURACY, TARGET_OTHER_CLASSES, TARGET_COST_SHARE = 0.01, 0.005, 0.2
 
 
+# ResNet-18 without the variants of 40-100 HVPs (its HVPs cost seconds here).
 TASKS = {
-    "tinynet-remove-3": Task("tinynet-mnist", removal_of(3)),
-    "tinynet-backdoor": Task("tinynet-mnist-backdoor", relabel_request, backdoor=True),
-    "vgg11-remove-ship": Task("vgg11-cifar", removal_of(8), default=False),
-    # ResNet-18's HVPs cost ~25 s at the default Hessian sample here: the bench's reduced setup and sizes, and
-    # without the variants of 40-100 HVPs.
-    "resnet18-remove-8": Task(
-        "resnet18-mnist",
-        removal_of(8),
-        default=False,
-        sizes={"hessian_samples": 128, "gradient_samples": 128, "batch_size": 64},
-        curves=False,
-        skipped=("GIF, LSMR to 0.005", f"GIF, CG {ITERATIONS} it."),
+    **SEEDS_SUITE,
+    "resnet18-remove-8": replace(
+        SEEDS_SUITE["resnet18-remove-8"], skipped=("GIF, LSMR to 0.005", f"GIF, CG {ITERATIONS} it.")
     ),
 }
 
@@ -429,18 +421,14 @@ reference recipe's time (15 epochs; retraining in the same run):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default=",".join(name for name, task in TASKS.items() if task.default))
-    parser.add_argument("--seeds", type=int, default=1 if QUICK else 5, help="how many seeds")
-    parser.add_argument("--first-seed", type=int, default=0, help="above 0: add seeds to the stored ones")
-    add_device_argument(parser)
-    args = parser.parse_args()
+    args = seeds_command_line(__doc__.splitlines()[0], TASKS)
     results = load_results()
-    for name in filter(None, args.tasks.split(",")):  # --tasks "": the report from the stored values alone
-        measure_task(name, range(args.first_seed, args.first_seed + args.seeds), results, args.device)
+    for name in args.tasks:
+        measure_task(name, args.seeds, results, args.device)
     body = report({name: results[name] for name in TASKS if name in results})
-    command = "python -m bench.solvers" + (f" --device {args.device}" if args.device.type != "cpu" else "")
-    write_section("solvers", "8. Solvers and defaults (issue 11)", body, command, args.device)
+    write_section(
+        "solvers", "8. Solvers and defaults (issue 11)", body, command("bench.solvers", args.device), args.device
+    )
     print(body)
 
 

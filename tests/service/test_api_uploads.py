@@ -276,7 +276,7 @@ def test_identical_uploads_share_one_blob_until_the_last_is_deleted(http, settin
 
 
 def test_a_decompression_bomb_is_refused_with_413_and_nothing_stored(http, problem, settings, tmp_path):
-    from tests.gif.test_data import compressed_zeros_npz
+    from tests.gif.io.test_files import compressed_zeros_npz
 
     compressed_zeros_npz(tmp_path / "bomb.npz", 12_000)
     before = stored_files(settings)

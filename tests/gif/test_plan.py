@@ -63,3 +63,24 @@ def test_a_class_inside_the_carved_split_entirely_still_has_examples_to_learn_fr
     plan = RequestPlan.of(RemoveClass(classes=[1]), Dataset(torch.zeros(8, 1), torch.tensor([0, 1, 0, 1, 0, 0, 0, 0])))
     assert gradient_pool(plan, torch.tensor([1, 3, 4])).tolist() == [1, 3]
     assert gradient_pool(plan, torch.tensor([3, 4])).tolist() == [1]
+
+
+def test_the_samples_depend_on_the_seed_only():
+    """The validation split, the Hessian sample and the gradient sample come from CPU generators seeded by the spec:
+    the same on any device, whatever torch's global random state."""
+    data = Dataset(torch.zeros(200, 2), torch.arange(200) % 4)
+    drawn = []
+    for global_seed, solver_seed in ((1, 7), (2, 7), (1, 8)):
+        spec = JobSpec.model_validate(
+            {
+                "request": {"kind": "remove_class", "classes": [1]},
+                "solver": {"hessian_samples": 30, "gradient_samples": 10, "seed": solver_seed},
+            }
+        )
+        torch.manual_seed(global_seed)
+        drawn.append(Samples.draw(spec, RequestPlan.of(spec.request, data), len(data), carve_validation=True))
+    first, same, other_seed = drawn
+    for field in ("validation", "hessian", "gradient"):
+        assert len(getattr(first, field)) > 0
+        assert torch.equal(getattr(first, field), getattr(same, field))
+        assert not torch.equal(getattr(first, field), getattr(other_seed, field))

@@ -3,7 +3,7 @@
 import pytest
 
 from gif.errors import InvalidSpecError
-from gif.spec import Relabel, RemoveClass, RemoveSamples, check_request
+from gif.spec import JobSpec, Relabel, RemoveClass, RemoveSamples, check_request
 
 
 def test_every_problem_of_a_request_is_listed_at_once():
@@ -27,3 +27,20 @@ def test_a_request_that_would_leave_no_training_data_is_refused(request_, fragme
     with pytest.raises(InvalidSpecError, match=fragment):
         check_request(request_, class_counts=[2, 3, 0], num_classes=3)
     check_request(RemoveClass(classes=[1]), class_counts=[2, 3, 0], num_classes=3)  # what fits passes
+
+
+def test_spec_level_refusals():
+    from pydantic import ValidationError
+
+    for bad in (
+        {"request": {"kind": "remove_class", "classes": []}},
+        {"request": {"kind": "remove_samples", "indices": [1, 1]}},
+        {"request": {"kind": "relabel", "indices": [1, 2], "labels": [3]}},
+        {"request": {"kind": "forget_everything"}},
+        {"request": {"kind": "remove_class", "classes": [1]}, "solver": {"tolerance": 2}},
+        {"request": {"kind": "remove_class", "classes": [1]}, "step": {"mode": "fixed"}},
+        {"request": {"kind": "remove_class", "classes": [1]}, "selection": {"ratio": 0}},
+        {"request": {"kind": "remove_class", "classes": [1]}, "solvr": {}},
+    ):
+        with pytest.raises(ValidationError):
+            JobSpec.model_validate(bad)

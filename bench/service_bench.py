@@ -61,11 +61,11 @@ POLLERS = 50
 POLL_SECONDS = 3.0 if QUICK else 20.0
 POLL_INTERVAL_S = 0.1
 E2E_RUNS = 2 if QUICK else 7
-FUZZ_EXAMPLES = 10 if QUICK else 150
+FUZZ_EXAMPLES = 2 if QUICK else 150  # quick: the entry point only; the suite fuzzes with 40
 FUZZ_TEST = "tests/service/test_api_fuzz.py"
 BIG_SIZES = [2048, 2048, 4] if QUICK else [16384, 16384, 4]  # 16384²+…: 268,500,996 float32 parameters, 1.00 GiB
 WRITE_CHUNK = 64 << 20
-UPLOADS, UPLOAD_POLLERS, UPLOAD_REPEATS = 8, 10, 3
+UPLOADS, UPLOAD_POLLERS, UPLOAD_REPEATS = 8, 10, 1 if QUICK else 3
 S3_SERVERS = {"seaweedfs": "SeaweedFS, `weed mini`, on this disk", "moto": "moto's server, in memory"}
 UPLOAD_SIZES = [1024, 1024, 4] if QUICK else [8192, 8192, 4]  # 67,141,636 float32 parameters: 256 MiB
 

@@ -184,7 +184,11 @@ def main() -> None:
         SEEDS_FILE.write_text(json.dumps(results, indent=1))
     body = report({name: results[name] for name in SEEDS_SUITE if name in results})
     if costs:
-        body += "\n\nOne product on the job's Hessian sample, best of 5, side by side:\n\n" + products_table(costs)
+        body += (
+            "\n\nThe per-seed cost columns above come from the edits themselves, run one after another (their spread "
+            "shows how much the shared cores moved them). The fair cost comparison is one product on the job's Hessian "
+            "sample, best of 5, side by side:\n\n" + products_table(costs)
+        )
     section = "9. Hessian or Gauss-Newton curvature (issue 24)"
     write_section("curvature", section, body, command("bench.curvature", args.device), args.device)
     print(body)

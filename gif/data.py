@@ -8,6 +8,7 @@ torchvision's ``ToTensor`` does. No other normalisation is applied.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 from collections.abc import Sequence
@@ -24,10 +25,14 @@ from gif.io.files import write_safetensors
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+MAX_ID_CHARS = 1024
+
+
 @dataclass(frozen=True)
 class Dataset:
     x: torch.Tensor  # float32, N × sample shape
     y: torch.Tensor  # int64, N
+    ids: tuple[str, ...] | None = None  # the user's own name of each example, when the data carries them
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -42,7 +47,8 @@ class Dataset:
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> Dataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return Dataset(self.x[idx], self.y[idx])
+        ids = tuple(self.ids[i] for i in idx.tolist()) if self.ids is not None else None
+        return Dataset(self.x[idx], self.y[idx], ids)
 
     def split(self, mask: torch.Tensor) -> tuple[Dataset, Dataset]:
         """(the examples where ``mask`` holds, the others), each in the original order."""
@@ -51,13 +57,24 @@ class Dataset:
     def relabelled(self, indices: Sequence[int], labels: Sequence[int]) -> Dataset:
         y = self.y.clone()
         y[torch.as_tensor(indices, dtype=torch.long)] = torch.as_tensor(labels, dtype=torch.long)
-        return Dataset(self.x, y)
+        return Dataset(self.x, y, self.ids)
 
     def batches(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(self.x[i : i + batch_size], self.y[i : i + batch_size]) for i in range(0, len(self), batch_size)]
 
+    def indices_of(self, ids: Sequence[str | int]) -> list[int]:
+        """The positions of the examples with these ids (compared as text: 7 and "7" name one example)."""
+        if self.ids is None:
+            raise InvalidDatasetError("the training data carries no ids: name the examples by their indices")
+        position = {name: i for i, name in enumerate(self.ids)}
+        unknown = [name for name in ids if str(name) not in position]
+        if unknown:
+            raise InvalidDatasetError("ids not in the training data", [f"unknown ids: {unknown[:10]}"])
+        return [position[str(name)] for name in ids]
+
     def save(self, path: str | Path) -> None:
-        write_safetensors(path, {"x": self.x, "y": self.y})
+        metadata = {"ids": json.dumps(list(self.ids))} if self.ids is not None else None
+        write_safetensors(path, {"x": self.x, "y": self.y}, metadata)
 
 
 def structure_problems(x_shape: tuple[int, ...], x_dtype: torch.dtype, y: torch.Tensor) -> list[str]:
@@ -83,10 +100,28 @@ def value_problems(x_finite: bool, y: torch.Tensor) -> list[str]:
     )
 
 
-def make_dataset(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> Dataset:
+def id_problems(ids: Sequence[object], num_samples: int) -> list[str]:
+    """Why ``ids`` cannot name ``num_samples`` examples one to one (text or integers, distinct as text)."""
+    if len(ids) != num_samples:
+        return [f"there are {len(ids)} ids for {num_samples} examples"]
+    if not all(isinstance(i, str | int) and not isinstance(i, bool) for i in ids):
+        return ["ids must be text or integers"]
+    texts = [str(i) for i in ids]
+    if any(len(t) > MAX_ID_CHARS for t in texts):
+        return [f"ids must be at most {MAX_ID_CHARS} characters"]
+    if len(set(texts)) != len(texts):
+        return ["ids must not repeat"]
+    return []
+
+
+def make_dataset(
+    x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, ids: Sequence[str | int] | None = None
+) -> Dataset:
     """Validate and convert raw arrays; raise ``InvalidDatasetError`` listing every problem."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     problems = structure_problems(tuple(x.shape), x.dtype, y)
+    if ids is not None and not problems:
+        problems = id_problems(ids, int(y.shape[0]))
     if problems:
         raise InvalidDatasetError("invalid dataset", problems)
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
@@ -94,7 +129,7 @@ def make_dataset(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> 
     problems = value_problems(bool(torch.isfinite(x).all()), y)
     if problems:
         raise InvalidDatasetError("invalid dataset", problems)
-    return Dataset(x.contiguous(), y.contiguous())
+    return Dataset(x.contiguous(), y.contiguous(), tuple(str(i) for i in ids) if ids is not None else None)
 
 
 # --- the real datasets bundled with the project's shared data -------------------------------------

@@ -139,7 +139,7 @@ def test_the_pre_commit_hooks_run_what_make_lint_runs():
     assert [hook["entry"] + (" ." if hook.get("pass_filenames", True) else "") for hook in hooks] == lint
 
 
-FILE_PARSERS = {"zipfile", "tarfile", "pickle", "safetensors", "io"}  # io: BytesIO wraps bytes for a parser
+FILE_PARSERS = {"zipfile", "tarfile", "pickle", "safetensors", "io", "PIL"}  # io: BytesIO wraps bytes; PIL: images
 LOADING_CALLS = {"torch.load", "np.load", "numpy.load", "torch.export.load", "torch.jit.load"}
 
 

@@ -15,7 +15,7 @@ import os
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -166,8 +166,9 @@ def sniff_format(path: str | Path) -> str:
     raise TensorFileError("unrecognised file: expected safetensors, a torch zip state dict or .npz")
 
 
-def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, dict[str, Any]]]:
-    """Parse and check the header: every tensor's byte range is inside the file and consistent with its shape."""
+def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, dict[str, Any]], dict[str, str]]:
+    """Parse and check the header: every tensor's byte range is inside the file and consistent with its shape.
+    Returns (where the data starts, the tensors' entries, the string metadata)."""
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         raw = fh.read(8)
@@ -182,7 +183,9 @@ def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, dict[str, 
             raise TensorFileError(f"safetensors header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise TensorFileError("safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None) or {}
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise TensorFileError("safetensors metadata must map names to strings")
     data_len = size - 8 - header_len
     for name, entry in header.items():
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
@@ -198,12 +201,12 @@ def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, dict[str, 
         itemsize = SAFETENSORS_DTYPES[entry["dtype"]][1].itemsize
         if not 0 <= start <= end <= data_len or end - start != int(np.prod(shape, dtype=np.int64)) * itemsize:
             raise TensorFileError(f"{name}: data offsets do not match its shape or the file size")
-    return 8 + header_len, header
+    return 8 + header_len, header, metadata
 
 
 def scan_safetensors(path: str | Path) -> dict[str, TensorInfo]:
     """Shapes, dtypes and finiteness of every tensor, reading values in bounded chunks (memory stays flat)."""
-    base, header = read_safetensors_header(path)
+    base, header, _ = read_safetensors_header(path)
     infos = {}
     with open(path, "rb") as fh:
         for name, entry in header.items():
@@ -296,6 +299,38 @@ def write_safetensors(
 
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+
+
+def write_safetensors_parts(
+    path: str | Path,
+    tensors: list[tuple[str, torch.dtype, tuple[int, ...], Iterator[bytes]]],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """A safetensors file written from chunks of bytes, so a tensor larger than memory can be stored: each tensor's
+    chunks must add up to its shape's bytes exactly (checked), in order."""
+    dtype_names = {torch_dtype: name for name, (_, torch_dtype) in SAFETENSORS_DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, dtype, shape, _ in tensors:
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {"dtype": dtype_names[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors' own writer does
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(encoded)) + encoded)
+            for name, _, _, chunks in tensors:
+                start, end = header[name]["data_offsets"]
+                written = 0
+                for chunk in chunks:
+                    fh.write(chunk)
+                    written += len(chunk)
+                if written != end - start:
+                    raise ValueError(f"{name}: {written} bytes written for a tensor of {end - start}")
+
+    atomic_write(path, write)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -4,7 +4,8 @@
 sample) and a ``DatasetSummary`` of each dataset: the engine measures both on the real tensors, the API
 on the ``meta`` device and the summaries recorded at upload, so a job that cannot run is refused at
 POST time in the same words the engine would use. Each problem names the part of the job it is about
-(``request``, ``train``, ``eval``, ``validation`` or ``attack``); the API turns that into a JSON pointer.
+(``request``, ``train_size``, ``train``, ``eval``, ``validation`` or ``attack``); the API turns that into a JSON
+pointer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gif.errors import InvalidSpecError
 from gif.io.datasets import DatasetSummary
 from gif.spec import JobSpec, Relabel, check_request
 
-JobPart = Literal["request", "train", "eval", "validation", "attack"]
+JobPart = Literal["request", "train_size", "train", "eval", "validation", "attack"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,17 @@ def job_fit_problems(
         return problems  # without logits, the class count is unknown
     num_classes = output_shape[1]
     try:
-        check_request(spec.request, train.class_counts, num_classes)
+        check_request(spec.request, train.class_counts, num_classes, train.has_ids)
     except InvalidSpecError as exc:
         problems += [FitProblem("request", detail) for detail in exc.problems]
+    if spec.train_size is not None and spec.train_size < train.num_samples:
+        problems.append(
+            FitProblem(
+                "train_size",
+                f"the model was trained on {spec.train_size} examples but the training data has more "
+                f"({train.num_samples}): train_size counts the whole training set",
+            )
+        )
     if "attack" in data and not isinstance(spec.request, Relabel):
         problems.append(FitProblem("attack", "attack data measures a backdoor: it goes with relabel requests only"))
     for part in ("eval", "validation", "attack"):

@@ -195,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
         help='for weights: e.g. \'{"name": "tinynet", "config": {}}\' (or a JSON file); none for a .pt2 program',
     )
     edit.add_argument(
-        "--train-data", required=True, help="the data the model was trained on (.safetensors/.npz with x, y)"
+        "--train-data",
+        required=True,
+        help="the data the model was trained on: .safetensors/.npz with x, y (and ids), an image archive "
+        "(ImageFolder .zip/.tar/.tar.gz, WebDataset .tar) or a folder of class folders",
     )
     edit.add_argument("--eval-data", help="held-out data for the reported metrics")
     edit.add_argument(

@@ -131,7 +131,7 @@ class EditJob:
         # devices.tensor_device is looked up at each call: the CPU tests replace it with their CUDA double's
         original = copy.deepcopy(model).to(devices.tensor_device(device)).eval()
         check_inputs(original, spec, train_data, eval_data, validation_data, attack_data)
-        plan = RequestPlan.of(spec.request, train_data)
+        plan = RequestPlan.of(spec.request, train_data, spec.train_size)
         samples = Samples.draw(spec, plan, len(train_data), carve_validation=validation_data is None)
         policy = step_policy(spec, plan, train_data, samples.validation, validation_data, original)
         report = JobProgress(progress or _ignore_progress, spec.retrain is not None)

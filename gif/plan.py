@@ -30,22 +30,28 @@ class RequestPlan:
     class_level: bool  # remove_class: affected examples stand for a whole class
 
     @classmethod
-    def of(cls, request: RemoveClass | RemoveSamples | Relabel, train: Dataset) -> RequestPlan:
+    def of(
+        cls, request: RemoveClass | RemoveSamples | Relabel, train: Dataset, train_size: int | None = None
+    ) -> RequestPlan:
+        """``train_size``: the size of the whole training set when ``train`` is a sample of it holding every affected
+        example (the coefficient c counts the whole set; JobSpec.train_size)."""
         n = len(train)
         if isinstance(request, RemoveClass):
             affected_mask = torch.isin(train.y, torch.tensor(request.classes))
         else:
+            indices = request.indices if request.indices is not None else train.indices_of(request.ids or [])
             affected_mask = torch.zeros(n, dtype=torch.bool)
-            affected_mask[torch.tensor(request.indices)] = True
+            affected_mask[torch.tensor(indices)] = True
         affected = torch.nonzero(affected_mask).flatten()
         retained = torch.nonzero(~affected_mask).flatten()
+        whole = train_size if train_size is not None else n
         new_labels = None
         if isinstance(request, Relabel):
-            order = torch.tensor(request.indices).argsort()
+            order = torch.tensor(indices).argsort()
             new_labels = torch.tensor(request.labels)[order]  # aligned with sorted ``affected``
-            coefficient = len(affected) / n
+            coefficient = len(affected) / whole
         else:
-            coefficient = len(affected) / len(retained)
+            coefficient = len(affected) / (whole - len(affected))
         return cls(affected, retained, new_labels, coefficient, isinstance(request, RemoveClass))
 
     def gradient_terms(self, train: Dataset, sample: torch.Tensor) -> list[LossTerm]:

@@ -25,8 +25,36 @@ def _unique(values: list[int]) -> list[int]:
     return values
 
 
+def _unique_as_text(values: list[str | int]) -> list[str | int]:
+    if len({str(v) for v in values}) != len(values):
+        raise ValueError('ids must not repeat (7 and "7" name one example)')
+    return values
+
+
 NonNegative = Annotated[int, Field(ge=0)]
 UniqueIndices = Annotated[list[NonNegative], Field(min_length=1), AfterValidator(_unique)]
+UniqueIds = Annotated[list[str | int], Field(min_length=1), AfterValidator(_unique_as_text)]
+
+
+class _Examples(_Strict):
+    """Training examples named by their positions (``indices``) or by the ids the training data carries (``ids``)."""
+
+    indices: UniqueIndices | None = Field(None, description="Positions in the training data (give these or ids).")
+    ids: UniqueIds | None = Field(
+        None,
+        description="The examples' own ids, when the training dataset carries them (has_ids): e.g. an image "
+        "archive's member paths. Give these or indices.",
+    )
+
+    @model_validator(mode="after")
+    def _named_once(self) -> _Examples:
+        if (self.indices is None) == (self.ids is None):
+            raise ValueError("name the examples by indices or by ids (exactly one of them)")
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.indices if self.indices is not None else self.ids or [])
 
 
 class RemoveClass(_Strict):
@@ -36,18 +64,22 @@ class RemoveClass(_Strict):
     classes: UniqueIndices = Field(examples=[[8]])
 
 
-class RemoveSamples(_Strict):
-    """Forget these training examples (indices into the training data)."""
+class RemoveSamples(_Examples):
+    """Forget these training examples (by index into the training data, or by id)."""
 
     kind: Literal["remove_samples"] = "remove_samples"
-    indices: UniqueIndices = Field(examples=[[12, 40, 97]])
+    indices: UniqueIndices | None = Field(
+        None, examples=[[12, 40, 97]], description="Positions in the training data (give these or ids)."
+    )
 
 
-class Relabel(_Strict):
-    """Replace the labels of these training examples (backdoor or mislabel repair)."""
+class Relabel(_Examples):
+    """Replace the labels of these training examples (backdoor or mislabel repair), named by index or by id."""
 
     kind: Literal["relabel"] = "relabel"
-    indices: UniqueIndices = Field(examples=[[3, 17]])
+    indices: UniqueIndices | None = Field(
+        None, examples=[[3, 17]], description="Positions in the training data (give these or ids)."
+    )
     labels: list[NonNegative] = Field(min_length=1, examples=[[1, 7]])
     attack_target: NonNegative | None = Field(
         None,
@@ -57,10 +89,9 @@ class Relabel(_Strict):
 
     @model_validator(mode="after")
     def _same_length(self) -> Relabel:
-        if len(self.indices) != len(self.labels):
-            raise ValueError(
-                f"indices and labels must have the same length ({len(self.indices)} != {len(self.labels)})"
-            )
+        if self.count != len(self.labels):
+            named = "indices" if self.indices is not None else "ids"
+            raise ValueError(f"{named} and labels must have the same length ({self.count} != {len(self.labels)})")
         return self
 
 
@@ -206,12 +237,21 @@ class JobSpec(_Strict):
     selection: SelectionSpec = SelectionSpec()
     solver: SolverSpec = SolverSpec()
     step: Step = AutoStep()
+    train_size: PositiveInt | None = Field(
+        None,
+        description="The number of examples the model was trained on, when the training dataset is a sample of them "
+        "(it must hold every example to remove or relabel, and the Hessian is estimated on its retained examples): "
+        "the coefficient c of the edit (removed / retained) is computed from it. Null: the training dataset is the "
+        "whole training set.",
+    )
     retrain: RetrainSpec | None = None
     evaluation: EvaluationSpec = EvaluationSpec()
 
 
-def check_request(request: RemoveClass | RemoveSamples | Relabel, class_counts: list[int], num_classes: int) -> None:
-    """Check a request against the training data's label counts and the model's classes.
+def check_request(
+    request: RemoveClass | RemoveSamples | Relabel, class_counts: list[int], num_classes: int, has_ids: bool = False
+) -> None:
+    """Check a request against the training data's label counts, ids (whether it has them) and the model's classes.
 
     Needs only metadata, so the HTTP API can refuse a bad job at POST time without loading tensors.
     Raises ``InvalidSpecError`` listing every problem.
@@ -231,10 +271,12 @@ def check_request(request: RemoveClass | RemoveSamples | Relabel, class_counts: 
         if not problems and sum(class_counts[c] for c in request.classes) == num_samples:
             problems.append("removing these classes would remove every training example")
     else:
-        bad = [i for i in request.indices if i >= num_samples]
+        bad = [i for i in request.indices or [] if i >= num_samples]
         if bad:
             problems.append(f"indices out of range for {num_samples} training examples: {bad[:10]}")
-        if isinstance(request, RemoveSamples) and len(request.indices) >= num_samples:
+        if request.ids is not None and not has_ids:
+            problems.append("the training data carries no ids: name the examples by their indices")
+        if isinstance(request, RemoveSamples) and request.count >= num_samples:
             problems.append("removing these samples would remove every training example")
     if isinstance(request, Relabel):
         bad_labels = [label for label in request.labels if label >= num_classes]

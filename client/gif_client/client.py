@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
+import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +34,40 @@ def sha256_of(path: str | Path) -> str:
         while block := fh.read(CHUNK_BYTES):
             digest.update(block)
     return digest.hexdigest()
+
+
+class UploadError(Exception):
+    """A local file or folder that cannot be sent as it is; the message says why."""
+
+
+def uploaded_sha256(record: dict[str, Any]) -> str:
+    """The sha256 of the file that was sent (an image archive is stored converted, under another sha256)."""
+    sent: str = record.get("source_sha256") or record["sha256"]
+    return sent
+
+
+@contextmanager
+def as_uploadable(path: str | Path) -> Iterator[Path]:
+    """``path`` itself, or for a folder a zip of it in a scratch directory: entries in sorted order with a fixed
+    timestamp, so the same folder always gives the same bytes (and ``upload_once`` finds it again)."""
+    path = Path(path)
+    if not path.is_dir():
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = Path(scratch) / f"{path.name or 'images'}.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+            for file in sorted(p for p in path.rglob("*")):
+                if file.is_symlink() or not (file.is_file() or file.is_dir()):
+                    raise UploadError(f"{file}: links and special files cannot be uploaded")
+                name = file.relative_to(path).as_posix() + ("/" if file.is_dir() else "")
+                entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                if file.is_dir():
+                    zf.writestr(entry, b"")
+                    continue
+                with open(file, "rb") as source, zf.open(entry, "w") as target:
+                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+        yield archive
 
 
 class Client:
@@ -68,28 +106,33 @@ class Client:
         data = {"architecture": json.dumps(architecture)} if architecture is not None else {}
         return self._upload("models", path, data)
 
-    def upload_dataset(self, path: str | Path) -> dict[str, Any]:
-        """A ``.safetensors`` or ``.npz`` file holding ``x`` and ``y``."""
-        return self._upload("datasets", path, {})
+    def upload_dataset(self, path: str | Path, classes: list[str] | None = None) -> dict[str, Any]:
+        """Tensors (``.safetensors`` or ``.npz`` holding ``x``, ``y`` and optionally ``ids``), an image archive
+        (ImageFolder ``.zip``/``.tar``/``.tar.gz``, or a WebDataset ``.tar``), or a folder of class folders (zipped
+        on the way); ``classes``: an image archive's class names in label order."""
+        data = {"classes": json.dumps(classes)} if classes is not None else {}
+        with as_uploadable(path) as file:
+            return self._upload("datasets", file, data)
 
     def _upload(self, collection: str, path: str | Path, data: dict[str, str]) -> dict[str, Any]:
         expected = sha256_of(path)
         with open(path, "rb") as fh:  # httpx streams the open file; it is never read whole here
             record = self._json(self.http.post(f"/v1/{collection}", files={"file": (Path(path).name, fh)}, data=data))
-        if record["sha256"] != expected:
-            raise IntegrityError(f"{path}: sent sha256 {expected}, the service stored {record['sha256']}")
+        if uploaded_sha256(record) != expected:
+            raise IntegrityError(f"{path}: sent sha256 {expected}, the service received {uploaded_sha256(record)}")
         return record
 
     def find_upload(self, collection: str, sha256: str) -> dict[str, Any] | None:
-        """Your upload in ``collection`` (``models`` or ``datasets``) with this sha256, if there is one."""
-        return next((item for item in self.list(collection) if item["sha256"] == sha256), None)
+        """Your upload in ``collection`` (``models`` or ``datasets``) of a file with this sha256, if there is one."""
+        return next((item for item in self.list(collection) if uploaded_sha256(item) == sha256), None)
 
     def upload_once(self, collection: str, path: str | Path, architecture: dict[str, Any] | None = None) -> dict:
         """The upload of ``path`` you already have (same sha256, same architecture), else a new upload."""
-        found = self.find_upload(collection, sha256_of(path))
-        if found is not None and (collection == "datasets" or architecture in (None, found.get("architecture"))):
-            return found
-        return self.upload_model(path, architecture) if collection == "models" else self.upload_dataset(path)
+        with as_uploadable(path) as file:
+            found = self.find_upload(collection, sha256_of(file))
+            if found is not None and (collection == "datasets" or architecture in (None, found.get("architecture"))):
+                return found
+            return self.upload_model(file, architecture) if collection == "models" else self.upload_dataset(file)
 
     # --- lists -----------------------------------------------------------------------------------------
 

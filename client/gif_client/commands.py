@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from gif_client.client import Client, IntegrityError, progress_line
+from gif_client.client import Client, IntegrityError, UploadError, progress_line
 from gif_client.problems import ProblemError
 
 DATASET_FIELDS = (
@@ -53,7 +53,7 @@ def connected(args: argparse.Namespace, host: Host) -> Iterator[Client]:
     try:
         with remote_client(args, host) as client:
             yield client
-    except (ProblemError, IntegrityError, httpx.HTTPError) as exc:
+    except (ProblemError, IntegrityError, UploadError, httpx.HTTPError) as exc:
         raise host.error(str(exc)) from None
 
 
@@ -175,7 +175,12 @@ def register(commands: Any, host: Host) -> None:
     job.add_argument("--spec", required=True, help="the job specification (JSON file or string)")
     job.add_argument("--model", required=True, help="weights or a .pt2 program (reused if the server has it)")
     job.add_argument("--architecture", help="for weights: the architecture (JSON or a JSON file)")
-    job.add_argument("--train-data", required=True)
+    job.add_argument(
+        "--train-data",
+        required=True,
+        help="tensors (.safetensors, .npz), an image archive (ImageFolder .zip/.tar/.tar.gz, WebDataset .tar) or a "
+        "folder of class folders (the other --*-data take the same)",
+    )
     for _, argument in DATASET_FIELDS[1:]:
         job.add_argument("--" + argument.replace("_", "-"))
     job.add_argument("--wait", action="store_true", help="wait with a progress bar and print the metrics")

@@ -54,8 +54,14 @@ class DatasetBase(BaseModel):
     num_classes: int = Field(description="The largest label + 1.")
     sample_shape: list[int]
     class_counts: list[int] = Field(description="Examples per label, from label 0.")
-    sha256: str
+    has_ids: bool = Field(False, description="Whether requests may name its examples by id.")
+    class_names: list[str] | None = Field(None, description="The classes' names in label order, when known.")
+    source: Literal["tensors", "imagefolder", "webdataset"] = Field(
+        "tensors", description="What was uploaded: tensors, or images converted to uint8 tensors once."
+    )
+    sha256: str = Field(description="The stored file's (for images: the converted tensors').")
     size_bytes: int
+    source_sha256: str | None = Field(None, description="Images only: the sha256 of the archive that was uploaded.")
     format: Literal["safetensors", "npz"]
     filename: str | None = None
     created_at: str

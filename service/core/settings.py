@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         8 * 1024**3, ge=1, description="Largest dataset once decompressed (an .npz declares it before it is read)."
     )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="Largest image of an uploaded image dataset, checked before it is decoded."
+    )
     max_model_bytes: int = Field(
         8 * 1024**3, ge=1, description="Largest model once decompressed (torch zip and .pt2 archives declare it)."
     )

@@ -12,6 +12,7 @@ from typing import Any
 from anyio.to_thread import run_sync as run_in_thread
 
 from gif.errors import GifError
+from gif.io.images import ImageLimits, image_archive_kind
 from gif.models.checkpoints import model_architecture, model_format
 from gif.models.registry import ArchitectureSpec
 from service.core.catalog import Kind, UploadRecord
@@ -23,7 +24,15 @@ from service.core.queue import enqueue_job, withdraw_job
 from service.core.webhooks import notify_end_in_background, target_problem
 from service.web.schemas import JobRequest
 from service.web.uploads import Upload, receive_upload, upload_limiter
-from service.web.validation import DATA_INPUTS, check_job, inspect_dataset, inspect_model, parse_architecture
+from service.web.validation import (
+    DATA_INPUTS,
+    check_job,
+    convert_image_dataset,
+    inspect_dataset,
+    inspect_model,
+    parse_architecture,
+    parse_classes,
+)
 
 log = logging.getLogger("service.web.operations")
 MAX_FILENAME_CHARS = 255
@@ -80,13 +89,36 @@ async def upload_dataset(
     """Stream the data to a staging file, read and check it, record its shape and label counts, then store it."""
     await admit_upload(ctx, owner, declared_bytes)
     with ctx.artifacts.staging_file() as staged:
-        upload = await receive_upload(content_type, body, staged, "file", frozenset())
+        upload = await receive_upload(content_type, body, staged, "file", frozenset({"classes"}))
         _require(upload, ())
+        classes = parse_classes(upload.fields.get("classes"))
+        if await run_in_thread(image_archive_kind, staged) is not None:
+            return await _store_images(ctx, owner, upload, classes)
+        if classes is not None:
+            raise ServiceError(
+                "validation-error",
+                "classes are named by image archives only",
+                [{"pointer": "/classes", "detail": "tensors name classes by their labels; leave it out"}],
+            )
         with blame("/file"):
             facts = await run_in_thread(
                 inspect_dataset, staged, ctx.settings.max_dataset_bytes, limiter=upload_limiter()
             )
         return await _store(ctx, "dataset", owner, upload, facts)
+
+
+async def _store_images(ctx: ServiceContext, owner: str, upload: Upload, classes: list[str] | None) -> UploadRecord:
+    """Decode an uploaded image archive into uint8 tensors and store those (the archive itself is not kept)."""
+    limits = ImageLimits(ctx.settings.max_image_pixels, ctx.settings.max_dataset_bytes)
+    with ctx.artifacts.staging_file() as converted:
+        with blame("/file"):
+            facts = await run_in_thread(
+                convert_image_dataset, upload.path, converted, classes, limits, limiter=upload_limiter()
+            )
+        stored = Upload(
+            converted, filename=upload.filename, sha256=facts.pop("sha256"), size_bytes=facts.pop("size_bytes")
+        )
+        return await _store(ctx, "dataset", owner, stored, {**facts, "source_sha256": upload.sha256})
 
 
 async def admit_upload(ctx: ServiceContext, owner: str, declared_bytes: int | None) -> None:

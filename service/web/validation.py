@@ -18,7 +18,8 @@ import torch
 from gif.checks import JobPart, job_fit_problems
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
 from gif.io.datasets import DatasetSummary, summarize_dataset
-from gif.io.files import sniff_format
+from gif.io.files import sha256_file, sniff_format
+from gif.io.images import ImageLimits, convert_images
 from gif.io.programs import inspect_program_file
 from gif.models.checkpoints import check_weights, checkpoint_tensor_infos
 from gif.models.registry import EXPORTED, ArchitectureSpec, build_model, is_exported, num_classes, resolve
@@ -32,7 +33,11 @@ DATA_INPUTS: dict[JobPart, str] = {
     "validation": "validation_dataset_id",
     "attack": "attack_dataset_id",
 }
-POINTERS: dict[JobPart, str] = {"request": "/request", **{part: f"/{field}" for part, field in DATA_INPUTS.items()}}
+POINTERS: dict[JobPart, str] = {
+    "request": "/request",
+    "train_size": "/train_size",
+    **{part: f"/{field}" for part, field in DATA_INPUTS.items()},
+}
 
 
 def inspect_model(path: Path, architecture: ArchitectureSpec, max_bytes: int) -> dict[str, Any]:
@@ -69,6 +74,37 @@ def inspect_weights(path: Path, architecture: ArchitectureSpec, max_bytes: int) 
 def inspect_dataset(path: Path, max_bytes: int) -> dict[str, Any]:
     """Check a dataset (shapes, dtypes, labels, NaN/Inf) without holding its images; its facts for the record."""
     return {**asdict(summarize_dataset(path, max_bytes)), "format": sniff_format(path)}
+
+
+def convert_image_dataset(
+    path: Path, converted: Path, classes: list[str] | None, limits: ImageLimits
+) -> dict[str, Any]:
+    """Decode an image archive into ``converted`` (uint8 tensors, in bounded memory); the stored file's facts."""
+    source = convert_images(path, converted, classes, limits).source
+    return {
+        **inspect_dataset(converted, limits.max_bytes),
+        "source": source,
+        "sha256": sha256_file(converted),
+        "size_bytes": converted.stat().st_size,
+    }
+
+
+def parse_classes(raw: str | None) -> list[str] | None:
+    """The ``classes`` form field: a JSON list of distinct names, or absent."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        value = exc
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        detail = 'a JSON list of class names, e.g. ["cat", "dog"]'
+        raise ServiceError("validation-error", "the classes are invalid", [{"pointer": "/classes", "detail": detail}])
+    if len(set(value)) != len(value):
+        raise ServiceError(
+            "validation-error", "the classes are invalid", [{"pointer": "/classes", "detail": "names must not repeat"}]
+        )
+    return value
 
 
 @lru_cache(maxsize=256)

@@ -28,6 +28,19 @@ def test_every_problem_is_listed_with_the_part_of_the_job_it_is_about():
     ]
 
 
+def test_train_size_counts_at_least_the_uploaded_training_data():
+    request = {"kind": "remove_samples", "indices": [1]}
+    data = {"train": DatasetSummary(30, 3, [4], [10, 10, 10])}
+    assert job_fit_problems(JobSpec.model_validate({"request": request, "train_size": 30}), (1, 3), data) == []
+    assert job_fit_problems(JobSpec.model_validate({"request": request, "train_size": 29}), (1, 3), data) == [
+        FitProblem(
+            "train_size",
+            "the model was trained on 29 examples but the training data has more (30): train_size counts the whole "
+            "training set",
+        )
+    ]
+
+
 def test_the_engine_refuses_in_the_same_words_from_real_tensors():
     model = build_model({"name": "mlp", "config": {"sizes": [4, 3]}})
     generator = torch.Generator().manual_seed(0)

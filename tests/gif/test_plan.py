@@ -34,6 +34,20 @@ def test_removing_samples_affects_exactly_them_and_retrains_on_the_rest():
     assert relabel.retained.tolist() == [0, 2, 4, 5, 6, 7, 8, 9]
 
 
+def test_ids_name_the_same_examples_as_indices_and_train_size_counts_the_whole_training_set():
+    data = Dataset(torch.arange(10.0).unsqueeze(1), torch.arange(10) % 2, tuple(f"img{i}.png" for i in range(10)))
+    by_id = RequestPlan.of(RemoveSamples(ids=["img7.png", "img2.png"]), data)
+    assert torch.equal(by_id.affected, RequestPlan.of(RemoveSamples(indices=[7, 2]), data).affected)
+    relabel = RequestPlan.of(Relabel(ids=["img3.png", "img1.png"], labels=[1, 0]), data)
+    assert relabel.affected.tolist() == [1, 3] and relabel.new_labels.tolist() == [0, 1]
+    # a sample of a 1,000-example training set that holds the two removed examples: c = 2 / 998, not 2 / 8
+    assert by_id.coefficient == pytest.approx(2 / 8)
+    assert RequestPlan.of(RemoveSamples(ids=["img7.png", "img2.png"]), data, 1000).coefficient == pytest.approx(2 / 998)
+    assert RequestPlan.of(Relabel(indices=[1, 3], labels=[1, 0]), data, 1000).coefficient == pytest.approx(2 / 1000)
+    whole_class = RequestPlan.of(RemoveClass(classes=[1]), data, 40)
+    assert whole_class.coefficient == pytest.approx(5 / 35)
+
+
 def draw(request: dict, step: dict, n: int = 200, carve: bool = True, **solver) -> tuple[RequestPlan, Samples]:
     data = Dataset(torch.zeros(n, 1), torch.arange(n) % 4)
     spec = JobSpec.model_validate({"request": request, "step": step, "solver": solver})

@@ -1,6 +1,7 @@
 """The job specification's check against the training data's metadata (no tensors: the API refuses at POST time)."""
 
 import pytest
+from pydantic import ValidationError
 
 from gif.errors import InvalidSpecError
 from gif.spec import JobSpec, Relabel, RemoveClass, RemoveSamples, check_request
@@ -44,3 +45,20 @@ def test_spec_level_refusals():
     ):
         with pytest.raises(ValidationError):
             JobSpec.model_validate(bad)
+
+
+def test_examples_are_named_by_indices_or_ids_exactly_once():
+    assert RemoveSamples(ids=["a.png", 7]).count == 2 and Relabel(ids=["a"], labels=[1]).count == 1
+    for bad in ({}, {"indices": [1], "ids": ["a"]}):
+        with pytest.raises(ValidationError, match="exactly one"):
+            RemoveSamples(**bad)
+    with pytest.raises(ValidationError, match="must not repeat"):
+        RemoveSamples(ids=[7, "7"])
+    with pytest.raises(ValidationError, match="ids and labels must have the same length"):
+        Relabel(ids=["a", "b"], labels=[1])
+    with pytest.raises(InvalidSpecError, match="the request does not fit") as caught:
+        check_request(RemoveSamples(ids=["a"]), class_counts=[2, 3], num_classes=2)
+    assert caught.value.problems == ["the training data carries no ids: name the examples by their indices"]
+    check_request(RemoveSamples(ids=["a"]), class_counts=[2, 3], num_classes=2, has_ids=True)
+    with pytest.raises(InvalidSpecError):
+        check_request(RemoveSamples(ids=list("abcde")), class_counts=[2, 3], num_classes=2, has_ids=True)

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
@@ -174,3 +175,31 @@ def test_a_queued_job_runs_after_its_model_and_data_are_deleted(api, inputs, dem
     ended = api.wait(job["id"])
     assert ended["status"] == "succeeded", ended["error"]
     assert api.checkpoint(job["id"])
+
+
+def test_a_folder_of_images_is_edited_by_id_as_a_sample_of_a_larger_training_set(api, inputs, demo, tmp_path):
+    """The demo's digits as a folder of PNGs (one folder per class), uploaded by the client as a zip; examples are
+    removed by their file names, and train_size says the upload is a sample of a 10× larger training set."""
+    train = load_file(demo["train"])
+    folder = tmp_path / "digits"
+    pixels = (train["x"] * 255).round().to(torch.uint8)
+    for i in range(0, len(train["y"]), 2):
+        (folder / str(int(train["y"][i]))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i, 0].numpy()).save(folder / str(int(train["y"][i])) / f"{i:04d}.png")
+    record = api.upload_dataset(folder)
+    assert record["source"] == "imagefolder" and record["has_ids"] and record["sample_shape"] == [1, 8, 8]
+    assert api.upload_once("datasets", folder)["id"] == record["id"]  # the same folder zips to the same bytes
+    removed = [f"{int(train['y'][i])}/{i:04d}.png" for i in (0, 2, 4, 6)]
+    spec = {
+        **inputs,
+        "train_dataset_id": record["id"],
+        "train_size": 10 * record["num_samples"],
+        "request": {"kind": "remove_samples", "ids": removed},
+        "solver": {"max_iterations": 10},
+        "step": {"mode": "fixed", "scale": 1.0},
+    }
+    job = api.wait(api.submit(spec)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["data"]["coefficient"] == pytest.approx(4 / (10 * record["num_samples"] - 4))
+    unknown = api.wait(api.submit({**spec, "request": {"kind": "remove_samples", "ids": ["7/nope.png"]}})["id"])
+    assert unknown["status"] == "failed" and "7/nope.png" in " ".join(unknown["error"]["problems"])

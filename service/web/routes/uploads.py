@@ -26,6 +26,12 @@ ARCHITECTURE_PART = {
     'leave it out (or give {"name": "exported"}) for a .pt2 program.',
     "example": '{"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}}',
 }
+CLASSES_PART = {
+    "type": "string",
+    "description": "Image archives only, optional: the class names as a JSON list, in label order (a folder not "
+    "listed is refused; a listed class may have no images).",
+    "example": '["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]',
+}
 UPLOAD_ERRORS = (
     "validation-error",
     "invalid-weights",
@@ -114,8 +120,15 @@ datasets = catalog_router(
     DatasetOut,
     upload_dataset,
     multipart(
-        "A .safetensors or .npz file holding x (float32 or uint8, N × sample shape) and y (int64 labels, N).",
+        "Tensors: a .safetensors or .npz file holding x (float32 or uint8, N × sample shape), y (int64 labels, N) "
+        "and optionally ids (integers; or, in safetensors metadata, a JSON list of names) by which requests may name "
+        "examples. Images: an ImageFolder archive (.zip, .tar or .tar.gz of <class>/<image>, JPEG, PNG or WebP; "
+        "classes indexed in sorted order unless `classes` is given) or a WebDataset shard (.tar: each image beside "
+        "its label in .cls or .json); they are decoded once and stored as uint8 tensors, each image's id being its "
+        "path (ImageFolder) or key (WebDataset).",
+        optional=("classes",),
         file=FILE_PART,
+        classes=CLASSES_PART,
     ),
     UPLOAD_ERRORS[:1] + ("invalid-dataset",) + UPLOAD_ERRORS[2:],
 )

@@ -27,6 +27,7 @@ EXPERIMENTS = (
     "bench.service",
     "bench.solvers",
     "bench.curvature",
+    "bench.ingest",
 )
 
 

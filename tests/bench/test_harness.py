@@ -23,6 +23,7 @@ SECTIONS = (
     "service",
     "solvers",
     "curvature",
+    "ingest",
 )
 
 

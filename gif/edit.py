@@ -17,19 +17,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
-from gif.data import Dataset
+from gif.curvature import (
+    HessianOperator,
+    LossFn,
+    LossTerm,
+    ModelObjective,
+    cross_entropy_sum,
+    expected_solve_products,
+)
+from gif.data import Dataset, sample_indices
 from gif.devices import full_float32, release_cached_memory, reset_peak_memory, resolve_device
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.influence import InfluenceProblem, InfluenceSolution
 from gif.io.files import sha256_file, write_safetensors
 from gif.io.programs import read_program, write_program
 from gif.job import EditJob, ProgressSink, WeightEdit
-from gif.metrics import EvaluationPlan, Measurement, measure
+from gif.membership import MAX_PER_SIDE, MembershipLosses, assess, not_judged
+from gif.metrics import EvaluationPlan, Measurement, example_losses, measure, predict
 from gif.parameters import ParameterSpace
-from gif.result import CheckpointInfo, EditResult
+from gif.result import CheckpointInfo, EditResult, Membership
 from gif.selection import Selection, full_selection, select
-from gif.spec import JobSpec
+from gif.spec import JobSpec, RemoveClass
 from gif.step import carved_validation_warning
 from gif.summary import edit_result
 from gif.training import reinitialised, train
@@ -82,7 +90,8 @@ def _solve(
     if job.method.uses_curvature:
         sample = job.train_data.subset(job.samples.hessian)
         objective = ModelObjective(job.original, [LossTerm(sample, 1.0 / len(sample))], job.loss_fn, solver.batch_size)
-        hessian = HessianOperator(objective, solver.damping, solver.hvp, curvature=solver.curvature)
+        products = expected_solve_products(solver.kind, solver.max_iterations)
+        hessian = HessianOperator(objective, solver.damping, solver.hvp, None, solver.curvature, products)
 
     def monitor(iteration: int, residual: float) -> None:
         done = math.log(max(residual, 1e-300)) / math.log(solver.tolerance) if residual < 1 else 0.0
@@ -176,6 +185,55 @@ def _evaluate(job: EditJob, edited: nn.Module) -> tuple[EvaluationPlan, Measurem
     return eval_plan, before, after
 
 
+NO_HELDOUT_DATA = (
+    "membership could not be judged: the job has no held-out data (a split carved from the training data was seen "
+    "in training); give eval data or validation data to learn whether the removed examples still look learned"
+)
+
+
+def _membership(job: EditJob, before: Measurement, after: Measurement, edited: nn.Module) -> Membership | None:
+    """The membership verdict of a removal (``gif.membership``; none for relabel): from the evaluation's own
+    per-example losses when there is eval data, else from one pass of each model over the given validation data."""
+    if job.plan.new_labels is not None:
+        return None
+    seed, class_level = job.spec.solver.seed, job.plan.class_level
+    if job.eval_data is not None:
+        empty = torch.empty(0)
+        like_removed = "eval_forgotten" if class_level else "eval_kept"
+        original, edited_losses = (
+            MembershipLosses(
+                m.losses["affected"],
+                m.losses.get(like_removed, empty),
+                m.losses["retain"],
+                m.losses.get("eval_kept", empty),
+            )
+            for m in (before, after)
+        )
+        return assess(original, edited_losses, "eval", seed, class_level)
+    if job.validation_data is None:
+        return not_judged(NO_HELDOUT_DATA)
+    data = job.validation_data
+    if isinstance(job.spec.request, RemoveClass):
+        like_removed_data, kept_data = data.split(torch.isin(data.y, torch.tensor(job.spec.request.classes)))
+    else:
+        like_removed_data = kept_data = data
+    like_removed_data, kept_data = (
+        d.subset(sample_indices(torch.arange(len(d)), MAX_PER_SIDE, seed)) for d in (like_removed_data, kept_data)
+    )
+    batch_size = job.spec.evaluation.batch_size
+
+    def losses_of(model: nn.Module, measured: Measurement) -> MembershipLosses:
+        kept = example_losses(predict(model, kept_data.x, batch_size), kept_data.y)
+        like_removed = (
+            example_losses(predict(model, like_removed_data.x, batch_size), like_removed_data.y)
+            if class_level
+            else kept
+        )
+        return MembershipLosses(measured.losses["affected"], like_removed, measured.losses["retain"], kept)
+
+    return assess(losses_of(job.original, before), losses_of(edited, after), "validation", seed, class_level)
+
+
 def _retrain(job: EditJob, eval_plan: EvaluationPlan) -> Measurement:
     """The ground truth: the same architecture trained from scratch on the edited training data, measured alike."""
     assert job.spec.retrain is not None
@@ -221,10 +279,13 @@ def run(
         edit = _within_memory(job, device, warnings)
         with job.clock("evaluation"):
             eval_plan, before, after = _evaluate(job, edit.model)
+            membership = _membership(job, before, after, edit.model)
         retrained = None
         if spec.retrain is not None:
             with job.clock("retrain"):
                 retrained = _retrain(job, eval_plan)
-        result = edit_result(job, edit, before, after, retrained, warnings, time.perf_counter() - started, device)
+        result = edit_result(
+            job, edit, before, after, retrained, membership, warnings, time.perf_counter() - started, device
+        )
         state = {k: v.detach().cpu().clone() for k, v in edit.model.state_dict().items()}
         return EditOutcome(state, result, edit.model)

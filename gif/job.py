@@ -96,6 +96,7 @@ class EditJob:
     original: nn.Module  # the model to edit, on the device, in eval mode; never changed
     train_data: Dataset
     eval_data: Dataset | None
+    validation_data: Dataset | None  # held-out data given for the step search (never the carved split)
     attack_data: Dataset | None
     plan: RequestPlan
     samples: Samples
@@ -135,5 +136,5 @@ class EditJob:
         samples = Samples.draw(spec, plan, len(train_data), carve_validation=validation_data is None)
         policy = step_policy(spec, plan, train_data, samples.validation, validation_data, original)
         report = JobProgress(progress or _ignore_progress, spec.retrain is not None)
-        parts = (original, train_data, eval_data, attack_data, plan, samples, policy, loss_fn, report)
+        parts = (original, train_data, eval_data, validation_data, attack_data, plan, samples, policy, loss_fn, report)
         return cls(spec, *parts, PhaseClock(device))

@@ -12,7 +12,7 @@ label is not the attack target, predicted as the target).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -55,6 +55,12 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(F.cross_entropy(logits, labels)) if len(labels) else float("nan")
+
+
+def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each example's cross-entropy (what a loss-threshold membership attack looks at: ``gif.membership``), in float64:
+    in float32 every margin above about 17 gives a loss of exactly 0, and a confident model's examples would tie."""
+    return F.cross_entropy(logits.double(), labels, reduction="none")
 
 
 def removal_score(test_accuracy: float, forget_test_accuracy: float) -> float:
@@ -136,6 +142,7 @@ class Measurement:
     metrics: dict[str, float]
     by_class: dict[str, float]  # class index (as a string) → accuracy
     by_class_data: Literal["eval", "retain"]  # the held-out eval data when there is some, else the retain sample
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # per example, by the plan's field it was measured on
 
 
 def metric_columns(
@@ -192,11 +199,20 @@ def measure(model: nn.Module, plan: EvaluationPlan) -> Measurement:
             if len(victims):
                 target = torch.full_like(victims.y, plan.attack_target)
                 metrics["heldout_attack_success_rate"] = accuracy(logits(victims), target)
+    losses = {
+        "affected": example_losses(affected_logits, plan.affected.y),
+        "retain": example_losses(retain_logits, plan.retain.y),
+    }
+    losses |= {
+        name: example_losses(*part)
+        for name, part in (("eval_kept", kept), ("eval_forgotten", forgotten))
+        if part is not None
+    }
     held_out = [part for part in (kept, forgotten) if part is not None]
     if held_out:
         by_class = class_accuracy(torch.cat([p[0] for p in held_out]), torch.cat([p[1] for p in held_out]))
-        return Measurement(metrics, by_class, "eval")
-    return Measurement(metrics, class_accuracy(retain_logits, plan.retain.y), "retain")
+        return Measurement(metrics, by_class, "eval", losses)
+    return Measurement(metrics, class_accuracy(retain_logits, plan.retain.y), "retain", losses)
 
 
 def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -15,11 +15,19 @@ from html import escape
 from typing import Any
 
 from gif.metrics import metric_columns
-from gif.result import EditResult
+from gif.result import AttackAucs, EditResult, Membership
 
 WIDTH, HEIGHT = 560, 260
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 62, 16, 14, 44
-COLOURS = {"before": "#8a8f98", "after": "#1f6fd1", "retrained": "#e07b00"}
+COLOURS = {
+    "before": "#8a8f98",
+    "after": "#1f6fd1",
+    "retrained": "#e07b00",
+    "removed": "#c0392b",
+    "held-out": "#e07b00",
+    "retained": "#1f6fd1",
+    "removed, before the edit": "#e6a39b",
+}
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;color:#1d2430;margin:0;background:#f4f6f9}
@@ -205,6 +213,75 @@ def class_chart(columns: Mapping[str, Mapping[str, float]], highlighted: set[str
     return _frame(None, y, "class", "accuracy", "".join(body), "Accuracy per class")
 
 
+def loss_chart(membership: Membership) -> str:
+    """The edited model's loss distributions (share of each set per log-spaced bin) on the removed, the held-out and
+    the retained examples, with the removed examples' before the edit dashed: where the removed examples' curve lies
+    is what the membership attack sees."""
+    histogram = membership.histogram
+    if histogram is None:
+        return ""
+    series = {
+        "removed, before the edit": histogram.removed_before,
+        "held-out": histogram.heldout,
+        "retained": histogram.retained,
+        "removed": histogram.removed,
+    }
+    shares = {name: [c / max(sum(counts), 1) for c in counts] for name, counts in series.items()}
+    x = _axis(histogram.edges, MARGIN_LEFT, WIDTH - MARGIN_RIGHT, log=True)
+    y = Axis(0.0, max(max(v) for v in shares.values()) * 1.05 or 1.0, HEIGHT - MARGIN_BOTTOM, MARGIN_TOP)
+    body = []
+    for name, values in shares.items():
+        edges = histogram.edges
+        steps = "".join(f"L{x(edges[i]):.1f},{y(v):.1f}L{x(edges[i + 1]):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        dash = ' stroke-dasharray="5 4"' if name.endswith("before the edit") else ""
+        body.append(
+            f'<path d="M{x(edges[0]):.1f},{y(0):.1f}{steps}L{x(edges[-1]):.1f},{y(0):.1f}" fill="none" '
+            f'stroke="{COLOURS[name]}" stroke-width="2"{dash}><title>{escape(name)}</title></path>'
+        )
+    return _frame(
+        x, y, "per-example loss (cross-entropy)", "share of examples", "".join(body), "Loss distributions"
+    ) + _legend(list(series))
+
+
+def _membership_section(result: EditResult) -> str:
+    """The membership verdict, its AUCs before and after the edit, and the loss distributions behind them."""
+    membership = result.membership
+    if membership is None:
+        if result.request == "relabel":
+            return '<p class="note">A relabel removes no examples: there is no membership verdict.</p>'
+        return '<p class="note">This result predates the membership verdict.</p>'
+    verdict = f"<p><strong>{escape(membership.verdict)}</strong></p>"
+    if membership.status == "not_judged":
+        return verdict
+
+    def auc(value: float | None, interval: tuple[float, float] | None) -> str:
+        if value is None:
+            return "<td>–</td>"
+        return (
+            f'<td class="num">{value:.3f}' + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "") + "</td>"
+        )
+
+    before = membership.before or AttackAucs()
+    rows = "".join(
+        f"<tr><td>{name}</td>{auc(*then)}{auc(*now)}</tr>"
+        for name, then, now in (
+            ("removed vs held-out", before.removed, membership.removed),
+            ("retained vs held-out", before.retained, membership.retained),
+        )
+    )
+    table = (
+        "<table><thead><tr><th>loss-threshold attack AUC</th><th>before</th><th>after</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+    counts = ", ".join(f"{n:,} {name.replace('_', ' ')}" for name, n in membership.samples.items())
+    note = (
+        f'<p class="note">AUC: the chance that a removed (retained) example has a lower loss than a held-out one, '
+        f"ties half; 0.5 = indistinguishable; 95% bootstrap intervals. Held-out examples from the "
+        f"{escape(membership.heldout or '')} data; examples compared: {escape(counts)}.</p>"
+    )
+    return verdict + table + note + loss_chart(membership)
+
+
 def _legend(names: Sequence[str]) -> str:
     items = "".join(f'<span><i style="background:{COLOURS[n]}"></i>{escape(n)}</span>' for n in names)
     return f'<p class="legend note">{items}</p>'
@@ -330,6 +407,7 @@ def render_report(result: EditResult, spec: Mapping[str, Any], context: Sequence
 <section><h2>Accuracy per class</h2>{class_section}</section>
 <section><h2>Solver residual</h2>{residual_chart(result.solver.residual_history, tolerance)}</section>
 <section><h2>Step search</h2>{step_chart(result.step.trace, result.step.scale)}</section>
+<section><h2>Membership</h2>{_membership_section(result)}</section>
 <section><h2>Selected units per layer</h2>{_layers_table(result)}</section>
 </div>
 <section><h2>Request and settings</h2><pre>{escape(json.dumps(spec, indent=2, sort_keys=True))}</pre></section>

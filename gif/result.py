@@ -44,13 +44,17 @@ class SolverSummary(_Result):
         None, description="The curvature solved with (solver.curvature); none for the first-order ablation."
     )
     hvp_method: str | None = Field(
-        None, description="The curvature-vector product that ran (jvp_vjp for the Gauss-Newton matrix)."
+        None,
+        description="The curvature-vector product that ran (jvp_vjp or compiled for the Gauss-Newton matrix).",
     )
     hvp_trial_seconds: dict[str, float] = Field(
         default_factory=dict, description="With hvp auto: one product of each implementation on the first batch."
     )
     hvp_cached_batches: int = 0
     hvp_seconds: float = 0.0
+    hvp_compile_seconds: float = Field(
+        0.0, description="Time spent compiling the product (hvp compiled, or auto's trial of it); not in hvp_seconds."
+    )
     residual_history: list[float] = []
 
 
@@ -84,6 +88,74 @@ class ClassAccuracy(_Result):
     before: dict[str, float]
     after: dict[str, float]
     retrained: dict[str, float] | None = None
+
+
+class AttackAucs(_Result):
+    """A loss-threshold membership attack's AUCs on one model: P(loss on a member < loss on a held-out example),
+    ties counting half; 0.5 = indistinguishable, above 0.5 = looks learned."""
+
+    forget_vs_heldout_auc: float | None = Field(
+        None,
+        description="The removed training examples against held-out ones (for remove_class: unseen examples of the "
+        "removed classes).",
+    )
+    interval: tuple[float, float] | None = Field(
+        None, description="95% percentile bootstrap interval of forget_vs_heldout_auc (1000 seeded resamples)."
+    )
+    retain_vs_heldout_auc: float | None = Field(
+        None, description="Retained training examples against held-out ones: what 'learned' looks like on this model."
+    )
+    retain_interval: tuple[float, float] | None = Field(
+        None, description="95% percentile bootstrap interval of retain_vs_heldout_auc."
+    )
+
+    @property
+    def removed(self) -> tuple[float | None, tuple[float, float] | None]:
+        return self.forget_vs_heldout_auc, self.interval
+
+    @property
+    def retained(self) -> tuple[float | None, tuple[float, float] | None]:
+        return self.retain_vs_heldout_auc, self.retain_interval
+
+
+class LossHistogram(_Result):
+    """Per-example cross-entropy losses counted on log-spaced bins (losses below the first edge in the first bin)."""
+
+    edges: list[float] = Field(description="Bin edges (one more than bins), in loss units.")
+    removed: list[int] = Field(description="The removed examples, edited model.")
+    heldout: list[int] = Field(description="The held-out examples compared with them, edited model.")
+    retained: list[int] = Field(description="The retained examples, edited model.")
+    removed_before: list[int] = Field(description="The removed examples, original model.")
+
+
+MembershipStatus = Literal["still_learned", "not_distinguishable", "over_forgotten", "not_judged"]
+
+
+class Membership(AttackAucs):
+    """Does the removed data still look like training data to an attacker? (``gif.membership``). The AUC fields
+    are the edited model's; ``before`` holds the original's on the same examples."""
+
+    status: MembershipStatus = Field(
+        description="still_learned: the interval's lower end lies above 0.55; over_forgotten: its upper end lies "
+        "below 0.45 (higher loss than unseen data marks them too); not_distinguishable otherwise; not_judged without "
+        "enough held-out data."
+    )
+    verdict: str = Field(
+        description="The plain sentence, e.g. 'removed examples remain distinguishable from unseen data: AUC 0.81 "
+        "[0.77, 0.85]; before the edit 0.83 (they still look learned)'; also a warning unless not distinguishable."
+    )
+    before: AttackAucs | None = Field(None, description="The same attack on the original model.")
+    heldout: Literal["eval", "validation"] | None = Field(
+        None,
+        description="The held-out examples: the eval data, else the given validation data (never a split "
+        "carved from the training data, which the model has seen).",
+    )
+    samples: dict[str, int] = Field(
+        default_factory=dict,
+        description="Examples compared: removed, heldout (compared with the removed), retained, retain_heldout "
+        "(each a seeded sample of at most 2000).",
+    )
+    histogram: LossHistogram | None = Field(None, description="The loss distributions the report plots.")
 
 
 class Timings(_Result):
@@ -132,6 +204,12 @@ class EditResult(_Result):
         None, description="Sample sizes of the edit (absent from records of old versions)."
     )
     device: DeviceReport | None = Field(None, description="Where the edit ran (absent from records of old versions).")
+    membership: Membership | None = Field(
+        None,
+        description="Removals: whether the removed examples still look like training data to a loss-threshold "
+        "membership attack, before and after the edit, with its verdict; null for relabel (nothing is removed) and "
+        "in records of old versions.",
+    )
     warnings: list[str] = []
     checkpoint: CheckpointInfo | None = Field(None, description="The edited weights, once written.")
     model_id: str | None = Field(

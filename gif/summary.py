@@ -14,6 +14,7 @@ from gif.result import (
     DataSummary,
     DeviceReport,
     EditResult,
+    Membership,
     Metrics,
     SelectionSummary,
     SolverSummary,
@@ -28,6 +29,7 @@ def edit_result(
     before: Measurement,
     after: Measurement,
     retrained: Measurement | None,
+    membership: Membership | None,
     warnings: list[str],
     total_s: float,
     device: torch.device,
@@ -39,6 +41,10 @@ def edit_result(
             f"{solve.relative_residual:.3g} (tolerance {spec.solver.tolerance:g}): the solved vector is "
             "approximate; raise solver.max_iterations for a tighter solve"
         )
+    if membership is not None and membership.status != "not_distinguishable":
+        warnings.append(membership.verdict)
+    if edit.hessian is not None and edit.hessian.compile_warning is not None:
+        warnings.append(edit.hessian.compile_warning)
     return EditResult(
         method=spec.method,
         request=spec.request.kind,
@@ -66,6 +72,7 @@ def edit_result(
             device=str(device),
         ),
         device=DeviceReport(**device_report(device)),
+        membership=membership,
         warnings=warnings,
     )
 
@@ -89,5 +96,6 @@ def solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: HessianO
         hvp_trial_seconds={name: s for name, s in hessian.trial_seconds.items()} if hessian else {},  # noqa: C416
         hvp_cached_batches=hessian.cached_batches if hessian else 0,
         hvp_seconds=hessian.seconds if hessian else 0.0,
+        hvp_compile_seconds=hessian.compile_seconds if hessian else 0.0,
         residual_history=solve.history[-200:],
     )

@@ -65,6 +65,21 @@ def test_removing_a_class_forgets_it_and_keeps_the_rest(class_removal):
     assert outcome.result.step.validation == "carved"
 
 
+def test_a_class_removal_that_worked_leaves_the_class_indistinguishable_from_unseen_data(class_removal, mnist_split):
+    """The membership attack compares the removed training 8s with unseen 8s of the eval data: after the class is gone
+    neither looks learned, and the result says so without a warning."""
+    result = class_removal[0].result
+    train, held_out = mnist_split
+    membership = result.membership
+    assert membership is not None and membership.status == "not_distinguishable" and membership.heldout == "eval"
+    assert membership.interval[0] <= 0.55 and abs(membership.forget_vs_heldout_auc - 0.5) < 0.1
+    assert membership.verdict.startswith("removed examples are not distinguishable from unseen data: AUC 0.")
+    assert membership.verdict not in result.warnings
+    assert membership.samples["removed"] == int((train.y == 8).sum())
+    assert membership.samples["heldout"] == int((held_out.y == 8).sum())
+    assert membership.before is not None and membership.histogram is not None
+
+
 def test_every_parameter_outside_the_selection_is_bit_identical(class_removal, mnist_tinynet):
     outcome, _ = class_removal
     original = mnist_tinynet.state_dict()
@@ -195,6 +210,73 @@ def test_relabel_repairs_a_backdoor(backdoored):
     assert after["heldout_attack_success_rate"] < before["heldout_attack_success_rate"]
     assert after["relabel_accuracy"] > before["relabel_accuracy"] + 0.3
     assert after["clean_accuracy"] >= before["clean_accuracy"] - 0.1  # quality vs retraining: see bench/
+    assert outcome.result.membership is None  # a relabel removes nothing
+
+
+@pytest.fixture(scope="module")
+def memorised():
+    """An MLP that fits 300 examples of four overlapping classes (16 Gaussian features, labels from a noisy linear
+    score) perfectly but gets about two thirds of unseen ones right: what it knows of its training data is memorised.
+    Returns the model, its training data, held-out validation data and eval data."""
+    from gif.models.registry import build_model
+    from gif.spec import RetrainSpec
+    from gif.training import reinitialised, train
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 16, generator=generator)
+
+    def draw(n: int) -> Dataset:
+        x = torch.randn(n, 16, generator=generator)
+        return Dataset(x, (x @ scores.T + 2.0 * torch.randn(n, 4, generator=generator)).argmax(1))
+
+    training, validation, evaluation = draw(300), draw(500), draw(1000)
+    model = reinitialised(build_model({"name": "mlp", "config": {"sizes": [16, 128, 4], "activation": "relu"}}), 0)
+    train(model, training, RetrainSpec(epochs=100, batch_size=32, lr=0.05, weight_decay=0.0))
+    return model, training, validation, evaluation
+
+
+REMOVED_AT_RANDOM = sorted(torch.randperm(300, generator=torch.Generator().manual_seed(7))[:60].tolist())
+
+
+def test_on_a_model_that_memorised_removed_samples_still_look_learned_and_a_warning_says_so(memorised):
+    """The default edit on a model that memorised its data: its step aims at the loss of a split carved from the
+    training data, so the removed examples keep their low loss, and the verdict and the warnings say so."""
+    model, training, _, evaluation = memorised
+    result = run(
+        job(request={"kind": "remove_samples", "indices": REMOVED_AT_RANDOM}), model, training, evaluation
+    ).result
+    membership = result.membership
+    assert result.metrics.before["test_accuracy"] < 0.8 and result.metrics.before["retain_accuracy"] == 1.0
+    assert membership is not None and membership.status == "still_learned", membership.verdict
+    assert membership.interval[0] > 0.55 and membership.before.interval[0] > 0.55
+    assert membership.retain_vs_heldout_auc > 0.6
+    assert membership.verdict.startswith("removed examples remain distinguishable from unseen data: AUC 0.")
+    assert membership.verdict in result.warnings
+    assert membership.samples == {"removed": 60, "heldout": 1000, "retained": 240, "retain_heldout": 1000}
+
+
+def test_without_eval_data_membership_is_judged_on_the_validation_data(memorised):
+    """The original model's AUC is the attack on its own losses: the removed examples against the validation data."""
+    from gif.membership import loss_auc
+    from gif.metrics import example_losses, predict
+
+    model, training, validation, _ = memorised
+    spec = job(request={"kind": "remove_samples", "indices": REMOVED_AT_RANDOM})
+    membership = run(spec, model, training, validation_data=validation).result.membership
+    assert membership is not None and membership.heldout == "validation" and membership.samples["heldout"] == 500
+    removed = training.subset(torch.tensor(REMOVED_AT_RANDOM))
+    expected = loss_auc(
+        example_losses(predict(model, removed.x), removed.y), example_losses(predict(model, validation.x), validation.y)
+    )
+    assert membership.before is not None and membership.before.forget_vs_heldout_auc == pytest.approx(expected)
+
+
+def test_without_held_out_data_membership_is_not_judged_and_a_warning_says_so(tanh_mlp, digits_double):
+    spec = job(request={"kind": "remove_samples", "indices": list(range(40))}, step={"mode": "fixed", "scale": 1.0})
+    result = run(spec, tanh_mlp, digits_double).result
+    assert result.membership is not None and result.membership.status == "not_judged"
+    assert result.membership.forget_vs_heldout_auc is None
+    assert "could not be judged" in result.membership.verdict and result.membership.verdict in result.warnings
 
 
 def test_method_if_modifies_every_conv_linear_weight(mnist_tinynet, mnist_split):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape
 
 import pytest
 
@@ -49,9 +50,17 @@ def test_the_page_shows_every_part_of_the_result(edited):
     spec, _, _, outcome = edited
     result = outcome.result
     page = render_report(result, spec.model_dump(mode="json"), [("job", "job_123")])
-    for heading in ("Metrics", "Accuracy per class", "Solver residual", "Step search", "Selected units per layer"):
+    headings = (
+        "Metrics",
+        "Accuracy per class",
+        "Solver residual",
+        "Step search",
+        "Membership",
+        "Selected units per layer",
+    )
+    for heading in headings:
         assert f"<h2>{heading}</h2>" in page
-    assert page.count("<svg") == 3  # per-class accuracy, residual, step search
+    assert page.count("<svg") == 4  # per-class accuracy, residual, step search, loss distributions
     assert f"{result.metrics.after['score']:.4f}" in page and f"{result.metrics.retrained['score']:.4f}" in page
     assert "job_123" in page and "chosen s = " in page
     for layer in result.selection.layers:
@@ -61,6 +70,28 @@ def test_the_page_shows_every_part_of_the_result(edited):
     assert all(
         float(value) == pytest.approx(getattr(result.class_accuracy, name)[c], abs=1e-4) for c, name, value in bars
     )
+
+
+def test_the_membership_section_shows_the_verdict_its_aucs_and_the_loss_distributions(edited):
+    spec, _, _, outcome = edited
+    membership = outcome.result.membership
+    assert membership is not None and membership.histogram is not None and membership.before is not None
+    page = render_report(outcome.result, spec.model_dump(mode="json"))
+    assert escape(membership.verdict) in page
+    auc = f"{membership.forget_vs_heldout_auc:.3f} [{membership.interval[0]:.3f}, {membership.interval[1]:.3f}]"
+    assert auc in page and f"{membership.before.retain_vs_heldout_auc:.3f}" in page
+    curve = r'<path d="(M[^"]*)" fill="none" stroke="[^"]*" stroke-width="2"[^>]*><title>([^<]*)</title>'
+    curves = {name: path for path, name in re.findall(curve, page)}
+    assert set(curves) == {"removed", "held-out", "retained", "removed, before the edit"}
+    assert all(path.count("L") == 2 * len(membership.histogram.removed) + 1 for path in curves.values())
+
+
+def test_a_result_without_a_membership_verdict_says_why(edited):
+    spec, _, _, outcome = edited
+    page = render_report(outcome.result.model_copy(update={"membership": None}), spec.model_dump(mode="json"))
+    assert "predates the membership verdict" in page and page.count("<svg") == 3
+    relabel = outcome.result.model_copy(update={"membership": None, "request": "relabel"})
+    assert "no membership verdict" in render_report(relabel, spec.model_dump(mode="json"))
 
 
 def test_the_page_escapes_what_users_wrote_and_loads_nothing(edited):
@@ -81,6 +112,7 @@ def test_a_fixed_step_and_a_first_order_result_say_so(edited):
             "solver": result.solver.model_copy(update={"residual_history": [], "kind": "none"}),
             "step": result.step.model_copy(update={"mode": "fixed", "trace": []}),
             "class_accuracy": None,
+            "membership": None,
         }
     )
     page = render_report(first_order, spec.model_dump(mode="json"))

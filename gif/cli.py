@@ -79,20 +79,25 @@ def metrics_table(metrics: dict[str, dict[str, float] | None]) -> str:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from gif.devices import resolve_device
     from gif.edit import run
     from gif.io.datasets import read_dataset
     from gif.models.checkpoints import load_checkpoint, model_architecture, model_format
     from gif.models.registry import is_exported
+    from gif.models.transforms import apply_input_transform
     from gif.spec import JobSpec
 
     spec = JobSpec.model_validate(_json_argument(args.spec))
     given = _json_argument(args.architecture) if args.architecture else None
     architecture = model_architecture(model_format(args.model), given)
     model = load_checkpoint(architecture, args.model)
-    train = read_dataset(args.train_data)
-    eval_data = read_dataset(args.eval_data) if args.eval_data else None
-    validation = read_dataset(args.validation_data) if args.validation_data else None
-    attack = read_dataset(args.attack_data) if args.attack_data else None
+    paths = {"train": args.train_data, "eval": args.eval_data, "validation": args.validation_data}
+    paths["attack"] = args.attack_data
+    transform = _json_argument(args.input_transform) if args.input_transform else None
+    data = {role: read_dataset(path) for role, path in paths.items() if path}
+    data = apply_input_transform(data, transform, resolve_device(args.device or "auto"))
+    train, eval_data, validation, attack = (data.get(role) for role in paths)
+    assert train is not None  # --train-data is required
     bar = ProgressBar()
     try:
         outcome = run(
@@ -199,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="the data the model was trained on: .safetensors/.npz with x, y (and ids), an image archive "
         "(ImageFolder .zip/.tar/.tar.gz, WebDataset .tar) or a folder of class folders",
+    )
+    edit.add_argument(
+        "--input-transform",
+        help='the preprocessing the model was trained with, e.g. \'{"resize": 256, "crop": 224, "mean": [0.485, 0.456, '
+        '0.406], "std": [0.229, 0.224, 0.225]}\' (or a JSON file), applied to every dataset',
     )
     edit.add_argument("--eval-data", help="held-out data for the reported metrics")
     edit.add_argument(

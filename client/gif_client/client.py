@@ -101,9 +101,18 @@ class Client:
 
     # --- uploads ---------------------------------------------------------------------------------------
 
-    def upload_model(self, path: str | Path, architecture: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Weights with their architecture (``{"name": …, "config": {…}}``), or a ``.pt2`` program (none)."""
+    def upload_model(
+        self,
+        path: str | Path,
+        architecture: dict[str, Any] | None = None,
+        input_transform: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Weights with their architecture (``{"name": …, "config": {…}}``), or a ``.pt2`` program (none);
+        ``input_transform``: the preprocessing it was trained with (``{"resize", "crop", "mean", "std", "channels"}``),
+        which the service applies to the data of its jobs."""
         data = {"architecture": json.dumps(architecture)} if architecture is not None else {}
+        if input_transform is not None:
+            data["input"] = json.dumps(input_transform)
         return self._upload("models", path, data)
 
     def upload_dataset(self, path: str | Path, classes: list[str] | None = None) -> dict[str, Any]:
@@ -126,13 +135,28 @@ class Client:
         """Your upload in ``collection`` (``models`` or ``datasets``) of a file with this sha256, if there is one."""
         return next((item for item in self.list(collection) if uploaded_sha256(item) == sha256), None)
 
-    def upload_once(self, collection: str, path: str | Path, architecture: dict[str, Any] | None = None) -> dict:
-        """The upload of ``path`` you already have (same sha256, same architecture), else a new upload."""
+    def upload_once(
+        self,
+        collection: str,
+        path: str | Path,
+        architecture: dict[str, Any] | None = None,
+        input_transform: dict[str, Any] | None = None,
+    ) -> dict:
+        """The upload of ``path`` you already have (same sha256, same architecture and input transform), else a new
+        upload."""
         with as_uploadable(path) as file:
             found = self.find_upload(collection, sha256_of(file))
-            if found is not None and (collection == "datasets" or architecture in (None, found.get("architecture"))):
+            if found is not None and (
+                collection == "datasets"
+                or (
+                    architecture in (None, found.get("architecture"))
+                    and input_transform == found.get("input_transform")
+                )
+            ):
                 return found
-            return self.upload_model(file, architecture) if collection == "models" else self.upload_dataset(file)
+            if collection == "models":
+                return self.upload_model(file, architecture, input_transform)
+            return self.upload_dataset(file)
 
     # --- lists -----------------------------------------------------------------------------------------
 

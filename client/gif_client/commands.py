@@ -62,7 +62,8 @@ def submit(args: argparse.Namespace, host: Host) -> int:
     spec = host.json_argument(args.spec)
     architecture = host.json_argument(args.architecture) if args.architecture else None
     with connected(args, host) as client:
-        spec["model_id"] = client.upload_once("models", args.model, architecture)["id"]
+        transform = host.json_argument(args.input_transform) if args.input_transform else None
+        spec["model_id"] = client.upload_once("models", args.model, architecture, transform)["id"]
         for field, argument in DATASET_FIELDS:
             if getattr(args, argument):
                 spec[field] = client.upload_once("datasets", getattr(args, argument))["id"]
@@ -175,6 +176,10 @@ def register(commands: Any, host: Host) -> None:
     job.add_argument("--spec", required=True, help="the job specification (JSON file or string)")
     job.add_argument("--model", required=True, help="weights or a .pt2 program (reused if the server has it)")
     job.add_argument("--architecture", help="for weights: the architecture (JSON or a JSON file)")
+    job.add_argument(
+        "--input-transform",
+        help="the preprocessing the model was trained with (JSON or a JSON file: resize, crop, mean, std, channels)",
+    )
     job.add_argument(
         "--train-data",
         required=True,

@@ -33,6 +33,11 @@ class ModelBase(BaseModel):
     input_shape: list[int] | None = Field(
         None, description="Exported programs: the shape of one sample the program takes (the batch left out)."
     )
+    input_transform: dict[str, Any] | None = Field(
+        None,
+        description="The preprocessing the model was trained with (resize, crop, mean, std, channels), applied by "
+        "the worker to the data of its jobs; null: the data is fed as stored.",
+    )
     parent_model_id: str | None = Field(None, description="An edited model: the model the job edited.")
     job_id: str | None = Field(None, description="An edited model: the job that made it (result.model_id).")
     filename: str | None = None

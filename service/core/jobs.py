@@ -70,6 +70,7 @@ class InputRef(BaseModel):
     id: str
     sha256: str
     architecture: dict[str, Any] | None = None
+    input_transform: dict[str, Any] | None = None  # models: their declared preprocessing
 
 
 class JobBase(BaseModel):

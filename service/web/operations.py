@@ -32,6 +32,7 @@ from service.web.validation import (
     inspect_model,
     parse_architecture,
     parse_classes,
+    parse_input_transform,
 )
 
 log = logging.getLogger("service.web.operations")
@@ -68,10 +69,11 @@ async def upload_model(
     """Stream the weights to a staging file, check them against the architecture, then store them."""
     await admit_upload(ctx, owner, declared_bytes)
     with ctx.artifacts.staging_file() as staged:
-        upload = await receive_upload(content_type, body, staged, "file", frozenset({"architecture"}))
+        upload = await receive_upload(content_type, body, staged, "file", frozenset({"architecture", "input"}))
         _require(upload, ())
         given = upload.fields.get("architecture")
         architecture = parse_architecture(given, "/architecture") if given is not None else None
+        transform = parse_input_transform(upload.fields.get("input"))
         with blame("/file"):
             file_format = await run_in_thread(model_format, staged, limiter=upload_limiter())
         with blame("/architecture"):
@@ -80,6 +82,8 @@ async def upload_model(
             facts = await run_in_thread(
                 inspect_model, staged, resolved, ctx.settings.max_model_bytes, limiter=upload_limiter()
             )
+        if transform is not None:
+            facts["input_transform"] = transform.model_dump(exclude_none=True)
         return await _store(ctx, "model", owner, upload, facts)
 
 
@@ -181,7 +185,11 @@ def submit_job(ctx: ServiceContext, owner: str, body: JobRequest) -> JobRecord:
         )
     found = {role: record for role, record in datasets.items() if record is not None}
     check_job(body, model, found)
-    inputs = {"model": InputRef(id=model.id, sha256=model.sha256, architecture=model.architecture)}
+    inputs = {
+        "model": InputRef(
+            id=model.id, sha256=model.sha256, architecture=model.architecture, input_transform=model.input_transform
+        )
+    }
     inputs |= {role: InputRef(id=record.id, sha256=record.sha256) for role, record in found.items()}
     waits = ctx.fleet.health(ctx.settings.queue_name)
     warnings = [f"{waits}: the job waits in the queue until a healthy worker takes it"] if waits else None

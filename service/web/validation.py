@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from gif.checks import JobPart, job_fit_problems
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
@@ -23,6 +24,7 @@ from gif.io.images import ImageLimits, convert_images
 from gif.io.programs import inspect_program_file
 from gif.models.checkpoints import check_weights, checkpoint_tensor_infos
 from gif.models.registry import EXPORTED, ArchitectureSpec, build_model, is_exported, num_classes, resolve
+from gif.models.transforms import InputTransform
 from gif.spec import JobSpec
 from service.core.catalog import DatasetRecord, ModelRecord
 from service.core.errors import ServiceError
@@ -89,6 +91,20 @@ def convert_image_dataset(
     }
 
 
+def parse_input_transform(raw: str | None) -> InputTransform | None:
+    """The ``input`` form field of a model upload: its preprocessing as JSON, or absent."""
+    if raw is None:
+        return None
+    try:
+        return InputTransform.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [
+            {"pointer": "/input" + "".join(f"/{part}" for part in error["loc"]), "detail": error["msg"]}
+            for error in exc.errors()
+        ]
+        raise ServiceError("validation-error", "the input transform is invalid", errors) from None
+
+
 def parse_classes(raw: str | None) -> list[str] | None:
     """The ``classes`` form field: a JSON list of distinct names, or absent."""
     if raw is None:
@@ -128,11 +144,26 @@ def dataset_summary(record: DatasetRecord) -> DatasetSummary:
     return DatasetSummary(**{field.name: getattr(record, field.name) for field in fields(DatasetSummary)})
 
 
+def model_input_shape(model: ModelRecord, sample_shape: list[int]) -> list[int]:
+    """The shape the model is fed for a stored sample of ``sample_shape``: after its input transform, if it has one."""
+    if model.input_transform is None:
+        return sample_shape
+    return InputTransform.model_validate(model.input_transform).output_shape(sample_shape)
+
+
 def check_job(spec: JobSpec, model: ModelRecord, datasets: dict[JobPart, DatasetRecord]) -> None:
     """Refuse a job that cannot run on its model and data (``gif.checks``), every problem at its field's pointer."""
     summaries = {part: dataset_summary(record) for part, record in datasets.items()}
-    sample_shape = tuple(summaries["train"].sample_shape)
-    errors = []
+    errors: list[dict[str, str]] = []
+    try:
+        sample_shape = tuple(model_input_shape(model, summaries["train"].sample_shape))
+    except ValueError as exc:
+        detail = f"the model's input transform cannot take the training samples: {exc}"
+        raise ServiceError(
+            InvalidSpecError.code,
+            "the job does not fit its model and data",
+            [{"pointer": "/train_dataset_id", "detail": detail}],
+        ) from None
     if is_exported(model.architecture):
         takes = tuple(model.input_shape or ())
         output_shape: tuple[int, ...] | str = (

@@ -33,7 +33,7 @@ def edit_args(demo: Path, **overrides) -> list[str]:
 
 
 def test_edit_writes_checkpoint_result_and_table(demo, capsys):
-    assert main(edit_args(demo)) == 0
+    assert main(edit_args(demo, **{"--input-transform": '{"mean": [0.0], "std": [1.0]}'})) == 0  # the identity
     captured = capsys.readouterr()
     assert "forget_test_accuracy" in captured.out and "before" in captured.out and "after" in captured.out
     assert "%" in captured.err  # the progress bar
@@ -54,6 +54,8 @@ def test_edit_writes_checkpoint_result_and_table(demo, capsys):
         ({"--architecture": '{"name": "tinynet", "config": {}}'}, "do not match"),
         ({"--architecture": '{"name": "nope"}'}, "unknown architecture"),
         ({"--spec": "{not json"}, "not valid JSON"),
+        ({"--input-transform": '{"crop": 9}'}, "a centre crop of 9 does not fit in 8×8 images"),
+        ({"--input-transform": '{"mean": [0.5]}'}, "give mean and std together"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(demo, capsys, overrides, fragment):

@@ -344,3 +344,37 @@ def test_a_decompression_bomb_is_refused_with_413_and_nothing_stored(http, probl
     body = problem(post_dataset(http, (tmp_path / "bomb.npz").read_bytes(), name="bomb.npz"), 413, "payload-too-large")
     assert body["errors"][0]["pointer"] == "/file" and "expands" in body["errors"][0]["detail"]
     assert stored_files(settings) == before
+
+
+def test_a_model_declares_its_input_transform_and_jobs_are_checked_against_what_it_feeds(http, demo, problem):
+    images = image_zip({f"{c}/{i}.png": png(np.zeros((10, 10), dtype=np.uint8)) for c in "ab" for i in range(3)})
+    dataset = post_dataset(http, images, name="d.zip").json()
+    content = demo["model"].read_bytes()
+
+    def model_with(transform):
+        data = {"architecture": json.dumps(DIGITS_MLP)} | ({"input": json.dumps(transform)} if transform else {})
+        return http.post("/v1/models", files={"file": ("m.safetensors", content)}, data=data)
+
+    cropping = model_with({"crop": 8, "mean": [0.5], "std": [0.25]})
+    assert cropping.status_code == 201 and cropping.json()["input_transform"] == {
+        "crop": 8,
+        "mean": [0.5],
+        "std": [0.25],
+    }
+    bad = problem(model_with({"crop": 8, "mean": [0.5]}), 422, "validation-error")
+    assert bad["errors"][0]["pointer"] == "/input" and "together" in bad["errors"][0]["detail"]
+    assert problem(model_with({"zoom": 2}), 422, "validation-error")["errors"][0]["pointer"] == "/input/zoom"
+    job = {"train_dataset_id": dataset["id"], "request": {"kind": "remove_class", "classes": [0]}}
+    assert http.post("/v1/jobs", json={**job, "model_id": cropping.json()["id"]}).status_code == 202
+    plain = problem(http.post("/v1/jobs", json={**job, "model_id": model_with(None).json()["id"]}), 422, "invalid-spec")
+    assert "[1, 10, 10]" in plain["errors"][0]["detail"]
+    too_big = problem(
+        http.post("/v1/jobs", json={**job, "model_id": model_with({"crop": 12}).json()["id"]}), 422, "invalid-spec"
+    )
+    assert too_big["errors"] == [
+        {
+            "pointer": "/train_dataset_id",
+            "detail": "the model's input transform cannot take the training samples: a centre crop of 12 does not "
+            "fit in 10×10 images",
+        }
+    ]

@@ -178,20 +178,24 @@ def test_a_queued_job_runs_after_its_model_and_data_are_deleted(api, inputs, dem
 
 
 def test_a_folder_of_images_is_edited_by_id_as_a_sample_of_a_larger_training_set(api, inputs, demo, tmp_path):
-    """The demo's digits as a folder of PNGs (one folder per class), uploaded by the client as a zip; examples are
-    removed by their file names, and train_size says the upload is a sample of a 10× larger training set."""
+    """The demo's digits as a folder of 10×10 PNGs (a blank border around the 8×8 digit; one folder per class),
+    uploaded by the client as a zip, for the demo model declared with the centre crop that takes the digit back out;
+    examples are removed by their file names, and train_size says the upload is a sample of a 10× larger set."""
     train = load_file(demo["train"])
     folder = tmp_path / "digits"
-    pixels = (train["x"] * 255).round().to(torch.uint8)
+    pixels = torch.nn.functional.pad((train["x"] * 255).round().to(torch.uint8), (1, 1, 1, 1))
     for i in range(0, len(train["y"]), 2):
         (folder / str(int(train["y"][i]))).mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels[i, 0].numpy()).save(folder / str(int(train["y"][i])) / f"{i:04d}.png")
     record = api.upload_dataset(folder)
-    assert record["source"] == "imagefolder" and record["has_ids"] and record["sample_shape"] == [1, 8, 8]
+    assert record["source"] == "imagefolder" and record["has_ids"] and record["sample_shape"] == [1, 10, 10]
+    architecture = json.loads(demo["architecture"].read_text())
+    model = api.upload_model(demo["model"], architecture, input_transform={"crop": 8})
+    assert model["input_transform"] == {"crop": 8}
     assert api.upload_once("datasets", folder)["id"] == record["id"]  # the same folder zips to the same bytes
     removed = [f"{int(train['y'][i])}/{i:04d}.png" for i in (0, 2, 4, 6)]
     spec = {
-        **inputs,
+        "model_id": model["id"],
         "train_dataset_id": record["id"],
         "train_size": 10 * record["num_samples"],
         "request": {"kind": "remove_samples", "ids": removed},

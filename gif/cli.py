@@ -79,29 +79,33 @@ def metrics_table(metrics: dict[str, dict[str, float] | None]) -> str:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from gif.devices import resolve_device
     from gif.edit import run
     from gif.io.datasets import read_dataset
     from gif.models.checkpoints import load_checkpoint, model_architecture, model_format
     from gif.models.registry import is_exported
-    from gif.models.transforms import apply_input_transform
     from gif.spec import JobSpec
 
     spec = JobSpec.model_validate(_json_argument(args.spec))
     given = _json_argument(args.architecture) if args.architecture else None
     architecture = model_architecture(model_format(args.model), given)
     model = load_checkpoint(architecture, args.model)
-    paths = {"train": args.train_data, "eval": args.eval_data, "validation": args.validation_data}
-    paths["attack"] = args.attack_data
+    train = read_dataset(args.train_data)
+    eval_data = read_dataset(args.eval_data) if args.eval_data else None
+    validation = read_dataset(args.validation_data) if args.validation_data else None
+    attack = read_dataset(args.attack_data) if args.attack_data else None
     transform = _json_argument(args.input_transform) if args.input_transform else None
-    data = {role: read_dataset(path) for role, path in paths.items() if path}
-    data = apply_input_transform(data, transform, resolve_device(args.device or "auto"))
-    train, eval_data, validation, attack = (data.get(role) for role in paths)
-    assert train is not None  # --train-data is required
     bar = ProgressBar()
     try:
         outcome = run(
-            spec, model, train, eval_data, bar, validation_data=validation, attack_data=attack, device=args.device
+            spec,
+            model,
+            train,
+            eval_data,
+            bar,
+            validation_data=validation,
+            attack_data=attack,
+            device=args.device,
+            input_transform=transform,
         )
     finally:
         bar.close()

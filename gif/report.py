@@ -363,10 +363,14 @@ def _summary(result: EditResult) -> list[tuple[str, str]]:
         pairs.append(
             (
                 "samples",
-                f"{d.train_samples:,} training, {d.affected_samples:,} affected, {d.hessian_samples:,} for the "
-                f"Hessian, {d.gradient_samples:,} for the gradient",
+                f"{d.train_samples:,} training"
+                + (f" (a sample of {d.train_size:,})" if d.train_size is not None else "")
+                + f", {d.affected_samples:,} affected, {d.hessian_samples:,} for the Hessian, {d.gradient_samples:,} "
+                "for the gradient",
             )
         )
+        if d.input_transform is not None:
+            pairs.append(("input transform", d.input_transform))
     if result.device is not None:
         pairs.append(("device", f"{result.device.name} ({result.device.type})"))
     if result.checkpoint is not None:

@@ -33,7 +33,6 @@ from gif.errors import EditCancelled, GifError
 from gif.io.datasets import read_dataset
 from gif.models.checkpoints import load_checkpoint
 from gif.models.registry import build_model, is_exported
-from gif.models.transforms import apply_input_transform
 from gif.result import CheckpointInfo
 from gif.spec import JobSpec
 from service.core.catalog import UploadRecord
@@ -150,8 +149,7 @@ def _execute(ctx: ServiceContext, record: JobRecord) -> str:
         progress = JobProgress(jobs, job_id, ctx.settings)
         progress("starting", 0.0)
         spec = JobSpec.model_validate(record.spec)
-        device = resolve_device(ctx.settings.worker_device)
-        model, data = _load_inputs(ctx, record.inputs, device)
+        model, data = _load_inputs(ctx, record.inputs)
         outcome = run(
             spec,
             model,
@@ -160,7 +158,8 @@ def _execute(ctx: ServiceContext, record: JobRecord) -> str:
             progress,
             validation_data=data.get("validation"),
             attack_data=data.get("attack"),
-            device=device,
+            device=resolve_device(ctx.settings.worker_device),
+            input_transform=record.inputs["model"].input_transform,
         )
         stored = _store_outputs(ctx, job_id, outcome, record.inputs["model"])
         edited = _register_edited_model(ctx, record, outcome)
@@ -201,17 +200,14 @@ def _execute(ctx: ServiceContext, record: JobRecord) -> str:
     return status
 
 
-def _load_inputs(
-    ctx: ServiceContext, inputs: dict[str, InputRef], device: torch.device
-) -> tuple[torch.nn.Module, dict[str, Dataset]]:
-    """The model and its data, the data as the model is fed it (its declared input transform run on ``device``)."""
+def _load_inputs(ctx: ServiceContext, inputs: dict[str, InputRef]) -> tuple[torch.nn.Module, dict[str, Dataset]]:
     model_input = inputs["model"]
     assert model_input.architecture is not None  # recorded with every model input
     model = load_checkpoint(model_input.architecture, ctx.artifacts.local_path(model_input.sha256))
     data = {
         role: read_dataset(ctx.artifacts.local_path(item.sha256)) for role, item in inputs.items() if role != "model"
     }
-    return model, apply_input_transform(data, model_input.input_transform, device)
+    return model, data
 
 
 def _register_edited_model(ctx: ServiceContext, record: JobRecord, outcome: EditOutcome) -> UploadRecord | None:

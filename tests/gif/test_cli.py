@@ -39,6 +39,7 @@ def test_edit_writes_checkpoint_result_and_table(demo, capsys):
     assert "%" in captured.err  # the progress bar
     result = json.loads((demo / "result.json").read_text())
     assert result["checkpoint"]["sha256"] == sha256_file(demo / "edited.safetensors")
+    assert result["data"]["input_transform"] == "normalise mean [0.0] std [1.0]"
     assert result["metrics"]["after"]["forget_test_accuracy"] < result["metrics"]["before"]["forget_test_accuracy"]
     assert set(result["timings"]) >= {"selection_s", "solve_s", "step_search_s", "evaluation_s", "total_s"}
     page = (demo / "report.html").read_text()

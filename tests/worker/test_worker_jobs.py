@@ -204,6 +204,9 @@ def test_a_folder_of_images_is_edited_by_id_as_a_sample_of_a_larger_training_set
     }
     job = api.wait(api.submit(spec)["id"])
     assert job["status"] == "succeeded", job["error"]
-    assert job["result"]["data"]["coefficient"] == pytest.approx(4 / (10 * record["num_samples"] - 4))
+    data = job["result"]["data"]
+    assert data["coefficient"] == pytest.approx(4 / (10 * record["num_samples"] - 4))
+    assert data["train_size"] == 10 * record["num_samples"] and data["input_transform"] == "centre crop 8"
+    assert "centre crop 8" in api.http.get(f"/v1/jobs/{job['id']}/report").text
     unknown = api.wait(api.submit({**spec, "request": {"kind": "remove_samples", "ids": ["7/nope.png"]}})["id"])
     assert unknown["status"] == "failed" and "7/nope.png" in " ".join(unknown["error"]["problems"])

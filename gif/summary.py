@@ -43,8 +43,6 @@ def edit_result(
         )
     if membership is not None and membership.status != "not_distinguishable":
         warnings.append(membership.verdict)
-    if edit.hessian is not None and edit.hessian.compile_warning is not None:
-        warnings.append(edit.hessian.compile_warning)
     return EditResult(
         method=spec.method,
         request=spec.request.kind,
@@ -65,7 +63,6 @@ def edit_result(
         timings=Timings(**job.clock.seconds, total_s=total_s),
         data=DataSummary(
             train_samples=len(job.train_data),
-            train_size=job.spec.train_size,
             affected_samples=len(job.plan.affected),
             hessian_samples=len(job.samples.hessian),
             gradient_samples=len(job.samples.gradient),
@@ -97,6 +94,5 @@ def solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: HessianO
         hvp_trial_seconds={name: s for name, s in hessian.trial_seconds.items()} if hessian else {},  # noqa: C416
         hvp_cached_batches=hessian.cached_batches if hessian else 0,
         hvp_seconds=hessian.seconds if hessian else 0.0,
-        hvp_compile_seconds=hessian.compile_seconds if hessian else 0.0,
         residual_history=solve.history[-200:],
     )

@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from gif.io.programs import read_program, write_program
 from gif.job import EditJob, ProgressSink, WeightEdit
 from gif.membership import MAX_PER_SIDE, MembershipLosses, assess, not_judged
 from gif.metrics import EvaluationPlan, Measurement, example_losses, measure, predict
+from gif.models.transforms import InputTransform, apply_input_transform
 from gif.parameters import ParameterSpace
 from gif.result import CheckpointInfo, EditResult, Membership
 from gif.selection import Selection, full_selection, select
@@ -250,6 +252,7 @@ def run(
     attack_data: Dataset | None = None,
     loss_fn: LossFn = cross_entropy_sum,
     device: torch.device | str | None = None,
+    input_transform: InputTransform | dict[str, Any] | None = None,
 ) -> EditOutcome:
     """Edit ``model`` (left untouched) as ``spec`` asks and measure the result.
 
@@ -258,14 +261,25 @@ def run(
     when given, is held-out data the step search uses instead of a split carved from the training data;
     ``attack_data`` (relabel only), held-out inputs carrying a backdoor's trigger with their true labels.
     ``device`` is a device or ``"auto"`` (the default: CUDA when there is one); the result's ``device`` entry
-    names it and reports the edit's peak memory there.
+    names it and reports the edit's peak memory there. ``input_transform``, the preprocessing the model was trained
+    with, is applied to every dataset first, on ``device`` (the result's ``data.input_transform`` says which ran).
     """
     started = time.perf_counter()
     device = resolve_device(device if device is not None else "auto")
     with full_float32(device):  # TF32 would move the solve, and CUDA's edit away from the CPU's
         reset_peak_memory(device)
+        given = {"train": train_data, "eval": eval_data, "validation": validation_data, "attack": attack_data}
+        fed = apply_input_transform({k: v for k, v in given.items() if v is not None}, input_transform, device)
         job = EditJob.prepare(
-            spec, model, train_data, eval_data, validation_data, attack_data, loss_fn, progress, device
+            spec,
+            model,
+            fed["train"],
+            fed.get("eval"),
+            fed.get("validation"),
+            fed.get("attack"),
+            loss_fn,
+            progress,
+            device,
         )
         warnings = [warning] if (warning := carved_validation_warning(spec, validation_data)) else []
         edit = _within_memory(job, device, warnings)
@@ -279,5 +293,8 @@ def run(
         result = edit_result(
             job, edit, before, after, retrained, membership, warnings, time.perf_counter() - started, device
         )
+        if input_transform is not None and result.data is not None:
+            ran = InputTransform.model_validate(input_transform).describe()
+            result = result.model_copy(update={"data": result.data.model_copy(update={"input_transform": ran})})
         state = {k: v.detach().cpu().clone() for k, v in edit.model.state_dict().items()}
         return EditOutcome(state, result, edit.model)

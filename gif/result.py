@@ -164,7 +164,9 @@ class Timings(_Result):
 
 
 class DataSummary(_Result):
-    train_samples: int
+    train_samples: int = Field(description="Examples in the training data given (a sample when train_size is set).")
+    train_size: int | None = Field(None, description="The whole training set's size, when the job gave it.")
+    input_transform: str | None = Field(None, description="The model's input transform that ran, step by step.")
     affected_samples: int
     hessian_samples: int
     gradient_samples: int

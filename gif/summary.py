@@ -63,6 +63,7 @@ def edit_result(
         timings=Timings(**job.clock.seconds, total_s=total_s),
         data=DataSummary(
             train_samples=len(job.train_data),
+            train_size=job.spec.train_size,
             affected_samples=len(job.plan.affected),
             hessian_samples=len(job.samples.hessian),
             gradient_samples=len(job.samples.gradient),

@@ -138,7 +138,7 @@ class Membership(AttackAucs):
     )
     verdict: str = Field(
         description="The plain sentence, e.g. 'removed examples remain distinguishable from unseen data: AUC 0.81 "
-        "[0.77, 0.85]; before the edit 0.83 (they still look learned)'; also a warning unless not distinguishable."
+        "[0.77, 0.85], before the edit 0.83 (they still look learned)'; also a warning unless not_distinguishable."
     )
     before: AttackAucs | None = Field(None, description="The same attack on the original model.")
     heldout: Literal["eval", "validation"] | None = Field(

@@ -432,6 +432,12 @@ def _decode_into(
     return _Layout([p for p in placed if p is not None], first[1], first[2])
 
 
+def write_png(target: str | Path | IO[bytes], pixels: torch.Tensor) -> None:
+    """A grayscale (H × W) or colour (3 × H × W) uint8 image as a PNG: the demo's and the benchmarks' images."""
+    array = pixels.numpy() if pixels.dim() == 2 else pixels.permute(1, 2, 0).contiguous().numpy()
+    Image.fromarray(array).save(target, "PNG")
+
+
 def _pixels_in_order(scratch: BinaryIO, layout: _Layout, channels: int) -> Iterator[bytes]:
     """The samples' pixels in the dataset's order, grayscale ones repeated to ``channels`` planes, in large writes."""
     plane = layout.height * layout.width

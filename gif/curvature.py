@@ -14,6 +14,13 @@ Three implementations give the same product (tests assert it):
 keeps the fastest: which one wins differs by device and model. No graph survives from one product to
 the next except that fixed first-order graph.
 
+``compiled`` is ``torch.compile`` of one batch's product written with torch.func transforms (forward-over-reverse
+for the Hessian; jvp, the loss's output Hessian and vjp for the Gauss-Newton matrix), traced whole (``fullgraph``) and
+compiled once per batch shape before the solve; double backward cannot be compiled (AOTAutograd does not support
+``create_graph``). ``auto`` tries it only when the solve's expected products would repay the compile time
+(``compile_repaid``); where compiling fails (no C compiler, an operator inductor cannot lower, a graph break) the
+operator falls back to the fastest eager product and says why in ``compile_failure``.
+
 The same operator gives the generalised Gauss-Newton matrix instead (``curvature="gauss_newton"``):
 G = Jᵀ H_out J, with J the Jacobian of the model's outputs in its parameters and H_out the Hessian of the loss
 in the outputs (for the cross-entropy, diag(p) − ppᵀ per example: positive semi-definite). G drops the
@@ -29,6 +36,7 @@ backward has no derivative); the rest of the engine, and the user's model, keep 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -39,9 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, jvp, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gif.data import Dataset
 from gif.devices import available_memory_bytes, synchronize
@@ -49,15 +58,25 @@ from gif.errors import NonFiniteError
 from gif.parameters import ParameterSpace, model_buffers, model_parameters
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-HvpMethod = Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward"]
+HvpMethod = Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward", "compiled"]
 Curvature = Literal["hessian", "gauss_newton"]
-GAUSS_NEWTON_PRODUCT = "jvp_vjp"  # the one implementation of the Gauss-Newton product
+GAUSS_NEWTON_PRODUCT = "jvp_vjp"  # the eager implementation of the Gauss-Newton product
+COMPILED_PRODUCT = "compiled"
+TYPICAL_SOLVE_PRODUCTS = 40  # a solve to the default tolerance takes 16-38 products (bench/RESULTS.md sections 8, 9)
+# the largest share of the best eager product's time a compiled product saved (bench/RESULTS.md section 9, CPU)
+COMPILED_SAVING_BOUND: dict[Curvature, float] = {"hessian": 0.15, "gauss_newton": 0.3}
+COMPILE_SECONDS_BASE = 5.0  # a cold CPU compile of the product: base + per forward operator (section 9)
+COMPILE_SECONDS_PER_OPERATOR = 2.0
 CACHE_SHARE_OF_FREE_MEMORY = 0.5  # the rest is for the solver's vectors, the step search and evaluation
 FALLBACK_CACHE_BUDGET_BYTES = 4 * 1024**3  # where free memory cannot be told
 
 
 Graph = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[int, ...]]
 """One batch's first-order graph: its gradients, the parameters they came from, and those parameters' positions."""
+ObjectiveBatch = tuple[torch.Tensor, torch.Tensor, float]
+"""Inputs, targets and the weight of their loss term."""
+BatchProduct = Callable[[ObjectiveBatch, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+"""One batch's curvature-vector product, by parameter name (parameters it does not reach left out)."""
 
 
 def cross_entropy_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -172,6 +191,15 @@ class ModelObjective:
         return total
 
 
+def _first_cause(exc: BaseException) -> str:
+    """An exception in one line: its type and first line, and where dynamo wraps an operator's error (``...: got
+    NotImplementedError('...')``) that error too."""
+    text = str(exc).strip()
+    lines = text.splitlines() or [""]
+    wrapped = next((line.split(": got ", 1)[1] for line in lines if ": got " in line), None)
+    return f"{type(exc).__name__}: {lines[0][:200]}" + (f" ({wrapped[:200]})" if wrapped else "")
+
+
 def _or_zeros(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if g is None else g
 
@@ -181,14 +209,118 @@ def _check_finite(v: torch.Tensor, what: str) -> None:
         raise NonFiniteError(f"the {what} contains NaN or Inf")
 
 
+def expected_solve_products(kind: str, max_iterations: int) -> int:
+    """Products a solve is expected to take: two per iteration up to its cap, but no more than a typical solve to
+    the default tolerance; Neumann's power iteration (20 steps on the normal equations) adds 40."""
+    return min(2 * max_iterations + 2, TYPICAL_SOLVE_PRODUCTS) + (40 if kind == "neumann" else 0)
+
+
+class _OperatorCount(TorchDispatchMode):
+    """Counts the ATen operators run while active."""
+
+    count = 0
+
+    def __torch_dispatch__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def estimated_compile_seconds(objective: ModelObjective) -> float:
+    """A cold compile's seconds, from the operators of one forward pass on one example: compile time grows with the
+    traced graph, not with the data."""
+    x, y, w = objective.batches[0]
+    operators = _OperatorCount()  # type: ignore[no-untyped-call]  # TorchDispatchMode.__init__ is untyped
+    with torch.no_grad(), operators:
+        objective.batch_loss(objective.params, x[:1], y[:1], w)
+    return COMPILE_SECONDS_BASE + COMPILE_SECONDS_PER_OPERATOR * operators.count
+
+
+def compile_repaid(
+    curvature: Curvature, eager_product_seconds: float, expected_products: int, compile_seconds: float
+) -> bool:
+    """Whether compiling could pay for itself within the solve: the most a compiled product saved on the best eager
+    one (``COMPILED_SAVING_BOUND``) times the solve's expected products, against the compile time."""
+    return COMPILED_SAVING_BOUND[curvature] * eager_product_seconds * expected_products > compile_seconds
+
+
+def _product_function(objective: ModelObjective, curvature: Curvature) -> Callable[..., dict[str, torch.Tensor]]:
+    """One batch's product as a pure function of (parameters, vector, inputs, targets, weight), in torch.func
+    transforms, which torch.compile traces (autograd.grad with create_graph it does not)."""
+    model, buffers, loss_fn = objective.model, objective.buffers, objective.loss_fn
+
+    def hessian_product(
+        params: dict[str, torch.Tensor], v: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: float
+    ) -> dict[str, torch.Tensor]:
+        gradient = grad(lambda p: w * loss_fn(functional_call(model, {**p, **buffers}, (x,)), y))
+        product: dict[str, torch.Tensor] = jvp(gradient, (params,), (v,))[1]
+        return product
+
+    def gauss_newton_product(
+        params: dict[str, torch.Tensor], v: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: float
+    ) -> dict[str, torch.Tensor]:
+        def outputs(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            out: torch.Tensor = functional_call(model, {**p, **buffers}, (x,))
+            return out
+
+        def loss(f: torch.Tensor) -> torch.Tensor:
+            return w * loss_fn(f, y)
+
+        logits, jv = jvp(outputs, (params,), (v,))[:2]
+        h_out_jv = jvp(grad(loss), (logits,), (jv,))[1]
+        pullback = vjp(outputs, params)[1]
+        product: dict[str, torch.Tensor] = pullback(h_out_jv)[0]
+        return product
+
+    return gauss_newton_product if curvature == "gauss_newton" else hessian_product
+
+
+class CompiledProduct:
+    """``torch.compile`` of one batch's product (whole graphs only: a graph break is a failure), compiled for each
+    batch shape by ``prepare`` before it is used, so that the solve never waits on the compiler."""
+
+    def __init__(self, objective: ModelObjective, curvature: Curvature):
+        self.objective = objective
+        self._product = torch.compile(_product_function(objective, curvature), fullgraph=True)
+        self._shapes: set[tuple[int, ...]] = set()
+        self.device = next(iter(objective.params.values())).device
+        self.seconds = 0.0  # spent compiling, failed attempts included
+
+    def prepare(self, batches: list[ObjectiveBatch]) -> None:
+        """Compile for the shapes of ``batches`` not compiled for yet (``seconds`` counts the time, one product each
+        included). Raises what compiling raises, and where dynamo would run the function eagerly instead (its
+        recompile limit reached) that too."""
+        space = self.objective.space
+        zeros = space.unflatten(space.zeros(next(iter(self.objective.params.values()))))
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            for batch in batches:
+                if tuple(batch[0].shape) in self._shapes:
+                    continue
+                synchronize(self.device)
+                start = time.perf_counter()
+                try:
+                    self(batch, zeros)
+                    synchronize(self.device)
+                finally:
+                    self.seconds += time.perf_counter() - start
+                self._shapes.add(tuple(batch[0].shape))
+
+    def __call__(self, batch: ObjectiveBatch, v_parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y, w = batch
+        product: dict[str, torch.Tensor] = self._product(self.objective.params, v_parts, x, y, w)
+        return product
+
+
 class HessianOperator:
     """``v ↦ (H + λI) v`` for the objective's Hessian at the model's weights (or its Gauss-Newton matrix G, with
     ``curvature="gauss_newton"``); counts its products.
 
-    ``method`` is a Hessian-vector implementation, or ``auto``: the fastest on the first batch (``trial_seconds``
-    holds each one's time). The cached implementation keeps the first-order graphs of as many batches as
-    ``cache_budget_bytes`` allows (``cached_batches``) and rebuilds the others at every product. The Gauss-Newton
-    product has one implementation (``jvp_vjp``): ``method`` must be ``auto`` for it.
+    ``method`` is a product implementation, or ``auto``: the fastest on the first batch (``trial_seconds`` holds
+    each one's time), the compiled product among them only where ``expected_products`` would repay its compile time.
+    The cached implementation keeps the first-order graphs of as many batches as ``cache_budget_bytes`` allows
+    (``cached_batches``) and rebuilds the others at every product. The Gauss-Newton product is ``jvp_vjp`` eager or
+    ``compiled``. ``compile_seconds`` is what compiling took; ``compile_failure`` why it failed, if it did.
     """
 
     def __init__(
@@ -198,29 +330,52 @@ class HessianOperator:
         method: HvpMethod = "auto",
         cache_budget_bytes: int | None = None,
         curvature: Curvature = "hessian",
+        expected_products: int = TYPICAL_SOLVE_PRODUCTS,
     ):
         self.objective = objective
         self.damping = damping
         self.curvature = curvature
+        self.expected_products = expected_products
         self.count = 0
         self.seconds = 0.0
-        self.trial_seconds: dict[HvpMethod, float] = {}
+        self.trial_seconds: dict[str, float] = {}
+        self.compile_seconds = 0.0
+        self.compile_failure: str | None = None
         self.device = next(iter(objective.params.values())).device
         self.cached_batches = 0
         self._cache: list[Graph] = []
+        self._compiled: CompiledProduct | None = None
         if curvature == "gauss_newton":
-            if method != "auto":
+            if method not in ("auto", COMPILED_PRODUCT):
                 raise ValueError(
-                    f"the Gauss-Newton product has one implementation ({GAUSS_NEWTON_PRODUCT}), not {method}"
+                    f"the Gauss-Newton product is {GAUSS_NEWTON_PRODUCT} or {COMPILED_PRODUCT}, not {method}"
                 )
-            self.method: str = GAUSS_NEWTON_PRODUCT
+            if method == COMPILED_PRODUCT:
+                self.method: str = COMPILED_PRODUCT if self._compile(objective.batches) else GAUSS_NEWTON_PRODUCT
+            else:
+                self.method = self._fastest({GAUSS_NEWTON_PRODUCT: self._product_gauss_newton}, may_compile=True)
             return
+        may_compile = method == "auto"
+        if method == COMPILED_PRODUCT:
+            if self._compile(objective.batches):
+                self.method = COMPILED_PRODUCT
+                return
+            method = "auto"  # the fastest eager product instead; compile_failure says why
         fitting, first_graph = 0, cast(Graph | None, None)
         if method in ("auto", "cached_double_backward"):
             budget = default_cache_budget_bytes(self.device) if cache_budget_bytes is None else cache_budget_bytes
             fitting = self._batches_within(budget)
         if method == "auto":
-            method, first_graph = self._fastest(cached_available=fitting > 0)
+            trials: dict[str, BatchProduct] = {
+                "double_backward": lambda b, v: self._product_via_graph(self._first_order_graph(*b), v, keep=False),
+                "forward_over_reverse": self._product_forward_over_reverse,
+            }
+            if fitting > 0:
+                with curvature_kernels():
+                    first_graph = self._first_order_graph(*objective.batches[0])
+                graph = first_graph
+                trials = {"cached_double_backward": lambda b, v: self._product_via_graph(graph, v, keep=True), **trials}
+            method = cast(HvpMethod, self._fastest(trials, may_compile))
         self.method = method
         self.cached_batches = fitting if method == "cached_double_backward" else 0
         with curvature_kernels():
@@ -228,6 +383,16 @@ class HessianOperator:
                 first_graph if i == 0 and first_graph is not None else self._first_order_graph(*batch)
                 for i, batch in enumerate(objective.batches[: self.cached_batches])
             ]
+
+    @property
+    def compile_warning(self) -> str | None:
+        """The result's sentence on a failed compile: what failed, and the product that ran instead."""
+        if self.compile_failure is None:
+            return None
+        return (
+            f"the compiled {self.curvature.replace('_', '-')} product could not be compiled ({self.compile_failure}); "
+            f"the solve used the eager {self.method} product"
+        )
 
     @property
     def size(self) -> int:
@@ -250,37 +415,65 @@ class HessianOperator:
             fitting += 1
         return fitting
 
-    def _fastest(self, cached_available: bool) -> tuple[HvpMethod, Graph | None]:
-        """Time one product of each implementation that works here on the first batch: the fastest, and the
-        first batch's first-order graph when the cached implementation was tried (it becomes the cache's first)."""
+    def _fastest(self, trials: dict[str, BatchProduct], may_compile: bool) -> str:
+        """Time one product of each implementation that works here on the first batch, the compiled one too where
+        ``may_compile`` and the solve would repay compiling it: the fastest."""
         batch = self.objective.batches[0]
         like = next(iter(self.objective.params.values()))  # the parameters' dtype and device, not the data's
         # any vector times the products alike; a seeded CPU draw leaves torch's global random state untouched
         probe = torch.randn(self.size, generator=torch.Generator().manual_seed(0), dtype=like.dtype)
         v_parts = self.objective.space.unflatten(probe.to(like.device))
-        graph: Graph | None = None
-        trials: dict[HvpMethod, Callable[[], object]] = {
-            "double_backward": lambda: self._product_via_graph(self._first_order_graph(*batch), v_parts, keep=False),
-            "forward_over_reverse": lambda: self._product_forward_over_reverse(batch, v_parts),
-        }
-        if cached_available:
-            with curvature_kernels():
-                graph = self._first_order_graph(*batch)
-            trials = {"cached_double_backward": lambda: self._product_via_graph(graph, v_parts, keep=True), **trials}
         failures: list[str] = []
         for name, product in trials.items():
             try:
-                with curvature_kernels():
-                    synchronize(self.device)
-                    start = time.perf_counter()
-                    product()
-                    synchronize(self.device)
-                self.trial_seconds[name] = time.perf_counter() - start
+                self.trial_seconds[name] = self._timed(product, batch, v_parts)
             except (RuntimeError, NotImplementedError) as exc:  # e.g. an operator without a forward-mode derivative
                 failures.append(f"{name}: {str(exc).splitlines()[0]}")
         if not self.trial_seconds:
             raise RuntimeError("no Hessian-vector product works for this model: " + "; ".join(failures))
-        return min(self.trial_seconds, key=self.trial_seconds.__getitem__), graph
+        fastest = min(self.trial_seconds, key=self.trial_seconds.__getitem__)
+        eager_product_seconds = self.trial_seconds[fastest] * self._samples() / batch[0].shape[0]
+        estimate = estimated_compile_seconds(self.objective) if may_compile else math.inf
+        if compile_repaid(self.curvature, eager_product_seconds, self.expected_products, estimate):
+            compiled = self._compile([batch])
+            if compiled is not None:
+                self.trial_seconds[COMPILED_PRODUCT] = self._timed(compiled, batch, v_parts)
+                if self.trial_seconds[COMPILED_PRODUCT] < self.trial_seconds[fastest] and self._compile(
+                    self.objective.batches
+                ):
+                    return COMPILED_PRODUCT
+                self._compiled = None
+        return fastest
+
+    def _timed(self, product: BatchProduct, batch: ObjectiveBatch, v_parts: dict[str, torch.Tensor]) -> float:
+        with curvature_kernels():
+            synchronize(self.device)
+            start = time.perf_counter()
+            product(batch, v_parts)
+            synchronize(self.device)
+        return time.perf_counter() - start
+
+    def _samples(self) -> int:
+        return sum(x.shape[0] for x, _, _ in self.objective.batches)
+
+    def _compile(self, batches: list[ObjectiveBatch]) -> CompiledProduct | None:
+        """The compiled product, compiled for every batch shape in ``batches`` (its time added to
+        ``compile_seconds``), or None with ``compile_failure`` set where compiling fails."""
+        if self.compile_failure is not None:
+            return None
+        compiled = self._compiled or CompiledProduct(self.objective, self.curvature)
+        before = compiled.seconds
+        try:
+            with curvature_kernels():
+                compiled.prepare(batches)
+        except Exception as exc:  # noqa: BLE001 - whatever compiling raises, the eager products still work
+            self._compiled = None
+            self.compile_failure = _first_cause(exc)
+            return None
+        finally:
+            self.compile_seconds += compiled.seconds - before
+        self._compiled = compiled
+        return compiled
 
     def _graphs(self) -> Iterator[tuple[Graph, bool]]:
         """(first-order graph, keep it) per batch: the cached ones, then the others rebuilt one at a time."""
@@ -345,7 +538,10 @@ class HessianOperator:
         total = space.zeros(v)
         parts = space.unflatten(total)
         with curvature_kernels():
-            if self.method == GAUSS_NEWTON_PRODUCT:
+            if self._compiled is not None:
+                compiled = self._compiled
+                products = (compiled(batch, v_parts) for batch in self.objective.batches)
+            elif self.method == GAUSS_NEWTON_PRODUCT:
                 products = (self._product_gauss_newton(batch, v_parts) for batch in self.objective.batches)
             elif self.method == "forward_over_reverse":
                 products = (self._product_forward_over_reverse(batch, v_parts) for batch in self.objective.batches)

@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gif.curvature import HessianOperator, LossFn, LossTerm, ModelObjective, cross_entropy_sum
+from gif.curvature import (
+    HessianOperator,
+    LossFn,
+    LossTerm,
+    ModelObjective,
+    cross_entropy_sum,
+    expected_solve_products,
+)
 from gif.data import Dataset, sample_indices
 from gif.devices import full_float32, release_cached_memory, reset_peak_memory, resolve_device
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
@@ -85,7 +92,8 @@ def _solve(
     if job.method.uses_curvature:
         sample = job.train_data.subset(job.samples.hessian)
         objective = ModelObjective(job.original, [LossTerm(sample, 1.0 / len(sample))], job.loss_fn, solver.batch_size)
-        hessian = HessianOperator(objective, solver.damping, solver.hvp, curvature=solver.curvature)
+        products = expected_solve_products(solver.kind, solver.max_iterations)
+        hessian = HessianOperator(objective, solver.damping, solver.hvp, None, solver.curvature, products)
 
     def monitor(iteration: int, residual: float) -> None:
         done = math.log(max(residual, 1e-300)) / math.log(solver.tolerance) if residual < 1 else 0.0

@@ -44,13 +44,17 @@ class SolverSummary(_Result):
         None, description="The curvature solved with (solver.curvature); none for the first-order ablation."
     )
     hvp_method: str | None = Field(
-        None, description="The curvature-vector product that ran (jvp_vjp for the Gauss-Newton matrix)."
+        None,
+        description="The curvature-vector product that ran (jvp_vjp or compiled for the Gauss-Newton matrix).",
     )
     hvp_trial_seconds: dict[str, float] = Field(
         default_factory=dict, description="With hvp auto: one product of each implementation on the first batch."
     )
     hvp_cached_batches: int = 0
     hvp_seconds: float = 0.0
+    hvp_compile_seconds: float = Field(
+        0.0, description="Time spent compiling the product (hvp compiled, or auto's trial of it); not in hvp_seconds."
+    )
     residual_history: list[float] = []
 
 

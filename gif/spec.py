@@ -138,10 +138,12 @@ class SolverSpec(_Strict):
     gradient_samples: SampleCount = Field(256, description="Affected examples in the gradient (and selection) sample.")
     seed: int = 0
     batch_size: PositiveInt = Field(256, le=65536)
-    hvp: Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward"] = Field(
+    hvp: Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward", "compiled"] = Field(
         "auto",
         description="Hessian-vector product implementation; auto times each on the first batch and keeps the "
-        "fastest (the result's solver.hvp_method and hvp_trial_seconds say which and why).",
+        "fastest (the result's solver.hvp_method and hvp_trial_seconds say which and why), trying compiled "
+        "(torch.compile of the product) only where the solve's expected products repay its compile time. Where "
+        "compiling fails the fastest eager product runs and a warning says why.",
     )
     neumann_scale: float | None = Field(
         None, gt=0.0, description="Neumann's M (series on AᵀA/M²). Null: set from a power-iteration estimate."
@@ -150,13 +152,15 @@ class SolverSpec(_Strict):
         "hessian",
         description="The curvature H of the system: the Hessian of the training loss, or its generalised "
         "Gauss-Newton matrix Jᵀ H_out J (positive semi-definite; one product is a forward pass with forward-mode "
-        "AD and one backward pass, and needs hvp auto).",
+        "AD and one backward pass; hvp auto or compiled).",
     )
 
     @model_validator(mode="after")
-    def _gauss_newton_has_one_product(self) -> SolverSpec:
-        if self.curvature == "gauss_newton" and self.hvp != "auto":
-            raise ValueError("solver.hvp chooses a Hessian-vector product: with curvature gauss_newton, leave it auto")
+    def _gauss_newton_has_two_products(self) -> SolverSpec:
+        if self.curvature == "gauss_newton" and self.hvp not in ("auto", "compiled"):
+            raise ValueError(
+                "solver.hvp chooses a Hessian-vector product: with curvature gauss_newton, leave it auto or compiled"
+            )
         return self
 
 
@@ -233,10 +237,6 @@ class JobSpec(_Strict):
         None, description="HTTP only, optional: a URL that receives the job resource when the job ends."
     )
     request: EditRequest
-    method: Method = "gif"
-    selection: SelectionSpec = SelectionSpec()
-    solver: SolverSpec = SolverSpec()
-    step: Step = AutoStep()
     train_size: PositiveInt | None = Field(
         None,
         description="The number of examples the model was trained on, when the training dataset is a sample of them "
@@ -244,6 +244,10 @@ class JobSpec(_Strict):
         "the coefficient c of the edit (removed / retained) is computed from it. Null: the training dataset is the "
         "whole training set.",
     )
+    method: Method = "gif"
+    selection: SelectionSpec = SelectionSpec()
+    solver: SolverSpec = SolverSpec()
+    step: Step = AutoStep()
     retrain: RetrainSpec | None = None
     evaluation: EvaluationSpec = EvaluationSpec()
 

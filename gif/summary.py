@@ -43,6 +43,8 @@ def edit_result(
         )
     if membership is not None and membership.status != "not_distinguishable":
         warnings.append(membership.verdict)
+    if edit.hessian is not None and edit.hessian.compile_warning is not None:
+        warnings.append(edit.hessian.compile_warning)
     return EditResult(
         method=spec.method,
         request=spec.request.kind,
@@ -95,5 +97,6 @@ def solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: HessianO
         hvp_trial_seconds={name: s for name, s in hessian.trial_seconds.items()} if hessian else {},  # noqa: C416
         hvp_cached_batches=hessian.cached_batches if hessian else 0,
         hvp_seconds=hessian.seconds if hessian else 0.0,
+        hvp_compile_seconds=hessian.compile_seconds if hessian else 0.0,
         residual_history=solve.history[-200:],
     )

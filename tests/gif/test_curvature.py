@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from gif.curvature import HessianOperator, LossTerm, ModelObjective, curvature_kernels
+from gif.curvature import (
+    HessianOperator,
+    LossTerm,
+    ModelObjective,
+    compile_repaid,
+    curvature_kernels,
+    estimated_compile_seconds,
+)
 from gif.data import Dataset
 from gif.errors import NonFiniteError
 from gif.models.registry import build_model
@@ -234,6 +241,84 @@ def test_the_gauss_newton_matrix_is_the_hessian_of_a_model_linear_in_its_paramet
     assert torch.allclose(HessianOperator(objective, curvature="gauss_newton")(v), expected, rtol=1e-9, atol=1e-12)
 
 
-def test_the_gauss_newton_product_has_one_implementation(objective):
-    with pytest.raises(ValueError, match="one implementation"):
+def test_the_gauss_newton_product_is_eager_or_compiled(objective):
+    with pytest.raises(ValueError, match="jvp_vjp or compiled, not double_backward"):
         HessianOperator(objective, method="double_backward", curvature="gauss_newton")
+
+
+@pytest.fixture(scope="module")
+def compile_objective(tanh_mlp, digits_double):
+    """40 examples in one batch: one shape to compile for (compiling on the CPU takes seconds per shape)."""
+    sample = digits_double.subset(torch.arange(40))
+    return ModelObjective(tanh_mlp, [LossTerm(sample, 1 / len(sample))], batch_size=40)
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "gauss_newton"])
+def test_the_compiled_product_is_the_eager_product_and_the_dense_matrix(compile_objective, dense_hessian, curvature):
+    """torch.compile of the torch.func product (float64) against the eager product and the dense
+    Hessian, or the dense Gauss-Newton matrix Jᵀ H_out J built from the Jacobian."""
+    objective = compile_objective
+    v = torch.randn(objective.space.size, dtype=torch.float64)
+    if curvature == "hessian":
+        dense = dense_hessian(objective)
+        eager = HessianOperator(objective, damping=0.01, method="double_backward")
+    else:
+        sample = Dataset(
+            torch.cat([x for x, _, _ in objective.batches]), torch.cat([y for _, y, _ in objective.batches])
+        )
+        J, h_out = jacobian_and_output_hessian(objective.model, sample)
+        dense = torch.einsum("ncp,ncd,ndq->pq", J, h_out, J) / len(sample)
+        eager = HessianOperator(objective, damping=0.01, curvature=curvature)
+    compiled = HessianOperator(objective, damping=0.01, method="compiled", curvature=curvature)
+    assert compiled.method == "compiled" and compiled.compile_failure is None and compiled.compile_warning is None
+    assert compiled.compile_seconds > 0
+    expected = dense @ v + 0.01 * v
+    for scale in (1.0, -3.0):  # the compiled graph holds no state from one product to the next
+        product = compiled(scale * v)
+        assert torch.allclose(product, scale * expected, rtol=1e-9, atol=1e-11)
+        assert torch.allclose(product, eager(scale * v), rtol=1e-10, atol=1e-12)
+    assert compiled.count == 2
+
+
+def test_auto_compiles_only_where_the_solve_repays_it(compile_objective):
+    """A short solve (4 products) never pays a compile of several seconds; an endless one tries the compiled product
+    in the trial (reusing the compiled code of the test above where it ran first) and reports its compile time."""
+    short = HessianOperator(compile_objective, expected_products=4)
+    assert "compiled" not in short.trial_seconds and short.compile_seconds == 0.0 and short.method != "compiled"
+    assert not compile_repaid(
+        "hessian", short.trial_seconds[short.method], 4, estimated_compile_seconds(compile_objective)
+    )
+    endless = HessianOperator(compile_objective, expected_products=10**9)
+    assert "compiled" in endless.trial_seconds and endless.compile_seconds > 0
+    assert endless.method == min(endless.trial_seconds, key=endless.trial_seconds.get)
+    v = torch.randn(compile_objective.space.size, dtype=torch.float64)
+    assert torch.allclose(endless(v), short(v), rtol=1e-10, atol=1e-12)
+
+
+class HardsigmoidGate(torch.nn.Module):
+    """A linear layer gated by hardsigmoid, as in MobileNetV3's squeeze-excitation."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(x * torch.nn.functional.hardsigmoid(self.gate(x)))
+
+
+def test_a_hessian_product_that_cannot_be_compiled_falls_back_to_the_fastest_eager_one():
+    """hardsigmoid's backward has no derivative, and under torch.compile the rewrite to relu6 is not applied: compiling
+    fails for real, the operator says why once and runs the fastest eager product of the trial. (The Gauss-Newton
+    product needs no second derivative of the model, and compiles.)"""
+    torch.manual_seed(0)
+    model = HardsigmoidGate().double().eval()
+    data = Dataset(torch.randn(12, 8, dtype=torch.float64), torch.arange(12) % 3)
+    objective = ModelObjective(model, [LossTerm(data, 1 / 12)], batch_size=12)
+    op = HessianOperator(objective, method="compiled")
+    assert op.compile_failure is not None and "hardsigmoid_backward" in op.compile_failure
+    assert op.compile_warning is not None and op.compile_failure in op.compile_warning
+    assert op.method in METHODS and op.method == min(op.trial_seconds, key=op.trial_seconds.get)
+    assert "compiled" not in op.trial_seconds and op.compile_seconds > 0  # the failed attempt's time is reported
+    v = torch.randn(objective.space.size, dtype=torch.float64)
+    assert torch.allclose(op(v), HessianOperator(objective, method="double_backward")(v), rtol=1e-10, atol=1e-12)

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from gif.errors import InvalidSpecError
-from gif.spec import JobSpec, Relabel, RemoveClass, RemoveSamples, check_request
+from gif.spec import JobSpec, Relabel, RemoveClass, RemoveSamples, SolverSpec, check_request
 
 
 def test_every_problem_of_a_request_is_listed_at_once():
@@ -62,3 +62,10 @@ def test_examples_are_named_by_indices_or_ids_exactly_once():
     check_request(RemoveSamples(ids=["a"]), class_counts=[2, 3], num_classes=2, has_ids=True)
     with pytest.raises(InvalidSpecError):
         check_request(RemoveSamples(ids=list("abcde")), class_counts=[2, 3], num_classes=2, has_ids=True)
+
+
+def test_the_gauss_newton_curvature_takes_its_eager_or_compiled_product():
+    for hvp in ("auto", "compiled"):
+        assert SolverSpec(curvature="gauss_newton", hvp=hvp).hvp == hvp
+    with pytest.raises(ValidationError, match="leave it auto or compiled"):
+        SolverSpec(curvature="gauss_newton", hvp="cached_double_backward")

@@ -181,9 +181,13 @@ def cmd_architectures(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_assets(args: argparse.Namespace) -> int:
-    from gif.demo import write_demo_assets
+    from gif.demo import write_demo_assets, write_image_demo
 
-    for path in write_demo_assets(Path(args.out), args.dataset, args.seed):
+    if args.dataset == "images":
+        paths = write_image_demo(Path(args.out), args.seed)
+    else:
+        paths = write_demo_assets(Path(args.out), args.dataset, args.seed)
+    for path in paths:
         print(path)
     return 0
 
@@ -240,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-assets", help="train a small model and write it with its data and a job")
     demo.add_argument("--out", default="demo", help="output directory (default: demo)")
-    demo.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+    demo.add_argument(
+        "--dataset",
+        choices=["digits", "mnist", "images"],
+        default="digits",
+        help="images: the digits as folders of PNGs and torchvision's ResNet-18 trained on them, with its input "
+        "transform (input.json)",
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=cmd_demo_assets)
     return parser

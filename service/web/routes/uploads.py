@@ -20,6 +20,14 @@ from service.web.problems import responses
 from service.web.schemas import DatasetOut, ModelOut, Page
 
 FILE_PART = {"type": "string", "format": "binary"}
+INPUT_PART = {
+    "type": "string",
+    "description": "Optional: the preprocessing the model was trained with, as JSON in torchvision's preset "
+    "vocabulary (resize: the shorter side, bilinear and antialiased; crop: a centre crop; mean and std: the "
+    "normalisation; channels: 1 or 3). The worker applies it to the data of every job of this model, on the job's "
+    "device; images are read as floats in [0, 1] first, like ToTensor.",
+    "example": '{"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}',
+}
 ARCHITECTURE_PART = {
     "type": "string",
     "description": 'The architecture as JSON: {"name": …, "config": {…}} (see GET /v1/architectures); '
@@ -109,9 +117,10 @@ models = catalog_router(
         "Weights (.safetensors, or a torch zip state dict) and their architecture; or a .pt2 program "
         "(torch.export.save, eval mode, a dynamic batch dimension) with no architecture: it is read by a "
         "validating loader that runs nothing from the file.",
-        optional=("architecture",),
+        optional=("architecture", "input"),
         file=FILE_PART,
         architecture=ARCHITECTURE_PART,
+        input=INPUT_PART,
     ),
     UPLOAD_ERRORS + ("unknown-architecture",),
 )
@@ -125,7 +134,15 @@ datasets = catalog_router(
         "examples. Images: an ImageFolder archive (.zip, .tar or .tar.gz of <class>/<image>, JPEG, PNG or WebP; "
         "classes indexed in sorted order unless `classes` is given) or a WebDataset shard (.tar: each image beside "
         "its label in .cls or .json); they are decoded once and stored as uint8 tensors, each image's id being its "
-        "path (ImageFolder) or key (WebDataset).",
+        "path (ImageFolder) or key (WebDataset).\n\n"
+        "Examples, one per kind:\n\n"
+        "- tensors: `curl -F file=@train.safetensors $GIF_SERVER/v1/datasets`\n"
+        "- an ImageFolder zip (`cat/0001.png`, `dog/0002.jpg`, …): `curl -F file=@train.zip $GIF_SERVER/v1/datasets`\n"
+        "- the same with its classes in label order: `curl -F file=@train.tar.gz "
+        '-F \'classes=["cat", "dog"]\' $GIF_SERVER/v1/datasets`\n'
+        "- a WebDataset shard (`000001.png` beside `000001.cls`): `curl -F file=@shard-000.tar $GIF_SERVER/v1/datasets`"
+        "\n\nA folder is uploaded by the client (`Client.upload_dataset(folder)`, `gif submit --train-data DIR`) as a "
+        "zip.",
         optional=("classes",),
         file=FILE_PART,
         classes=CLASSES_PART,

@@ -28,6 +28,7 @@ EXPERIMENTS = (
     "bench.solvers",
     "bench.curvature",
     "bench.ingest",
+    "bench.sample",
 )
 
 

@@ -24,6 +24,7 @@ SECTIONS = (
     "solvers",
     "curvature",
     "ingest",
+    "sample",
 )
 
 

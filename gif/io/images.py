@@ -23,6 +23,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ MAX_MEMBER_BYTES = 64 * 1024 * 1024
 MAX_LABEL_BYTES = 4096
 WRITE_BATCH_BYTES = 8 * 1024 * 1024
 Source = Literal["imagefolder", "webdataset"]
+# What reading a damaged archive raises (gzip's BadGzipFile is an OSError; zlib's own error is not)
+CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError)
 
 
 @dataclass(frozen=True)
@@ -156,14 +159,15 @@ class _TarMembers(_Members):
     def _open(self) -> tarfile.TarFile:
         try:
             return tarfile.open(self.path, "r:*")
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except CORRUPT as exc:
             raise InvalidDatasetError(f"corrupt tar archive: {exc}") from None
 
     def entries(self) -> list[Entry]:
+        """Every member, checked; for a .tar.gz this reads the whole stream, so its CRC is checked here."""
         with self._open() as tf:
             try:
                 return [self._checked(member) for member in tf]
-            except (tarfile.TarError, OSError, EOFError) as exc:
+            except CORRUPT as exc:
                 raise InvalidDatasetError(f"corrupt tar archive: {exc}") from None
 
     def contents(self) -> Iterator[tuple[str, bytes]]:
@@ -204,8 +208,11 @@ class _FolderMembers(_Members):
 def _read_member(name: str, handle: IO[bytes], declared: int) -> bytes:
     if declared > MAX_MEMBER_BYTES:
         raise refused(name, f"{declared} bytes, over the {MAX_MEMBER_BYTES} allowed per member")
-    with handle:
-        return handle.read(MAX_MEMBER_BYTES + 1)
+    try:
+        with handle:
+            return handle.read(MAX_MEMBER_BYTES + 1)
+    except CORRUPT as exc:  # a zip member's CRC, a truncated or damaged compressed stream
+        raise refused(name, f"corrupt member: {exc}") from None
 
 
 def image_archive_kind(path: str | Path) -> Literal["zip", "tar", "folder"] | None:

@@ -218,6 +218,21 @@ def test_hostile_archives_are_refused_naming_the_member_and_nothing_is_written(t
     assert list(out.parent.iterdir()) == []
 
 
+def test_damaged_archives_are_refused_not_crashed_on(tmp_path):
+    write_zip(tmp_path / "d.zip", {"a/1.png": png(colour())})
+    data = bytearray((tmp_path / "d.zip").read_bytes())
+    start = data.index(b"IDAT") + 8  # a byte of the stored PNG's pixels: the member's CRC no longer matches
+    data[start] ^= 0xFF
+    (tmp_path / "d.zip").write_bytes(bytes(data))
+    with pytest.raises(InvalidDatasetError) as caught:
+        read_dataset(tmp_path / "d.zip")
+    assert caught.value.problems[0].startswith("a/1.png: corrupt member")
+    write_tar(tmp_path / "d.tgz", {f"a/{i}.png": png(colour(64, 64)) for i in range(3)}, "w:gz")
+    (tmp_path / "cut.tgz").write_bytes((tmp_path / "d.tgz").read_bytes()[:-100])
+    with pytest.raises(InvalidDatasetError, match="corrupt tar archive"):
+        read_dataset(tmp_path / "cut.tgz")
+
+
 def test_only_archives_of_images_are_taken_for_images(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 3)), y=np.zeros(2, dtype=np.int64))
     (tmp_path / "t.bin").write_bytes(b"\x00" * 600)

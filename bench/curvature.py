@@ -12,23 +12,46 @@ Tasks: TinyNet / MNIST (8k) removing class 3, the TinyNet backdoor repair (5 see
 VGG-11 / CIFAR-10 (4k) removing class 8 and ResNet-18 / MNIST (the benchmarks' reduced setup) removing 8, one seed
 each (``--tasks vgg11-remove-ship --seeds 1``).
 
+With ``--compiled`` it measures instead, side by side in one run, the compiled products (``solver.hvp: compiled``)
+against the best eager ones for TinyNet and VGG-11: one product ÷ one forward+backward (best of 5, compile time
+excluded) and the compile seconds, on freshly initialised weights and random inputs (a product's cost depends on
+neither), and whether ``auto`` would try compiling for a default solve.
+
 Run: python -m bench.curvature [--tasks a,b] [--seeds N] [--first-seed K] [--device auto|cpu|cuda|cuda:N]
      (GIF_BENCH_QUICK=1: one seed, small sizes, the removal only; --tasks "": rewrite the section from the JSON)
+     python -m bench.curvature --tasks "" --compiled  (the compiled products only)
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
+import time
 from typing import Any
 
 import torch
 
 from bench.report import QUICK, beside_results, best_of, markdown_table, write_section
 from bench.setups import SEEDS_SUITE, SETUPS, Task, command, prepare, seeds_command_line
-from gif.curvature import Curvature, HessianOperator, LossTerm, ModelObjective, cross_entropy_sum
+from gif.curvature import (
+    COMPILED_SAVING_BOUND,
+    TYPICAL_SOLVE_PRODUCTS,
+    Curvature,
+    HessianOperator,
+    LossTerm,
+    ModelObjective,
+    compile_repaid,
+    cross_entropy_sum,
+    estimated_compile_seconds,
+    forward_operators,
+)
+from gif.data import Dataset
+from gif.devices import synchronize
 from gif.edit import run
+from gif.models.registry import build_model
 from gif.spec import JobSpec, SolverSpec
+from gif.training import reinitialised
 
 CURVATURES: tuple[Curvature, ...] = ("hessian", "gauss_newton")
 SEEDS_FILE = beside_results("curvature.quick.json" if QUICK else "curvature_seeds.json")
@@ -106,6 +129,97 @@ def products_table(costs: dict[str, dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+# (name, architecture, input shape, examples in the product's sample, batch size): TinyNet on the job's default
+# 512-example Hessian sample; VGG-11 on 128 CIFAR-sized inputs (its compiled Hessian product takes ~10 s here)
+COMPILED_MODELS = [
+    ("TinyNet", {"name": "tinynet", "config": {}}, (1, 28, 28), 512, 256),
+    ("VGG-11", {"name": "vgg11", "config": {"in_channels": 3}}, (3, 32, 32), 128, 128),
+]
+
+
+def compiled_costs(device: torch.device) -> dict[str, Any]:
+    """Per model: one forward+backward, the best eager product and the compiled one of each curvature, timed in
+    turns (``PRODUCT_REPEATS`` rounds after a warm-up, best of each: the cores are shared); the compile seconds, the
+    estimate ``auto`` makes of them, and whether ``auto`` would try compiling for a default solve."""
+    costs: dict[str, Any] = {}
+    for name, architecture, shape, samples, batch_size in COMPILED_MODELS:
+        torch.manual_seed(0)
+        model = reinitialised(build_model(architecture), 0).to(device).eval()
+        data = Dataset(torch.rand(samples, *shape), torch.arange(samples) % 10)
+        objective = ModelObjective(model, [LossTerm(data, 1 / samples)], batch_size=batch_size)
+
+        def forward_backward() -> None:
+            for x, y, weight in objective.batches:
+                model.zero_grad(set_to_none=True)
+                (weight * cross_entropy_sum(model(x), y)).backward()
+
+        operators: dict[str, HessianOperator] = {}
+        for curvature in CURVATURES:  # expected_products=0: auto's eager trial alone
+            operators[f"{curvature} eager"] = HessianOperator(objective, curvature=curvature, expected_products=0)
+            operators[f"{curvature} compiled"] = HessianOperator(objective, method="compiled", curvature=curvature)
+            print(
+                f"{name} {curvature}: compiled in {operators[f'{curvature} compiled'].compile_seconds:.0f} s",
+                flush=True,
+            )
+        v = torch.randn(objective.space.size, device=next(model.parameters()).device)
+        timed: dict[str, Any] = {"forward+backward": forward_backward}
+        timed.update({label: (lambda op=op: op(v)) for label, op in operators.items()})
+        seconds = {label: float("inf") for label in timed}
+        for _ in range(PRODUCT_REPEATS + 1):  # the first round is the warm-up
+            for label, fn in timed.items():
+                synchronize(device)
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                seconds[label] = min(seconds[label], time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+        costs[name] = {
+            "samples": samples,
+            "seconds": seconds,
+            "methods": {label: op.method for label, op in operators.items()},
+            "compile_s": {c: operators[f"{c} compiled"].compile_seconds for c in CURVATURES},
+            "compile_failure": {c: operators[f"{c} compiled"].compile_failure for c in CURVATURES},
+            "forward_operators": forward_operators(objective),
+        }
+        print(f"{name}: {json.dumps(costs[name], default=str)}", flush=True)
+    return costs
+
+
+def compiled_table(costs: dict[str, Any]) -> str:
+    rows = []
+    for name, cost in costs.items():
+        fb, estimate = cost["seconds"]["forward+backward"], estimated_compile_seconds(cost["forward_operators"])
+        for curvature in CURVATURES:
+            eager, compiled = cost["seconds"][f"{curvature} eager"], cost["seconds"][f"{curvature} compiled"]
+            failure = cost["compile_failure"][curvature]
+            rows.append([
+                name, cost["samples"], f"{fb * 1000:.0f}", curvature,
+                f"{eager / fb:.2f}× ({cost['methods'][f'{curvature} eager']})",
+                f"fails ({failure})" if failure else f"{compiled / fb:.2f}×",
+                f"{cost['compile_s'][curvature]:.0f}", f"{estimate:.0f}",
+                "yes" if compile_repaid(curvature, eager, TYPICAL_SOLVE_PRODUCTS, estimate) else "no",
+            ])  # fmt: skip
+    table = markdown_table(
+        ["model", "sample", "forward+backward ms", "curvature", "best eager product ÷ f+b", "compiled ÷ f+b",
+         "compile s", "auto's estimate s", f"auto tries compiling ({TYPICAL_SOLVE_PRODUCTS} products)"],
+        rows,
+    )  # fmt: skip
+    lines = []
+    for curvature in CURVATURES:
+        ratios = {
+            name: cost["seconds"][f"{curvature} compiled"] / cost["seconds"][f"{curvature} eager"]
+            for name, cost in costs.items()
+            if not cost["compile_failure"][curvature]
+        }
+        lines.append(
+            f"- {curvature}: compiled product ÷ best eager product "
+            + ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items())
+            + f"; the most it saved: {max(0.0, 1 - min(ratios.values())):.0%}, "
+            f"`COMPILED_SAVING_BOUND` {COMPILED_SAVING_BOUND[curvature]:.0%} (gif/curvature.py)."
+        )
+    return table + "\n\n" + "\n".join(lines)
+
+
 def mean_sd(values: list[float], digits: int = 4) -> str:
     spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
     return f"{statistics.mean(values):.{digits}f}{spread}"
@@ -169,6 +283,9 @@ def load_results() -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
+    compiled = "--compiled" in sys.argv
+    if compiled:
+        sys.argv.remove("--compiled")
     args = seeds_command_line(__doc__.splitlines()[0], SEEDS_SUITE)
     if QUICK:
         args.tasks = args.tasks[:1]  # the harness's smoke run: the removal alone
@@ -182,12 +299,23 @@ def main() -> None:
     for name in args.tasks:
         costs[name] = product_costs(SEEDS_SUITE[name], args.device)
         SEEDS_FILE.write_text(json.dumps(results, indent=1))
+    if compiled:
+        results["compiled_product_cost"] = compiled_costs(args.device)
+        SEEDS_FILE.write_text(json.dumps(results, indent=1))
     body = report({name: results[name] for name in SEEDS_SUITE if name in results})
     if costs:
         body += (
             "\n\nThe per-seed cost columns above come from the edits themselves, run one after another (their spread "
             "shows how much the shared cores moved them). The fair cost comparison is one product on the job's Hessian "
             "sample, best of 5, side by side:\n\n" + products_table(costs)
+        )
+    if results.get("compiled_product_cost"):
+        body += (
+            '\n\nCompiled products (`solver.hvp: compiled`, `python -m bench.curvature --tasks "" --compiled`): one '
+            "product ÷ one forward+backward, best of 5 in turns, compile time excluded; freshly initialised weights and "
+            "random inputs (a product's cost depends on neither); its forward+backward column against the table above shows "
+            "how loaded the shared cores were (the ratios are side by side, the milliseconds and compile seconds are "
+            "not comparable across runs):\n\n" + compiled_table(results["compiled_product_cost"])
         )
     section = "9. Hessian or Gauss-Newton curvature (issue 24)"
     write_section("curvature", section, body, command("bench.curvature", args.device), args.device)

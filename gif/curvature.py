@@ -63,10 +63,12 @@ Curvature = Literal["hessian", "gauss_newton"]
 GAUSS_NEWTON_PRODUCT = "jvp_vjp"  # the eager implementation of the Gauss-Newton product
 COMPILED_PRODUCT = "compiled"
 TYPICAL_SOLVE_PRODUCTS = 40  # a solve to the default tolerance takes 16-38 products (bench/RESULTS.md sections 8, 9)
-# the largest share of the best eager product's time a compiled product saved (bench/RESULTS.md section 9, CPU)
-COMPILED_SAVING_BOUND: dict[Curvature, float] = {"hessian": 0.15, "gauss_newton": 0.3}
-COMPILE_SECONDS_BASE = 5.0  # a cold CPU compile of the product: base + per forward operator (section 9)
-COMPILE_SECONDS_PER_OPERATOR = 2.0
+# The largest share of the best eager product's time a compiled product saved (bench/RESULTS.md section 9, CPU): the
+# compiled Hessian product was slower than the cached double backward on TinyNet and VGG-11, the compiled
+# Gauss-Newton product 7-8% faster than jvp_vjp. Where nothing was saved auto never compiles.
+COMPILED_SAVING_BOUND: dict[Curvature, float] = {"hessian": 0.0, "gauss_newton": 0.1}
+COMPILE_SECONDS_BASE = 10.0  # a cold CPU compile of a product: base + per forward operator (section 9: TinyNet's 16
+COMPILE_SECONDS_PER_OPERATOR = 3.0  # operators 69-72 s, VGG-11's 45 operators 147-249 s on 2 shared cores)
 CACHE_SHARE_OF_FREE_MEMORY = 0.5  # the rest is for the solver's vectors, the step search and evaluation
 FALLBACK_CACHE_BUDGET_BYTES = 4 * 1024**3  # where free memory cannot be told
 
@@ -227,14 +229,19 @@ class _OperatorCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def estimated_compile_seconds(objective: ModelObjective) -> float:
-    """A cold compile's seconds, from the operators of one forward pass on one example: compile time grows with the
-    traced graph, not with the data."""
+def forward_operators(objective: ModelObjective) -> int:
+    """The ATen operators of one forward pass (and loss) on one example: the size of the graph a compile traces."""
     x, y, w = objective.batches[0]
     operators = _OperatorCount()  # type: ignore[no-untyped-call]  # TorchDispatchMode.__init__ is untyped
     with torch.no_grad(), operators:
         objective.batch_loss(objective.params, x[:1], y[:1], w)
-    return COMPILE_SECONDS_BASE + COMPILE_SECONDS_PER_OPERATOR * operators.count
+    return operators.count
+
+
+def estimated_compile_seconds(operators: int) -> float:
+    """A cold compile's seconds for a model of ``operators`` forward operators: compile time grows with the traced
+    graph, not with the data."""
+    return COMPILE_SECONDS_BASE + COMPILE_SECONDS_PER_OPERATOR * operators
 
 
 def compile_repaid(
@@ -433,7 +440,7 @@ class HessianOperator:
             raise RuntimeError("no Hessian-vector product works for this model: " + "; ".join(failures))
         fastest = min(self.trial_seconds, key=self.trial_seconds.__getitem__)
         eager_product_seconds = self.trial_seconds[fastest] * self._samples() / batch[0].shape[0]
-        estimate = estimated_compile_seconds(self.objective) if may_compile else math.inf
+        estimate = estimated_compile_seconds(forward_operators(self.objective)) if may_compile else math.inf
         if compile_repaid(self.curvature, eager_product_seconds, self.expected_products, estimate):
             compiled = self._compile([batch])
             if compiled is not None:

@@ -115,6 +115,11 @@ async def upload_dataset(
     if is_json(content_type):
         reference = parse_dataset_reference(await read_small_body(body, ctx.settings.max_json_bytes))
         return await register_dataset_url(ctx, owner, reference.url, reference.classes)
+    if not (content_type or "").lower().startswith("multipart/form-data"):
+        shown = (content_type or "none").split(";")[0]
+        raise ServiceError(
+            "unsupported-media-type", f"expected multipart/form-data (a file) or application/json (a URL), got {shown}"
+        )
     await admit_upload(ctx, owner, declared_bytes)
     with ctx.artifacts.staging_file() as staged:
         upload = await receive_upload(content_type, body, staged, "file", frozenset({"classes"}))

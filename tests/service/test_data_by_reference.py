@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import socket
 import socketserver
 import tarfile
@@ -260,3 +261,22 @@ def test_an_incomplete_or_invalid_presigned_upload_is_refused_and_deleted(on_s3,
     problem(api.http.post(f"/v1/datasets/uploads/{state['id']}/complete"), 422, "invalid-dataset")
     problem(api.http.get(f"/v1/datasets/uploads/{state['id']}"), 404, "not-found")
     assert not incoming(s3, settings) and stored_files(settings) == before
+
+
+def test_a_job_takes_a_dataset_registered_by_url_as_it_takes_an_uploaded_one(on_s3, data_bucket, s3, demo):
+    """Checked at submit against the registered record and queued with its blob (no worker here: it stays queued;
+    the blob is read by workers as any upload's, see tests/worker/test_worker_s3.py)."""
+    api, settings = on_s3
+    s3.put_object(Bucket=data_bucket, Key="allowed/demo/train.safetensors", Body=demo["train"].read_bytes())
+    registered = api.register_dataset(f"s3://{data_bucket}/allowed/demo/train.safetensors")
+    architecture = json.loads(demo["architecture"].read_text())
+    body = {
+        **json.loads(demo["job"].read_text()),
+        "model_id": api.upload_model(demo["model"], architecture)["id"],
+        "train_dataset_id": registered["id"],
+    }
+    job = api.submit(body)
+    assert job["status"] == "queued"
+    context = api.http.app.state.context  # type: ignore[attr-defined]
+    assert context.jobs.get(job["id"]).inputs["train"].sha256 == registered["sha256"]
+    assert registered["sha256"] == hashlib.sha256(demo["train"].read_bytes()).hexdigest()

@@ -211,6 +211,8 @@ class DirectUploads:
     def assemble(self, upload: DirectUpload) -> None:
         """Complete the multipart upload once every part is there and their sizes add up to the declared size."""
         done = self.store.uploaded_parts(upload.key, upload.s3_upload_id)
+        if done is None and self.store.object_size(self.store.bucket, upload.key) == upload.size_bytes:
+            return  # completed by an earlier call whose check then found the store unavailable: check it again
         if done is None:
             self.forget(upload)
             raise ServiceError("not-found", f"the dataset upload {upload.id} expired or was aborted")

@@ -23,6 +23,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
+from gif.cli import main
 from service.core.storage import artifact_store
 from service.tools.local_s3 import CREDENTIALS
 from service.web.app import create_app
@@ -125,7 +126,9 @@ def on_s3(isolated_settings, s3_bucket, data_bucket, relay):
     storage = {"storage_url": f"s3://{s3_bucket()}/gif", "s3_endpoint_url": relay.url}
     with (
         isolated_settings(
-            **storage, data_url_allowed=[f"s3://{data_bucket}/allowed"], direct_upload_part_bytes=PART_BYTES
+            **storage,
+            data_url_allowed=[f"s3://{data_bucket}/allowed", storage["storage_url"]],
+            direct_upload_part_bytes=PART_BYTES,
         ) as settings,
         TestClient(create_app(settings)) as http,
     ):
@@ -165,6 +168,7 @@ def incoming(s3, settings) -> list[str]:
 def test_only_allowed_s3_locations_are_registered(on_s3, data_bucket, s3, problem):
     api, settings = on_s3
     s3.put_object(Bucket=data_bucket, Key="elsewhere/train.safetensors", Body=tensors(6))
+    store_bucket = urlparse(settings.storage_url).netloc
     before = stored_files(settings)
     refused = {
         "https://example.com/train.safetensors": "only s3:// URLs",
@@ -173,6 +177,7 @@ def test_only_allowed_s3_locations_are_registered(on_s3, data_bucket, s3, proble
         f"s3://{data_bucket}/allowedness/train.safetensors": "outside the locations",  # a prefix, not a folder
         f"s3://{data_bucket}/allowed/missing.safetensors": "no object",
         "s3://": "expected s3://bucket/key",
+        f"s3://{store_bucket}/gif/blobs/{'0' * 64}": "own storage",  # even where the operator allowed the bucket
     }
     for url, words in refused.items():
         body = problem(api.http.post("/v1/datasets", json={"url": url}), 422, "validation-error")
@@ -277,6 +282,21 @@ def test_a_job_takes_a_dataset_registered_by_url_as_it_takes_an_uploaded_one(on_
     }
     job = api.submit(body)
     assert job["status"] == "queued"
-    context = api.http.app.state.context  # type: ignore[attr-defined]
+    context = api.http.app.state.context
     assert context.jobs.get(job["id"]).inputs["train"].sha256 == registered["sha256"]
     assert registered["sha256"] == hashlib.sha256(demo["train"].read_bytes()).hexdigest()
+
+
+def test_gif_submit_registers_an_s3_train_data_url_instead_of_uploading(
+    on_s3, data_bucket, s3, demo, monkeypatch, capsys
+):
+    api, _ = on_s3
+    monkeypatch.setattr("gif_client.commands.remote_client", lambda args, host: SuiteClient(http=api.http))
+    monkeypatch.setattr(SuiteClient, "close", lambda self: None)  # the module's test client stays open
+    s3.put_object(Bucket=data_bucket, Key="allowed/cli/train.safetensors", Body=demo["train"].read_bytes())
+    url = f"s3://{data_bucket}/allowed/cli/train.safetensors"
+    argv = ["submit", "--server", "http://testserver", "--spec", str(demo["job"]), "--model", str(demo["model"]),
+            "--architecture", str(demo["architecture"]), "--train-data", url]  # fmt: skip
+    assert main(argv) == 0
+    job = api.job(capsys.readouterr().out.strip())
+    assert api.http.get(f"/v1/datasets/{job['spec']['train_dataset_id']}").json()["source_url"] == url

@@ -65,6 +65,8 @@ def allowed_source(url: str, settings: Settings, store: object) -> DataSource:
     if not isinstance(store, S3ArtifactStore):
         raise refused_url("this service's artifact store is not S3: upload the file instead")
     key = parsed.path.lstrip("/")
+    if parsed.netloc == store.bucket and key.startswith((f"{store.prefix}blobs/", f"{store.prefix}incoming/")):
+        raise refused_url("the service's own storage is not registered by URL (it holds every key's uploads)")
     for allowed in settings.data_url_allowed:
         where = urlparse(allowed)
         folder = where.path.strip("/")

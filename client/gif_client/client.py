@@ -149,7 +149,7 @@ class Client:
         body: dict[str, Any] = {"size_bytes": path.stat().st_size, "filename": path.name}
         if classes is not None:
             body["classes"] = classes
-        response = self.http.post("/v1/datasets/uploads", json=body)
+        response = self.http.post("/v1/dataset-uploads", json=body)
         if response.status_code in (404, 405, 409) and not required:
             return None  # a local store (409), or a service from before presigned uploads
         record = self.resume_upload(self._json(response)["id"], path)
@@ -162,7 +162,7 @@ class Client:
         it: the dataset's record. After a dropped connection each part still missing is sent again (the service
         asks S3 which it holds), up to ``DIRECT_UPLOAD_ATTEMPTS`` rounds; calling this again later resumes too."""
         for attempt in range(DIRECT_UPLOAD_ATTEMPTS):
-            state = self._json(self.http.get(f"/v1/datasets/uploads/{upload_id}"))
+            state = self._json(self.http.get(f"/v1/dataset-uploads/{upload_id}"))
             try:
                 self._send_parts(Path(path), state)
                 break
@@ -170,7 +170,7 @@ class Client:
                 if attempt == DIRECT_UPLOAD_ATTEMPTS - 1:
                     raise
                 time.sleep(0.5 * 2**attempt)
-        return self._json(self.http.post(f"/v1/datasets/uploads/{upload_id}/complete"))
+        return self._json(self.http.post(f"/v1/dataset-uploads/{upload_id}/complete"))
 
     def _send_parts(self, path: Path, state: dict[str, Any]) -> None:
         """PUT each missing part (one part in memory at a time) to its presigned URL; 5xx raise to be retried."""

@@ -194,7 +194,7 @@ def test_a_local_store_registers_nothing_by_url_and_offers_no_presigned_upload(
     with local as settings, TestClient(create_app(settings)) as http:
         body = problem(http.post("/v1/datasets", json={"url": "s3://data/train.zip"}), 422, "validation-error")
         assert body["errors"][0]["pointer"] == "/url" and "not S3" in body["errors"][0]["detail"]
-        problem(http.post("/v1/datasets/uploads", json={"size_bytes": 10}), 409, "conflict")
+        problem(http.post("/v1/dataset-uploads", json={"size_bytes": 10}), 409, "conflict")
         monkeypatch.setattr(gif_client.client, "DIRECT_UPLOAD_THRESHOLD_BYTES", 1)  # every file would go direct
         record = SuiteClient(http=http).upload_dataset(_written(tmp_path / "t.safetensors", tensors(4)))
         assert record["num_samples"] == 4  # the client fell back to the multipart upload
@@ -253,18 +253,18 @@ def test_a_presigned_upload_resumes_after_a_dropped_part_and_is_checked_once_com
 def test_an_incomplete_or_invalid_presigned_upload_is_refused_and_deleted(on_s3, s3, tmp_path, problem):
     api, settings = on_s3
     before = stored_files(settings)
-    started = api.http.post("/v1/datasets/uploads", json={"size_bytes": PART_BYTES + 10, "filename": "x.bin"})
+    started = api.http.post("/v1/dataset-uploads", json={"size_bytes": PART_BYTES + 10, "filename": "x.bin"})
     assert started.status_code == 201, started.text
     state = started.json()
     assert state["part_count"] == 2 and [p["number"] for p in state["parts"]] == [1, 2] and not state["parts_done"]
     assert api.bucket.put(state["parts"][0]["url"], content=b"\x07" * PART_BYTES).is_success
-    resumed = api.http.get(f"/v1/datasets/uploads/{state['id']}").json()
+    resumed = api.http.get(f"/v1/dataset-uploads/{state['id']}").json()
     assert [p["number"] for p in resumed["parts_done"]] == [1] and [p["number"] for p in resumed["parts"]] == [2]
-    body = problem(api.http.post(f"/v1/datasets/uploads/{state['id']}/complete"), 409, "conflict")
+    body = problem(api.http.post(f"/v1/dataset-uploads/{state['id']}/complete"), 409, "conflict")
     assert "[2] missing" in body["detail"]
     assert api.bucket.put(resumed["parts"][0]["url"], content=b"\x07" * 10).is_success
-    problem(api.http.post(f"/v1/datasets/uploads/{state['id']}/complete"), 422, "invalid-dataset")
-    problem(api.http.get(f"/v1/datasets/uploads/{state['id']}"), 404, "not-found")
+    problem(api.http.post(f"/v1/dataset-uploads/{state['id']}/complete"), 422, "invalid-dataset")
+    problem(api.http.get(f"/v1/dataset-uploads/{state['id']}"), 404, "not-found")
     assert not incoming(s3, settings) and stored_files(settings) == before
 
 

@@ -27,7 +27,7 @@ import redis
 from service.core.errors import ServiceError
 from service.core.settings import Settings
 from service.core.storage.base import CHUNK_BYTES
-from service.core.storage.s3 import S3ArtifactStore
+from service.core.storage.s3 import S3ArtifactStore, _reaching_s3
 
 UPLOAD_ID_PREFIX = "upload_"
 MAX_PARTS = 10_000  # S3's limit per multipart upload
@@ -88,6 +88,7 @@ def _copy_capped(source: IO[bytes], target: BinaryIO, budget: int, what: str) ->
     return copied
 
 
+@_reaching_s3  # a server lost mid-stream is a 503 (StoreUnavailable), as for any other S3 read
 def stage_source(store: S3ArtifactStore, source: DataSource, staged: Path, max_bytes: int) -> str:
     """Stream the object, or the prefix's ``.tar`` shards joined into one tar, into ``staged``; its file name.
 

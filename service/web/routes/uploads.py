@@ -167,7 +167,7 @@ DATASET_BODY = with_json_body(
     "service streams it from the bucket and checks, converts and stores it as an uploaded file, recording "
     "`source_url`. Any other URL is refused with a 422 at `/url`; nothing outside those locations is fetched.\n\n"
     "- `curl -H 'Content-Type: application/json' -d '{\"url\": \"s3://datasets/train.zip\"}' "
-    "$GIF_SERVER/v1/datasets`\n\nFiles of several GB go straight to the bucket: see POST /v1/datasets/uploads.",
+    "$GIF_SERVER/v1/datasets`\n\nFiles of several GB go straight to the bucket: see POST /v1/dataset-uploads.",
 )
 datasets = catalog_router(
     "dataset",
@@ -207,12 +207,14 @@ class DirectUploadOut(BaseModel):
     parts: list[PartUrl] = Field(description="A presigned URL for each part still missing.")
 
 
-DIRECT_UPLOAD = "/uploads/{upload_id}"
+# Not under /v1/datasets: a path there of one segment would also match /v1/datasets/{dataset_id}.
+dataset_uploads = APIRouter(prefix="/v1/dataset-uploads", tags=["datasets"])
+DIRECT_UPLOAD = "/{upload_id}"
 DIRECT_ERRORS = responses("not-found", "conflict", "service-unavailable")
 
 
-@datasets.post(
-    "/uploads",
+@dataset_uploads.post(
+    "",
     status_code=201,
     summary="Start a presigned multipart dataset upload (S3 store)",
     description="For files of several GB: the parts go straight to the bucket over the presigned URLs, never "
@@ -222,6 +224,7 @@ DIRECT_ERRORS = responses("not-found", "conflict", "service-unavailable")
     response_model=DirectUploadOut,
     responses=responses(
         "validation-error",
+        "bad-request",
         "conflict",
         "payload-too-large",
         "storage-quota-exceeded",
@@ -232,10 +235,10 @@ DIRECT_ERRORS = responses("not-found", "conflict", "service-unavailable")
 async def start_upload(body: DirectUploadIn, owner: Caller, ctx: Context) -> JSONResponse:
     classes = parse_classes(json.dumps(body.classes)) if body.classes is not None else None
     state = await start_direct_upload(ctx, owner, body.size_bytes, body.filename, classes)
-    return JSONResponse(state, status_code=201, headers={"Location": f"/v1/datasets/uploads/{state['id']}"})
+    return JSONResponse(state, status_code=201, headers={"Location": f"/v1/dataset-uploads/{state['id']}"})
 
 
-@datasets.get(
+@dataset_uploads.get(
     DIRECT_UPLOAD,
     summary="A presigned upload: parts done and URLs for the rest",
     response_model=DirectUploadOut,
@@ -245,7 +248,7 @@ async def upload_state(upload_id: str, owner: Caller, ctx: Context) -> dict[str,
     return await direct_upload_state(ctx, owner, upload_id)
 
 
-@datasets.post(
+@dataset_uploads.post(
     DIRECT_UPLOAD + "/complete",
     status_code=201,
     summary="Complete a presigned upload: check and store the dataset",
@@ -268,7 +271,7 @@ async def complete_upload(upload_id: str, owner: Caller, ctx: Context) -> JSONRe
     return JSONResponse(record.public(), status_code=201, headers={"Location": f"/v1/datasets/{record.id}"})
 
 
-@datasets.delete(DIRECT_UPLOAD, status_code=204, summary="Abort a presigned upload", responses=DIRECT_ERRORS)
+@dataset_uploads.delete(DIRECT_UPLOAD, status_code=204, summary="Abort a presigned upload", responses=DIRECT_ERRORS)
 async def abort_upload(upload_id: str, owner: Caller, ctx: Context) -> Response:
     await abort_direct_upload(ctx, owner, upload_id)
     return Response(status_code=204)

@@ -300,3 +300,16 @@ def test_gif_submit_registers_an_s3_train_data_url_instead_of_uploading(
     assert main(argv) == 0
     job = api.job(capsys.readouterr().out.strip())
     assert api.http.get(f"/v1/datasets/{job['spec']['train_dataset_id']}").json()["source_url"] == url
+
+
+def test_a_presigned_upload_is_admitted_as_an_upload_of_its_size(
+    on_s3, isolated_settings, s3_bucket, relay, s3, problem
+):
+    api, settings = on_s3
+    too_large = {"size_bytes": settings.max_upload_bytes + 1}
+    problem(api.http.post("/v1/dataset-uploads", json=too_large), 413, "payload-too-large")
+    problem(api.http.post("/v1/dataset-uploads", json={"size_bytes": 0}), 422, "validation-error")
+    storage = {"storage_url": f"s3://{s3_bucket()}/gif", "s3_endpoint_url": relay.url}
+    with isolated_settings(**storage, quota_stored_bytes=10_000) as limited, TestClient(create_app(limited)) as http:
+        problem(http.post("/v1/dataset-uploads", json={"size_bytes": 200_000}), 403, "storage-quota-exceeded")
+        assert not incoming(s3, limited)  # refused before S3 heard of it

@@ -28,6 +28,7 @@ from gif.curvature import (
 )
 from gif.data import Dataset, sample_indices
 from gif.devices import full_float32, release_cached_memory, reset_peak_memory, resolve_device
+from gif.durability import DEFAULT_FINE_TUNE_LR, assess_durability, probes_of
 from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.influence import InfluenceProblem, InfluenceSolution
 from gif.io.files import sha256_file, write_safetensors
@@ -37,7 +38,7 @@ from gif.membership import MAX_PER_SIDE, MembershipLosses, assess, not_judged
 from gif.metrics import EvaluationPlan, Measurement, example_losses, measure, predict
 from gif.models.transforms import InputTransform, apply_input_transform
 from gif.parameters import ParameterSpace
-from gif.result import CheckpointInfo, EditResult, Membership
+from gif.result import CheckpointInfo, Durability, EditResult, Membership
 from gif.selection import Selection, full_selection, select
 from gif.spec import JobSpec, RemoveClass
 from gif.step import carved_validation_warning
@@ -236,6 +237,17 @@ def _membership(job: EditJob, before: Measurement, after: Measurement, edited: n
     return assess(losses_of(job.original, before), losses_of(edited, after), "validation", seed, class_level)
 
 
+def _durability(
+    job: EditJob, edited: nn.Module, eval_plan: EvaluationPlan, before: Measurement, after: Measurement
+) -> Durability | None:
+    """The durability checks the job asked for (``gif.durability``), on the evaluation's own plan."""
+    spec = job.spec
+    lr = spec.retrain.lr if spec.retrain is not None else DEFAULT_FINE_TUNE_LR
+    train = job.train_data
+    probes = probes_of(spec.durability, job.plan, train.x, train.y, lr, spec.solver.seed)
+    return assess_durability(edited, eval_plan, before, after, probes)
+
+
 def _retrain(job: EditJob, eval_plan: EvaluationPlan) -> Measurement:
     """The ground truth: the same architecture trained from scratch on the edited training data, measured alike."""
     assert job.spec.retrain is not None
@@ -294,6 +306,7 @@ def run(
         with job.clock("evaluation"):
             eval_plan, before, after = _evaluate(job, edit.model)
             membership = _membership(job, before, after, edit.model)
+            durability = _durability(job, edit.model, eval_plan, before, after)
         retrained = None
         if spec.retrain is not None:
             with job.clock("retrain"):
@@ -301,6 +314,9 @@ def run(
         result = edit_result(
             job, edit, before, after, retrained, membership, warnings, time.perf_counter() - started, device
         )
+        if durability is not None:
+            extra = [] if durability.holds else [durability.verdict]
+            result = result.model_copy(update={"durability": durability, "warnings": result.warnings + extra})
         if input_transform is not None and result.data is not None:
             ran = InputTransform.model_validate(input_transform).describe()
             result = result.model_copy(update={"data": result.data.model_copy(update={"input_transform": ran})})

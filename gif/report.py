@@ -282,6 +282,26 @@ def _membership_section(result: EditResult) -> str:
     return verdict + table + note + loss_chart(membership)
 
 
+def _durability_section(result: EditResult) -> str:
+    """The durability verdict and the forgotten quantity after each check, beside its value before and after."""
+    durability = result.durability
+    if durability is None:
+        return '<p class="note">No durability check ran (durability off, or nothing forgotten to re-measure).</p>'
+
+    def cell(value: float | None) -> str:
+        return f'<td class="num">{value:.3f}</td>' if value is not None else "<td>–</td>"
+
+    rows = f"<tr><td>before the edit</td>{cell(durability.before)}<td></td></tr>"
+    rows += f"<tr><td>after the edit</td>{cell(durability.after)}<td></td></tr>"
+    for check in durability.checks:
+        came_back = f"{check.recovered:.0%} back" if check.recovered is not None else escape(check.error or "–")
+        rows += f"<tr><td>after {escape(check.name)}</td>{cell(check.value)}<td>{came_back}</td></tr>"
+    return (
+        f"<p><strong>{escape(durability.verdict)}</strong></p><table><thead><tr><th></th>"
+        f"<th>{escape(durability.metric)}</th><th>of the edit's effect</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _legend(names: Sequence[str]) -> str:
     items = "".join(f'<span><i style="background:{COLOURS[n]}"></i>{escape(n)}</span>' for n in names)
     return f'<p class="legend note">{items}</p>'
@@ -412,6 +432,7 @@ def render_report(result: EditResult, spec: Mapping[str, Any], context: Sequence
 <section><h2>Solver residual</h2>{residual_chart(result.solver.residual_history, tolerance)}</section>
 <section><h2>Step search</h2>{step_chart(result.step.trace, result.step.scale)}</section>
 <section><h2>Membership</h2>{_membership_section(result)}</section>
+<section><h2>Durability</h2>{_durability_section(result)}</section>
 <section><h2>Selected units per layer</h2>{_layers_table(result)}</section>
 </div>
 <section><h2>Request and settings</h2><pre>{escape(json.dumps(spec, indent=2, sort_keys=True))}</pre></section>

@@ -193,6 +193,26 @@ class CheckpointInfo(_Result):
     size_bytes: int
 
 
+class DurabilityCheck(_Result):
+    name: str = Field(description="bf16, int8, or fine_tune (N steps).")
+    value: float | None = Field(None, description="The forgotten quantity measured after the check.")
+    recovered: float | None = Field(
+        None, description="(value − after) / (before − after): the share of the edit's effect that came back."
+    )
+    error: str | None = Field(None, description="Why the check could not run on this model, if it could not.")
+
+
+class Durability(_Result):
+    """Does the edit survive a cast, int8 weights, a little more training? (gif.durability)"""
+
+    metric: str = Field(description="The forgotten quantity re-measured (e.g. forget_test_accuracy).")
+    before: float
+    after: float
+    checks: list[DurabilityCheck]
+    holds: bool = Field(description="False when a check gives back more than a quarter of the edit's effect.")
+    verdict: str = Field(description="The plain sentence; also a warning when the edit does not hold.")
+
+
 class EditResult(_Result):
     method: str
     request: str
@@ -211,6 +231,9 @@ class EditResult(_Result):
         description="Removals: whether the removed examples still look like training data to a loss-threshold "
         "membership attack, before and after the edit, with its verdict; null for relabel (nothing is removed) and "
         "in records of old versions.",
+    )
+    durability: Durability | None = Field(
+        None, description="The edit re-measured after bf16, int8 weights and an optional fine-tune; null when off."
     )
     warnings: list[str] = []
     checkpoint: CheckpointInfo | None = Field(None, description="The edited weights, once written.")

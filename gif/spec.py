@@ -209,6 +209,26 @@ class EvaluationSpec(_Strict):
     batch_size: PositiveInt = Field(512, le=65536)
 
 
+class DurabilitySpec(_Strict):
+    """Whether the edit survives what happens to models next: each check re-measures the forgotten quantity (result
+    durability; gif.durability)."""
+
+    bf16: bool = Field(True, description="After casting the weights and inputs to bfloat16 (one evaluation).")
+    int8: bool = Field(
+        True, description="With int8 Linear and Conv weights, symmetric, per output unit (one evaluation)."
+    )
+    fine_tune_steps: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="After this many SGD steps (batch 64, momentum 0.9) on the retained training examples only, a "
+        "relearning probe; 0: not checked (it costs about as many training steps).",
+    )
+    fine_tune_lr: float | None = Field(
+        None, gt=0.0, description="The fine-tune's learning rate; null: retrain.lr when given, else 0.01."
+    )
+
+
 class Notify(_Strict):
     """Where the service POSTs the job resource when the job ends (signed: Standard Webhooks)."""
 
@@ -250,6 +270,7 @@ class JobSpec(_Strict):
     step: Step = AutoStep()
     retrain: RetrainSpec | None = None
     evaluation: EvaluationSpec = EvaluationSpec()
+    durability: DurabilitySpec = DurabilitySpec()
 
 
 def check_request(

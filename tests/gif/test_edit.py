@@ -63,6 +63,11 @@ def test_removing_a_class_forgets_it_and_keeps_the_rest(class_removal):
     assert after["mia_efficacy"] > before["mia_efficacy"]
     assert outcome.result.step.mode == "auto" and outcome.result.step.scale > 0
     assert outcome.result.step.validation == "carved"
+    durability = outcome.result.durability  # on by default: bf16 and int8, one evaluation each
+    assert durability.metric == "forget_test_accuracy" and [c.name for c in durability.checks] == ["bf16", "int8"]
+    assert durability.before == before["forget_test_accuracy"] and durability.after == after["forget_test_accuracy"]
+    assert all(0.0 <= c.value <= 1.0 and c.recovered is not None for c in durability.checks)
+    assert (durability.verdict in outcome.result.warnings) != durability.holds
 
 
 def test_a_class_removal_that_worked_leaves_the_class_indistinguishable_from_unseen_data(class_removal, mnist_split):
@@ -160,7 +165,12 @@ def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(mnist_ti
 
 def test_a_fixed_step_is_applied_exactly(mnist_tinynet, mnist_split):
     train, _ = mnist_split
-    spec = job(request={"kind": "remove_class", "classes": [1]}, step={"mode": "fixed", "scale": 2.0}, method="fif")
+    spec = job(
+        request={"kind": "remove_class", "classes": [1]},
+        step={"mode": "fixed", "scale": 2.0},
+        method="fif",
+        durability={"bf16": False, "int8": False},
+    )
     one = run(
         job(**{**spec.model_dump(exclude_none=True), "step": {"mode": "fixed", "scale": 1.0}}), mnist_tinynet, train
     )
@@ -170,6 +180,7 @@ def test_a_fixed_step_is_applied_exactly(mnist_tinynet, mnist_split):
         d1 = one.state_dict[name] - original[name]
         d2 = two.state_dict[name] - original[name]
         assert torch.allclose(d2, 2 * d1, rtol=1e-4, atol=1e-6), name
+    assert one.result.durability is None  # every check off
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +204,10 @@ def test_relabel_repairs_a_backdoor(backdoored):
 
     model, poisoned, indices, true_labels, held_out = backdoored
     attack = Dataset(checkerboard_trigger(held_out.x), held_out.y)  # triggered, with their true labels
-    spec = job(request={"kind": "relabel", "indices": indices.tolist(), "labels": true_labels.tolist()})
+    spec = job(
+        request={"kind": "relabel", "indices": indices.tolist(), "labels": true_labels.tolist()},
+        durability={"fine_tune_steps": 30},
+    )
     outcome = run(spec, model, poisoned, held_out, attack_data=attack)
     before, after = outcome.result.metrics.before, outcome.result.metrics.after
     # over the relabelled examples whose label changes (true label not 4), as the contract defines it
@@ -211,6 +225,10 @@ def test_relabel_repairs_a_backdoor(backdoored):
     assert after["relabel_accuracy"] > before["relabel_accuracy"] + 0.3
     assert after["clean_accuracy"] >= before["clean_accuracy"] - 0.1  # quality vs retraining: see bench/
     assert outcome.result.membership is None  # a relabel removes nothing
+    durability = outcome.result.durability  # does the backdoor come back after a cast, int8, clean fine-tuning?
+    assert durability.metric == "heldout_attack_success_rate"
+    assert [c.name for c in durability.checks] == ["bf16", "int8", "fine_tune (30 steps)"]
+    assert all(c.value is not None for c in durability.checks)
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,9 @@ READING = (
     "c scales the gradient g, so the solved Δ, and the step search rescales Δ to the same validation objective; the "
     "rows with and without it agree to the last digit. It matters for a fixed step (`step.scale` multiplies c·Δ) and "
     "for the reported coefficient. What the fraction changes is the Hessian sample (at most the retained examples "
-    "uploaded), the carved validation split and the retained examples the metrics and the membership test see."
+    "uploaded), the carved validation split and the retained examples the metrics and the membership test see. "
+    "*seconds*: the edit's wall time on the shared 2-core machine (noisy). VGG-11 / CIFAR-10 is not measured here: "
+    "its edits take most of an hour each on 2 cores."
 )
 
 

@@ -91,8 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(HttpMetrics, registry=app.state.metrics)
     app.include_router(health.router)
-    routers = (architectures.router, uploads.models, uploads.datasets, uploads.dataset_uploads, jobs.router)
-    for router in (*routers, workers.router, usage.router):
+    for router in (architectures.router, uploads.models, uploads.datasets, jobs.router, workers.router, usage.router):
         app.include_router(
             router,
             dependencies=[Depends(caller), Depends(known_query_parameters)],

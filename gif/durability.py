@@ -6,7 +6,9 @@ attacks). Each check measures the request's forgotten quantity on the job's eval
 metrics use: held-out accuracy on a removed class, accuracy on removed samples, or the backdoor's attack success, and
 reports how much of what the edit took away comes back: (probe − after) / (before − after).
 
-- ``bf16``: weights and inputs cast to bfloat16 (what serving in half precision does).
+- ``bf16``: weights, buffers and inputs rounded to bfloat16, computed in float32: what a bf16 cast does to the
+  numbers the model holds and sees (accumulation stays float32, as bf16 kernels accumulate). Running in bfloat16
+  itself would cost 12× a float32 evaluation on CPUs without bf16 units (TinyNet, 1,000 images: 2.3 s against 0.19).
 - ``int8``: every Linear and Conv weight rounded to int8, symmetric, one scale per output unit, then used in float
   (what int8 weight quantisation does to them; activations stay float). torch.ao's dynamic quantisation is deprecated
   and CPU-only, so the rounding is done here, on any device.
@@ -38,21 +40,27 @@ def forgotten_key(after: dict[str, float]) -> str | None:
     return next((key for key in keys if key in after), None)
 
 
-class _InDtype(nn.Module):
-    """A model run in ``dtype``: its inputs cast on the way in, its outputs back to float32."""
+class _RoundedInputs(nn.Module):
+    """A model whose inputs are rounded to ``dtype`` on the way in (and computed in their own dtype)."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
         super().__init__()
-        self.model = copy.deepcopy(model).to(dtype)
+        self.model = model
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(x.to(self.dtype)).float()
+        out: torch.Tensor = self.model(x.to(self.dtype).to(x.dtype))
         return out
 
 
+@torch.no_grad()
 def in_bf16(model: nn.Module) -> nn.Module:
-    return _InDtype(model, torch.bfloat16).eval()
+    """A copy whose floating-point weights, buffers and inputs are rounded to bfloat16 (computed in float32)."""
+    rounded = copy.deepcopy(model)
+    for tensor in [*rounded.parameters(), *rounded.buffers()]:
+        if tensor.is_floating_point():
+            tensor.copy_(tensor.to(torch.bfloat16).to(tensor.dtype))
+    return _RoundedInputs(rounded, torch.bfloat16).eval()
 
 
 @torch.no_grad()

@@ -29,10 +29,18 @@ def test_int8_weights_take_at_most_255_values_per_unit_and_stay_within_half_a_st
     assert torch.equal(rounded[3].bias, model[3].bias) and torch.equal(model[0].weight, small_net()[0].weight)
 
 
-def test_bf16_runs_the_model_in_bfloat16_and_answers_in_float32():
+def test_bf16_rounds_weights_and_inputs_to_bfloat16_and_computes_in_float32():
     model, x = small_net(), torch.rand(5, 1, 6, 6)
-    out = in_bf16(model)(x)
+    cast = in_bf16(model)
+    out = cast(x)
     assert out.dtype == torch.float32 and not torch.equal(out, model(x))
+    rounded = cast.model[0].weight
+    assert torch.equal(rounded, model[0].weight.to(torch.bfloat16).float()) and not torch.equal(
+        rounded, model[0].weight
+    )
+    with torch.no_grad():
+        by_hand = cast.model(x.to(torch.bfloat16).float())
+    assert torch.equal(out, by_hand)
     torch.testing.assert_close(out, model(x), atol=0.05, rtol=0.05)
 
 

@@ -17,6 +17,7 @@ import json
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -35,6 +36,15 @@ TARGET_IMAGES_PER_S = 2000
 TARGET_RISE_MIB = 256
 
 
+def png_zip(path: Path, images: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Images (uint8, C × H × W) as the PNG members of a stored zip (uncompressed: PNG already is)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, pixels in images:
+            buffer = io.BytesIO()
+            write_png(buffer, pixels)
+            zf.writestr(name, buffer.getvalue())
+
+
 def cifar_zip(path: Path, count: int) -> Path:
     """``count`` CIFAR images as ``<class>/<n>.png`` in a stored (uncompressed: PNG already is) zip, made once."""
     if path.exists():
@@ -44,12 +54,7 @@ def cifar_zip(path: Path, count: int) -> Path:
     pixels = torch.cat([(d.x * 255).round().to(torch.uint8) for d in data])
     labels = torch.cat([d.y for d in data]).tolist()
     partial = path.with_suffix(".part")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as zf:
-        for n in range(count):
-            i = n % len(labels)
-            buffer = io.BytesIO()
-            write_png(buffer, pixels[i])
-            zf.writestr(f"{names[labels[i]]}/{n:06d}.png", buffer.getvalue())
+    png_zip(partial, ((f"{names[labels[n % len(labels)]]}/{n:06d}.png", pixels[n % len(labels)]) for n in range(count)))
     partial.rename(path)
     return path
 
@@ -58,11 +63,7 @@ def as_image_folder(data: Dataset, path: Path) -> Dataset:
     """``data`` written as an ImageFolder zip of PNGs (pixels rounded to uint8), and the same pixels as float32
     tensors in the order the service reads the folder in (by class, then name), so both hold the same examples."""
     pixels = (data.x * 255).round().to(torch.uint8)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(len(data)):
-            buffer = io.BytesIO()
-            write_png(buffer, pixels[i, 0] if pixels.shape[1] == 1 else pixels[i])
-            zf.writestr(f"{int(data.y[i])}/{i:05d}.png", buffer.getvalue())
+    png_zip(path, ((f"{int(data.y[i])}/{i:05d}.png", pixels[i]) for i in range(len(data))))
     order = torch.argsort(data.y, stable=True)
     return Dataset(pixels[order].float() / 255, data.y[order])
 

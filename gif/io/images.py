@@ -440,7 +440,9 @@ def _decode_into(
 
 
 def write_png(target: str | Path | IO[bytes], pixels: torch.Tensor) -> None:
-    """A grayscale (H × W) or colour (3 × H × W) uint8 image as a PNG: the demo's and the benchmarks' images."""
+    """A grayscale (H × W or 1 × H × W) or colour (3 × H × W) uint8 image as a PNG: the demo's and the benchmarks'."""
+    if pixels.dim() == 3 and pixels.shape[0] == 1:
+        pixels = pixels[0]
     array = pixels.numpy() if pixels.dim() == 2 else pixels.permute(1, 2, 0).contiguous().numpy()
     Image.fromarray(array).save(target, "PNG")
 

@@ -22,6 +22,8 @@ from gif_client.problems import raise_for_problem
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 CHUNK_BYTES = 1 << 20
+DIRECT_UPLOAD_THRESHOLD_BYTES = 256 * 1024**2
+DIRECT_UPLOAD_ATTEMPTS = 5
 
 
 class IntegrityError(Exception):
@@ -85,9 +87,11 @@ class Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = http or httpx.Client(base_url=base_url, timeout=timeout_s)
         self.http.headers.update(headers)
+        self.bucket = httpx.Client(timeout=timeout_s)  # presigned part URLs: straight to S3, no API key sent there
 
     def close(self) -> None:
         self.http.close()
+        self.bucket.close()
 
     def __enter__(self) -> Client:
         return self
@@ -115,13 +119,70 @@ class Client:
             data["input"] = json.dumps(input_transform)
         return self._upload("models", path, data)
 
-    def upload_dataset(self, path: str | Path, classes: list[str] | None = None) -> dict[str, Any]:
+    def upload_dataset(
+        self, path: str | Path, classes: list[str] | None = None, direct: bool | None = None
+    ) -> dict[str, Any]:
         """Tensors (``.safetensors`` or ``.npz`` holding ``x``, ``y`` and optionally ``ids``), an image archive
         (ImageFolder ``.zip``/``.tar``/``.tar.gz``, or a WebDataset ``.tar``), or a folder of class folders (zipped
-        on the way); ``classes``: an image archive's class names in label order."""
+        on the way); ``classes``: an image archive's class names in label order.
+
+        ``direct``: send the file straight to the service's S3 bucket by presigned multipart URLs (resumed after a
+        dropped connection), True always, False never; unset: for files of ``DIRECT_UPLOAD_THRESHOLD_BYTES`` or more
+        where the service offers it, else through the API."""
         data = {"classes": json.dumps(classes)} if classes is not None else {}
         with as_uploadable(path) as file:
+            if direct or (direct is None and file.stat().st_size >= DIRECT_UPLOAD_THRESHOLD_BYTES):
+                record = self._upload_direct(file, classes, required=bool(direct))
+                if record is not None:
+                    return record
             return self._upload("datasets", file, data)
+
+    def register_dataset(self, url: str, classes: list[str] | None = None) -> dict[str, Any]:
+        """Register a dataset already in S3 by its URL (``s3://bucket/key``, or ``s3://bucket/prefix/`` of WebDataset
+        shards) where the service allows that location; it is checked and stored as an uploaded file would be."""
+        body: dict[str, Any] = {"url": url, **({"classes": classes} if classes is not None else {})}
+        return self._json(self.http.post("/v1/datasets", json=body))
+
+    def _upload_direct(self, path: Path, classes: list[str] | None, required: bool) -> dict[str, Any] | None:
+        """The presigned multipart upload of ``path``; None where the service has none and it was not required."""
+        expected = sha256_of(path)
+        body: dict[str, Any] = {"size_bytes": path.stat().st_size, "filename": path.name}
+        if classes is not None:
+            body["classes"] = classes
+        response = self.http.post("/v1/dataset-uploads", json=body)
+        if response.status_code in (404, 405, 409) and not required:
+            return None  # a local store (409), or a service from before presigned uploads
+        record = self.resume_upload(self._json(response)["id"], path)
+        if uploaded_sha256(record) != expected:
+            raise IntegrityError(f"{path}: sent sha256 {expected}, the service received {uploaded_sha256(record)}")
+        return record
+
+    def resume_upload(self, upload_id: str, path: str | Path) -> dict[str, Any]:
+        """Send the parts of ``path`` that S3 does not hold yet for the presigned upload ``upload_id``, then complete
+        it: the dataset's record. After a dropped connection each part still missing is sent again (the service
+        asks S3 which it holds), up to ``DIRECT_UPLOAD_ATTEMPTS`` rounds; calling this again later resumes too."""
+        for attempt in range(DIRECT_UPLOAD_ATTEMPTS):
+            state = self._json(self.http.get(f"/v1/dataset-uploads/{upload_id}"))
+            try:
+                self._send_parts(Path(path), state)
+                break
+            except (httpx.TransportError, httpx.HTTPStatusError):
+                if attempt == DIRECT_UPLOAD_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        return self._json(self.http.post(f"/v1/dataset-uploads/{upload_id}/complete"))
+
+    def _send_parts(self, path: Path, state: dict[str, Any]) -> None:
+        """PUT each missing part (one part in memory at a time) to its presigned URL; 5xx raise to be retried."""
+        part_bytes = int(state["part_size_bytes"])
+        with open(path, "rb") as fh:
+            for part in state["parts"]:
+                fh.seek((int(part["number"]) - 1) * part_bytes)
+                response = self.bucket.put(part["url"], content=fh.read(part_bytes))
+                if response.status_code >= 500:
+                    response.raise_for_status()
+                if not response.is_success:
+                    raise UploadError(f"S3 refused part {part['number']}: {response.status_code} {response.text[:300]}")
 
     def _upload(self, collection: str, path: str | Path, data: dict[str, str]) -> dict[str, Any]:
         expected = sha256_of(path)

@@ -65,8 +65,10 @@ def submit(args: argparse.Namespace, host: Host) -> int:
         transform = host.json_argument(args.input_transform) if args.input_transform else None
         spec["model_id"] = client.upload_once("models", args.model, architecture, transform)["id"]
         for field, argument in DATASET_FIELDS:
-            if getattr(args, argument):
-                spec[field] = client.upload_once("datasets", getattr(args, argument))["id"]
+            if value := getattr(args, argument):
+                in_bucket = str(value).startswith("s3://")  # already in S3: the service reads it there
+                dataset = client.register_dataset(value) if in_bucket else client.upload_once("datasets", value)
+                spec[field] = dataset["id"]
         job = client.submit(spec)
         print(f"job {job['id']} {job['status']}", file=sys.stderr)
         if not args.wait:
@@ -184,7 +186,8 @@ def register(commands: Any, host: Host) -> None:
         "--train-data",
         required=True,
         help="tensors (.safetensors, .npz), an image archive (ImageFolder .zip/.tar/.tar.gz, WebDataset .tar) or a "
-        "folder of class folders (the other --*-data take the same)",
+        "folder of class folders; gif submit also takes an s3:// URL (or s3://…/prefix/ of shards) the service allows "
+        "(the other --*-data take the same)",
     )
     for _, argument in DATASET_FIELDS[1:]:
         job.add_argument("--" + argument.replace("_", "-"))

@@ -67,6 +67,7 @@ class DatasetBase(BaseModel):
     sha256: str = Field(description="The stored file's (for images: the converted tensors').")
     size_bytes: int
     source_sha256: str | None = Field(None, description="Images only: the sha256 of the archive that was uploaded.")
+    source_url: str | None = Field(None, description="Registered by reference: the s3:// URL it was read from.")
     format: Literal["safetensors", "npz"]
     filename: str | None = None
     created_at: str

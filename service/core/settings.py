@@ -51,6 +51,23 @@ class Settings(BaseSettings):
         description="S3: times a request is retried (with backoff) when the server cannot be reached or fails, before "
         "the store reports it unavailable: a 503 for a request, a retryable failure for a job.",
     )
+    data_url_allowed: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="S3 store only: comma-separated s3://bucket/prefix locations whose objects POST /v1/datasets may "
+        'register by reference ({"url": "s3://bucket/key"}); a URL outside all of them is refused (422), and so is '
+        "every URL while this is empty. The objects are read with the store's credentials and endpoint.",
+    )
+    direct_upload_part_bytes: int = Field(
+        64 * 1024**2,
+        ge=5 * 1024**2,
+        le=5 * 1024**3,
+        description="S3 store only: the part size of a presigned multipart dataset upload (S3 takes 5 MiB to 5 GiB).",
+    )
+    direct_upload_expiry_s: int = Field(
+        24 * 3600,
+        ge=60,
+        description="S3 store only: how long the part URLs of a presigned dataset upload, and the upload, stay valid.",
+    )
     min_free_bytes: int = Field(
         0,
         ge=0,
@@ -182,7 +199,7 @@ class Settings(BaseSettings):
     api_torch_threads: int = Field(1, ge=1, description="torch threads in the API (dataset checks only).")
     log_level: str = "INFO"
 
-    @field_validator("api_keys", "webhook_allowed_hosts", mode="before")
+    @field_validator("api_keys", "webhook_allowed_hosts", "data_url_allowed", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -200,6 +217,15 @@ class Settings(BaseSettings):
         if url.scheme == "file" and url.path and not url.netloc:
             return value
         raise ValueError("expected file:///absolute/path or s3://bucket[/prefix]")
+
+    @field_validator("data_url_allowed")
+    @classmethod
+    def _data_url_allowed(cls, value: list[str]) -> list[str]:
+        for location in value:
+            url = urlparse(location)
+            if url.scheme != "s3" or not url.netloc or url.query or url.fragment:
+                raise ValueError(f"{location!r}: expected s3://bucket[/prefix]")
+        return value
 
     @property
     def heartbeat_interval_s(self) -> float:

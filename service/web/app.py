@@ -91,7 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(HttpMetrics, registry=app.state.metrics)
     app.include_router(health.router)
-    for router in (architectures.router, uploads.models, uploads.datasets, jobs.router, workers.router, usage.router):
+    routers = (architectures.router, uploads.models, uploads.datasets, uploads.dataset_uploads, jobs.router)
+    for router in (*routers, workers.router, usage.router):
         app.include_router(
             router,
             dependencies=[Depends(caller), Depends(known_query_parameters)],

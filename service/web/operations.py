@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from anyio.to_thread import run_sync as run_in_thread
 
 from gif.errors import GifError
+from gif.io.files import sha256_file
 from gif.io.images import ImageLimits, image_archive_kind
 from gif.models.checkpoints import model_architecture, model_format
 from gif.models.registry import ArchitectureSpec
@@ -21,6 +23,9 @@ from service.core.errors import ServiceError
 from service.core.idempotency import fingerprint
 from service.core.jobs import InputRef, JobRecord
 from service.core.queue import enqueue_job, withdraw_job
+from service.core.storage.base import StoreUnavailable
+from service.core.storage.s3 import S3ArtifactStore
+from service.core.storage.sources import DirectUploads, allowed_source, stage_source
 from service.core.webhooks import notify_end_in_background, target_problem
 from service.web.schemas import JobRequest
 from service.web.uploads import Upload, receive_upload, upload_limiter
@@ -32,6 +37,7 @@ from service.web.validation import (
     inspect_model,
     parse_architecture,
     parse_classes,
+    parse_dataset_reference,
     parse_input_transform,
 )
 
@@ -46,6 +52,20 @@ def blame(pointer: str) -> Iterator[None]:
         yield
     except GifError as exc:
         raise ServiceError.from_engine(exc, pointer) from None
+
+
+def is_json(content_type: str | None) -> bool:
+    return (content_type or "").split(";")[0].strip().lower() == "application/json"
+
+
+async def read_small_body(body: AsyncIterator[bytes], max_bytes: int) -> bytes:
+    """A JSON body, refused (413) once it passes ``max_bytes``: the upload route's larger cap is not for JSON."""
+    read = bytearray()
+    async for chunk in body:
+        read += chunk
+        if len(read) > max_bytes:
+            raise ServiceError("payload-too-large", f"a JSON body may have at most {max_bytes} bytes")
+    return bytes(read)
 
 
 def _require(upload: Upload, fields: tuple[str, ...]) -> None:
@@ -90,39 +110,133 @@ async def upload_model(
 async def upload_dataset(
     ctx: ServiceContext, owner: str, content_type: str | None, declared_bytes: int | None, body: AsyncIterator[bytes]
 ) -> UploadRecord:
-    """Stream the data to a staging file, read and check it, record its shape and label counts, then store it."""
+    """Stream the data to a staging file, read and check it, record its shape and label counts, then store it; or,
+    for a JSON body ``{"url": "s3://…"}``, register an allowed object of the S3 store by reference."""
+    if is_json(content_type):
+        reference = parse_dataset_reference(await read_small_body(body, ctx.settings.max_json_bytes))
+        return await register_dataset_url(ctx, owner, reference.url, reference.classes)
+    if not (content_type or "").lower().startswith("multipart/form-data"):
+        shown = (content_type or "none").split(";")[0]
+        raise ServiceError(
+            "unsupported-media-type", f"expected multipart/form-data (a file) or application/json (a URL), got {shown}"
+        )
     await admit_upload(ctx, owner, declared_bytes)
     with ctx.artifacts.staging_file() as staged:
         upload = await receive_upload(content_type, body, staged, "file", frozenset({"classes"}))
         _require(upload, ())
-        classes = parse_classes(upload.fields.get("classes"))
-        if await run_in_thread(image_archive_kind, staged) is not None:
-            return await _store_images(ctx, owner, upload, classes)
-        if classes is not None:
-            raise ServiceError(
-                "validation-error",
-                "classes are named by image archives only",
-                [{"pointer": "/classes", "detail": "tensors name classes by their labels; leave it out"}],
-            )
-        with blame("/file"):
-            facts = await run_in_thread(
-                inspect_dataset, staged, ctx.settings.max_dataset_bytes, limiter=upload_limiter()
-            )
-        return await _store(ctx, "dataset", owner, upload, facts)
+        return await _register_dataset(ctx, owner, upload, parse_classes(upload.fields.get("classes")), {}, "/file")
 
 
-async def _store_images(ctx: ServiceContext, owner: str, upload: Upload, classes: list[str] | None) -> UploadRecord:
+async def register_dataset_url(ctx: ServiceContext, owner: str, url: str, classes: list[str] | None) -> UploadRecord:
+    """Stream an allowed ``s3://`` object (or prefix of shards) into a bounded staging file, then check, convert and
+    store it exactly as an uploaded file, recording the URL it came from."""
+    source = allowed_source(url, ctx.settings, ctx.artifacts.store)
+    await admit_upload(ctx, owner, None)
+    assert isinstance(ctx.artifacts.store, S3ArtifactStore)  # allowed_source refuses any other store
+    with ctx.artifacts.staging_file() as staged:
+        filename = await run_in_thread(
+            stage_source, ctx.artifacts.store, source, staged, ctx.settings.max_upload_bytes, limiter=upload_limiter()
+        )
+        upload = await _staged_upload(staged, filename)
+        return await _register_dataset(ctx, owner, upload, classes, {"source_url": source.url}, "/url")
+
+
+async def _staged_upload(staged: Path, filename: str | None) -> Upload:
+    sha256 = await run_in_thread(sha256_file, staged, limiter=upload_limiter())
+    return Upload(staged, has_file=True, filename=filename, sha256=sha256, size_bytes=staged.stat().st_size)
+
+
+async def _register_dataset(
+    ctx: ServiceContext, owner: str, upload: Upload, classes: list[str] | None, extra: dict[str, Any], pointer: str
+) -> UploadRecord:
+    """Check a received dataset file (tensors, or an image archive converted once) and store it with its facts;
+    ``pointer`` is the request field its problems are reported at."""
+    if await run_in_thread(image_archive_kind, upload.path) is not None:
+        return await _store_images(ctx, owner, upload, classes, extra, pointer)
+    if classes is not None:
+        raise ServiceError(
+            "validation-error",
+            "classes are named by image archives only",
+            [{"pointer": "/classes", "detail": "tensors name classes by their labels; leave it out"}],
+        )
+    with blame(pointer):
+        facts = await run_in_thread(
+            inspect_dataset, upload.path, ctx.settings.max_dataset_bytes, limiter=upload_limiter()
+        )
+    return await _store(ctx, "dataset", owner, upload, {**facts, **extra})
+
+
+async def _store_images(
+    ctx: ServiceContext, owner: str, upload: Upload, classes: list[str] | None, extra: dict[str, Any], pointer: str
+) -> UploadRecord:
     """Decode an uploaded image archive into uint8 tensors and store those (the archive itself is not kept)."""
     limits = ImageLimits(ctx.settings.max_image_pixels, ctx.settings.max_dataset_bytes)
     with ctx.artifacts.staging_file() as converted:
-        with blame("/file"):
+        with blame(pointer):
             facts = await run_in_thread(
                 convert_image_dataset, upload.path, converted, classes, limits, limiter=upload_limiter()
             )
         stored = Upload(
             converted, filename=upload.filename, sha256=facts.pop("sha256"), size_bytes=facts.pop("size_bytes")
         )
-        return await _store(ctx, "dataset", owner, stored, {**facts, "source_sha256": upload.sha256})
+        return await _store(ctx, "dataset", owner, stored, {**facts, **extra, "source_sha256": upload.sha256})
+
+
+def _direct_uploads(ctx: ServiceContext) -> DirectUploads:
+    return DirectUploads(ctx.artifacts.store, ctx.artifacts.client, ctx.settings)
+
+
+async def start_direct_upload(
+    ctx: ServiceContext, owner: str, size_bytes: int, filename: str | None, classes: list[str] | None
+) -> dict[str, Any]:
+    """Open a presigned multipart upload of ``size_bytes`` into the S3 store, admitted as a body of that size."""
+    uploads = _direct_uploads(ctx)
+    if size_bytes > ctx.settings.max_upload_bytes:
+        raise ServiceError(
+            "payload-too-large", f"{size_bytes} bytes is over the {ctx.settings.max_upload_bytes} an upload may be"
+        )
+    await admit_upload(ctx, owner, size_bytes)
+    upload = await run_in_thread(uploads.start, owner, size_bytes, filename, classes)
+    return await run_in_thread(uploads.state, upload)
+
+
+async def direct_upload_state(ctx: ServiceContext, owner: str, upload_id: str) -> dict[str, Any]:
+    """Which parts S3 holds, and fresh URLs for the missing ones: how a client resumes."""
+    uploads = _direct_uploads(ctx)
+    return await run_in_thread(uploads.state, uploads.get(upload_id, owner))
+
+
+async def abort_direct_upload(ctx: ServiceContext, owner: str, upload_id: str) -> None:
+    uploads = _direct_uploads(ctx)
+    await run_in_thread(uploads.forget, uploads.get(upload_id, owner))
+
+
+async def complete_direct_upload(ctx: ServiceContext, owner: str, upload_id: str) -> UploadRecord:
+    """Complete the multipart upload, then check and store it as an uploaded file. The incoming object is deleted
+    once stored or refused; only a store that failed (503) keeps it, so that completing again may succeed."""
+    uploads = _direct_uploads(ctx)
+    upload = uploads.get(upload_id, owner)
+    await run_in_thread(uploads.assemble, upload)
+    try:
+        await admit_upload(ctx, owner, upload.size_bytes)
+        with ctx.artifacts.staging_file() as staged:
+            await run_in_thread(
+                stage_source,
+                uploads.store,
+                uploads.source(upload),
+                staged,
+                ctx.settings.max_upload_bytes,
+                limiter=upload_limiter(),
+            )
+            received = await _staged_upload(staged, upload.filename)
+            record = await _register_dataset(ctx, owner, received, upload.classes, {}, "/file")
+    except StoreUnavailable:
+        raise
+    except BaseException:
+        await run_in_thread(uploads.forget, upload)
+        raise
+    await run_in_thread(uploads.forget, upload)
+    return record
 
 
 async def admit_upload(ctx: ServiceContext, owner: str, declared_bytes: int | None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gif.checks import JobPart, job_fit_problems
 from gif.errors import InvalidSpecError, InvalidWeightsError, UnknownArchitectureError
@@ -103,6 +103,35 @@ def parse_input_transform(raw: str | None) -> InputTransform | None:
             for error in exc.errors()
         ]
         raise ServiceError("validation-error", "the input transform is invalid", errors) from None
+
+
+class DatasetReference(BaseModel):
+    """``POST /v1/datasets`` as JSON: an object of the S3 store's bucket (or others the operator allowed) by URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        max_length=2048,
+        description="s3://bucket/key of a dataset file (tensors or an image archive), or s3://bucket/prefix/ of "
+        "WebDataset .tar shards; inside GIF_DATA_URL_ALLOWED.",
+        examples=["s3://datasets/imagenet-sample/train.zip"],
+    )
+    classes: list[str] | None = Field(None, description="Image archives only: the class names in label order.")
+
+
+def parse_dataset_reference(raw: bytes) -> DatasetReference:
+    """The JSON body of a dataset registered by URL; its classes checked as the form field's are."""
+    try:
+        reference = DatasetReference.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [
+            {"pointer": "".join(f"/{part}" for part in error["loc"]) or "/", "detail": error["msg"]}
+            for error in exc.errors()
+        ]
+        raise ServiceError("validation-error", "the dataset reference is invalid", errors) from None
+    if reference.classes is not None:
+        parse_classes(json.dumps(reference.classes))
+    return reference
 
 
 def parse_classes(raw: str | None) -> list[str] | None:

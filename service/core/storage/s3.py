@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 
 from service.core.storage.base import CHUNK_BYTES, BlobDownload, StoreUnavailable, check_sha256
 from service.core.storage.local import LocalArtifactStore
@@ -180,6 +180,77 @@ class S3ArtifactStore:
     def free_bytes(self) -> int:
         return self.cache.free_bytes()  # uploads and checkpoints are staged here before they go to the bucket
 
+    # --- objects outside the store: data registered by reference, and presigned dataset uploads -------------
+
+    @_reaching_s3
+    def object_size(self, bucket: str, key: str) -> int | None:
+        """The size of ``s3://bucket/key`` (any bucket the store's credentials reach), or None if there is none."""
+        try:
+            return int(self.s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        except self.s3.exceptions.ClientError as exc:
+            if _not_found(exc) or _status(exc) == 403:
+                return None
+            raise
+
+    @_reaching_s3
+    def object_keys(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
+        """Every (key, size) under ``s3://bucket/prefix``, in key order."""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted((item["Key"], int(item["Size"])) for page in pages for item in page.get("Contents", []))
+
+    @_reaching_s3
+    def object_stream(self, bucket: str, key: str) -> BinaryIO:
+        """The object's bytes as a stream read from the server as they are consumed (never held whole)."""
+        body: BinaryIO = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
+        return body
+
+    @_reaching_s3
+    def delete_object(self, key: str) -> None:
+        """Remove an object of the store's bucket that is no blob (a presigned upload's object)."""
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    @_reaching_s3
+    def start_multipart(self, key: str) -> str:
+        """Open a multipart upload to ``key`` in the store's bucket; its S3 upload id."""
+        return str(self.s3.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"])
+
+    def presign_part(self, key: str, upload_id: str, number: int, expiry_s: int) -> str:
+        """A URL that PUTs part ``number`` of the multipart upload, valid ``expiry_s`` seconds (signed offline)."""
+        params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number}
+        return str(self.s3.generate_presigned_url("upload_part", Params=params, ExpiresIn=expiry_s))
+
+    @_reaching_s3
+    def uploaded_parts(self, key: str, upload_id: str) -> list[dict[str, Any]] | None:
+        """The parts S3 holds of the upload (``number``, ``etag``, ``size_bytes``), or None if the upload is gone."""
+        parts: list[dict[str, Any]] = []
+        try:
+            pages = self.s3.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            for page in pages:
+                parts += [
+                    {"number": int(p["PartNumber"]), "etag": p["ETag"], "size_bytes": int(p["Size"])}
+                    for p in page.get("Parts", [])
+                ]
+        except self.s3.exceptions.ClientError as exc:
+            if _status(exc) == 404 or _not_found(exc) or "NoSuchUpload" in str(exc):
+                return None
+            raise
+        return parts
+
+    @_reaching_s3
+    def complete_multipart(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        done = [{"PartNumber": p["number"], "ETag": p["etag"]} for p in parts]
+        self.s3.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+        )
+
+    @_reaching_s3
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except self.s3.exceptions.ClientError as exc:
+            if not (_status(exc) == 404 or _not_found(exc) or "NoSuchUpload" in str(exc)):
+                raise
+
     @_reaching_s3
     def ensure_bucket(self) -> bool:
         """Create the bucket if it does not exist; True if it was created."""
@@ -191,6 +262,10 @@ class S3ArtifactStore:
                 raise
         self.s3.create_bucket(Bucket=self.bucket)
         return True
+
+
+def _status(exc: Exception) -> int:
+    return int(getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 def _not_found(exc: Exception) -> bool:

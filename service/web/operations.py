@@ -191,6 +191,7 @@ async def start_direct_upload(
 ) -> dict[str, Any]:
     """Open a presigned multipart upload of ``size_bytes`` into the S3 store, admitted as a body of that size."""
     uploads = _direct_uploads(ctx)
+    uploads.require_s3()
     if size_bytes > ctx.settings.max_upload_bytes:
         raise ServiceError(
             "payload-too-large", f"{size_bytes} bytes is over the {ctx.settings.max_upload_bytes} an upload may be"

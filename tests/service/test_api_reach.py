@@ -43,6 +43,7 @@ UNKNOWN = {
     "{model_id}": "model_" + "0" * 20,
     "{dataset_id}": "dataset_" + "0" * 20,
     "{job_id}": "job_" + "0" * 20,
+    "{upload_id}": "upload_" + "0" * 20,
 }
 reached: set[tuple[str, str, int]] = set()
 
@@ -114,7 +115,7 @@ def test_uploads_jobs_and_their_files(keyed, demo):
         reach(keyed, "GET", f"/v1/{kind}s", 200)
         reach(keyed, "GET", item, 200, f"/v1/{kind}s/{ids[kind]}")
         reach(keyed, "POST", f"/v1/{kind}s", 400, headers={"Content-Type": "multipart/form-data"}, content=b"x")
-        reach(keyed, "POST", f"/v1/{kind}s", 415, json={"file": "x"})
+        reach(keyed, "POST", f"/v1/{kind}s", 415, content=b"x", headers={"Content-Type": "text/plain"})
         reach(keyed, "POST", f"/v1/{kind}s", 422, files={"other": ("x", b"x")})
     body = job_body(ids["model"], ids["dataset"])
     job = reach(keyed, "POST", "/v1/jobs", 202, json=body, headers={"Idempotency-Key": "reach"}).json()
@@ -204,6 +205,65 @@ def test_a_presigned_redirect_and_a_store_that_cannot_be_written(
             demo_upload(http, demo, kind, status=507)
 
 
+UPLOADS, ONE_UPLOAD = "/v1/dataset-uploads", "/v1/dataset-uploads/{upload_id}"
+
+
+def presigned(http: httpx.Client, content: bytes, status: int = 201) -> str:
+    """Start a presigned dataset upload and PUT every part straight to the bucket; the upload's path."""
+    started = reach(http, "POST", UPLOADS, status, json={"size_bytes": len(content), "filename": "t.safetensors"})
+    size = started.json()["part_size_bytes"]
+    for part in started.json()["parts"]:
+        start = (part["number"] - 1) * size
+        httpx.put(part["url"], content=content[start : start + size]).raise_for_status()
+    return f"{UPLOADS}/{started.json()['id']}"
+
+
+def test_presigned_dataset_uploads(isolated_settings, s3_server, s3_bucket, demo, tmp_path):
+    """Each answer of /v1/dataset-uploads: a refusal at completion deletes the upload, so each takes a new one; the
+    limits that completion enforces again are those of an app whose settings changed since the upload began."""
+    content = demo["train"].read_bytes()
+    local = isolated_settings(api_keys=[KEY], storage_url=f"file://{tmp_path / 'local'}")
+    with local as settings, TestClient(create_app(settings)) as http:
+        http.headers["Authorization"] = f"Bearer {KEY}"
+        reach(http, "POST", UPLOADS, 409, json={"size_bytes": 10})
+    s3 = {"storage_url": f"s3://{s3_bucket()}/gif", "s3_endpoint_url": s3_server, "max_upload_bytes": 2**30}
+    with isolated_settings(api_keys=[KEY], **s3) as settings:
+
+        def app(**changed: Any) -> TestClient:
+            http = TestClient(create_app(settings.model_copy(update=changed)))
+            http.headers["Authorization"] = f"Bearer {KEY}"
+            return http
+
+        with app() as http:
+            reach(http, "POST", UPLOADS, 400, content=b"{", headers={"Content-Type": "application/json"})
+            reach(http, "POST", UPLOADS, 422, json={"size_bytes": 0})
+            reach(http, "POST", UPLOADS, 413, json={"size_bytes": 2**30 + 1})
+            waiting = reach(http, "POST", UPLOADS, 201, json={"size_bytes": len(content)}).json()["id"]
+            reach(http, "POST", ONE_UPLOAD + "/complete", 409, f"{UPLOADS}/{waiting}/complete")
+            reach(http, "DELETE", ONE_UPLOAD, 204, f"{UPLOADS}/{waiting}")
+            one = presigned(http, content)
+            assert reach(http, "GET", ONE_UPLOAD, 200, one).json()["parts"] == []
+            reach(http, "POST", ONE_UPLOAD + "/complete", 201, one + "/complete")
+            reach(http, "POST", ONE_UPLOAD + "/complete", 422, presigned(http, b"not a dataset") + "/complete")
+            refused_later = {"max_upload_bytes": len(content) - 1, "quota_stored_bytes": 1, "min_free_bytes": 2**60}
+            for (setting, value), status in zip(refused_later.items(), (413, 403, 507), strict=True):
+                one = presigned(http, content)
+                with app(**{setting: value}) as changed:
+                    reach(changed, "POST", ONE_UPLOAD + "/complete", status, one + "/complete")
+            with app(quota_stored_bytes=1) as limited:
+                reach(limited, "POST", UPLOADS, 403, json={"size_bytes": len(content)})
+            with app(min_free_bytes=2**60) as full:
+                reach(full, "POST", UPLOADS, 507, json={"size_bytes": len(content)})
+            one = presigned(http, content)
+            gone = {"s3_endpoint_url": f"http://127.0.0.1:{free_port()}", "s3_retries": 0, "s3_connect_timeout_s": 0.5}
+            with app(**gone) as down:
+                reach(down, "POST", UPLOADS, 503, json={"size_bytes": len(content)})
+                reach(down, "GET", ONE_UPLOAD, 503, one)
+                reach(down, "POST", ONE_UPLOAD + "/complete", 503, one + "/complete")
+                reach(down, "DELETE", ONE_UPLOAD, 503, one)
+            reach(http, "DELETE", ONE_UPLOAD, 204, one)
+
+
 def test_a_body_that_comes_too_slowly(isolated_settings):
     """Served by uvicorn (the in-process client reads a body whole before the app sees it)."""
 
@@ -218,8 +278,10 @@ def test_a_body_that_comes_too_slowly(isolated_settings):
         serving(create_app(settings), settings) as url,
         httpx.Client(base_url=url) as http,
     ):
-        for path in ("/v1/models", "/v1/datasets", "/v1/jobs"):
-            content_type = "application/json" if path == "/v1/jobs" else "multipart/form-data; boundary=b"
+        for path in ("/v1/models", "/v1/datasets", "/v1/jobs", "/v1/dataset-uploads"):
+            content_type = (
+                "multipart/form-data; boundary=b" if path in ("/v1/models", "/v1/datasets") else "application/json"
+            )
             reach(http, "POST", path, 408, content=trickle(), headers={"Content-Type": content_type})
 
 

@@ -151,12 +151,21 @@ class DirectUploads:
     """Presigned multipart dataset uploads: start, tell which parts S3 holds (to resume), complete, abort."""
 
     def __init__(self, store: object, client: redis.Redis, settings: Settings):
-        if not isinstance(store, S3ArtifactStore):
+        self._store = store if isinstance(store, S3ArtifactStore) else None
+        self.client, self.settings = client, settings
+
+    def require_s3(self) -> S3ArtifactStore:
+        """The S3 store; a 409 where the service stores locally (and so no presigned upload can be in progress)."""
+        if self._store is None:
             raise ServiceError(
                 "conflict",
                 "presigned uploads need an S3 artifact store; this service stores locally: POST /v1/datasets instead",
             )
-        self.store, self.client, self.settings = store, client, settings
+        return self._store
+
+    @property
+    def store(self) -> S3ArtifactStore:
+        return self.require_s3()
 
     def _redis_key(self, upload_id: str) -> str:
         return f"{self.settings.key_prefix}:dataset-upload:{upload_id}"
@@ -184,7 +193,7 @@ class DirectUploads:
     def get(self, upload_id: str, owner: str) -> DirectUpload:
         raw = self.client.get(self._redis_key(upload_id)) if upload_id.startswith(UPLOAD_ID_PREFIX) else None
         upload = DirectUpload(**json.loads(raw)) if raw else None
-        if upload is None or upload.owner != owner:
+        if upload is None or upload.owner != owner or self._store is None:
             raise ServiceError("not-found", f"no dataset upload {upload_id!r} in progress")
         return upload
 

@@ -210,7 +210,7 @@ class DirectUploadOut(BaseModel):
 # Not under /v1/datasets: a path there of one segment would also match /v1/datasets/{dataset_id}.
 dataset_uploads = APIRouter(prefix="/v1/dataset-uploads", tags=["datasets"])
 DIRECT_UPLOAD = "/{upload_id}"
-DIRECT_ERRORS = responses("not-found", "conflict", "service-unavailable")
+DIRECT_ERRORS = responses("not-found", "service-unavailable")
 
 
 @dataset_uploads.post(

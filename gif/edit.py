@@ -44,6 +44,7 @@ from gif.spec import JobSpec, RemoveClass
 from gif.step import carved_validation_warning
 from gif.summary import edit_result
 from gif.training import reinitialised, train
+from gif.training_methods import every_parameter, train_edit
 
 
 @dataclass
@@ -74,8 +75,8 @@ class EditOutcome:
         return written
 
 
-def _select(job: EditJob, gradient_objective: ModelObjective) -> Selection:
-    if job.method.full_selection:
+def _select(job: EditJob, gradient_objective: ModelObjective, full: bool) -> Selection:
+    if full:
         selection = full_selection(job.original, gradient_objective.batches[0][0][:1])
     else:
         selection = select(job.original, job.spec.selection, gradient_objective.batches, job.loss_fn)
@@ -119,14 +120,33 @@ def _apply(model: nn.Module, space: ParameterSpace, new_theta: torch.Tensor, sca
     return edited
 
 
+def _gradient_objective(job: EditJob) -> ModelObjective:
+    terms = job.plan.gradient_terms(job.train_data, job.samples.gradient)
+    return ModelObjective(job.original, terms, job.loss_fn, job.spec.solver.batch_size)
+
+
+def _train_weights(job: EditJob) -> WeightEdit:
+    """A training method (``gif.training_methods``): the selection, if the budget asks to train only it, then the
+    training and its learning-rate search, reported and timed as the solve and the step search."""
+    with job.clock("selection"):
+        job.report("selection", 0.0)
+        if job.spec.training.selected_only:
+            selection = _select(job, _gradient_objective(job), full=False)
+        else:
+            selection = every_parameter(job.original, job.train_data.x[:1].to(next(job.original.parameters()).device))
+        job.report("selection", 1.0)
+    return train_edit(job, selection)
+
+
 def _edit_weights(job: EditJob) -> WeightEdit:
-    """select → solve → step → apply on the job's model (left untouched)."""
+    """select → solve → step → apply on the job's model (left untouched); a training method trains instead."""
+    if job.trains:
+        return _train_weights(job)
     model, report, clock = job.original, job.report, job.clock
     with clock("selection"):
         report("selection", 0.0)
-        terms = job.plan.gradient_terms(job.train_data, job.samples.gradient)
-        gradient_objective = ModelObjective(model, terms, job.loss_fn, job.spec.solver.batch_size)
-        selection = _select(job, gradient_objective)
+        gradient_objective = _gradient_objective(job)
+        selection = _select(job, gradient_objective, job.method.full_selection)
         report("selection", 1.0)
     with clock("solve"):
         solution, hessian = _solve(job, selection, gradient_objective)
@@ -149,11 +169,15 @@ def _edit_weights(job: EditJob) -> WeightEdit:
 
 
 def _within_memory(job: EditJob, device: torch.device, warnings: list[str]) -> WeightEdit:
-    """``_edit_weights(job)``; if the device runs out of memory, once more with half the batch and no graph cache."""
+    """``_edit_weights(job)``; if the device runs out of memory, once more with half the batch and no graph cache (a
+    training method: an error that says what to lower)."""
     try:
         return _edit_weights(job)
     except torch.OutOfMemoryError:
-        pass  # leave the handler first, so that the failed attempt's tensors can be freed
+        if job.trains:
+            raise OutOfMemoryError(
+                f"{job.spec.method} ran out of memory on {device}; lower training.batch_size or evaluation.batch_size"
+            ) from None  # leave the handler first, so that the failed attempt's tensors can be freed
     release_cached_memory(device)
     solver = job.spec.solver.model_copy(
         update={"batch_size": max(1, job.spec.solver.batch_size // 2), "hvp": "double_backward"}

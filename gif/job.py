@@ -21,9 +21,9 @@ from gif.devices import synchronize
 from gif.errors import InvalidSpecError
 from gif.influence import METHODS, InfluenceSolution, Method
 from gif.plan import RequestPlan, Samples
-from gif.result import StepSummary
+from gif.result import StepSummary, TrainingSummary
 from gif.selection import Selection
-from gif.spec import JobSpec
+from gif.spec import TRAINING_METHODS, JobSpec
 from gif.step import StepPolicy, step_policy
 
 # Share of the progress bar each phase covers (retraining, when asked for, takes the last part).
@@ -66,25 +66,29 @@ class PhaseClock:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
+    def __call__(self, phase: str, accumulate: bool = False) -> Iterator[None]:
+        """Time one phase; ``accumulate``: add to the phase's time so far (a phase run in several pieces)."""
         synchronize(self.device)
         start = time.perf_counter()
         try:
             yield
         finally:
             synchronize(self.device)
-            self.seconds[f"{phase}_s"] = time.perf_counter() - start
+            key = f"{phase}_s"
+            self.seconds[key] = (self.seconds.get(key, 0.0) if accumulate else 0.0) + time.perf_counter() - start
 
 
 @dataclass
 class WeightEdit:
-    """What was selected, solved, stepped and applied on the model's weights."""
+    """What was selected, solved, stepped and applied on the model's weights; a training method's edit has no solve
+    (``solution.solve`` None, ``delta`` the trained change) and says how it trained (``training``)."""
 
     model: nn.Module
     selection: Selection
     solution: InfluenceSolution
     hessian: HessianOperator | None
     step: StepSummary
+    training: TrainingSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,14 @@ class EditJob:
     clock: PhaseClock
 
     @property
+    def trains(self) -> bool:
+        """A training method (``gif.training_methods``), not an influence method."""
+        return self.spec.method in TRAINING_METHODS
+
+    @property
     def method(self) -> Method:
+        """The influence method (``gif.influence.METHODS``); a training method has none."""
+        assert not self.trains, f"{self.spec.method} is a training method (gif.training_methods)"
         return METHODS[self.spec.method]
 
     @classmethod

@@ -31,7 +31,10 @@ class SelectionSummary(_Result):
 
 
 class SolverSummary(_Result):
-    kind: str = Field(description="lsmr (the default) | cg | neumann, or none for the first-order ablation.")
+    kind: str = Field(
+        description="lsmr (the default) | cg | neumann, or none where nothing is solved (the first-order ablation, "
+        "the training methods: no iterations, no products)."
+    )
     iterations: int
     hvp_count: int
     relative_residual: float
@@ -71,6 +74,37 @@ class StepSummary(_Result):
         description="auto: every (scale, objective) the search evaluated, in order; null where the objective was "
         "not finite (the edited model's outputs overflowed).",
     )
+
+
+class TrainingCandidate(_Result):
+    """One learning rate a training method tried."""
+
+    learning_rate: float
+    steps: int = Field(description="SGD steps run: the budget, or fewer where the loss stopped being finite.")
+    checkpoints: int = Field(description="Checkpoints scored on the validation data.")
+    best_step: int | None = Field(
+        None, description="The step of its best checkpoint; null where no checkpoint had a finite objective."
+    )
+    objective: float | None = Field(
+        None, description="Its best checkpoint's objective; null where no checkpoint had a finite one."
+    )
+    stopped: str | None = Field(None, description="Why it stopped before the budget, if it did.")
+
+
+class TrainingSummary(_Result):
+    """A training method's run (method fine_tune or neg_grad_plus; spec training): the learning rates tried and the
+    checkpoint kept, the one with the best validation objective (the step's)."""
+
+    learning_rate: float | None = Field(description="The chosen checkpoint's learning rate; null: the unedited model.")
+    step: int = Field(description="The chosen checkpoint's step (0: the unedited model was kept).")
+    objective: float | None = Field(description="The chosen checkpoint's validation objective.")
+    unedited_objective: float | None = Field(description="The unedited model's, on the same validation data.")
+    steps_per_candidate: int = Field(description="The budget: training.epochs passes, in steps.")
+    batch_size: int
+    forget_samples: int = Field(description="Removed (or relabelled) examples trained on (neg_grad_plus; 0 else).")
+    retain_samples: int = Field(description="Examples descended on: the edited training data, or the retained.")
+    selected_only: bool
+    candidates: list[TrainingCandidate]
 
 
 class Metrics(_Result):
@@ -234,6 +268,11 @@ class EditResult(_Result):
     )
     durability: Durability | None = Field(
         None, description="The edit re-measured after bf16, int8 weights and an optional fine-tune; null when off."
+    )
+    training: TrainingSummary | None = Field(
+        None,
+        description="The training methods (fine_tune, neg_grad_plus): the learning rates tried and the checkpoint "
+        "kept; null for the influence methods.",
     )
     warnings: list[str] = []
     checkpoint: CheckpointInfo | None = Field(None, description="The edited weights, once written.")

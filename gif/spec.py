@@ -97,7 +97,8 @@ class Relabel(_Examples):
 
 EditRequest = Annotated[RemoveClass | RemoveSamples | Relabel, Field(discriminator="kind")]
 
-Method = Literal["gif", "fif", "pif", "if", "first_order"]
+Method = Literal["gif", "fif", "pif", "if", "first_order", "fine_tune", "neg_grad_plus"]
+TRAINING_METHODS = ("fine_tune", "neg_grad_plus")  # methods that train (gif.training_methods), not solve
 Criterion = Literal["topk_outputs", "topk_gradients", "threshold", "random"]
 
 
@@ -191,6 +192,65 @@ class FixedStep(_Strict):
 Step = Annotated[AutoStep | FixedStep, Field(discriminator="mode")]
 
 
+def _unique_rates(values: list[float]) -> list[float]:
+    if len(set(values)) != len(values):
+        raise ValueError("learning rates must not repeat")
+    return values
+
+
+LearningRates = Annotated[
+    list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]],
+    Field(min_length=1, max_length=16),
+    AfterValidator(_unique_rates),
+]
+
+
+class TrainingMethodSpec(_Strict):
+    """The budget of the training methods (method fine_tune or neg_grad_plus; gif.training_methods): SGD from the
+    trained model, once per candidate learning rate, each run scored at checkpoints by the objective the automatic
+    step maximises on the same validation data; the best checkpoint of all is kept, the unedited model included.
+
+    fine_tune descends on the edited training data (the retained examples; for a relabel, the relabelled ones with
+    their new labels too). neg_grad_plus ascends on the removed examples (for a relabel: ascends on the old labels,
+    descends on the new) and, in the same step, descends on a batch of retained examples, weighted
+    retain_weight against 1 − retain_weight."""
+
+    epochs: PositiveInt = Field(
+        3,
+        le=1000,
+        description="The budget per learning rate, in passes: fine_tune over the edited training data, neg_grad_plus "
+        "over the removed (or relabelled) examples it ascends on.",
+    )
+    batch_size: PositiveInt = Field(64, le=65536, description="Examples per step (on each side for neg_grad_plus).")
+    learning_rates: LearningRates = Field(
+        [0.001, 0.01, 0.1],
+        examples=[[0.001, 0.01, 0.1]],
+        description="The candidates searched: each costs the whole budget; the checkpoint with the best validation "
+        "objective over all of them is kept.",
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    retain_weight: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="neg_grad_plus: the loss is retain_weight × (retained examples' loss) − (1 − retain_weight) × "
+        "(removed examples' loss); 0 is plain gradient ascent. Unused by fine_tune.",
+    )
+    checks_per_epoch: PositiveInt = Field(
+        4,
+        le=1000,
+        description="Checkpoints scored per pass, besides those after steps 1, 2, 4, 8, … and the last one (an "
+        "ascent can overshoot within a pass, so the early checks come close together).",
+    )
+    selected_only: bool = Field(
+        False,
+        description="Train only the parameters the job's selection picks (as GIF edits them; normalisation "
+        "statistics and dropout frozen); false: every parameter, in training mode.",
+    )
+    seed: int = Field(0, description="Seeds the order of the batches.")
+
+
 class RetrainSpec(_Strict):
     """Ground truth: train the same architecture from scratch on the retained (or relabelled) data."""
 
@@ -264,13 +324,29 @@ class JobSpec(_Strict):
         "the coefficient c of the edit (removed / retained) is computed from it. Null: the training dataset is the "
         "whole training set.",
     )
-    method: Method = "gif"
+    method: Method = Field(
+        "gif",
+        description="An influence method (gif, fif, pif, if, first_order: a solve and a step) or a training method "
+        "(fine_tune, neg_grad_plus: training with the budget in training, its learning rate searched).",
+    )
     selection: SelectionSpec = SelectionSpec()
     solver: SolverSpec = SolverSpec()
     step: Step = AutoStep()
+    training: TrainingMethodSpec = Field(
+        TrainingMethodSpec(), description="The budget of the training methods (fine_tune, neg_grad_plus)."
+    )
     retrain: RetrainSpec | None = None
     evaluation: EvaluationSpec = EvaluationSpec()
     durability: DurabilitySpec = DurabilitySpec()
+
+    @model_validator(mode="after")
+    def _training_methods_search_their_learning_rate(self) -> JobSpec:
+        if self.method in TRAINING_METHODS and isinstance(self.step, FixedStep):
+            raise ValueError(
+                f"method {self.method} keeps its best checkpoint by the automatic step's validation objective: "
+                "leave step auto (give one learning rate in training.learning_rates to fix it)"
+            )
+        return self
 
 
 def check_request(

@@ -45,12 +45,23 @@ def edit_result(
         warnings.append(membership.verdict)
     if edit.hessian is not None and edit.hessian.compile_warning is not None:
         warnings.append(edit.hessian.compile_warning)
+    if edit.training is not None and edit.training.learning_rate is None:
+        warnings.append(
+            f"no checkpoint of {spec.method} at learning rates {spec.training.learning_rates} scored better on the "
+            "validation objective than the unedited model, which is returned unchanged; try other "
+            "training.learning_rates or a larger training.epochs"
+        )
+    selected_only = spec.training.selected_only
+    if job.trains:
+        criterion = spec.selection.criterion if selected_only else "all"
+    else:
+        criterion = "all" if job.method.full_selection else spec.selection.criterion
     return EditResult(
         method=spec.method,
         request=spec.request.kind,
         selection=SelectionSummary(
             **edit.selection.summary(),
-            criterion="all" if job.method.full_selection else spec.selection.criterion,
+            criterion=criterion,
             layers=edit.selection.layers,
         ),
         solver=solver_summary(spec, edit.solution, edit.hessian),
@@ -67,13 +78,14 @@ def edit_result(
             train_samples=len(job.train_data),
             train_size=job.spec.train_size,
             affected_samples=len(job.plan.affected),
-            hessian_samples=len(job.samples.hessian),
-            gradient_samples=len(job.samples.gradient),
+            hessian_samples=0 if job.trains else len(job.samples.hessian),
+            gradient_samples=0 if job.trains and not selected_only else len(job.samples.gradient),
             coefficient=job.plan.coefficient,
             device=str(device),
         ),
         device=DeviceReport(**device_report(device)),
         membership=membership,
+        training=edit.training,
         warnings=warnings,
     )
 

@@ -7,7 +7,7 @@ over all steps, seeded initialisation and shuffling.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,14 @@ def reinitialised(model: nn.Module, seed: int) -> nn.Module:
     return fresh.to(device)
 
 
+def shuffled_batches(num_examples: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches of seeded passes over ``num_examples`` examples, each pass in a fresh random order, for ever
+    (the last batch of a pass may be smaller)."""
+    while True:
+        order = torch.randperm(num_examples, generator=generator)
+        yield from order.split(batch_size)
+
+
 def train(model: nn.Module, data: Dataset, recipe: RetrainSpec, on_epoch: EpochCallback | None = None) -> nn.Module:
     """Train ``model`` in place on ``data`` with ``recipe``; returns it in eval mode."""
     device = next(model.parameters()).device
@@ -45,12 +53,11 @@ def train(model: nn.Module, data: Dataset, recipe: RetrainSpec, on_epoch: EpochC
     )
     steps_per_epoch = -(-len(data) // recipe.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(recipe.seed)
+    batches = shuffled_batches(len(data), recipe.batch_size, torch.Generator().manual_seed(recipe.seed))
     model.train()
     for epoch in range(recipe.epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), recipe.batch_size):
-            idx = order[start : start + recipe.batch_size]
+        for _ in range(steps_per_epoch):
+            idx = next(batches)
             x, y = data.x[idx].to(device), data.y[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()

@@ -3,12 +3,13 @@
 - Fine-tuning: the reference recipe (its learning rate, momentum and cosine schedule) for ``FINETUNE_EPOCHS``
   epochs on the data a retrained model would see (retained examples; relabelled ones for a relabel), starting
   from the trained model. Three epochs are a fifth of the 15-epoch recipe: the cost the benchmarks allow an edit.
-- Gradient ascent: SGD with the recipe's learning rate and momentum on the forgotten examples' loss, negated
+- Gradient ascent: the engine's ``neg_grad_plus`` without its retained term (``gif.training_methods``,
+  ``retain_weight`` 0): SGD with the recipe's learning rate and momentum on the forgotten examples' loss, negated
   (a relabel descends on the new labels and ascends on the old), for up to ``ASCENT_EPOCHS`` passes over them
-  (it stops when the loss is no longer finite). After steps 1, 2, 4, 8, … and ``CHECKS_PER_EPOCH`` times per
-  pass the model is scored by the objective GIF's automatic step maximises, on the same validation data, and
-  the best checkpoint (the unedited model included) is kept: an unbounded ascent can overshoot within a quarter
-  pass, so the early checks come close together. The earlier budget
+  (it stops when the loss is no longer finite). After steps 1, 2, 4, 8, …, ``CHECKS_PER_EPOCH`` times per
+  pass and at the end the model is scored by the objective GIF's automatic step maximises, on the same validation
+  data, and the best checkpoint (the unedited model included) is kept: an unbounded ascent can overshoot within a
+  quarter pass, so the early checks come close together. The earlier budget
   (lr 0.01 without momentum, 60 steps) left a trained TinyNet unchanged: confident predictions have tiny
   gradients until the ascent has built up speed.
 """
@@ -22,14 +23,15 @@ from torch import nn
 
 from bench.setups import Prepared
 from gif.data import Dataset
-from gif.metrics import predict
-from gif.plan import RequestPlan, Samples, gradient_pool
-from gif.spec import JobSpec
+from gif.plan import RequestPlan, Samples
+from gif.spec import JobSpec, TrainingMethodSpec
 from gif.step import AutoStepPolicy, step_policy
 from gif.training import train
+from gif.training_methods import neg_grad_plus_data, policy_score, search_learning_rate
 
 FINETUNE_EPOCHS = 3
 ASCENT_EPOCHS = 5
+ASCENT_BATCH = 64
 CHECKS_PER_EPOCH = 4
 
 
@@ -52,32 +54,17 @@ def gradient_ascent(
     samples = Samples.draw(spec, plan, len(prepared.train), carve_validation=validation is None)
     policy = step_policy(spec, plan, prepared.train, samples.validation, validation, prepared.model)
     assert isinstance(policy, AutoStepPolicy), "gradient ascent is tuned like the automatic step"
-
-    def score(model: nn.Module) -> float:
-        return policy.objective(policy.data, lambda d: predict(model.eval(), d.x))
-
-    recipe = prepared.setup.recipe
-    terms = plan.gradient_terms(prepared.train, gradient_pool(plan, samples.validation))
-    batches = [(x, y, -1.0 if term.weight > 0 else 1.0) for term in terms for x, y in term.data.batches(64)]
+    budget = TrainingMethodSpec(
+        epochs=ASCENT_EPOCHS,
+        batch_size=ASCENT_BATCH,
+        learning_rates=[prepared.setup.recipe.lr],
+        momentum=prepared.setup.recipe.momentum,
+        retain_weight=0.0,
+        checks_per_epoch=CHECKS_PER_EPOCH,
+        seed=spec.solver.seed,
+    )
+    data = neg_grad_plus_data(plan, prepared.train, samples.validation, budget)
     model = copy.deepcopy(prepared.model)
-    if device is not None:
-        model = model.to(device)
-    where = next(model.parameters()).device
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    generator = torch.Generator().manual_seed(spec.solver.seed)
-    best, best_state = score(model), copy.deepcopy(model.state_dict())
-    every = max(1, len(batches) // CHECKS_PER_EPOCH)
-    for step in range(1, ASCENT_EPOCHS * len(batches) + 1):
-        x, y, sign = batches[int(torch.randint(len(batches), (1,), generator=generator))]
-        optimizer.zero_grad(set_to_none=True)
-        loss = sign * torch.nn.functional.cross_entropy(model.train()(x.to(where)), y.to(where))
-        if not torch.isfinite(loss):
-            break  # the ascent has blown up; later checkpoints cannot be better
-        loss.backward()
-        optimizer.step()
-        if step & (step - 1) == 0 or step % every == 0:  # early checks double their spacing
-            value = score(model)
-            if value > best:
-                best, best_state = value, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    return model.eval()
+    return search_learning_rate(
+        model.to(device) if device is not None else model, data, budget, policy_score(policy)
+    ).model

@@ -302,6 +302,31 @@ def _durability_section(result: EditResult) -> str:
     )
 
 
+def _training_section(result: EditResult) -> str:
+    """A training method's learning rates: each one's best checkpoint, the kept one marked (the step search's
+    place for fine_tune and neg_grad_plus)."""
+    training = result.training
+    assert training is not None
+
+    def objective(value: float | None) -> str:
+        return f'<td class="num">{value:.4f}</td>' if value is not None else "<td>–</td>"
+
+    rows = f"<tr><td>unedited</td><td></td><td></td>{objective(training.unedited_objective)}<td></td></tr>"
+    for c in training.candidates:
+        kept = " (kept)" if c.learning_rate == training.learning_rate else ""
+        rows += (
+            f"<tr><td>lr {c.learning_rate:g}{kept}</td><td class='num'>{c.steps}</td>"
+            f"<td class='num'>{c.best_step if c.best_step is not None else '–'}</td>{objective(c.objective)}"
+            f"<td>{escape(c.stopped or '')}</td></tr>"
+        )
+    return (
+        "<table><thead><tr><th>learning rate</th><th>steps</th><th>best checkpoint</th><th>objective</th><th></th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+        f'<p class="note">{result.step.evaluations} checkpoints scored on validation data; the best of all is kept, '
+        "the unedited model included.</p>"
+    )
+
+
 def _legend(names: Sequence[str]) -> str:
     items = "".join(f'<span><i style="background:{COLOURS[n]}"></i>{escape(n)}</span>' for n in names)
     return f'<p class="legend note">{items}</p>'
@@ -356,6 +381,18 @@ def _facts(pairs: Sequence[tuple[str, str]]) -> str:
 
 def _summary(result: EditResult) -> list[tuple[str, str]]:
     s, step, t = result.solver, result.step, result.timings
+    solver = (
+        f"{s.kind}: {s.iterations} iterations, {s.hvp_count} Hessian-vector products, relative residual "
+        f"{s.relative_residual:.3g}" + ("" if s.converged else " (not converged)")
+    )
+    if (training := result.training) is not None:
+        kept = (
+            f"lr {training.learning_rate:g} at step {training.step}" if training.learning_rate else "the unedited model"
+        )
+        solver = (
+            f"SGD, {len(training.candidates)} learning rates × {training.steps_per_candidate} steps (batch "
+            f"{training.batch_size}); kept {kept}"
+        )
     pairs = [
         ("method", result.method),
         ("request", result.request),
@@ -364,11 +401,7 @@ def _summary(result: EditResult) -> list[tuple[str, str]]:
             f"{result.selection.num_selected:,} parameters ({result.selection.modification_ratio:.2%}), "
             f"criterion {result.selection.criterion}",
         ),
-        (
-            "solver",
-            f"{s.kind}: {s.iterations} iterations, {s.hvp_count} Hessian-vector products, relative residual "
-            f"{s.relative_residual:.3g}" + ("" if s.converged else " (not converged)"),
-        ),
+        ("training" if training is not None else "solver", solver),
         ("step", f"{step.mode}, s = {step.scale:.4g}" + (f", {step.validation} validation" if step.validation else "")),
         (
             "time",
@@ -396,6 +429,12 @@ def _summary(result: EditResult) -> list[tuple[str, str]]:
     if result.checkpoint is not None:
         pairs.append(("checkpoint sha256", result.checkpoint.sha256))
     return pairs
+
+
+def _step_section(result: EditResult) -> str:
+    if result.training is not None:
+        return f"<section><h2>Learning-rate search</h2>{_training_section(result)}</section>"
+    return f"<section><h2>Step search</h2>{step_chart(result.step.trace, result.step.scale)}</section>"
 
 
 def render_report(result: EditResult, spec: Mapping[str, Any], context: Sequence[tuple[str, str]] = ()) -> str:
@@ -430,7 +469,7 @@ def render_report(result: EditResult, spec: Mapping[str, Any], context: Sequence
 <section><h2>Metrics</h2>{_metrics_table(result.metrics.model_dump())}</section>
 <section><h2>Accuracy per class</h2>{class_section}</section>
 <section><h2>Solver residual</h2>{residual_chart(result.solver.residual_history, tolerance)}</section>
-<section><h2>Step search</h2>{step_chart(result.step.trace, result.step.scale)}</section>
+{_step_section(result)}
 <section><h2>Membership</h2>{_membership_section(result)}</section>
 <section><h2>Durability</h2>{_durability_section(result)}</section>
 <section><h2>Selected units per layer</h2>{_layers_table(result)}</section>

@@ -11,6 +11,7 @@ from gif.data import Dataset, split_indices
 from gif.edit import run
 from gif.errors import EditCancelled
 from gif.models.registry import build_model
+from gif.report import render_report
 from gif.result import EditResult
 from gif.spec import TRAINING_METHODS, JobSpec, RetrainSpec, TrainingMethodSpec
 from gif.training import reinitialised, train
@@ -82,6 +83,8 @@ def test_a_training_method_removes_a_class_and_reports_it_like_an_edit(digits_mo
     fractions = [fraction for _, fraction, *_ in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert not all(torch.equal(outcome.state_dict[k], v) for k, v in model.state_dict().items())
+    page = render_report(result, removal(method).model_dump(mode="json"))
+    assert "Learning-rate search" in page and f"lr {training.learning_rate:g} (kept)" in page
 
 
 @pytest.fixture(scope="module")

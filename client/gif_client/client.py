@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
@@ -50,26 +51,51 @@ def uploaded_sha256(record: dict[str, Any]) -> str:
 
 @contextmanager
 def as_uploadable(path: str | Path) -> Iterator[Path]:
-    """``path`` itself, or for a folder a zip of it in a scratch directory: entries in sorted order with a fixed
-    timestamp, so the same folder always gives the same bytes (and ``upload_once`` finds it again)."""
+    """``path`` itself; for a folder of WebDataset shards (nothing but ``.tar`` files), one tar of their samples;
+    for any other folder, a zip of it (entries in sorted order, fixed timestamps). Both are made in a scratch
+    directory, and the same folder always gives the same bytes (so ``upload_once`` finds it again)."""
     path = Path(path)
     if not path.is_dir():
         yield path
         return
+    files = sorted(path.rglob("*"))
+    for file in files:
+        if file.is_symlink() or not (file.is_file() or file.is_dir()):
+            raise UploadError(f"{file}: links and special files cannot be uploaded")
+    shards = [f for f in files if f.is_file()]
     with tempfile.TemporaryDirectory() as scratch:
-        archive = Path(scratch) / f"{path.name or 'images'}.zip"
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
-            for file in sorted(p for p in path.rglob("*")):
-                if file.is_symlink() or not (file.is_file() or file.is_dir()):
-                    raise UploadError(f"{file}: links and special files cannot be uploaded")
-                name = file.relative_to(path).as_posix() + ("/" if file.is_dir() else "")
-                entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-                if file.is_dir():
-                    zf.writestr(entry, b"")
-                    continue
-                with open(file, "rb") as source, zf.open(entry, "w") as target:
-                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+        if shards and all(f.suffix == ".tar" and f.parent == path for f in files):
+            archive = Path(scratch) / f"{path.name or 'shards'}.tar"
+            _join_shards(shards, archive)
+        else:
+            archive = Path(scratch) / f"{path.name or 'images'}.zip"
+            _zip_folder(path, files, archive)
         yield archive
+
+
+def _zip_folder(folder: Path, files: list[Path], archive: Path) -> None:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for file in files:
+            name = file.relative_to(folder).as_posix() + ("/" if file.is_dir() else "")
+            entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            if file.is_dir():
+                zf.writestr(entry, b"")
+                continue
+            with open(file, "rb") as source, zf.open(entry, "w") as target:
+                shutil.copyfileobj(source, target, CHUNK_BYTES)
+
+
+def _join_shards(shards: list[Path], archive: Path) -> None:
+    """The shards' members, in order, in one tar: copied header by header (nothing extracted; the service checks
+    every member, and refuses a key found in two shards)."""
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as joined:
+        for shard in shards:
+            try:
+                with tarfile.open(shard, "r:") as source:
+                    for member in source:
+                        joined.addfile(member, source.extractfile(member) if member.isfile() else None)
+            except tarfile.TarError as exc:
+                raise UploadError(f"{shard}: not a readable tar ({exc})") from None
 
 
 class Client:

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from gif_client.client import UploadError
+from gif_client.problems import ValidationFailed
 from PIL import Image
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from gif.models.registry import build_model
 from service.web.app import create_app
-from tests.support import stored_files
+from tests.support import SuiteClient, stored_files
 
 DIGITS_MLP = {"name": "mlp", "config": {"sizes": [64, 32, 10], "activation": "relu"}}
 
@@ -278,6 +280,40 @@ def png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def shard(samples: dict[str, int], seed: int) -> bytes:
+    """A WebDataset shard: ``<key>.png`` beside ``<key>.cls`` for each key."""
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        for key, label in samples.items():
+            for name, data in (
+                (f"{key}.png", png(rng.integers(0, 256, (5, 4), dtype=np.uint8))),
+                (f"{key}.cls", b"%d" % label),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_a_folder_of_webdataset_shards_is_sent_as_one_and_a_key_in_two_shards_is_refused(http, tmp_path, problem):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "000.tar").write_bytes(shard({"a": 0, "b": 1}, seed=1))
+    (folder / "001.tar").write_bytes(shard({"c": 2, "d": 1, "e": 0}, seed=2))
+    api = SuiteClient(http=http)
+    record = api.upload_dataset(folder)
+    assert record["source"] == "webdataset" and record["num_samples"] == 5 and record["class_counts"] == [2, 2, 1]
+    assert api.upload_once("datasets", folder)["id"] == record["id"]  # the same shards join to the same bytes
+    (folder / "002.tar").write_bytes(shard({"a": 1}, seed=3))
+    with pytest.raises(ValidationFailed) as refused:
+        api.upload_dataset(folder)
+    assert refused.value.code == "invalid-dataset" and "'a'" in str(refused.value)
+    (folder / "002.tar").write_bytes(b"not a tar")
+    with pytest.raises(UploadError, match="002.tar: not a readable tar"):
+        api.upload_dataset(folder)
 
 
 def test_an_image_archive_is_stored_as_uint8_tensors_with_ids_and_class_names(http, settings):

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import socket
 import socketserver
-import tarfile
 import threading
 from collections.abc import Iterator
 from urllib.parse import urlparse
@@ -27,7 +25,7 @@ from gif.cli import main
 from service.core.storage import artifact_store
 from service.tools.local_s3 import CREDENTIALS
 from service.web.app import create_app
-from tests.service.test_api_uploads import image_zip, png
+from tests.service.test_api_uploads import image_zip, png, shard
 from tests.support import SuiteClient, stored_files
 
 PART_BYTES = 5 * 1024**2  # S3's smallest part
@@ -139,22 +137,6 @@ def tensors(samples: int, features: int = 4, seed: int = 0) -> bytes:
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(samples, features, generator=generator)
     return safetensors_bytes({"x": x, "y": torch.arange(samples) % 3})
-
-
-def shard(samples: dict[str, int], seed: int) -> bytes:
-    """A WebDataset shard: ``<key>.png`` beside ``<key>.cls`` for each key."""
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tf:
-        for key, label in samples.items():
-            for name, data in (
-                (f"{key}.png", png(rng.integers(0, 256, (5, 4), dtype=np.uint8))),
-                (f"{key}.cls", b"%d" % label),
-            ):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def incoming(s3, settings) -> list[str]:

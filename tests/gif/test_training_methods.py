@@ -29,6 +29,15 @@ REMOVED = 8
 QUICK = {"evaluation": {"retain_samples": 300}, "durability": {"int8": False}}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: a second intra-op thread gains nothing, and on a busy machine its spinning costs 20×."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def digits_model(digits):
     """A float32 MLP (64→32→10) trained for 20 epochs on 80% of the digits, and the two splits."""
@@ -114,9 +123,12 @@ def test_a_training_method_repairs_mislabelled_examples(mislabelled, method):
 
 def test_with_selected_only_only_the_selected_units_move(digits_model):
     model, train_data, held_out = digits_model
-    spec = removal("neg_grad_plus", selected_only=True)
-    outcome = run(spec, model, train_data, held_out)
+    spec = removal("neg_grad_plus", selected_only=True).model_copy(update={"retrain": RetrainSpec(epochs=2)})
+    events: list = []
+    outcome = run(spec, model, train_data, held_out, lambda *event: events.append(event))
     result = outcome.result
+    assert result.metrics.retrained is not None and result.timings.retrain_s is not None  # retraining works alike
+    assert events[-1][:2] == ("retrain", 1.0)
     assert result.selection.criterion == "topk_outputs" and 0 < result.selection.modification_ratio < 0.2
     moved = units_moved(outcome.state_dict, model.state_dict())
     selected = {layer.module: layer.units_selected for layer in result.selection.layers}
@@ -151,6 +163,16 @@ def test_the_unedited_model_is_a_candidate_and_wins_when_nothing_beats_it(digits
     assert search.learning_rate is None and search.step == 0 and search.objective == 0.0
     assert all(torch.equal(a, b) for a, b in zip(search.model.state_dict().values(), model.state_dict().values()))
     assert [c.checkpoints for c in search.candidates] == [len(checkpoint_steps(4, 4, 4))] * 2
+
+
+def test_a_job_whose_search_finds_nothing_better_returns_the_model_unchanged_and_says_so(digits_model):
+    model, train_data, held_out = digits_model
+    outcome = run(removal("fine_tune", epochs=1, learning_rates=[1e-12]), model, train_data, held_out)
+    result = outcome.result
+    assert result.training.learning_rate is None and result.training.step == 0 and result.step.scale == 0.0
+    assert result.step.relative_change == 0.0
+    assert all(torch.equal(outcome.state_dict[k], v) for k, v in model.state_dict().items())
+    assert any("returned unchanged" in warning for warning in result.warnings)
 
 
 def test_checkpoints_double_then_come_evenly_and_include_the_last_step():

@@ -72,7 +72,8 @@ class StepSummary(_Result):
     trace: list[tuple[float, float | None]] = Field(
         default_factory=list,
         description="auto: every (scale, objective) the search evaluated, in order; null where the objective was "
-        "not finite (the edited model's outputs overflowed).",
+        "not finite (the edited model's outputs overflowed). Empty for the training methods, whose scale is 1 (the "
+        "trained weights) or 0 (the unedited model kept) and whose search is the result's training.",
     )
 
 

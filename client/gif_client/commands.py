@@ -186,8 +186,8 @@ def register(commands: Any, host: Host) -> None:
         "--train-data",
         required=True,
         help="tensors (.safetensors, .npz), an image archive (ImageFolder .zip/.tar/.tar.gz, WebDataset .tar) or a "
-        "folder of class folders or of WebDataset .tar shards (sent joined as one); gif submit also takes an s3:// URL (or s3://…/prefix/ of shards) the service allows "
-        "(the other --*-data take the same)",
+        "folder of class folders or of WebDataset .tar shards (sent joined as one); gif submit also takes an s3:// "
+        "URL (or s3://…/prefix/ of shards) the service allows (the other --*-data take the same)",
     )
     for _, argument in DATASET_FIELDS[1:]:
         job.add_argument("--" + argument.replace("_", "-"))

@@ -83,9 +83,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from gif.io.datasets import read_dataset
     from gif.models.checkpoints import load_checkpoint, model_architecture, model_format
     from gif.models.registry import is_exported
+    from gif.result import CheckpointInfo
     from gif.spec import JobSpec
 
-    spec = JobSpec.model_validate(_json_argument(args.spec))
+    spec = JobSpec.model_validate(with_methods(_json_argument(args.spec), args.methods))
     given = _json_argument(args.architecture) if args.architecture else None
     architecture = model_architecture(model_format(args.model), given)
     model = load_checkpoint(architecture, args.model)
@@ -115,6 +116,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
         checkpoint = outcome.write_program(args.model, args.out)
     else:
         checkpoint = outcome.write_checkpoint(args.out)
+    others: dict[str, tuple[CheckpointInfo, Path]] = {}
+    for method in list(outcome.others):  # a job of several methods: each one's checkpoint beside the chosen one's
+        path = beside(args.out, method)
+        if str(args.out).endswith(".pt2"):
+            others[method] = (outcome.write_program(args.model, path, method), path)
+        else:
+            others[method] = (outcome.write_checkpoint(path, method), path)
     if args.result:
         Path(args.result).write_text(outcome.result.model_dump_json(indent=2))
     if args.report:
@@ -124,8 +132,26 @@ def cmd_edit(args: argparse.Namespace) -> int:
         page = render_report(outcome.result, spec.model_dump(mode="json"), context)
         Path(args.report).write_text(page, encoding="utf-8")
     print_result(outcome.result.model_dump(mode="json"))
-    print(f"edited checkpoint: {args.out} (sha256 {checkpoint.sha256})")
+    print(f"edited checkpoint: {args.out} (sha256 {checkpoint.sha256}, method {outcome.result.method})")
+    for method, (written, path) in others.items():
+        print(f"{method}: {path} (sha256 {written.sha256})")
     return 0
+
+
+def with_methods(spec: Any, methods: str | None) -> Any:
+    """The job specification with ``--methods a,b,…`` (comma-separated) as its ``methods``."""
+    if methods is None:
+        return spec
+    if not isinstance(spec, dict):
+        raise GifError("--methods needs a job specification that is a JSON object")
+    return {**spec, "methods": [m.strip() for m in methods.split(",") if m.strip()]}
+
+
+def beside(out: str | Path, method: str) -> Path:
+    """Where ``gif edit --methods`` writes a method's checkpoint that was not chosen: ``edited.<method>.safetensors``
+    beside ``edited.safetensors``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.{method}{out.suffix}")
 
 
 def print_result(result: dict[str, Any]) -> None:
@@ -138,8 +164,30 @@ def print_result(result: dict[str, Any]) -> None:
         f"solver {s['kind']}: {s['iterations']} iterations, {s['hvp_count']} HVPs, relative residual "
         f"{s['relative_residual']:.2e}; step {result['step']['scale']:.4g}; {result['timings']['total_s']:.1f}s"
     )
+    if result.get("comparison"):
+        print(comparison_table(result["comparison"]))
+        print(f"chosen: {result.get('chosen_by')}")
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
+
+
+def comparison_table(comparison: list[dict[str, Any]]) -> str:
+    """A job of several methods: one line per method (validation objective, metrics after, membership, seconds)."""
+    keys = [
+        k
+        for k in ("forget_accuracy", "forget_test_accuracy", "retain_accuracy", "test_accuracy")
+        if any(k in c["metrics"] for c in comparison)
+    ]
+    lines = [f"\n{'method':<15}{'objective':>11}" + "".join(f"{k:>{len(k) + 2}}" for k in keys) + "  membership  s"]
+    for c in comparison:
+        objective = "-" if c["objective"] is None else f"{c['objective']:.4g}"
+        cells = "".join(
+            f"{c['metrics'][k]:>{len(k) + 2}.4f}" if k in c["metrics"] else f"{'-':>{len(k) + 2}}" for k in keys
+        )
+        membership = (c.get("membership") or {}).get("status") or "-"
+        mark = "*" if c["chosen"] else " "
+        lines.append(f"{mark}{c['method']:<14}{objective:>11}{cells}  {membership}  {c['timings']['total_s']:.1f}")
+    return "\n".join(lines)
 
 
 class CommandHost:
@@ -229,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument(
         "--out", required=True, help="where to write the edited weights (.safetensors; .pt2 for an edited program)"
+    )
+    edit.add_argument(
+        "--methods",
+        help="compare methods in one job, e.g. gif,first_order,fine_tune,neg_grad_plus (the spec's methods): --out "
+        "gets the best by the validation objective, each other one goes beside it as OUT_STEM.<method>.<suffix>",
     )
     edit.add_argument("--result", help="where to write the result object (JSON)")
     edit.add_argument("--report", help="where to write the job report (a self-contained HTML page)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,45 +33,69 @@ from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
 from gif.influence import InfluenceProblem, InfluenceSolution
 from gif.io.files import sha256_file, write_safetensors
 from gif.io.programs import read_program, write_program
-from gif.job import EditJob, ProgressSink, WeightEdit
+from gif.job import EditJob, JobProgress, PhaseClock, ProgressSink, WeightEdit
 from gif.membership import MAX_PER_SIDE, MembershipLosses, assess, not_judged
 from gif.metrics import EvaluationPlan, Measurement, example_losses, measure, predict
 from gif.models.transforms import InputTransform, apply_input_transform
 from gif.parameters import ParameterSpace
-from gif.result import CheckpointInfo, Durability, EditResult, Membership
+from gif.result import CheckpointInfo, Durability, EditResult, Membership, MethodComparison, Timings
 from gif.selection import Selection, full_selection, select
 from gif.spec import JobSpec, RemoveClass
-from gif.step import carved_validation_warning
+from gif.step import AutoStepPolicy, carved_validation_warning
 from gif.summary import edit_result
 from gif.training import reinitialised, train
-from gif.training_methods import every_parameter, train_edit
+from gif.training_methods import every_parameter, policy_score, train_edit
 
 
 @dataclass
 class EditOutcome:
     """What ``run`` returns. The result is never changed in place: writing a file replaces it with a copy that
-    records the file (``checkpoint`` or ``program``)."""
+    records the file (``checkpoint`` or ``program``; a compared method's in its ``comparison`` entry)."""
 
     state_dict: dict[str, torch.Tensor]  # the edited checkpoint (parameters and buffers), on the CPU
     result: EditResult
     model: nn.Module  # the edited model
+    # a job of several methods (spec methods): the edited checkpoints of the methods not chosen, on the CPU
+    others: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
-    def write_checkpoint(self, path: str | Path) -> CheckpointInfo:
-        """Write the edited weights as safetensors, atomically; the result records them as its ``checkpoint``."""
+    @property
+    def methods(self) -> list[str]:
+        """The methods whose checkpoint can be written: the chosen one first."""
+        return [self.result.method, *self.others]
+
+    def state_dict_of(self, method: str | None = None) -> dict[str, torch.Tensor]:
+        """The edited checkpoint of a method the job ran (None: the chosen one)."""
+        if method is None or method == self.result.method:
+            return self.state_dict
+        if method not in self.others:
+            raise InvalidSpecError(f"the job did not run method {method} (it ran {', '.join(self.methods)})")
+        return self.others[method]
+
+    def write_checkpoint(self, path: str | Path, method: str | None = None) -> CheckpointInfo:
+        """Write the edited weights (of ``method``; None: the chosen one's) as safetensors, atomically; the result
+        records them as its ``checkpoint`` (a compared method's: in its comparison entry)."""
+        name = method or self.result.method
         write_safetensors(
-            path, self.state_dict, metadata={"gif_method": self.result.method, "gif_request": self.result.request}
+            path, self.state_dict_of(method), metadata={"gif_method": name, "gif_request": self.result.request}
         )
-        return self._recorded("checkpoint", path)
+        return self._recorded("checkpoint", path, name)
 
-    def write_program(self, original: str | Path, path: str | Path) -> CheckpointInfo:
-        """Write the edited model as a ``.pt2`` program: the ``original`` program (re-read by the validating
-        loader) with the edited weights; the result records it as its ``program``."""
-        write_program(read_program(original), self.state_dict, path)
-        return self._recorded("program", path)
+    def write_program(self, original: str | Path, path: str | Path, method: str | None = None) -> CheckpointInfo:
+        """Write the edited model (of ``method``; None: the chosen one's) as a ``.pt2`` program: the ``original``
+        program (re-read by the validating loader) with the edited weights; the result records it as its
+        ``program`` (a compared method's: in its comparison entry)."""
+        state = self.state_dict_of(method)
+        write_program(read_program(original), state, path)
+        return self._recorded("program", path, method or self.result.method)
 
-    def _recorded(self, field: str, path: str | Path) -> CheckpointInfo:
+    def _recorded(self, field: str, path: str | Path, method: str) -> CheckpointInfo:
         written = CheckpointInfo(sha256=sha256_file(path), size_bytes=Path(path).stat().st_size)
-        self.result = self.result.model_copy(update={field: written})
+        update: dict[str, Any] = {field: written} if method == self.result.method else {}
+        if self.result.comparison is not None:
+            update["comparison"] = [
+                c.model_copy(update={field: written}) if c.method == method else c for c in self.result.comparison
+            ]
+        self.result = self.result.model_copy(update=update)
         return written
 
 
@@ -197,19 +221,27 @@ def _within_memory(job: EditJob, device: torch.device, warnings: list[str]) -> W
     return edit
 
 
-def _evaluate(job: EditJob, edited: nn.Module) -> tuple[EvaluationPlan, Measurement, Measurement]:
-    """The measurements before and after the edit, and the plan they were measured on (retraining reuses it)."""
-    job.report("evaluation", 0.0)
-    eval_plan = EvaluationPlan.for_job(job.spec, job.train_data, job.eval_data, job.attack_data, job.plan)
+def _measured(job: EditJob, model: nn.Module, eval_plan: EvaluationPlan) -> Measurement:
     try:
-        before = measure(job.original, eval_plan)
-        job.report("evaluation", 0.5)
-        after = measure(edited, eval_plan)
+        return measure(model, eval_plan)
     except torch.OutOfMemoryError:
         device = next(job.original.parameters()).device
         raise OutOfMemoryError(f"the evaluation ran out of memory on {device}; lower evaluation.batch_size") from None
+
+
+def _evaluate_before(job: EditJob) -> tuple[EvaluationPlan, Measurement]:
+    """The measurements before the edit, and the plan they were measured on (every method, retraining reuse it)."""
+    job.report("evaluation", 0.0)
+    eval_plan = EvaluationPlan.for_job(job.spec, job.train_data, job.eval_data, job.attack_data, job.plan)
+    before = _measured(job, job.original, eval_plan)
+    job.report("evaluation", 0.5)
+    return eval_plan, before
+
+
+def _evaluate_after(job: EditJob, eval_plan: EvaluationPlan, edited: nn.Module) -> Measurement:
+    after = _measured(job, edited, eval_plan)
     job.report("evaluation", 1.0)
-    return eval_plan, before, after
+    return after
 
 
 NO_HELDOUT_DATA = (
@@ -325,24 +357,170 @@ def run(
             progress,
             device,
         )
-        warnings = [warning] if (warning := carved_validation_warning(spec, validation_data)) else []
-        edit = _within_memory(job, device, warnings)
-        with job.clock("evaluation"):
-            eval_plan, before, after = _evaluate(job, edit.model)
-            membership = _membership(job, before, after, edit.model)
-            durability = _durability(job, edit.model, eval_plan, before, after)
+        shared = [warning] if (warning := carved_validation_warning(spec, validation_data)) else []
+        methods = spec.compared
+        measured: list[_MethodRun] = []
+        eval_plan: EvaluationPlan | None = None
+        before: Measurement | None = None
+        for position, method in enumerate(methods):
+            one = job if spec.methods is None else _for_method(job, method, position, len(methods), device)
+            own_started = time.perf_counter()
+            warnings = list(shared)
+            edit = _within_memory(one, device, warnings)
+            if eval_plan is None or before is None:  # once: the original model is the same for every method
+                with job.clock("evaluation", accumulate=True):
+                    eval_plan, before = _evaluate_before(one)
+                own_started += job.clock.seconds["evaluation_s"]  # not this method's own cost
+            with one.clock("evaluation", accumulate=True):
+                after = _evaluate_after(one, eval_plan, edit.model)
+                membership = _membership(one, before, after, edit.model)
+                durability = _durability(one, edit.model, eval_plan, before, after)
+            objective = _validation_objective(job, edit.model) if spec.methods is not None else None
+            measured.append(
+                _MethodRun(
+                    one, edit, after, membership, durability, warnings, objective, time.perf_counter() - own_started
+                )
+            )
+            _keep_only_the_best_model(measured)
+        assert eval_plan is not None and before is not None
         retrained = None
         if spec.retrain is not None:
             with job.clock("retrain"):
                 retrained = _retrain(job, eval_plan)
-        result = edit_result(
-            job, edit, before, after, retrained, membership, warnings, time.perf_counter() - started, device
+        results = [_method_result(r, before, retrained, device, input_transform, r.own_seconds) for r in measured]
+        best = _best(measured)
+        chosen = measured[best]
+        assert chosen.edit is not None
+        state = chosen.state if chosen.state is not None else _cpu_state(chosen.edit.model)
+        result = results[best]
+        if spec.methods is None:
+            result = result.model_copy(
+                update={"timings": Timings(**job.clock.seconds, total_s=time.perf_counter() - started)}
+            )
+            return EditOutcome(state, result, chosen.edit.model)
+        seconds = {**chosen.job.clock.seconds}
+        seconds["evaluation_s"] += job.clock.seconds.get("evaluation_s", 0.0)
+        timings = Timings(
+            **seconds, retrain_s=job.clock.seconds.get("retrain_s"), total_s=time.perf_counter() - started
         )
-        if durability is not None:
-            extra = [] if durability.holds else [durability.verdict]
-            result = result.model_copy(update={"durability": durability, "warnings": result.warnings + extra})
-        if input_transform is not None and result.data is not None:
-            ran = InputTransform.model_validate(input_transform).describe()
-            result = result.model_copy(update={"data": result.data.model_copy(update={"input_transform": ran})})
-        state = {k: v.detach().cpu().clone() for k, v in edit.model.state_dict().items()}
-        return EditOutcome(state, result, edit.model)
+        comparison = [_compared(r, res, i == best) for i, (r, res) in enumerate(zip(measured, results, strict=True))]
+        result = result.model_copy(
+            update={"timings": timings, "comparison": comparison, "chosen_by": _chosen_by(job, comparison)}
+        )
+        others: dict[str, dict[str, torch.Tensor]] = {
+            r.job.spec.method: r.state for i, r in enumerate(measured) if i != best and r.state is not None
+        }
+        return EditOutcome(state, result, chosen.edit.model, others)
+
+
+@dataclass
+class _MethodRun:
+    """One method's edit of a job, measured; ``objective``: its validation objective (a job of several methods)."""
+
+    job: EditJob
+    edit: WeightEdit | None  # its model dropped (nn.Identity) once a better one was found: its weights are in state
+    after: Measurement
+    membership: Membership | None
+    durability: Durability | None
+    warnings: list[str]
+    objective: float | None
+    own_seconds: float
+    state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def rank(self) -> float:
+        return self.objective if self.objective is not None and math.isfinite(self.objective) else -math.inf
+
+
+def _validation_objective(job: EditJob, model: nn.Module) -> float:
+    """The model's validation objective: what the automatic step maximises, on its data (the training methods
+    keep their checkpoint by the same call); never the eval data."""
+    assert isinstance(job.policy, AutoStepPolicy), "the spec refuses a fixed step for several methods"
+    return policy_score(job.policy)(model)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _best(runs: list[_MethodRun]) -> int:
+    """The highest validation objective; among equals the first in the order asked (a job of one method: it)."""
+    return max(range(len(runs)), key=lambda i: (runs[i].rank, -i))
+
+
+def _keep_only_the_best_model(runs: list[_MethodRun]) -> None:
+    """Every method's weights to the CPU, and only the best one's model kept on the device so far."""
+    latest = runs[-1]
+    if latest.job.spec.methods is None or latest.edit is None:
+        return
+    latest.state = _cpu_state(latest.edit.model)
+    best = _best(runs)
+    for i, r in enumerate(runs):
+        if i != best and r.edit is not None and not isinstance(r.edit.model, nn.Identity):
+            r.edit = replace(r.edit, model=nn.Identity())  # its result needs the rest, not the model
+    release_cached_memory(next(latest.job.original.parameters()).device)
+
+
+def _for_method(job: EditJob, method: str, position: int, count: int, device: torch.device) -> EditJob:
+    """The job with ``method`` as its method: the same samples, validation data and step policy; its own clock, and
+    progress on its share of the bar (``position`` of ``count``; retraining, once, keeps its own part)."""
+    sink, with_retrain = job.report.sink, job.spec.retrain is not None
+    span = 0.5 if with_retrain else 1.0
+
+    def on_share(
+        phase: str, fraction: float, iteration: int | None = None, relative_residual: float | None = None
+    ) -> None:
+        sink(phase, (position * span + fraction) / count, iteration, relative_residual)
+
+    spec = job.spec.model_copy(update={"method": method})
+    return replace(job, spec=spec, report=JobProgress(on_share, with_retrain), clock=PhaseClock(device))
+
+
+def _method_result(
+    run_: _MethodRun,
+    before: Measurement,
+    retrained: Measurement | None,
+    device: torch.device,
+    input_transform: InputTransform | dict[str, Any] | None,
+    total_s: float,
+) -> EditResult:
+    """One method's full result (its timings its own)."""
+    assert run_.edit is not None
+    result = edit_result(
+        run_.job, run_.edit, before, run_.after, retrained, run_.membership, run_.warnings, total_s, device
+    )
+    if run_.durability is not None:
+        extra = [] if run_.durability.holds else [run_.durability.verdict]
+        result = result.model_copy(update={"durability": run_.durability, "warnings": result.warnings + extra})
+    if input_transform is not None and result.data is not None:
+        ran = InputTransform.model_validate(input_transform).describe()
+        result = result.model_copy(update={"data": result.data.model_copy(update={"input_transform": ran})})
+    return result
+
+
+def _compared(run_: _MethodRun, result: EditResult, chosen: bool) -> MethodComparison:
+    membership = result.membership.model_copy(update={"histogram": None}) if result.membership else None
+    return MethodComparison(
+        method=result.method,
+        objective=run_.objective if run_.rank > -math.inf else None,
+        chosen=chosen,
+        metrics=result.metrics.after,
+        membership=membership,
+        durability=result.durability,
+        step=result.step.model_copy(update={"trace": []}),
+        timings=result.timings,
+        hessian_vector_products=result.solver.hvp_count,
+        warnings=result.warnings,
+    )
+
+
+def _chosen_by(job: EditJob, comparison: list[MethodComparison]) -> str:
+    policy = job.policy
+    assert isinstance(policy, AutoStepPolicy), "the spec refuses a fixed step for several methods"
+    where = "given" if policy.provided else "carved from the training data"
+    scores = ", ".join(f"{c.method} {'–' if c.objective is None else f'{c.objective:.4g}'}" for c in comparison)
+    chosen = next(c.method for c in comparison if c.chosen)
+    return (
+        f"{chosen}: the highest validation objective of {len(comparison)} methods (the automatic step's objective on "
+        f"the validation data {where}, never the eval data; the first asked among equals): {scores}"
+    )

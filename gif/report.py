@@ -15,7 +15,7 @@ from html import escape
 from typing import Any
 
 from gif.metrics import metric_columns
-from gif.result import AttackAucs, EditResult, Membership
+from gif.result import AttackAucs, EditResult, Membership, MethodComparison
 
 WIDTH, HEIGHT = 560, 260
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 62, 16, 14, 44
@@ -327,6 +327,81 @@ def _training_section(result: EditResult) -> str:
     )
 
 
+COMPARED_METRICS = (
+    "forget_accuracy",
+    "forget_test_accuracy",
+    "relabel_accuracy",
+    "heldout_attack_success_rate",
+    "retain_accuracy",
+    "test_accuracy",
+)
+
+
+def objective_chart(comparison: Sequence[MethodComparison]) -> str:
+    """Each compared method's validation objective as a bar from zero (the chosen one red, its name bold; a method
+    whose objective was not finite has none, and its name says so)."""
+    values = [c.objective for c in comparison if c.objective is not None and math.isfinite(c.objective)]
+    if not values:
+        return '<p class="note">No method had a finite validation objective.</p>'
+    y = _axis([0.0, *values], HEIGHT - MARGIN_BOTTOM, MARGIN_TOP, log=False)
+    slot = (WIDTH - MARGIN_RIGHT - MARGIN_LEFT) / len(comparison)
+    body = []
+    for i, c in enumerate(comparison):
+        centre = MARGIN_LEFT + (i + 0.5) * slot
+        if c.objective is not None and math.isfinite(c.objective):
+            top, bottom = sorted((y(c.objective), y(0.0)))
+            colour = "#c0392b" if c.chosen else COLOURS["after"]
+            body.append(
+                f'<rect x="{centre - slot * 0.3:.1f}" y="{top:.1f}" width="{slot * 0.6:.1f}" '
+                f'height="{max(bottom - top, 1.0):.1f}" fill="{colour}"><title>{escape(c.method)}: '
+                f"{c.objective:.6g}</title></rect>"
+            )
+        name = c.method + ("" if c.objective is not None else " (–)")
+        style = ' style="fill:#c0392b;font-weight:700"' if c.chosen else ""
+        label_y = HEIGHT - MARGIN_BOTTOM + 16
+        body.append(f'<text x="{centre:.1f}" y="{label_y}" text-anchor="middle"{style}>{escape(name)}</text>')
+    return _frame(
+        None, y, "method", "validation objective (higher is better)", "".join(body), "Validation objective per method"
+    )
+
+
+def _comparison_section(result: EditResult) -> str:
+    """A job of several methods: each one's validation objective, metrics after, membership, durability and cost,
+    the chosen one marked, and the objective as bars."""
+    comparison = result.comparison or []
+    keys = [k for k in COMPARED_METRICS if any(k in c.metrics for c in comparison)]
+
+    def number(value: float | None, digits: int = 4) -> str:
+        return f'<td class="num">{value:.{digits}f}</td>' if value is not None else "<td>–</td>"
+
+    rows = []
+    for c in comparison:
+        membership = "–"
+        if c.membership is not None:
+            auc = c.membership.forget_vs_heldout_auc
+            membership = (f"{auc:.3f} " if auc is not None else "") + c.membership.status.replace("_", " ")
+        durability = "–"
+        if c.durability is not None:
+            back = [check.recovered for check in c.durability.checks if check.recovered is not None]
+            durability = ("holds" if c.durability.holds else "does not hold") + (
+                f" (at most {max(back):.0%} back)" if back else ""
+            )
+        objective = f"{c.objective:.6g}" if c.objective is not None else "–"
+        rows.append(
+            f"<tr><td>{escape(c.method)}</td><td class='num'>{escape(objective)}</td>"
+            f"<td>{'chosen' if c.chosen else ''}</td>"
+            + "".join(number(c.metrics.get(k)) for k in keys)
+            + f"<td>{escape(membership)}</td><td>{escape(durability)}</td>{number(c.timings.total_s, 1)}</tr>"
+        )
+    head = "".join(f"<th>{escape(k)}</th>" for k in keys)
+    table = (
+        f"<table><thead><tr><th>method</th><th>validation objective</th><th></th>{head}<th>membership AUC</th>"
+        f"<th>durability</th><th>seconds</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    note = f'<p class="note">{escape(result.chosen_by or "")}. Metrics after each edit, on the same data.</p>'
+    return table + note + objective_chart(comparison)
+
+
 def _legend(names: Sequence[str]) -> str:
     items = "".join(f'<span><i style="background:{COLOURS[n]}"></i>{escape(n)}</span>' for n in names)
     return f'<p class="legend note">{items}</p>'
@@ -437,6 +512,12 @@ def _step_section(result: EditResult) -> str:
     return f"<section><h2>Step search</h2>{step_chart(result.step.trace, result.step.scale)}</section>"
 
 
+def _comparison(result: EditResult) -> str:
+    if not result.comparison:
+        return ""
+    return f"<section><h2>Methods compared</h2>{_comparison_section(result)}</section>\n"
+
+
 def render_report(result: EditResult, spec: Mapping[str, Any], context: Sequence[tuple[str, str]] = ()) -> str:
     """The report page for one edit; ``spec`` is the job specification as submitted, ``context`` extra facts to
     head the page with (the job id, its times, the model)."""
@@ -464,7 +545,7 @@ def render_report(result: EditResult, spec: Mapping[str, Any], context: Sequence
 <h1>{escape(title)}</h1>
 <p class="sub">{escape(_headline(result))}</p>
 {f'<section class="warn"><h2>Warnings</h2><ul>{warnings}</ul></section>' if warnings else ""}
-<div class="grid">
+{_comparison(result)}<div class="grid">
 <section><h2>Summary</h2>{_facts(list(context) + _summary(result))}</section>
 <section><h2>Metrics</h2>{_metrics_table(result.metrics.model_dump())}</section>
 <section><h2>Accuracy per class</h2>{class_section}</section>

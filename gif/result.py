@@ -248,6 +248,37 @@ class Durability(_Result):
     verdict: str = Field(description="The plain sentence; also a warning when the edit does not hold.")
 
 
+class MethodComparison(_Result):
+    """One method of a job that compared several (spec methods), edited on the same samples and validation data."""
+
+    method: str
+    objective: float | None = Field(
+        description="Its edited model's validation objective: the automatic step's, on the step's validation data "
+        "(higher is better; null where not finite). The job keeps the method with the highest."
+    )
+    chosen: bool = Field(description="The job's result and checkpoint are this method's.")
+    metrics: dict[str, float] = Field(description="Its edited model's metrics (the result's metrics.after).")
+    membership: Membership | None = Field(None, description="Its membership verdict (without the loss histogram).")
+    durability: Durability | None = None
+    step: StepSummary = Field(description="Its step (without the search's trace) or its training's kept checkpoint.")
+    timings: Timings = Field(
+        description="Its own seconds: selection, solve, step search and its evaluation (after the edit, membership, "
+        "durability); total_s their sum. The shared parts (the evaluation before the edit, retraining) are the "
+        "job's."
+    )
+    hessian_vector_products: int
+    warnings: list[str] = []
+    checkpoint: CheckpointInfo | None = Field(
+        None, description="Its edited weights, once written: GET /v1/jobs/{id}/checkpoint?method=<method>."
+    )
+    program: CheckpointInfo | None = Field(
+        None, description="Its edited exported program, for models uploaded as one (&format=pt2)."
+    )
+
+    def output(self, file_format: Literal["safetensors", "pt2"]) -> CheckpointInfo | None:
+        return self.program if file_format == "pt2" else self.checkpoint
+
+
 class EditResult(_Result):
     method: str
     request: str
@@ -275,6 +306,14 @@ class EditResult(_Result):
         description="The training methods (fine_tune, neg_grad_plus): the learning rates tried and the checkpoint "
         "kept; null for the influence methods.",
     )
+    comparison: list[MethodComparison] | None = Field(
+        None,
+        description="A job of several methods (spec methods): each one, in the order asked; the result's other "
+        "fields are the chosen one's. Null for a job of one method.",
+    )
+    chosen_by: str | None = Field(
+        None, description="A job of several methods: how the result's method was chosen, in a sentence."
+    )
     warnings: list[str] = []
     checkpoint: CheckpointInfo | None = Field(None, description="The edited weights, once written.")
     model_id: str | None = Field(
@@ -289,3 +328,20 @@ class EditResult(_Result):
     def output(self, file_format: Literal["safetensors", "pt2"]) -> CheckpointInfo | None:
         """The written file of a format: the edited weights (safetensors), or the edited exported program (pt2)."""
         return self.program if file_format == "pt2" else self.checkpoint
+
+    def output_of(self, method: str | None, file_format: Literal["safetensors", "pt2"]) -> CheckpointInfo | None:
+        """The written file of a method the job ran (None: the chosen one, the job's own); KeyError for a method it
+        did not run."""
+        if method is None or (self.comparison is None and method == self.method):
+            return self.output(file_format)
+        entry = next((c for c in self.comparison or [] if c.method == method), None)
+        if entry is None:
+            raise KeyError(method)
+        return entry.output(file_format)
+
+    @property
+    def outputs(self) -> list[CheckpointInfo]:
+        """Every file the job wrote: its own checkpoint and program, and the compared methods'."""
+        entries: list[MethodComparison | EditResult] = [self, *(self.comparison or [])]
+        blobs = {blob.sha256: blob for e in entries for blob in (e.checkpoint, e.program) if blob is not None}
+        return list(blobs.values())

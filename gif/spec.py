@@ -329,6 +329,17 @@ class JobSpec(_Strict):
         description="An influence method (gif, fif, pif, if, first_order: a solve and a step) or a training method "
         "(fine_tune, neg_grad_plus: training with the budget in training, its learning rate searched).",
     )
+    methods: list[Method] | None = Field(
+        None,
+        min_length=2,
+        max_length=7,
+        examples=[["gif", "first_order", "fine_tune", "neg_grad_plus"]],
+        description="Several methods compared in one job, on the same samples and validation data: each edits the "
+        "model, is evaluated (metrics, membership, durability, cost) and scored by the automatic step's validation "
+        "objective (never the eval data); the best is the job's result and checkpoint, result.comparison reports "
+        "every one, and each one's checkpoint is kept (GET /v1/jobs/{id}/checkpoint?method=). method must be left "
+        "at its default (gif) or be one of them; the step must be auto. Null: method alone.",
+    )
     selection: SelectionSpec = SelectionSpec()
     solver: SolverSpec = SolverSpec()
     step: Step = AutoStep()
@@ -347,6 +358,25 @@ class JobSpec(_Strict):
                 "leave step auto (give one learning rate in training.learning_rates to fix it)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _methods_are_compared_on_the_validation_objective(self) -> JobSpec:
+        if self.methods is None:
+            return self
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods must not repeat")
+        if self.method != "gif" and self.method not in self.methods:  # a stored spec holds the default: no refusal
+            raise ValueError(f"method {self.method} is not one of methods {self.methods}: leave method out, or list it")
+        if isinstance(self.step, FixedStep):
+            raise ValueError(
+                "methods are compared by the automatic step's validation objective: leave step auto to compare them"
+            )
+        return self
+
+    @property
+    def compared(self) -> list[Method]:
+        """The methods the job runs: ``methods``, or ``method`` alone."""
+        return list(self.methods) if self.methods is not None else [self.method]
 
 
 def check_request(

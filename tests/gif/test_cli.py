@@ -103,3 +103,20 @@ def test_an_exported_program_is_edited_as_its_eager_model_is(demo, capsys):
     assert all(torch.allclose(eager[k], exported[k], atol=1e-6) for k in eager)
     assert main(edit_args(demo, **{"--model": str(demo / "model.pt2")})) == 2  # an architecture contradicts it
     assert "carries its own architecture" in capsys.readouterr().err
+
+
+def test_edit_with_methods_writes_the_chosen_checkpoint_and_the_others_beside_it(demo, capsys):
+    out = demo / "compared.safetensors"
+    spec = json.loads((demo / "job.json").read_text())
+    spec.update({"solver": {"max_iterations": 5}, "training": {"epochs": 1, "learning_rates": [0.05]}})
+    args = edit_args(demo, **{"--spec": json.dumps(spec), "--out": str(out), "--methods": "first_order,fine_tune"})
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    result = json.loads((demo / "result.json").read_text())
+    comparison = {c["method"]: c for c in result["comparison"]}
+    assert list(comparison) == ["first_order", "fine_tune"] and comparison[result["method"]]["chosen"]
+    assert result["checkpoint"]["sha256"] == sha256_file(out) == comparison[result["method"]]["checkpoint"]["sha256"]
+    other = next(m for m in comparison if m != result["method"])
+    assert comparison[other]["checkpoint"]["sha256"] == sha256_file(demo / f"compared.{other}.safetensors")
+    assert "chosen: " in captured.out and f"{other}: " in captured.out
+    assert "Methods compared" in (demo / "report.html").read_text()

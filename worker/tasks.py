@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -235,11 +236,16 @@ def _register_edited_model(ctx: ServiceContext, record: JobRecord, outcome: Edit
 
 def _store_outputs(ctx: ServiceContext, job_id: str, outcome: EditOutcome, model: InputRef) -> list[str]:
     """Write the edited weights into the store (staged, then added under their sha256), as ``gif edit`` writes
-    them, and for an exported program the edited ``.pt2`` too; returns the stored sha256s. Each write first needs
-    room for the weights plus ``GIF_MIN_FREE_BYTES``; if any write or add fails, those stored already are released."""
-    writers: list[Callable[[Path], CheckpointInfo]] = [outcome.write_checkpoint]
-    if is_exported(model.architecture):
-        writers.append(lambda path: outcome.write_program(ctx.artifacts.local_path(model.sha256), path))
+    them, and for an exported program the edited ``.pt2`` too; a job of several methods writes every method's (the
+    chosen one first). Returns the stored sha256s. Each write first needs room for the weights plus
+    ``GIF_MIN_FREE_BYTES``; if any write or add fails, those stored already are released."""
+    writers: list[Callable[[Path], CheckpointInfo]] = []
+    exported = is_exported(model.architecture)
+    for method in outcome.methods:
+        writers.append(partial(outcome.write_checkpoint, method=method))
+        if exported:
+            original = ctx.artifacts.local_path(model.sha256)
+            writers.append(partial(outcome.write_program, original, method=method))
     weight_bytes = sum(t.numel() * t.element_size() for t in outcome.state_dict.values())
     stored: list[str] = []
     try:
@@ -247,6 +253,8 @@ def _store_outputs(ctx: ServiceContext, job_id: str, outcome: EditOutcome, model
             ctx.artifacts.require_room(weight_bytes, ctx.settings.min_free_bytes, "the edited checkpoint")
             with ctx.artifacts.staging_file() as staged:
                 info = _write(ctx.artifacts, write, staged, weight_bytes)
+                if info.sha256 in stored:  # the same bytes twice (a compared method's): held once already
+                    continue
                 ctx.artifacts.add(staged, info.sha256, f"job:{job_id}")
                 stored.append(info.sha256)
     except BaseException:

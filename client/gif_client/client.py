@@ -319,13 +319,17 @@ class Client:
         path.write_text(response.text, encoding="utf-8")
         return path
 
-    def download(self, job_id: str, path: str | Path, file_format: str = "safetensors") -> Path:
+    def download(
+        self, job_id: str, path: str | Path, file_format: str = "safetensors", method: str | None = None
+    ) -> Path:
         """Stream the edited checkpoint (``safetensors``, or ``pt2`` for a program) to ``path``, its sha256 checked
-        against the ETag; nothing is left at ``path`` if it does not match."""
+        against the ETag; nothing is left at ``path`` if it does not match. A job that compared several methods:
+        the chosen one's, or ``method``'s."""
         path = Path(path)
         partial = path.with_name(path.name + ".part")
         digest = hashlib.sha256()
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/checkpoint", params={"format": file_format}) as response:
+        params = {"format": file_format, **({"method": method} if method is not None else {})}
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/checkpoint", params=params) as response:
             if not response.is_success:
                 response.read()
                 raise_for_problem(response)

@@ -60,6 +60,8 @@ def connected(args: argparse.Namespace, host: Host) -> Iterator[Client]:
 def submit(args: argparse.Namespace, host: Host) -> int:
     """Upload what the job needs (reusing uploads the server already holds), submit, and optionally wait."""
     spec = host.json_argument(args.spec)
+    if args.methods:
+        spec["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     architecture = host.json_argument(args.architecture) if args.architecture else None
     with connected(args, host) as client:
         transform = host.json_argument(args.input_transform) if args.input_transform else None
@@ -82,7 +84,10 @@ def submit(args: argparse.Namespace, host: Host) -> int:
         host.print_result(job["result"])
         if args.out:
             client.download(job["id"], args.out, "pt2" if str(args.out).endswith(".pt2") else "safetensors")
-            print(f"edited checkpoint: {args.out} (job {job['id']}, model {job['result'].get('model_id')})")
+            print(
+                f"edited checkpoint: {args.out} (job {job['id']}, method {job['result']['method']}, model "
+                f"{job['result'].get('model_id')})"
+            )
         if args.report:
             print(f"report: {client.report(job['id'], args.report)}")
     return 0
@@ -111,7 +116,7 @@ def download(args: argparse.Namespace, host: Host) -> int:
         raise host.error("nothing to download: give --out, --report or both")
     with connected(args, host) as client:
         if args.out:
-            print(client.download(args.job, args.out, args.format))
+            print(client.download(args.job, args.out, args.format, args.method))
         if args.report:
             print(client.report(args.job, args.report))
     return 0
@@ -191,6 +196,11 @@ def register(commands: Any, host: Host) -> None:
     )
     for _, argument in DATASET_FIELDS[1:]:
         job.add_argument("--" + argument.replace("_", "-"))
+    job.add_argument(
+        "--methods",
+        help="compare methods in one job, e.g. gif,first_order,fine_tune,neg_grad_plus: the best by the validation "
+        "objective is the job's checkpoint (--out); gif download --method NAME fetches another",
+    )
     job.add_argument("--wait", action="store_true", help="wait with a progress bar and print the metrics")
     job.add_argument("--out", help="with --wait: where to download the edited checkpoint (.pt2 for a program)")
     job.add_argument("--report", help="with --wait: where to write the job report (HTML)")
@@ -201,5 +211,6 @@ def register(commands: Any, host: Host) -> None:
     fetch.add_argument("--out", help="where to write the edited checkpoint")
     fetch.add_argument("--report", help="where to write the job report (HTML)")
     fetch.add_argument("--format", choices=["safetensors", "pt2"], default="safetensors")
+    fetch.add_argument("--method", help="a job of several methods: this method's checkpoint (default: the chosen one)")
     add("workers", workers, "the server's live workers: device, state, jobs done")
     add("usage", usage, "your API key's usage and limits: active jobs, stored bytes, submits")

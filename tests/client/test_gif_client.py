@@ -111,3 +111,28 @@ def test_the_remote_commands_fail_in_one_line_without_a_server_or_a_connection(m
     assert capsys.readouterr().err.strip() == "gif: error: no server: give --server URL or set GIF_SERVER"
     assert main(["usage", "--server", "http://127.0.0.1:1"]) == 2  # nothing listens on port 1
     assert capsys.readouterr().err.startswith("gif: error: ")
+
+
+def test_gif_submit_methods_asks_for_a_job_of_several_methods(demo, monkeypatch, capsys):
+    submitted: list[dict] = []
+
+    class Recorder:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def upload_once(self, collection, *args):
+            return {"id": f"{collection}_1"}
+
+        def submit(self, spec):
+            submitted.append(spec)
+            return {"id": "job_1", "status": "queued"}
+
+    monkeypatch.setattr("gif_client.commands.remote_client", lambda args, host: Recorder())
+    argv = ["submit", "--server", "x", "--spec", str(demo["job"]), "--model", str(demo["model"]),
+            "--train-data", str(demo["train"]), "--methods", "gif, first_order,neg_grad_plus"]  # fmt: skip
+    assert main(argv) == 0
+    assert submitted[0]["methods"] == ["gif", "first_order", "neg_grad_plus"]
+    assert capsys.readouterr().out.strip() == "job_1"

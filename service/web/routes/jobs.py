@@ -15,6 +15,7 @@ from fastapi.responses import (
 )
 
 from gif.report import render_report
+from gif.spec import Method
 from service.core.errors import ServiceError
 from service.core.jobs import JobRecord, JobStatus
 from service.web.auth import Caller
@@ -114,7 +115,10 @@ def cancel(job: OwnedJob, ctx: Context) -> Response:
     summary="The edited weights (safetensors), or the edited exported program (?format=pt2)",
     response_class=FileResponse,
     description="409 until the job succeeded. The ETag is the file's sha256 (result.checkpoint.sha256, or "
-    "result.program.sha256 for ?format=pt2, which only jobs on an exported program have).",
+    "result.program.sha256 for ?format=pt2, which only jobs on an exported program have). A job that compared "
+    "several methods (spec methods) serves the chosen one's (result.method) by default and any other one's with "
+    "?method=<name> (its result.comparison entry's checkpoint.sha256 or program.sha256); a method the job did not "
+    "run is a 409.",
     responses={
         **not_found,
         **responses("conflict", "service-unavailable"),
@@ -133,17 +137,31 @@ def checkpoint(
             alias="format", description="safetensors (the state dict), or pt2 (the edited program, for exported models)"
         ),
     ] = "safetensors",
+    method: Annotated[
+        Method | None,
+        Query(
+            description="A job of several methods (spec methods): the method whose edited model to download; "
+            "default: the chosen one (result.method)."
+        ),
+    ] = None,
 ) -> Response:
-    if record.status != "succeeded":
+    if record.status != "succeeded" or record.result is None:
         raise ServiceError("conflict", f"the job is {record.status}; its checkpoint exists once it succeeded")
-    output = record.result.output(file_format) if record.result is not None else None
-    if output is None:
+    try:
+        output = record.result.output_of(method, file_format)
+    except KeyError:
+        ran = ", ".join(c.method for c in record.result.comparison or []) or record.result.method
+        raise ServiceError("conflict", f"the job did not run method {method}; it ran {ran}") from None
+    if output is None and file_format == "pt2":
         raise ServiceError("conflict", "only jobs on an exported (.pt2) model have an edited program; use safetensors")
+    if output is None:
+        raise ServiceError("conflict", f"the job kept no checkpoint of method {method}")
     sha256 = output.sha256
     etag = f'"{sha256}"'
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
-    filename = f"{record.id}.{file_format}"
+    chosen = method is None or method == record.result.method
+    filename = f"{record.id}.{file_format}" if chosen else f"{record.id}.{method}.{file_format}"
     blob = ctx.artifacts.download(sha256, filename)
     if blob.url is not None:
         return RedirectResponse(blob.url, status_code=307, headers={"ETag": etag})

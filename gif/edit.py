@@ -4,6 +4,11 @@
 storage, queues or HTTP: progress and cancellation cross the boundary as one callback. Each phase
 below is one function, timed by the job's ``PhaseClock`` (``gif.job``); the step policy lives in ``gif.step``,
 the result's assembly in ``gif.summary``.
+
+A job of several methods (spec ``methods``) is prepared once (the same samples, validation data and step policy),
+then edited and measured once per method; the evaluation before the edit and retraining run once. The method whose
+edited model scores the highest validation objective (the automatic step's) is the outcome; the others are reported
+in ``result.comparison`` and their weights kept in ``EditOutcome.others``.
 """
 
 from __future__ import annotations
@@ -376,23 +381,24 @@ def run(
                 membership = _membership(one, before, after, edit.model)
                 durability = _durability(one, edit.model, eval_plan, before, after)
             objective = _validation_objective(job, edit.model) if spec.methods is not None else None
-            measured.append(
-                _MethodRun(
-                    one, edit, after, membership, durability, warnings, objective, time.perf_counter() - own_started
-                )
+            one_run = _MethodRun(
+                one, edit, after, membership, durability, warnings, objective, time.perf_counter() - own_started
             )
-            _keep_only_the_best_model(measured)
+            if spec.methods is not None:  # measured now: its edit (model, solve, graphs) need not be kept
+                one_run.result = _method_result(one_run, before, None, device, input_transform)
+                one_run.state = _cpu_state(edit.model)
+            measured.append(one_run)
+            _keep_only_the_best_edit(measured)
         assert eval_plan is not None and before is not None
         retrained = None
         if spec.retrain is not None:
             with job.clock("retrain"):
                 retrained = _retrain(job, eval_plan)
-        results = [_method_result(r, before, retrained, device, input_transform, r.own_seconds) for r in measured]
         best = _best(measured)
         chosen = measured[best]
         assert chosen.edit is not None
         state = chosen.state if chosen.state is not None else _cpu_state(chosen.edit.model)
-        result = results[best]
+        result = _method_result(chosen, before, retrained, device, input_transform)
         if spec.methods is None:
             result = result.model_copy(
                 update={"timings": Timings(**job.clock.seconds, total_s=time.perf_counter() - started)}
@@ -403,7 +409,7 @@ def run(
         timings = Timings(
             **seconds, retrain_s=job.clock.seconds.get("retrain_s"), total_s=time.perf_counter() - started
         )
-        comparison = [_compared(r, res, i == best) for i, (r, res) in enumerate(zip(measured, results, strict=True))]
+        comparison = [_compared(r, i == best) for i, r in enumerate(measured)]
         result = result.model_copy(
             update={"timings": timings, "comparison": comparison, "chosen_by": _chosen_by(job, comparison)}
         )
@@ -415,16 +421,18 @@ def run(
 
 @dataclass
 class _MethodRun:
-    """One method's edit of a job, measured; ``objective``: its validation objective (a job of several methods)."""
+    """One method's edit of a job, measured; in a job of several methods also its validation ``objective``, its
+    result (without the retrained reference) and its weights on the CPU."""
 
     job: EditJob
-    edit: WeightEdit | None  # its model dropped (nn.Identity) once a better one was found: its weights are in state
+    edit: WeightEdit | None  # dropped (None) once a better method was found
     after: Measurement
     membership: Membership | None
     durability: Durability | None
     warnings: list[str]
     objective: float | None
     own_seconds: float
+    result: EditResult | None = None
     state: dict[str, torch.Tensor] | None = None
 
     @property
@@ -448,17 +456,16 @@ def _best(runs: list[_MethodRun]) -> int:
     return max(range(len(runs)), key=lambda i: (runs[i].rank, -i))
 
 
-def _keep_only_the_best_model(runs: list[_MethodRun]) -> None:
-    """Every method's weights to the CPU, and only the best one's model kept on the device so far."""
-    latest = runs[-1]
-    if latest.job.spec.methods is None or latest.edit is None:
+def _keep_only_the_best_edit(runs: list[_MethodRun]) -> None:
+    """A job of several methods: only the best method's edit so far stays (its model on the device, its solve); the
+    others are measured and their weights on the CPU."""
+    if runs[-1].job.spec.methods is None:
         return
-    latest.state = _cpu_state(latest.edit.model)
     best = _best(runs)
     for i, r in enumerate(runs):
-        if i != best and r.edit is not None and not isinstance(r.edit.model, nn.Identity):
-            r.edit = replace(r.edit, model=nn.Identity())  # its result needs the rest, not the model
-    release_cached_memory(next(latest.job.original.parameters()).device)
+        if i != best:
+            r.edit = None
+    release_cached_memory(next(runs[-1].job.original.parameters()).device)
 
 
 def _for_method(job: EditJob, method: str, position: int, count: int, device: torch.device) -> EditJob:
@@ -482,12 +489,19 @@ def _method_result(
     retrained: Measurement | None,
     device: torch.device,
     input_transform: InputTransform | dict[str, Any] | None,
-    total_s: float,
 ) -> EditResult:
-    """One method's full result (its timings its own)."""
+    """One method's full result, its timings its own."""
     assert run_.edit is not None
     result = edit_result(
-        run_.job, run_.edit, before, run_.after, retrained, run_.membership, run_.warnings, total_s, device
+        run_.job,
+        run_.edit,
+        before,
+        run_.after,
+        retrained,
+        run_.membership,
+        list(run_.warnings),
+        run_.own_seconds,
+        device,
     )
     if run_.durability is not None:
         extra = [] if run_.durability.holds else [run_.durability.verdict]
@@ -498,7 +512,9 @@ def _method_result(
     return result
 
 
-def _compared(run_: _MethodRun, result: EditResult, chosen: bool) -> MethodComparison:
+def _compared(run_: _MethodRun, chosen: bool) -> MethodComparison:
+    result = run_.result
+    assert result is not None
     membership = result.membership.model_copy(update={"histogram": None}) if result.membership else None
     return MethodComparison(
         method=result.method,

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from bench.report import QUICK, best_of, markdown_table, write_section
-from bench.setups import QUICK_SOLVER, SETUPS, prepare
+from bench.setups import QUICK_JOB, QUICK_SOLVER, SETUPS, prepare
 from gif.edit import run
 from gif.metrics import evaluate, evaluation_plan
 from gif.plan import RequestPlan
@@ -94,7 +94,7 @@ def main() -> None:
     verdicts = []
     for label, fields in CONFIGS.items():
         if QUICK:  # the harness's run: a few iterations on small samples, whatever the row asks
-            fields = {**fields, "solver": {**fields.get("solver", {}), **QUICK_SOLVER}}
+            fields = {**fields, **QUICK_JOB, "solver": {**fields.get("solver", {}), **QUICK_SOLVER}}
         spec = JobSpec.model_validate({"request": request.model_dump(), **fields})
         result = run(spec, prepared.model, prepared.train, prepared.test).result
         after, cost = result.metrics.after, edit_cost(result)

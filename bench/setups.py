@@ -85,6 +85,8 @@ def load_data(setup: Setup) -> tuple[Dataset, Dataset, dict[str, Any]]:
         train_data, test = load_cifar10("train"), load_cifar10("test")
     if setup.train_subset is not None:
         train_data = train_data.subset(split_indices(len(train_data), setup.train_subset / len(train_data), 0)[0])
+    if QUICK:
+        test = test.subset(split_indices(len(test), QUICK_TEST_SUBSET / len(test), 0)[0])
     if setup.dataset.endswith("backdoor"):
         clean_labels = train_data.y
         train_data, indices = poison(train_data, BACKDOOR_FRACTION, BACKDOOR_TARGET, seed=0)
@@ -181,8 +183,19 @@ BENCH_SOLVER = {
     "vgg11": {"max_iterations": 5, "hessian_samples": 256, "gradient_samples": 256, "damping": 0.01, "batch_size": 128},
 }
 BENCH_EVALUATION = {"resnet18": {"retain_samples": 500}, "vgg11": {"retain_samples": 1000}}
-QUICK_SOLVER = {"max_iterations": 2, "hessian_samples": 64, "gradient_samples": 64, "damping": 0.01}
+# The harness's sizes (GIF_BENCH_QUICK=1): a few iterations on small samples with the graph cache (auto's timed trial
+# of every product is tested in tests/gif), a small evaluation, and no durability checks (two more evaluations per
+# edit; tests/gif/test_durability.py covers them).
+QUICK_SOLVER = {
+    "max_iterations": 2,
+    "hessian_samples": 64,
+    "gradient_samples": 64,
+    "damping": 0.01,
+    "hvp": "cached_double_backward",
+}
 QUICK_EVALUATION = {"retain_samples": 256}
+QUICK_JOB: dict[str, Any] = {"evaluation": QUICK_EVALUATION, "durability": {"bf16": False, "int8": False}}
+QUICK_TEST_SUBSET = 300
 
 
 def job_spec(prepared: Prepared, request: dict, **fields: Any):
@@ -193,7 +206,8 @@ def job_spec(prepared: Prepared, request: dict, **fields: Any):
     arch = prepared.setup.architecture["name"]
     solver = {**(QUICK_SOLVER if QUICK else BENCH_SOLVER[arch]), **fields.pop("solver", {})}
     evaluation = {**(QUICK_EVALUATION if QUICK else BENCH_EVALUATION.get(arch, {})), **fields.pop("evaluation", {})}
-    return JobSpec.model_validate({"request": request, "solver": solver, "evaluation": evaluation, **fields})
+    quick = {"durability": QUICK_JOB["durability"]} if QUICK else {}
+    return JobSpec.model_validate({"request": request, "solver": solver, "evaluation": evaluation, **quick, **fields})
 
 
 def edit(

@@ -33,7 +33,7 @@ from gif.selection import select
 from gif.solvers import conjugate_gradient, neumann
 from gif.spec import RemoveClass, SelectionSpec
 
-HVP_METHODS = ("forward_over_reverse", "double_backward", "cached_double_backward")
+HVP_METHODS: tuple[HvpMethod, ...] = ("forward_over_reverse", "double_backward", "cached_double_backward")
 TOLERANCES = (1e-2, 1e-3, 1e-4)
 
 
@@ -70,17 +70,26 @@ def hvp_worker(model_name: str, method: HvpMethod, batch: int) -> dict:
     }
 
 
+def measured_hvp(model_name: str, method: HvpMethod, batch: int) -> dict:
+    """``hvp_worker`` in a process of its own, so that its peak RSS is its own; in quick mode (the test harness, whose
+    numbers are not kept) in this process, which saves an interpreter start and a torch import per row."""
+    if QUICK:
+        return hvp_worker(model_name, method, batch)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.solver_curvature", "--hvp-worker", model_name, method, str(batch)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    row: dict = json.loads(out.stdout.strip().splitlines()[-1])
+    return row
+
+
 def hvp_table(models: list[str], batch: int) -> str:
     rows = []
     for model_name in models:
         for method in HVP_METHODS:
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.solver_curvature", "--hvp-worker", model_name, method, str(batch)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = measured_hvp(model_name, method, batch)
             rows.append(
                 [
                     model_name,

@@ -42,7 +42,7 @@ from torch import nn
 
 from bench.baselines import FINETUNE_EPOCHS, fine_tune, gradient_ascent
 from bench.report import QUICK, beside_results, machine, markdown_table, pyplot, write_section
-from bench.setups import SEEDS_SUITE, SETUPS, Prepared, Task, command, prepare, seeds_command_line
+from bench.setups import QUICK_JOB, SEEDS_SUITE, SETUPS, Prepared, Task, command, prepare, seeds_command_line
 from gif.edit import run
 from gif.metrics import EvaluationPlan, measure
 from gif.plan import RequestPlan
@@ -51,7 +51,7 @@ from gif.spec import JobSpec, SolverSpec
 
 ITERATIONS = 5 if QUICK else 40
 THRESHOLDS = (0.05, 0.02, 0.01)
-SIZES = {"hessian_samples": 64, "gradient_samples": 64} if QUICK else {}
+SIZES = {"hessian_samples": 64, "gradient_samples": 64, "hvp": "cached_double_backward"} if QUICK else {}
 SEEDS_FILE = beside_results("solvers_seeds.json")
 VARIANTS: dict[str, dict[str, Any]] = {
     "GIF, new defaults": {},
@@ -80,7 +80,10 @@ TASKS = {
 
 def spec(task: Task, request: dict, seed: int, **fields) -> JobSpec:
     solver = {**SIZES, **task.sizes, "seed": seed, **fields.pop("solver", {})}
-    return JobSpec.model_validate({"request": request, "selection": {"seed": seed}, "solver": solver, **fields})
+    quick = QUICK_JOB if QUICK else {}
+    return JobSpec.model_validate(
+        {"request": request, "selection": {"seed": seed}, "solver": solver, **quick, **fields}
+    )
 
 
 # --- 1. residual against HVPs ----------------------------------------------------------------------

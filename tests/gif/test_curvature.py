@@ -23,9 +23,14 @@ def objective(tanh_mlp, digits_double):
     return ModelObjective(tanh_mlp, [LossTerm(sample, 1 / len(sample))], batch_size=64)
 
 
+@pytest.fixture(scope="module")
+def objective_hessian(objective, dense_hessian) -> torch.Tensor:
+    return dense_hessian(objective)
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_every_hvp_matches_the_dense_hessian(objective, dense_hessian, method):
-    H = dense_hessian(objective)
+def test_every_hvp_matches_the_dense_hessian(objective, objective_hessian, method):
+    H = objective_hessian
     v = torch.randn(objective.space.size, dtype=torch.float64)
     op = HessianOperator(objective, damping=0.01, method=method)
     assert op.method == method

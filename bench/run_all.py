@@ -29,6 +29,7 @@ EXPERIMENTS = (
     "bench.curvature",
     "bench.ingest",
     "bench.sample",
+    "bench.sample_sizes",
 )
 
 

@@ -25,6 +25,7 @@ SECTIONS = (
     "curvature",
     "ingest",
     "sample",
+    "sample-sizes",
 )
 
 

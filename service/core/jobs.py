@@ -110,9 +110,9 @@ class JobRecord(JobBase, OwnedRecord):
 
     @property
     def output_sha256s(self) -> list[str]:
-        """The blobs the job wrote: the edited checkpoint and, for exported programs, the edited ``.pt2``."""
-        result = self.result
-        return [blob.sha256 for blob in (result.checkpoint, result.program) if blob] if result else []
+        """The blobs the job wrote: the edited checkpoint and, for exported programs, the edited ``.pt2``; for a job of
+        several methods, each method's."""
+        return [blob.sha256 for blob in self.result.outputs] if self.result else []
 
 
 class JobStore:

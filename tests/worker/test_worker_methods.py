@@ -8,10 +8,12 @@ import json
 
 from gif_client import Client
 
+from tests.support import stored_files
+
 METHODS = ["gif", "first_order", "fine_tune"]
 
 
-def test_a_job_of_several_methods_keeps_each_checkpoint_and_compares_them(api, inputs, demo, tmp_path):
+def test_a_job_of_several_methods_keeps_each_checkpoint_and_compares_them(api, inputs, demo, tmp_path, stack_settings):
     spec = {
         **json.loads(demo["job"].read_text()),
         **inputs,
@@ -52,3 +54,9 @@ def test_a_job_of_several_methods_keeps_each_checkpoint_and_compares_them(api, i
     page = api.http.get(f"/v1/jobs/{job['id']}/report").text
     assert "Methods compared" in page and "validation objective" in page
     assert all(f"<td>{m}</td>" in page for m in METHODS)
+
+    # the other methods' files go with the job (the chosen one stays: it is also the edited model the job registered)
+    others = {c["checkpoint"]["sha256"] for c in comparison if not c["chosen"]}
+    assert others <= stored_files(stack_settings)
+    assert api.http.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert not others & stored_files(stack_settings)

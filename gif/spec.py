@@ -180,6 +180,15 @@ class AutoStep(_Strict):
         description="remove_samples: the mean loss the removed examples should reach. Null: the validation "
         "examples' loss (meaningful when the validation data is unseen by the model).",
     )
+    plateau_tolerance: float | None = Field(
+        0.005,
+        ge=0.0,
+        le=1.0,
+        description="remove_class: the smallest step with the best validation score leaves unseen examples of the "
+        "class just across the boundary, so the step moves into the plateau: to the geometric middle between it "
+        "and the largest step whose score is within this tolerance of the best, where the score is within it too. "
+        "Null: the smallest step with the best score.",
+    )
 
 
 class FixedStep(_Strict):

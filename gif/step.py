@@ -85,8 +85,11 @@ class StepSearch:
     trace: list[tuple[float, float]] = field(default_factory=list)  # (scale, objective) in evaluation order
 
 
-def search_step(objective_at: Callable[[float], float], unit_change: float) -> StepSearch:
-    """Maximise ``objective_at(scale)``; ``unit_change`` = ‖Δ_J‖ / ‖θ_J‖ turns scales into relative changes."""
+def search_step(objective_at: Callable[[float], float], unit_change: float, plateau: float | None = None) -> StepSearch:
+    """Maximise ``objective_at(scale)``; ``unit_change`` = ‖Δ_J‖ / ‖θ_J‖ turns scales into relative changes. With a
+    ``plateau`` tolerance, a larger scale whose objective is within it of the best is preferred (class removal: the
+    score saturates once no validation example of the class is recognised, and the smallest step that gets there
+    leaves unseen ones just across the boundary; ``AutoStep.plateau_tolerance``)."""
     trace: list[tuple[float, float]] = []
 
     def at_relative(r: float) -> float:
@@ -115,6 +118,13 @@ def search_step(objective_at: Callable[[float], float], unit_change: float) -> S
             b = lo + golden * (hi - lo)
             fb = at_relative(math.exp(b))
     scale, value = max(trace, key=lambda t: (t[1], -t[0]))
+    if plateau is not None and scale > 0:
+        widest = max(s for s, v in trace if v >= value - plateau)
+        middle = math.sqrt(scale * widest)
+        if middle > scale * 1.01:
+            middle_value = at_relative(middle * unit_change)
+            if middle_value >= value - plateau:
+                scale, value = middle, middle_value
     return StepSearch(scale, value, scale * unit_change, trace)
 
 
@@ -165,6 +175,7 @@ class AutoStepPolicy:
     objective: Objective
     provided: bool  # held-out validation data was given (else the split was carved from the training data)
     batch_size: int
+    plateau: float | None = None  # prefer a larger scale within this of the best objective (class removal)
 
     def choose(self, weights_at: WeightsAt, unit_change: float, report: Callable[[float], None]) -> StepSummary:
         device = next(self.model.parameters()).device
@@ -173,7 +184,7 @@ class AutoStepPolicy:
         def objective_at(scale: float) -> float:
             nonlocal evaluations
             evaluations += 1
-            report(evaluations / MAX_EVALUATIONS)
+            report(min(evaluations / MAX_EVALUATIONS, 1.0))  # the plateau may take one evaluation more
             params = weights_at(scale)
 
             @torch.no_grad()
@@ -187,7 +198,7 @@ class AutoStepPolicy:
 
             return self.objective(self.data, logits)
 
-        search = search_step(objective_at, unit_change)
+        search = search_step(objective_at, unit_change, self.plateau)
         return StepSummary(
             mode="auto",
             scale=search.scale,
@@ -221,8 +232,14 @@ def step_policy(
     if isinstance(step, FixedStep):
         return FixedStepPolicy(step.scale)
     data = validation_data(spec, step, plan, train, carved, provided)
+    plateau = step.plateau_tolerance if isinstance(spec.request, RemoveClass) else None
     return AutoStepPolicy(
-        model, data, request_objective(spec, step, model, data), provided is not None, spec.evaluation.batch_size
+        model,
+        data,
+        request_objective(spec, step, model, data),
+        provided is not None,
+        spec.evaluation.batch_size,
+        plateau,
     )
 
 

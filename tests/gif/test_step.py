@@ -51,9 +51,12 @@ def test_no_edit_wins_when_every_step_is_worse_and_a_degenerate_direction_is_not
         assert (search.scale, search.relative_change, search.trace) == (0.0, 0.0, [])
 
 
-def test_the_automatic_step_picks_the_smallest_scale_that_forgets_on_the_validation_data():
+@pytest.mark.parametrize("plateau", [None, 0.005])
+def test_the_automatic_step_forgets_on_the_validation_data_and_moves_into_the_plateau(plateau):
     """A linear model that classifies three clusters perfectly; the direction lowers class 2's bias only, so the
-    removal score reaches 1 once class 2 is never predicted, and the search stops on the first such scale."""
+    removal score reaches 1 once class 2 is never predicted, and stays there for every larger scale: without a
+    plateau tolerance the search stops on the first such scale; with one, it moves to the geometric middle between
+    that scale and the largest one searched."""
     centres = torch.tensor([[4.0, 0.0], [0.0, 4.0], [-4.0, -4.0]])
     model = nn.Linear(2, 3)
     with torch.no_grad():
@@ -62,7 +65,9 @@ def test_the_automatic_step_picks_the_smallest_scale_that_forgets_on_the_validat
     y = torch.arange(30) % 3
     train = Dataset(centres[y] + 0.1 * torch.randn(30, 2), y)
     validation = Dataset(centres[torch.arange(12) % 3], torch.arange(12) % 3)
-    spec = JobSpec.model_validate({"request": {"kind": "remove_class", "classes": [2]}})
+    spec = JobSpec.model_validate(
+        {"request": {"kind": "remove_class", "classes": [2]}, "step": {"mode": "auto", "plateau_tolerance": plateau}}
+    )
     plan = RequestPlan.of(spec.request, train)
     policy = step_policy(spec, plan, train, torch.arange(0), validation, model)
     direction = {"weight": torch.zeros(3, 2), "bias": torch.tensor([0.0, 0.0, -1.0])}
@@ -74,7 +79,13 @@ def test_the_automatic_step_picks_the_smallest_scale_that_forgets_on_the_validat
     assert reported == sorted(reported) and 0 < reported[-1] <= 1
     logits = validation.x @ centres.T + direction["bias"] * summary.scale
     assert not (logits.argmax(1) == 2).any()
-    assert all(value < 1.0 for scale, value in summary.trace if scale < summary.scale)
+    first = min(scale for scale, value in summary.trace if value == 1.0)
+    if plateau is None:
+        assert summary.scale == first
+    else:
+        widest = max(scale for scale, value in summary.trace[:-1] if value == 1.0)
+        assert summary.trace[-1][0] == summary.scale > first
+        assert summary.scale == pytest.approx(math.sqrt(first * widest))
 
 
 def test_a_sample_removal_step_that_costs_too_much_accuracy_is_refused():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import statistics
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -109,6 +110,11 @@ def host_description(device: torch.device | None = None) -> str:
 
 
 # --- markdown --------------------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± standard deviation`` of values over seeds (the mean alone for one value)."""
+    return f"{statistics.fmean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

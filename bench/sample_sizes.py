@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.report import QUICK, beside_results, markdown_table, pyplot, write_section
+from bench.report import QUICK, beside_results, markdown_table, mean_std, pyplot, write_section
 from bench.setups import QUICK_JOB, SEEDS_SUITE, SETUPS, Task, add_device_argument, command, prepare
 from gif.edit import run
 from gif.result import EditResult
@@ -81,8 +81,7 @@ def measure(seed: int, device: torch.device) -> dict[str, dict[str, dict[str, An
 def cell(values: list[float], key: str) -> str:
     if key in ("hvps", "seconds"):
         return f"{statistics.fmean(values):.1f}"
-    spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values):.4f}{spread}"
+    return mean_std(values)
 
 
 def tables(runs: list[dict]) -> str:

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from bench.baselines import FINETUNE_EPOCHS, fine_tune, gradient_ascent
-from bench.report import QUICK, beside_results, machine, markdown_table, pyplot, write_section
+from bench.report import QUICK, beside_results, machine, markdown_table, mean_std, pyplot, write_section
 from bench.setups import QUICK_JOB, SEEDS_SUITE, SETUPS, Prepared, Task, command, prepare, seeds_command_line
 from gif.edit import run
 from gif.metrics import EvaluationPlan, measure
@@ -190,10 +190,6 @@ def measured_methods(entry: dict) -> list[str]:
 
 def quality_keys(task: Task) -> tuple[str, ...]:
     return ("heldout_attack_success_rate", "clean_accuracy") if task.backdoor else ("score",)
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
 
 
 def quality_section(results: dict[str, dict]) -> str:

@@ -53,6 +53,16 @@ def tanh_mlp(digits_double):
     return train(model, digits_double, RetrainSpec(epochs=10, batch_size=64, lr=0.05, weight_decay=0.0))
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): a second intra-op thread
+    gains nothing there, and on a busy machine its spinning costs 20×."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def mnist_split(data_dir):
     data = load_mnist(data_dir)

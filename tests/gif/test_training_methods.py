@@ -29,13 +29,7 @@ REMOVED = 8
 QUICK = {"evaluation": {"retain_samples": 300}, "durability": {"int8": False}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: a second intra-op thread gains nothing, and on a busy machine its spinning costs 20×."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ EXPERIMENTS = (
     "bench.ingest",
     "bench.sample",
     "bench.sample_sizes",
+    "bench.step_plateau",
     "bench.unlearning",
 )
 

@@ -26,6 +26,7 @@ SECTIONS = (
     "ingest",
     "sample",
     "sample-sizes",
+    "step-plateau",
     "unlearning",
 )
 

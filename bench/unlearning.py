@@ -94,6 +94,8 @@ def one_job(prepared: Prepared, task: str, seed: int, device: torch.device) -> d
             "metrics": entry.metrics,
             "objective": entry.objective,
             "chosen": entry.chosen,
+            "scale": entry.step.scale,
+            "relative_change": entry.step.relative_change,
             "seconds": entry.timings.total_s,
             "forget_vs_heldout_auc": entry.membership.forget_vs_heldout_auc if entry.membership else None,
             "retain_vs_heldout_auc": entry.membership.retain_vs_heldout_auc if entry.membership else None,
@@ -154,10 +156,34 @@ def rows_of(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
     return rows
 
 
+def check_cell(checks: list[dict[str, float | None]]) -> str:
+    """A durability check over seeds: the value (percent) and, in brackets, the share of the edit that came back."""
+    values = [100 * c["value"] for c in checks if c["value"] is not None]
+    recovered = [c["recovered"] for c in checks if c["recovered"] is not None]
+    return f"{cell(values)} ({cell(recovered)})"
+
+
+def unedited(job: dict[str, Any], method: str) -> bool:
+    """Whether the method's edit left every metric as it was (its step or kept checkpoint: the unedited model)."""
+    after = job["methods"][method]["metrics"]
+    return all(abs(after[k] - job["before"][k]) < 1e-9 for k in after if k in job["before"])
+
+
 def task_section(task: str, jobs: list[dict[str, Any]]) -> tuple[str, dict[str, list[float]]]:
     rows = rows_of(jobs)
     table = markdown_table(
-        ["method", "UA", "RA", "TA", "MIA-efficacy", "avg. gap ↓", "forget-vs-held-out AUC", "seconds", "chosen"],
+        [
+            "method",
+            "UA",
+            "RA",
+            "TA",
+            "MIA-efficacy",
+            "avg. gap ↓",
+            "forget-vs-held-out AUC",
+            "seconds",
+            "chosen",
+            "unedited",
+        ],
         [
             [
                 f"**{name}**" if name in METHODS else name,
@@ -176,6 +202,7 @@ def task_section(task: str, jobs: list[dict[str, Any]]) -> tuple[str, dict[str, 
                 if name in METHODS
                 else "–",
                 f"{sum(j['methods'][name]['chosen'] for j in jobs)}/{len(jobs)}" if name in METHODS else "–",
+                f"{sum(unedited(j, name) for j in jobs)}/{len(jobs)}" if name in METHODS else "–",
             ]
             for name, values in rows.items()
         ],
@@ -191,11 +218,7 @@ def task_section(task: str, jobs: list[dict[str, Any]]) -> tuple[str, dict[str, 
                     m,
                     cell([100 * d["before"] for d in found]),
                     cell([100 * d["after"] for d in found]),
-                    *(
-                        f"{cell([100 * d['checks'][c]['value'] for d in found if d['checks'][c]['value'] is not None])}"
-                        f" ({cell([d['checks'][c]['recovered'] for d in found if d['checks'][c]['recovered'] is not None])})"
-                        for c in checks
-                    ),
+                    *(check_cell([d["checks"][c] for d in found]) for c in checks),
                     f"{sum(d['holds'] for d in found)}/{len(found)}",
                 ]
             )
@@ -209,7 +232,9 @@ def task_section(task: str, jobs: list[dict[str, Any]]) -> tuple[str, dict[str, 
     retrain_seconds = cell([j["retrain_s"] for j in jobs], 0)
     body = (
         f"**{TASKS[task][0]}** ({len(jobs)} seed(s): {', '.join(str(j['seed']) for j in jobs)}; mean ± standard "
-        f"deviation; percent; *chosen*: how often the job picked the method by its validation objective; retraining "
+        "deviation; percent; *chosen*: how often the job picked the method by its validation objective; "
+        "*unedited*: how often the method's step (or kept checkpoint) left every metric as it was, the validation "
+        "objective finding nothing better than the unedited model; retraining "
         f"{retrain_seconds} s)\n\n{table}\n\n{durability}"
     )
     return body, {name: [r["gap"] for r in values] for name, values in rows.items()}
@@ -222,13 +247,29 @@ def plain_words(task: str, jobs: list[dict[str, Any]]) -> str:
         name: {k: statistics.fmean(r[k] for r in values) for k in (*COLUMNS, "gap")} for name, values in rows.items()
     }
     retrained = mean["retrained"]
-    better = [m for m in METHODS if m != "gif" and mean[m]["gap"] < mean["gif"]["gap"]]
+
+    def shown(m: str) -> str:
+        return f"{mean[m]['gap']:.2f}"
+
+    better = [m for m in METHODS if m != "gif" and round(mean[m]["gap"], 2) < round(mean["gif"]["gap"], 2)]
+    tied = [m for m in METHODS if m != "gif" and shown(m) == shown("gif")]
     best = min(METHODS, key=lambda m: mean[m]["gap"])
-    parts = [
-        f"{TASKS[task][0]}: the smallest average gap is {best}'s ({mean[best]['gap']:.2f}); GIF's is "
-        f"{mean['gif']['gap']:.2f}"
-        + (", larger than " + ", ".join(f"{m} ({mean[m]['gap']:.2f})" for m in better) if better else ", the smallest")
-    ]
+    if better:
+        verdict = f"GIF's average gap ({shown('gif')}) is larger than " + ", ".join(
+            f"{m}'s ({shown(m)})" for m in better
+        )
+    elif tied:
+        verdict = f"GIF ties with {', '.join(tied)} at an average gap of {shown('gif')}"
+    else:
+        verdict = f"GIF's average gap ({shown('gif')}) is the smallest"
+    parts = [f"{TASKS[task][0]}: {verdict}" + (f" (the smallest: {best}'s)" if better and best != better[0] else "")]
+    kept = sum(unedited(j, "gif") for j in jobs)
+    if kept:
+        parts.append(
+            f"GIF's step left the model unedited in {kept}/{len(jobs)} job(s) (no step scored better on the "
+            f"validation objective), so the forgotten examples stay as learned as before (UA {mean['gif']['UA']:.2f} "
+            f"vs {retrained['UA']:.2f} retrained, MIA-efficacy {mean['gif']['MIA']:.2f} vs {retrained['MIA']:.2f})"
+        )
     for k in COLUMNS:
         closer = [
             m for m in METHODS if m != "gif" and abs(mean[m][k] - retrained[k]) < abs(mean["gif"][k] - retrained[k])

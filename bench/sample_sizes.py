@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench.report import QUICK, beside_results, markdown_table, mean_std, pyplot, write_section
-from bench.setups import QUICK_JOB, SEEDS_SUITE, SETUPS, Task, add_device_argument, command, prepare
+from bench.setups import QUICK_JOB, QUICK_SOLVE, SEEDS_SUITE, SETUPS, Task, add_device_argument, command, prepare
 from gif.edit import run
 from gif.result import EditResult
 from gif.spec import JobSpec
@@ -32,7 +32,6 @@ DEFAULTS = {"hessian_samples": 512, "gradient_samples": 256}
 TASKS = {
     name: SEEDS_SUITE[name] for name in (("tinynet-remove-3",) if QUICK else ("tinynet-remove-3", "tinynet-backdoor"))
 }
-QUICK_SOLVE = {"max_iterations": 2, "hvp": "cached_double_backward"}
 SEEDS_FILE = beside_results("sample_sizes.quick.json" if QUICK else "sample_sizes_seeds.json")
 
 

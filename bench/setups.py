@@ -186,13 +186,8 @@ BENCH_EVALUATION = {"resnet18": {"retain_samples": 500}, "vgg11": {"retain_sampl
 # The harness's sizes (GIF_BENCH_QUICK=1): a few iterations on small samples with the graph cache (auto's timed trial
 # of every product is tested in tests/gif), a small evaluation, and no durability checks (two more evaluations per
 # edit; tests/gif/test_durability.py covers them).
-QUICK_SOLVER = {
-    "max_iterations": 2,
-    "hessian_samples": 64,
-    "gradient_samples": 64,
-    "damping": 0.01,
-    "hvp": "cached_double_backward",
-}
+QUICK_SOLVE = {"max_iterations": 2, "hvp": "cached_double_backward"}  # for experiments that set the sample sizes
+QUICK_SOLVER = {**QUICK_SOLVE, "hessian_samples": 64, "gradient_samples": 64, "damping": 0.01}
 QUICK_EVALUATION = {"retain_samples": 256}
 QUICK_JOB: dict[str, Any] = {"evaluation": QUICK_EVALUATION, "durability": {"bf16": False, "int8": False}}
 QUICK_TEST_SUBSET = 300

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from bench.report import QUICK, beside_results, markdown_table, mean_std, write_section
-from bench.setups import QUICK_JOB, SETUPS, add_device_argument, command, prepare
+from bench.setups import QUICK_JOB, QUICK_SOLVE, SETUPS, add_device_argument, command, prepare
 from gif.data import split_indices
 from gif.demo import demo_model
 from gif.edit import run
@@ -29,7 +29,6 @@ from gif.spec import JobSpec
 POLICIES = {"smallest best step (before)": None, "plateau middle (default)": 0.005}
 KEYS = ("forget_test_accuracy", "test_accuracy", "score")
 SEEDS_FILE = beside_results("step_plateau.quick.json" if QUICK else "step_plateau_seeds.json")
-QUICK_SOLVE = {"max_iterations": 2, "hvp": "cached_double_backward"}
 
 
 DEMO_SOLVER = {"kind": "cg", "max_iterations": 20}  # the demo's job.json (gif demo-assets)

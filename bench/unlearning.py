@@ -28,6 +28,7 @@ import torch
 from bench.report import QUICK, beside_results, markdown_table, pyplot, write_section
 from bench.setups import (
     QUICK_JOB,
+    QUICK_SOLVE,
     SETUPS,
     Prepared,
     add_device_argument,
@@ -44,7 +45,6 @@ TASKS = {"random": ("10% random forgetting", random_samples), "class": ("class r
 COLUMNS = ("UA", "RA", "TA", "MIA")
 SEEDS_FILE = beside_results("unlearning.quick.json" if QUICK else "unlearning_seeds.json")
 PLOT = beside_results("unlearning.quick.png" if QUICK else "unlearning.png")
-QUICK_SOLVE = {"max_iterations": 2, "hvp": "cached_double_backward"}
 QUICK_TRAINING = {"epochs": 1, "learning_rates": [0.01]}
 RELEARN_STEPS = 100
 # Published, on other setups (CIFAR-10 / ResNet-18, 10% random forgetting): average gap to retraining, in percent.

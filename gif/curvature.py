@@ -10,7 +10,9 @@ Three implementations give the same product (tests assert it):
 - ``cached_double_backward``: the first-order graph of the fixed sample built once and kept, so a
   product costs one extra backward pass. It keeps as many batches' graphs as the cache budget allows
   (half the device's free memory unless ``GIF_HVP_CACHE_BYTES`` says otherwise) and rebuilds the rest.
-``auto`` times one product of each implementation that works for the model on the first batch and
+The sample is cut into batches of ``batch_size`` examples, or with ``auto`` into the largest that fit the cache budget
+(``fitting_batch_size``), so that a large device is not fed small batches.
+The implementation ``auto`` times one product of each implementation that works for the model on the first batch and
 keeps the fastest: which one wins differs by device and model. No graph survives from one product to
 the next except that fixed first-order graph.
 
@@ -72,6 +74,7 @@ COMPILE_SECONDS_BASE = 10.0  # a cold CPU compile of a product: base + per forwa
 COMPILE_SECONDS_PER_OPERATOR = 3.0  # operators 69-72 s, VGG-11's 45 operators 147-249 s on 2 shared cores)
 CACHE_SHARE_OF_FREE_MEMORY = 0.5  # the rest is for the solver's vectors, the step search and evaluation
 FALLBACK_CACHE_BUDGET_BYTES = 4 * 1024**3  # where free memory cannot be told
+BATCH_PROBE = 16  # examples in the larger of the two probe graphs that measure a graph's bytes per example
 
 
 Graph = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[int, ...]]
@@ -154,11 +157,37 @@ class _SavedBytes:
         self._ctx.__exit__(*exc)
 
 
+def fitting_batch_size(samples: int, graph_bytes: Callable[[int], int], budget: int) -> int:
+    """The product batch for ``samples`` examples that fits ``budget`` bytes (``solver.batch_size: auto``).
+
+    ``graph_bytes(n)``, a first-order graph's bytes on n examples, is measured at two probe sizes and taken as affine
+    (weights and data once, activations per example). The whole sample where its graph fits the budget; else the
+    largest batch that fits half of it, since the cache fills the budget with such batches and a product rebuilds one
+    more beside them; the sample is then split evenly, so that no small remainder batch idles the device."""
+    large = min(BATCH_PROBE, samples)
+    small = large // 2
+    if small == 0:
+        return samples
+    measured_small, measured_large = graph_bytes(small), graph_bytes(large)
+    per_example = (measured_large - measured_small) / (large - small)
+    fixed = measured_small - per_example * small
+    if per_example <= 0 or fixed + per_example * samples <= budget:
+        return samples
+    largest = max(1, int((budget / 2 - fixed) // per_example))
+    batches = math.ceil(samples / largest)
+    return math.ceil(samples / batches)
+
+
 class ModelObjective:
-    """A model (in eval mode, weights frozen) with a weighted sum of loss terms over fixed batches."""
+    """A model (in eval mode, weights frozen) with a weighted sum of loss terms over fixed batches of ``batch_size``
+    examples, or with ``auto`` the batch that fits the device's cache budget (``fitting_batch_size``)."""
 
     def __init__(
-        self, model: nn.Module, terms: list[LossTerm], loss_fn: LossFn = cross_entropy_sum, batch_size: int = 256
+        self,
+        model: nn.Module,
+        terms: list[LossTerm],
+        loss_fn: LossFn = cross_entropy_sum,
+        batch_size: int | Literal["auto"] = 256,
     ):
         self.model = model.eval()
         self.space = ParameterSpace.of(model)
@@ -166,6 +195,12 @@ class ModelObjective:
         self.buffers = model_buffers(model)
         self.loss_fn = loss_fn
         device = next(iter(self.params.values())).device
+        if batch_size == "auto":
+            probe = max((term.data for term in terms), key=len)
+            batch_size = fitting_batch_size(
+                len(probe), lambda n: self._probe_bytes(probe, n), default_cache_budget_bytes(device)
+            )
+        self.batch_size = batch_size
         self.batches = [
             (x.to(device), y.to(device), term.weight) for term in terms for x, y in term.data.batches(batch_size)
         ]
@@ -192,6 +227,27 @@ class ModelObjective:
             total += self.space.flatten(tuple(_or_zeros(g, p) for g, p in zip(grads, leaves.values())))
         _check_finite(total, "gradient")
         return total
+
+    def _probe_bytes(self, data: Dataset, n: int) -> int:
+        """The first-order graph's bytes on the first n examples of ``data``, copied as a batch is on a device."""
+        x, y = next(iter(data.batches(n)))
+        device = next(iter(self.params.values())).device
+        return self.graph_bytes(x.to(device, copy=True), y.to(device, copy=True), 1.0)
+
+    def first_order_graph(self, x: torch.Tensor, y: torch.Tensor, w: float) -> Graph:
+        """The batch's gradient with its graph kept (``create_graph``): differentiated once more, a product."""
+        leaves = self.leaf_params()
+        loss = self.batch_loss(leaves, x, y, w)
+        inputs = tuple(leaves.values())
+        grads = torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
+        used = tuple(i for i, g in enumerate(grads) if g is not None and g.requires_grad)
+        return tuple(grads[i] for i in used), tuple(inputs[i] for i in used), used
+
+    def graph_bytes(self, x: torch.Tensor, y: torch.Tensor, w: float) -> int:
+        """The memory a cached first-order graph of (x, y) holds."""
+        with _SavedBytes() as saved, curvature_kernels():
+            self.first_order_graph(x, y, w)
+        return saved.total
 
 
 def _first_cause(exc: BaseException) -> str:
@@ -375,12 +431,14 @@ class HessianOperator:
             fitting = self._batches_within(budget)
         if method == "auto":
             trials: dict[str, BatchProduct] = {
-                "double_backward": lambda b, v: self._product_via_graph(self._first_order_graph(*b), v, keep=False),
+                "double_backward": lambda b, v: self._product_via_graph(
+                    self.objective.first_order_graph(*b), v, keep=False
+                ),
                 "forward_over_reverse": self._product_forward_over_reverse,
             }
             if fitting > 0:
                 with curvature_kernels():
-                    first_graph = self._first_order_graph(*objective.batches[0])
+                    first_graph = self.objective.first_order_graph(*objective.batches[0])
                 graph = first_graph
                 trials = {"cached_double_backward": lambda b, v: self._product_via_graph(graph, v, keep=True), **trials}
             method = cast(HvpMethod, self._fastest(trials, may_compile))
@@ -388,7 +446,7 @@ class HessianOperator:
         self.cached_batches = fitting if method == "cached_double_backward" else 0
         with curvature_kernels():
             self._cache = [
-                first_graph if i == 0 and first_graph is not None else self._first_order_graph(*batch)
+                first_graph if i == 0 and first_graph is not None else self.objective.first_order_graph(*batch)
                 for i, batch in enumerate(objective.batches[: self.cached_batches])
             ]
 
@@ -409,9 +467,7 @@ class HessianOperator:
     def saved_bytes_per_sample(self) -> float:
         """Memory a cached first-order graph holds per sample, measured on the largest batch."""
         x, y, w = max(self.objective.batches, key=lambda b: b[0].shape[0])
-        with _SavedBytes() as saved, curvature_kernels():
-            self._first_order_graph(x, y, w)
-        return saved.total / x.shape[0]
+        return self.objective.graph_bytes(x, y, w) / x.shape[0]
 
     def _batches_within(self, budget: int) -> int:
         """How many leading batches' first-order graphs fit in ``budget`` bytes."""
@@ -488,15 +544,7 @@ class HessianOperator:
         for graph in self._cache:
             yield graph, True
         for x, y, w in self.objective.batches[self.cached_batches :]:
-            yield self._first_order_graph(x, y, w), False
-
-    def _first_order_graph(self, x: torch.Tensor, y: torch.Tensor, w: float) -> Graph:
-        leaves = self.objective.leaf_params()
-        loss = self.objective.batch_loss(leaves, x, y, w)
-        inputs = tuple(leaves.values())
-        grads = torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
-        used = tuple(i for i, g in enumerate(grads) if g is not None and g.requires_grad)
-        return tuple(grads[i] for i in used), tuple(inputs[i] for i in used), used
+            yield self.objective.first_order_graph(x, y, w), False
 
     def _product_via_graph(self, graph: Graph, v_parts: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
         """One batch's Hessian-vector product by differentiating its first-order graph once more."""

@@ -54,6 +54,9 @@ class SolverSummary(_Result):
         default_factory=dict, description="With hvp auto: one product of each implementation on the first batch."
     )
     hvp_cached_batches: int = 0
+    batch_size: int | None = Field(
+        None, description="Examples per product batch: solver.batch_size, or the batch that auto chose for the device."
+    )
     hvp_seconds: float = 0.0
     hvp_compile_seconds: float = Field(
         0.0, description="Time spent compiling the product (hvp compiled, or auto's trial of it); not in hvp_seconds."

@@ -138,7 +138,12 @@ class SolverSpec(_Strict):
     hessian_samples: SampleCount = Field(512, description="Retained training examples in the fixed Hessian sample.")
     gradient_samples: SampleCount = Field(256, description="Affected examples in the gradient (and selection) sample.")
     seed: int = 0
-    batch_size: PositiveInt = Field(256, le=65536)
+    batch_size: Annotated[int, Field(gt=0, le=65536)] | Literal["auto"] = Field(
+        256,
+        description="Examples per batch of the curvature products and the gradient; auto: the largest batch whose "
+        "first-order graph fits the device's cache budget (half its free memory), capped by the sample (the result's "
+        "solver.batch_size says which).",
+    )
     hvp: Literal["auto", "forward_over_reverse", "double_backward", "cached_double_backward", "compiled"] = Field(
         "auto",
         description="Hessian-vector product implementation; auto times each on the first batch and keeps the "

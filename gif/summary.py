@@ -108,6 +108,7 @@ def solver_summary(spec: JobSpec, solution: InfluenceSolution, hessian: HessianO
         hvp_method=hessian.method if hessian else None,
         hvp_trial_seconds={name: s for name, s in hessian.trial_seconds.items()} if hessian else {},  # noqa: C416
         hvp_cached_batches=hessian.cached_batches if hessian else 0,
+        batch_size=hessian.objective.batch_size if hessian else None,
         hvp_seconds=hessian.seconds if hessian else 0.0,
         hvp_compile_seconds=hessian.compile_seconds if hessian else 0.0,
         residual_history=solve.history[-200:],

@@ -8,6 +8,7 @@ from gif.curvature import (
     compile_repaid,
     curvature_kernels,
     estimated_compile_seconds,
+    fitting_batch_size,
     forward_operators,
 )
 from gif.data import Dataset
@@ -40,14 +41,29 @@ def test_every_hvp_matches_the_dense_hessian(objective, objective_hessian, metho
     assert op.count == 2
 
 
-def test_hvp_is_batch_size_invariant(tanh_mlp, digits_double):
+def test_hvp_is_batch_size_invariant(tanh_mlp, digits_double, monkeypatch):
     sample = digits_double.subset(torch.arange(300))
     v = torch.randn(1210, dtype=torch.float64)
-    products = [
-        HessianOperator(ModelObjective(tanh_mlp, [LossTerm(sample, 1 / 300)], batch_size=b))(v) for b in (7, 64, 300)
-    ]
-    assert torch.allclose(products[0], products[1], rtol=1e-10, atol=1e-12)
-    assert torch.allclose(products[0], products[2], rtol=1e-10, atol=1e-12)
+    objectives = [ModelObjective(tanh_mlp, [LossTerm(sample, 1 / 300)], batch_size=b) for b in (7, 64, 300)]
+    graph = objectives[-1].graph_bytes(*objectives[-1].batches[0])
+    for budget in (2 * graph, graph // 4):  # auto: the whole sample, then batches that fit half a quarter of its graph
+        monkeypatch.setenv("GIF_HVP_CACHE_BYTES", str(budget))
+        objectives.append(ModelObjective(tanh_mlp, [LossTerm(sample, 1 / 300)], batch_size="auto"))
+    assert objectives[-2].batch_size == 300 and 7 < objectives[-1].batch_size < 64
+    products = [HessianOperator(objective)(v) for objective in objectives]
+    for product in products[1:]:
+        assert torch.allclose(products[0], product, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_batches_are_the_largest_that_fit_half_the_budget_split_evenly():
+    def graph_bytes(n: int) -> int:  # 100 bytes of weights, 10 per example
+        return 100 + 10 * n
+
+    assert fitting_batch_size(300, graph_bytes, budget=graph_bytes(300)) == 300
+    assert fitting_batch_size(300, graph_bytes, budget=graph_bytes(300) - 1) == 100  # 144 fit half: three of 100
+    assert fitting_batch_size(300, graph_bytes, budget=2 * graph_bytes(70)) == 60  # 70 fit: five batches of 60
+    assert fitting_batch_size(300, graph_bytes, budget=1) == 1
+    assert fitting_batch_size(1, graph_bytes, budget=1) == 1
 
 
 def test_the_cache_keeps_as_many_first_order_graphs_as_fit(objective):

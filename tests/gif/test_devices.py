@@ -72,6 +72,16 @@ def test_an_edit_in_a_fresh_process_on_cuda_opens_the_device_before_reading_its_
     assert cuda_double.events() == [f"{os.getpid()} context"]
 
 
+def test_on_cuda_an_auto_product_batch_fits_the_free_memory_and_is_reported(cuda_double, monkeypatch):
+    """The double's GPU has 15.5 GiB free: the whole Hessian sample is one batch; a smaller cache budget cuts it."""
+    spec, model, data = tiny_removal()
+    solver = {"max_iterations": 2, "hessian_samples": 60, "batch_size": "auto"}
+    spec = spec.model_copy(update={"solver": spec.solver.model_validate(solver)})
+    assert run(spec, model, data, data, device="cuda").result.solver.batch_size == 60
+    monkeypatch.setenv("GIF_HVP_CACHE_BYTES", "1")
+    assert run(spec, model, data, data, device="cuda").result.solver.batch_size == 1
+
+
 def test_the_double_refuses_what_the_hardware_refuses(cuda_double):
     with pytest.raises(RuntimeError, match="Invalid device argument"):
         torch.cuda.reset_peak_memory_stats(0)  # the call that failed every GPU job

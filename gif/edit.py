@@ -535,8 +535,14 @@ def _chosen_by(job: EditJob, comparison: list[MethodComparison]) -> str:
     assert isinstance(policy, AutoStepPolicy), "the spec refuses a fixed step for several methods"
     where = "given" if policy.provided else "carved from the training data"
     scores = ", ".join(f"{c.method} {'–' if c.objective is None else f'{c.objective:.4g}'}" for c in comparison)
-    chosen = next(c.method for c in comparison if c.chosen)
+    chosen = next(c for c in comparison if c.chosen)
+    unchanged = (
+        "; it kept the unedited model (step 0): no method scored better than the original weights, which are returned"
+        if chosen.step.scale == 0
+        else ""
+    )
     return (
-        f"{chosen}: the highest validation objective of {len(comparison)} methods (the automatic step's objective on "
-        f"the validation data {where}, never the eval data; the first asked among equals): {scores}"
+        f"{chosen.method}: the highest validation objective of {len(comparison)} methods (the automatic step's "
+        f"objective on the validation data {where}, never the eval data; the first asked among equals): {scores}"
+        f"{unchanged}"
     )

@@ -51,6 +51,12 @@ def edit_result(
             "validation objective than the unedited model, which is returned unchanged; try other "
             "training.learning_rates or a larger training.epochs"
         )
+    if edit.training is None and edit.step.mode == "auto" and edit.step.scale == 0:
+        warnings.append(
+            f"no step along {spec.method}'s direction scored better on the validation objective than the unedited "
+            "model, which is returned unchanged; try another method (methods), a larger selection.ratio, or "
+            "validation data the model did not train on"
+        )
     selected_only = spec.training.selected_only
     if job.trains:
         criterion = spec.selection.criterion if selected_only else "all"

@@ -551,3 +551,13 @@ def test_a_listed_method_or_the_default_method_is_accepted():
     assert JobSpec.model_validate(spec.model_dump()).compared == ["first_order", "fine_tune"]  # stored and read back
     single = JobSpec.model_validate({"request": {"kind": "remove_class", "classes": [1]}, "method": "fif"})
     assert single.compared == ["fif"]
+
+
+def test_when_no_method_beats_the_unedited_model_the_choice_says_the_original_is_returned(digits_model):
+    model, train_data, validation, eval_data = digits_model
+    spec = compared(methods=["fine_tune", "neg_grad_plus"], training={"epochs": 1, "learning_rates": [1e-12]})
+    outcome = run(spec, model, train_data, eval_data, validation_data=validation)
+    result = outcome.result
+    assert result.comparison is not None and all(c.step.scale == 0.0 for c in result.comparison)
+    assert result.chosen_by is not None and "kept the unedited model" in result.chosen_by
+    assert all(torch.equal(outcome.state_dict[k], v) for k, v in model.state_dict().items())

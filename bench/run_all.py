@@ -32,6 +32,7 @@ EXPERIMENTS = (
     "bench.sample_sizes",
     "bench.step_plateau",
     "bench.unlearning",
+    "bench.backdoor_repair",
 )
 
 

@@ -105,7 +105,12 @@ Criterion = Literal["topk_outputs", "topk_gradients", "threshold", "random"]
 class SelectionSpec(_Strict):
     """Which output units (a Linear row or a Conv output channel, with fan-in and bias) may move."""
 
-    criterion: Criterion = "topk_outputs"
+    criterion: Criterion = Field(
+        "topk_outputs",
+        description="How units are ranked. Left out, a relabel selects by output gradients (topk_gradients): the units "
+        "that carry a backdoor are the ones its relabel loss moves, not the most active ones (bench/RESULTS.md "
+        "section 15); every other request by outputs.",
+    )
     ratio: float = Field(0.1, gt=0.0, le=1.0, description="Fraction of each Conv/Linear layer's parameters to select.")
     seed: int = 0
     threshold: float | None = Field(
@@ -363,6 +368,12 @@ class JobSpec(_Strict):
     retrain: RetrainSpec | None = None
     evaluation: EvaluationSpec = EvaluationSpec()
     durability: DurabilitySpec = DurabilitySpec()
+
+    @model_validator(mode="after")
+    def _relabel_selects_by_output_gradients(self) -> JobSpec:
+        if isinstance(self.request, Relabel) and "criterion" not in self.selection.model_fields_set:
+            self.selection = self.selection.model_copy(update={"criterion": "topk_gradients"})
+        return self
 
     @model_validator(mode="after")
     def _training_methods_search_their_learning_rate(self) -> JobSpec:

@@ -28,6 +28,7 @@ SECTIONS = (
     "sample-sizes",
     "step-plateau",
     "unlearning",
+    "backdoor-repair",
 )
 
 

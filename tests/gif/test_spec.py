@@ -69,3 +69,14 @@ def test_the_gauss_newton_curvature_takes_its_eager_or_compiled_product():
         assert SolverSpec(curvature="gauss_newton", hvp=hvp).hvp == hvp
     with pytest.raises(ValidationError, match="leave it auto or compiled"):
         SolverSpec(curvature="gauss_newton", hvp="cached_double_backward")
+
+
+def test_a_relabel_selects_by_output_gradients_unless_the_job_names_a_criterion():
+    relabel = {"kind": "relabel", "indices": [1, 2], "labels": [0, 0]}
+    chosen = JobSpec.model_validate({"request": relabel, "selection": {"seed": 3}})
+    assert chosen.selection.criterion == "topk_gradients"
+    assert JobSpec.model_validate(chosen.model_dump()).selection.criterion == "topk_gradients"  # a stored spec
+    named = JobSpec.model_validate({"request": relabel, "selection": {"criterion": "topk_outputs"}})
+    assert named.selection.criterion == "topk_outputs"
+    removal = JobSpec.model_validate({"request": {"kind": "remove_class", "classes": [1]}})
+    assert removal.selection.criterion == "topk_outputs"

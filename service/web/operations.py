@@ -223,7 +223,7 @@ async def complete_direct_upload(ctx: ServiceContext, owner: str, upload_id: str
         with ctx.artifacts.staging_file() as staged:
             await run_in_thread(
                 stage_source,
-                uploads.store,
+                uploads.require_s3(),
                 uploads.source(upload),
                 staged,
                 ctx.settings.max_upload_bytes,

@@ -163,22 +163,18 @@ class DirectUploads:
             )
         return self._store
 
-    @property
-    def store(self) -> S3ArtifactStore:
-        return self.require_s3()
-
     def _redis_key(self, upload_id: str) -> str:
         return f"{self.settings.key_prefix}:dataset-upload:{upload_id}"
 
     def start(self, owner: str, size_bytes: int, filename: str | None, classes: list[str] | None) -> DirectUpload:
         part_bytes = max(self.settings.direct_upload_part_bytes, -(-size_bytes // MAX_PARTS))
         upload_id = UPLOAD_ID_PREFIX + secrets.token_hex(10)
-        key = f"{self.store.prefix}incoming/{upload_id}"
+        key = f"{self.require_s3().prefix}incoming/{upload_id}"
         upload = DirectUpload(
             upload_id,
             owner,
             key,
-            self.store.start_multipart(key),
+            self.require_s3().start_multipart(key),
             size_bytes,
             part_bytes,
             filename,
@@ -199,14 +195,14 @@ class DirectUploads:
 
     def state(self, upload: DirectUpload) -> dict[str, Any]:
         """The upload as the client sees it: the parts S3 holds, and a fresh URL for each part still missing."""
-        done = self.store.uploaded_parts(upload.key, upload.s3_upload_id)
+        done = self.require_s3().uploaded_parts(upload.key, upload.s3_upload_id)
         if done is None:
             self.forget(upload)
             raise ServiceError("not-found", f"the dataset upload {upload.id} expired or was aborted")
         held = {p["number"] for p in done}
         expiry = max(1, int(upload.expires_at - time.time()))
         missing = [
-            {"number": n, "url": self.store.presign_part(upload.key, upload.s3_upload_id, n, expiry)}
+            {"number": n, "url": self.require_s3().presign_part(upload.key, upload.s3_upload_id, n, expiry)}
             for n in range(1, upload.part_count + 1)
             if n not in held
         ]
@@ -222,8 +218,8 @@ class DirectUploads:
 
     def assemble(self, upload: DirectUpload) -> None:
         """Complete the multipart upload once every part is there and their sizes add up to the declared size."""
-        done = self.store.uploaded_parts(upload.key, upload.s3_upload_id)
-        if done is None and self.store.object_size(self.store.bucket, upload.key) == upload.size_bytes:
+        done = self.require_s3().uploaded_parts(upload.key, upload.s3_upload_id)
+        if done is None and self.require_s3().object_size(self.require_s3().bucket, upload.key) == upload.size_bytes:
             return  # completed by an earlier call whose check then found the store unavailable: check it again
         if done is None:
             self.forget(upload)
@@ -237,13 +233,13 @@ class DirectUploads:
                 f"the upload is not complete: parts {missing[:20]} missing; {total} of {upload.size_bytes} bytes "
                 "received (GET the upload for the missing parts' URLs)",
             )
-        self.store.complete_multipart(upload.key, upload.s3_upload_id, sorted(done, key=lambda p: p["number"]))
+        self.require_s3().complete_multipart(upload.key, upload.s3_upload_id, sorted(done, key=lambda p: p["number"]))
 
     def source(self, upload: DirectUpload) -> DataSource:
-        return DataSource(self.store.bucket, upload.key)
+        return DataSource(self.require_s3().bucket, upload.key)
 
     def forget(self, upload: DirectUpload) -> None:
         """Drop every trace of the upload: its parts or object in the bucket and its record."""
-        self.store.abort_multipart(upload.key, upload.s3_upload_id)
-        self.store.delete_object(upload.key)
+        self.require_s3().abort_multipart(upload.key, upload.s3_upload_id)
+        self.require_s3().delete_object(upload.key)
         self.client.delete(self._redis_key(upload.id))

@@ -12,15 +12,13 @@ Run: python -m bench.sample [--seeds N] [--device auto|cpu|cuda|cuda:N]   (GIF_B
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 from typing import Any
 
 import torch
 
 from bench.report import QUICK, beside_results, markdown_table, write_section
-from bench.setups import SETUPS, add_device_argument, command, job_spec, prepare, random_samples, removal_of
+from bench.setups import SETUPS, command, job_spec, measure_seeds, prepare, random_samples, removal_of
 from gif.data import Dataset, split_indices
 from gif.edit import run
 
@@ -113,14 +111,7 @@ READING = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=1 if QUICK else 3)
-    add_device_argument(parser)
-    args = parser.parse_args()
-    runs = []
-    for seed in range(args.seeds):
-        runs.append(measure(seed, args.device))
-        SEEDS_FILE.write_text(json.dumps(runs, indent=1))
+    runs, device = measure_seeds(__doc__.splitlines()[0], measure, SEEDS_FILE, seeds=3)
     body = (
         "TinyNet / MNIST (8,000 training images), the product's defaults; each row uploads every example to remove plus "
         "the stated fraction of the others (*+ train_size*: the job says the whole set had 8,000). Metrics after the "
@@ -129,7 +120,7 @@ def main() -> None:
         f"Per-seed values: `{SEEDS_FILE.name}`.\n\n" + summary(runs) + "\n\n" + READING
     )
     write_section(
-        "sample", "11. A sample of the training set is enough (issue 22)", body, command("bench.sample", args.device)
+        "sample", "11. A sample of the training set is enough (issue 22)", body, command("bench.sample", device)
     )
 
 

@@ -282,6 +282,21 @@ def seeds_command_line(description: str, tasks: dict[str, Task]) -> argparse.Nam
     return args
 
 
+def measure_seeds(description: str, measure: Callable[[int, torch.device], Any], seeds_file: Path, seeds: int = 5):
+    """The entry point of an experiment measured seed by seed: ``--seeds N`` (1 in quick mode) and ``--device``; each
+    seed's values are written to ``seeds_file`` as soon as they are measured, so that an interrupted run keeps them.
+    Returns (the values of each seed, the device)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seeds", type=int, default=1 if QUICK else seeds, help="how many seeds")
+    add_device_argument(parser)
+    args = parser.parse_args()
+    runs: list[Any] = []
+    for seed in range(args.seeds):
+        runs.append(measure(seed, args.device))
+        seeds_file.write_text(json.dumps(runs, indent=1))
+    return runs, args.device
+
+
 def command(module: str, device: torch.device) -> str:
     """How a section was made, for its stamp: ``python -m MODULE``, with ``--device`` where it was not the CPU."""
     return f"python -m {module}" + (f" --device {device}" if device.type != "cpu" else "")

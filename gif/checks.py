@@ -106,7 +106,7 @@ def check_inputs(
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            output_shape: tuple[int, ...] | str = tuple(model.eval()(train.x[:1].to(device)).shape)
+            output_shape: tuple[int, ...] | str = tuple(model.eval()(train.inputs_at(slice(0, 1)).to(device)).shape)
     except RuntimeError as exc:
         output_shape = str(exc).splitlines()[0]
     data: dict[JobPart, DatasetSummary] = {"train": DatasetSummary.of(train)}

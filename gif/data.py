@@ -1,8 +1,9 @@
 """Tensor datasets: validation, the bundled real datasets and seeded splits (files are read by ``gif.io.datasets``).
 
-A dataset is ``x`` (N × sample shape) and ``y`` (N integer labels). Values are fed to the model
-as stored, with one conversion: ``uint8`` images become float32 in [0, 1] (divided by 255), as
-torchvision's ``ToTensor`` does. No other normalisation is applied.
+A dataset is ``x`` (N × sample shape) and ``y`` (N integer labels). ``x`` is held as stored (uint8 images take a
+quarter of float32's memory) and converted only a batch at a time, as the model is fed it: ``uint8`` images become
+float32 in [0, 1] (divided by 255), as torchvision's ``ToTensor`` does, then go through the model's input transform
+when it has one (``gif.models.transforms``), on the job's device. No other normalisation is applied.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import gzip
 import json
 import os
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -28,11 +29,21 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_ID_CHARS = 1024
 
 
+class Preprocessing(Protocol):
+    """A model's input transform (``gif.models.transforms.InputTransform``): float images in, the model's inputs out."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def output_shape(self, sample_shape: list[int]) -> list[int]: ...
+
+
 @dataclass(frozen=True)
 class Dataset:
-    x: torch.Tensor  # float32, N × sample shape
+    x: torch.Tensor  # as stored: uint8 images or float32, N × sample shape
     y: torch.Tensor  # int64, N
     ids: tuple[str, ...] | None = None  # the user's own name of each example, when the data carries them
+    preprocessing: Preprocessing | None = None  # the model's input transform, run on each batch as it is fed
+    device: torch.device | None = None  # where the model's inputs are made (the job's); None: where ``x`` is
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -43,24 +54,54 @@ class Dataset:
 
     @property
     def sample_shape(self) -> list[int]:
+        """One stored sample's shape."""
         return list(self.x.shape[1:])
+
+    @property
+    def input_shape(self) -> list[int]:
+        """One sample's shape as the model is fed it: after the input transform, if there is one."""
+        if self.preprocessing is None:
+            return self.sample_shape
+        return self.preprocessing.output_shape(self.sample_shape)
+
+    def fed(self, preprocessing: Preprocessing | None, device: torch.device) -> Dataset:
+        """This data with its inputs made on ``device`` and put through ``preprocessing`` batch by batch."""
+        return replace(self, preprocessing=preprocessing, device=device)
+
+    def inputs_at(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The model's inputs for the examples at ``index``. The stored values move to ``device`` first (uint8 is a
+        quarter of float32's bytes), then are converted and transformed there."""
+        x = self.x[index]
+        if self.device is not None:
+            x = x.to(self.device)
+        if x.dtype == torch.uint8:
+            # a tensor divisor (filled there, no copy from the host): CUDA multiplies by the reciprocal of a Python
+            # number, which can be a last bit off the CPU's quotient
+            x = x.float() / torch.full((), 255.0, device=x.device)
+        return self.preprocessing(x) if self.preprocessing is not None else x
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> Dataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         ids = tuple(self.ids[i] for i in idx.tolist()) if self.ids is not None else None
-        return Dataset(self.x[idx], self.y[idx], ids)
+        return replace(self, x=self.x[idx], y=self.y[idx], ids=ids)
 
     def split(self, mask: torch.Tensor) -> tuple[Dataset, Dataset]:
         """(the examples where ``mask`` holds, the others), each in the original order."""
         return self.subset(torch.nonzero(mask).flatten()), self.subset(torch.nonzero(~mask).flatten())
 
+    def with_labels(self, y: torch.Tensor) -> Dataset:
+        return replace(self, y=y)
+
     def relabelled(self, indices: Sequence[int], labels: Sequence[int]) -> Dataset:
         y = self.y.clone()
         y[torch.as_tensor(indices, dtype=torch.long)] = torch.as_tensor(labels, dtype=torch.long)
-        return Dataset(self.x, y, self.ids)
+        return self.with_labels(y)
 
-    def batches(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(self.x[i : i + batch_size], self.y[i : i + batch_size]) for i in range(0, len(self), batch_size)]
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(the model's inputs, labels) ``batch_size`` examples at a time, in order, each made only when reached; the
+        labels stay on the CPU."""
+        for start in range(0, len(self), batch_size):
+            yield self.inputs_at(slice(start, start + batch_size)), self.y[start : start + batch_size]
 
     def indices_of(self, ids: Sequence[str | int]) -> list[int]:
         """The positions of the examples with these ids (compared as text: 7 and "7" name one example)."""
@@ -114,22 +155,32 @@ def id_problems(ids: Sequence[object], num_samples: int) -> list[str]:
     return []
 
 
-def make_dataset(
+def stored_dataset(
     x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, ids: Sequence[str | int] | None = None
 ) -> Dataset:
-    """Validate and convert raw arrays; raise ``InvalidDatasetError`` listing every problem."""
+    """Validate raw arrays, raising ``InvalidDatasetError`` listing every problem, and hold them as stored: uint8
+    images stay uint8 (converted a batch at a time as the model is fed them), other floats become float32."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     problems = structure_problems(tuple(x.shape), x.dtype, y)
     if ids is not None and not problems:
         problems = id_problems(ids, int(y.shape[0]))
     if problems:
         raise InvalidDatasetError("invalid dataset", problems)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    x = x if x.dtype == torch.uint8 else x.float()
     y = y.long()
     problems = value_problems(bool(torch.isfinite(x).all()), y)
     if problems:
         raise InvalidDatasetError("invalid dataset", problems)
     return Dataset(x.contiguous(), y.contiguous(), tuple(str(i) for i in ids) if ids is not None else None)
+
+
+def make_dataset(
+    x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, ids: Sequence[str | int] | None = None
+) -> Dataset:
+    """``stored_dataset`` with uint8 images converted whole to float32 in [0, 1]: for the small bundled datasets,
+    whose pixels the demos and benchmarks work on as numbers (users' files are read as stored: ``gif.io.datasets``)."""
+    data = stored_dataset(x, y, ids)
+    return replace(data, x=data.x.float() / 255.0) if data.x.dtype == torch.uint8 else data
 
 
 # --- the real datasets bundled with the project's shared data -------------------------------------

@@ -42,11 +42,17 @@ MIA_MAX_PER_SIDE = 2000
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits for ``x`` in eval mode, batch by batch, on the model's device; returned on the CPU."""
+def predict(model: nn.Module, inputs: Dataset | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits in eval mode for a dataset's inputs (made as it is fed: ``Dataset.batches``) or for model-ready tensors,
+    batch by batch, on the model's device; returned on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    batches = (
+        (x for x, _ in inputs.batches(batch_size))
+        if isinstance(inputs, Dataset)
+        else (inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size))
+    )
+    return torch.cat([model(x.to(device)).float().cpu() for x in batches])
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -162,7 +168,7 @@ def measure(model: nn.Module, plan: EvaluationPlan) -> Measurement:
     """Every metric key, and accuracy per class from the same predictions (each dataset is predicted once)."""
 
     def logits(d: Dataset) -> torch.Tensor:
-        return predict(model, d.x, plan.batch_size)
+        return predict(model, d, plan.batch_size)
 
     affected_logits = logits(plan.affected)
     retain_logits = logits(plan.retain)

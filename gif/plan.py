@@ -61,7 +61,7 @@ class RequestPlan:
         if self.new_labels is None:
             return [LossTerm(data, weight)]
         position = torch.searchsorted(self.affected, sample)
-        return [LossTerm(data, weight), LossTerm(Dataset(data.x, self.new_labels[position]), -weight)]
+        return [LossTerm(data, weight), LossTerm(data.with_labels(self.new_labels[position]), -weight)]
 
     def edited_training_data(self, train: Dataset) -> Dataset:
         """The data a retrained model would see: the retained examples, or all of them relabelled."""

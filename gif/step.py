@@ -161,7 +161,7 @@ def request_objective(spec: JobSpec, step: AutoStep, model: nn.Module, data: Val
         return class_removal_objective
     if data.new_labels is not None:
         return relabel_objective
-    kept_logits = predict(model, data.kept.x, spec.evaluation.batch_size)
+    kept_logits = predict(model, data.kept, spec.evaluation.batch_size)
     target = step.target_loss if step.target_loss is not None else mean_loss(kept_logits, data.kept.y)
     return sample_removal_objective(target, accuracy(kept_logits, data.kept.y) - step.max_retain_accuracy_drop)
 

@@ -58,7 +58,7 @@ def train(model: nn.Module, data: Dataset, recipe: RetrainSpec, on_epoch: EpochC
     for epoch in range(recipe.epochs):
         for _ in range(steps_per_epoch):
             idx = next(batches)
-            x, y = data.x[idx].to(device), data.y[idx].to(device)
+            x, y = data.inputs_at(idx).to(device), data.y[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             optimizer.step()

@@ -48,7 +48,7 @@ from gif.spec import TrainingMethodSpec
 from gif.step import AutoStepPolicy
 from gif.training import shuffled_batches
 
-ForgetBatch = tuple[torch.Tensor, torch.Tensor, float]  # inputs, labels, sign of their loss: −1 ascends, +1 descends
+ForgetBatch = tuple[Dataset, float]  # examples as stored (fed when drawn), sign of their loss: −1 ascends, +1 descends
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class TrainingData:
 
     @property
     def forget_samples(self) -> int:
-        return sum(len(y) for _, y, sign in self.forget if sign < 0)
+        return sum(len(batch) for batch, sign in self.forget if sign < 0)
 
     @property
     def retain_samples(self) -> int:
@@ -93,7 +93,11 @@ def neg_grad_plus_data(
 ) -> TrainingData:
     """``validation``: the split carved from the training data (empty when held-out validation data is given)."""
     terms = plan.gradient_terms(train, gradient_pool(plan, validation))  # weight > 0: the removed data, or old labels
-    forget = [(x, y, -1.0 if term.weight > 0 else 1.0) for term in terms for x, y in term.data.batches(spec.batch_size)]
+    forget = [
+        (term.data.subset(range(start, min(start + spec.batch_size, len(term.data)))), -1.0 if term.weight > 0 else 1.0)
+        for term in terms
+        for start in range(0, len(term.data), spec.batch_size)
+    ]
     retain = train.subset(plan.retained) if spec.retain_weight > 0 else None
     return TrainingData(forget, retain, 1.0 - spec.retain_weight, spec.retain_weight, spec.batch_size)
 
@@ -198,13 +202,14 @@ def search_learning_rate(
                     loss = torch.zeros((), device=device)
                     if data.forget:
                         pick = int(torch.randint(len(data.forget), (1,), generator=forget_generator))
-                        x, y, sign = data.forget[pick]
-                        loss = (data.forget_weight * sign) * F.cross_entropy(model(x.to(device)), y.to(device))
+                        batch, sign = data.forget[pick]
+                        inputs, labels = batch.inputs_at(slice(None)).to(device), batch.y.to(device)
+                        loss = (data.forget_weight * sign) * F.cross_entropy(model(inputs), labels)
                     if retain is not None:
                         assert data.retain is not None
                         idx = next(retain)
                         batch_loss = F.cross_entropy(
-                            model(data.retain.x[idx].to(device)), data.retain.y[idx].to(device)
+                            model(data.retain.inputs_at(idx).to(device)), data.retain.y[idx].to(device)
                         )
                         loss = loss + data.retain_weight * batch_loss if data.forget else batch_loss
                     if not torch.isfinite(loss):
@@ -248,7 +253,7 @@ def policy_score(policy: AutoStepPolicy) -> Score:
 
     @torch.no_grad()
     def score(model: nn.Module) -> float:
-        return policy.objective(policy.data, lambda d: predict(model, d.x, policy.batch_size))
+        return policy.objective(policy.data, lambda d: predict(model, d, policy.batch_size))
 
     return score
 

@@ -229,5 +229,5 @@ def test_a_training_method_refuses_a_fixed_step():
 def test_training_data_counts_a_pass_over_what_it_learns_from():
     data = Dataset(torch.zeros(130, 2), torch.zeros(130, dtype=torch.long))
     assert TrainingData([], data, 0.0, 1.0, 64).steps_per_epoch == 3
-    forget = [(torch.zeros(5, 2), torch.zeros(5, dtype=torch.long), -1.0)] * 2
+    forget = [(data.subset(range(5)), -1.0)] * 2
     assert TrainingData(forget, data, 0.5, 0.5, 64).steps_per_epoch == 2

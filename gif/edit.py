@@ -208,8 +208,9 @@ def _within_memory(job: EditJob, device: torch.device, warnings: list[str]) -> W
                 f"{job.spec.method} ran out of memory on {device}; lower training.batch_size or evaluation.batch_size"
             ) from None  # leave the handler first, so that the failed attempt's tensors can be freed
     release_cached_memory(device)
+    batch_size = job.spec.solver.batch_size  # auto fits its batch to the cache, which the retry drops
     solver = job.spec.solver.model_copy(
-        update={"batch_size": max(1, job.spec.solver.batch_size // 2), "hvp": "double_backward"}
+        update={"batch_size": batch_size if batch_size == "auto" else max(1, batch_size // 2), "hvp": "double_backward"}
     )
     try:
         edit = _edit_weights(replace(job, spec=job.spec.model_copy(update={"solver": solver})))

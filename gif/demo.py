@@ -64,7 +64,7 @@ def write_image_demo(out: Path, seed: int = 0) -> list[Path]:
             folder.mkdir(parents=True, exist_ok=True)
             write_png(folder / f"{i:04d}.png", pixels[i, 0])
     model = reinitialised(build_model(IMAGES_ARCHITECTURE), seed)
-    fed = IMAGES_TRANSFORM.apply(data.subset(train_idx), torch.device("cpu"))
+    fed = data.subset(train_idx).fed(IMAGES_TRANSFORM, torch.device("cpu"))
     train(model, fed, IMAGES_RECIPE.model_copy(update={"seed": seed}))
     job = {
         "request": {"kind": "remove_class", "classes": [8]},

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gif.data import Dataset
 from gif.metrics import EvaluationPlan, Measurement, measure
 from gif.plan import RequestPlan
 from gif.result import Durability, DurabilityCheck
@@ -75,8 +76,7 @@ def with_int8_weights(model: nn.Module) -> nn.Module:
     return rounded.eval()
 
 
-def fine_tuned(model: nn.Module, plan: RequestPlan, train_x: torch.Tensor, train_y: torch.Tensor, steps: int, lr: float,
-               seed: int) -> nn.Module:  # fmt: skip
+def fine_tuned(model: nn.Module, plan: RequestPlan, train: Dataset, steps: int, lr: float, seed: int) -> nn.Module:
     """A copy trained ``steps`` SGD steps on the retained examples only (never the removed or relabelled ones)."""
     tuned = copy.deepcopy(model).train()
     device = next(tuned.parameters()).device
@@ -86,7 +86,7 @@ def fine_tuned(model: nn.Module, plan: RequestPlan, train_x: torch.Tensor, train
     for _ in range(steps):
         batch = retained[torch.randint(len(retained), (min(FINE_TUNE_BATCH, len(retained)),), generator=generator)]
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(tuned(train_x[batch].to(device)), train_y[batch].to(device)).backward()
+        F.cross_entropy(tuned(train.inputs_at(batch).to(device)), train.y[batch].to(device)).backward()
         optimizer.step()
     return tuned.eval()
 
@@ -131,7 +131,7 @@ def assess_durability(
 
 
 def probes_of(
-    spec: DurabilitySpec, plan: RequestPlan, train_x: torch.Tensor, train_y: torch.Tensor, lr: float, seed: int
+    spec: DurabilitySpec, plan: RequestPlan, train: Dataset, lr: float, seed: int
 ) -> dict[str, Callable[[nn.Module], nn.Module]]:
     """The checks a job asked for, by name, in the order they run."""
     probes: dict[str, Callable[[nn.Module], nn.Module]] = {}
@@ -142,6 +142,6 @@ def probes_of(
     if spec.fine_tune_steps:
         steps = spec.fine_tune_steps
         probes[f"fine_tune ({steps} steps)"] = lambda m: fine_tuned(
-            m, plan, train_x, train_y, steps, spec.fine_tune_lr or lr, seed
+            m, plan, train, steps, spec.fine_tune_lr or lr, seed
         )
     return probes

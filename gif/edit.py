@@ -162,7 +162,9 @@ def _train_weights(job: EditJob) -> WeightEdit:
         if job.spec.training.selected_only:
             selection = _select(job, _gradient_objective(job), full=False)
         else:
-            selection = every_parameter(job.original, job.train_data.x[:1].to(next(job.original.parameters()).device))
+            selection = every_parameter(
+                job.original, job.train_data.inputs_at(slice(0, 1)).to(next(job.original.parameters()).device)
+            )
         job.report("selection", 1.0)
     return train_edit(job, selection)
 
@@ -288,11 +290,9 @@ def _membership(job: EditJob, before: Measurement, after: Measurement, edited: n
     batch_size = job.spec.evaluation.batch_size
 
     def losses_of(model: nn.Module, measured: Measurement) -> MembershipLosses:
-        kept = example_losses(predict(model, kept_data.x, batch_size), kept_data.y)
+        kept = example_losses(predict(model, kept_data, batch_size), kept_data.y)
         like_removed = (
-            example_losses(predict(model, like_removed_data.x, batch_size), like_removed_data.y)
-            if class_level
-            else kept
+            example_losses(predict(model, like_removed_data, batch_size), like_removed_data.y) if class_level else kept
         )
         return MembershipLosses(measured.losses["affected"], like_removed, measured.losses["retain"], kept)
 
@@ -306,7 +306,7 @@ def _durability(
     spec = job.spec
     lr = spec.retrain.lr if spec.retrain is not None else DEFAULT_FINE_TUNE_LR
     train = job.train_data
-    probes = probes_of(spec.durability, job.plan, train.x, train.y, lr, spec.solver.seed)
+    probes = probes_of(spec.durability, job.plan, train, lr, spec.solver.seed)
     return assess_durability(edited, eval_plan, before, after, probes)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gif.data import Dataset, id_problems, make_dataset, structure_problems, value_problems
+from gif.data import Dataset, id_problems, stored_dataset, structure_problems, value_problems
 from gif.errors import InvalidDatasetError, TooLargeError
 from gif.io.files import (
     DeclaredSizeError,
@@ -71,7 +71,8 @@ def _class_names(metadata: dict[str, str]) -> list[str] | None:
 
 
 def read_dataset(path: str | Path) -> Dataset:
-    """A tensor file holding ``x`` and ``y`` (and ``ids``), or an image folder or archive, converted on the way."""
+    """A tensor file holding ``x`` and ``y`` (and ``ids``), or an image folder or archive converted to one; ``x`` is
+    held as stored (uint8 images stay uint8: ``gif.data``)."""
     if image_archive_kind(path) is not None:
         with tempfile.TemporaryDirectory() as scratch:
             converted = Path(scratch) / "images.safetensors"
@@ -83,7 +84,7 @@ def read_dataset(path: str | Path) -> Dataset:
     except TensorFileError as exc:
         raise InvalidDatasetError(str(exc)) from None
     _require_x_and_y(tensors)
-    return make_dataset(tensors["x"], tensors["y"], _ids(tensors.get("ids"), metadata))
+    return stored_dataset(tensors["x"], tensors["y"], _ids(tensors.get("ids"), metadata))
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ class DatasetSummary:
 
     @classmethod
     def of(cls, data: Dataset) -> DatasetSummary:
+        """The engine's summary: its sample shape is what the model is fed, after its input transform."""
         counts = torch.bincount(data.y).tolist()
-        return cls(len(data), data.num_classes, data.sample_shape, counts, data.ids is not None)
+        return cls(len(data), data.num_classes, data.input_shape, counts, data.ids is not None)
 
 
 def summarize_dataset(path: str | Path, max_bytes: int = 1 << 40) -> DatasetSummary:

@@ -1,10 +1,11 @@
 """A model's input preprocessing, declared with its upload in torchvision's preset vocabulary and applied by the engine.
 
 Users train with ``Resize(256) → CenterCrop(224) → ToTensor() → Normalize(mean, std)`` and hold their data as
-images; the service stores images as uint8 (``gif.io.images``), read as float32 in [0, 1] like ``ToTensor``. An
-``InputTransform`` replays the rest, on the job's device and a batch at a time: the channel count (grayscale ↔ RGB,
-as torchvision's ``Grayscale``/``rgb_to_grayscale``), the resize of the shorter side (bilinear with antialiasing,
-torchvision's default for tensors), the centre crop and the normalisation. Its output shape is known from the input
+images; the service stores images as uint8 (``gif.io.images``), fed as float32 in [0, 1] like ``ToTensor``. An
+``InputTransform`` replays the rest, on the job's device and a batch at a time as the model is fed
+(``gif.data.Dataset.inputs_at``): the channel count (grayscale ↔ RGB, as torchvision's
+``Grayscale``/``rgb_to_grayscale``), the resize of the shorter side (bilinear with antialiasing, torchvision's default
+for tensors), the centre crop and the normalisation. Its output shape is known from the input
 shape alone, so the API checks a job against its model before anything runs.
 """
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from gif import devices
 from gif.data import Dataset
 from gif.errors import InvalidDatasetError
 
@@ -94,26 +96,23 @@ class InputTransform(BaseModel):
             x = (x - mean) / std
         return x.contiguous()
 
-    def apply(self, data: Dataset, device: torch.device, batch_size: int = 256) -> Dataset:
-        """``data`` transformed on ``device`` a batch at a time, kept on the CPU (the engine moves its batches)."""
-        out = [self(x.to(device)).cpu() for x, _ in data.batches(batch_size)]
-        return Dataset(torch.cat(out), data.y, data.ids)
-
 
 def apply_input_transform(
     datasets: dict[str, Dataset], declared: dict[str, Any] | InputTransform | None, device: torch.device
 ) -> dict[str, Dataset]:
-    """Every dataset of a job as its model is fed it: transformed by the model's ``declared`` preprocessing (as
-    recorded with the model, or given to ``gif edit``), or as it is without one."""
-    if declared is None:
-        return datasets
-    transform = InputTransform.model_validate(declared)
-    for role, data in datasets.items():
-        try:
-            transform.output_shape(data.sample_shape)
-        except ValueError as exc:
-            raise InvalidDatasetError(f"the model's input transform cannot take the {role} data: {exc}") from None
-    return {role: transform.apply(data, device) for role, data in datasets.items()}
+    """Every dataset of a job as its model is fed it, a batch at a time on ``device``: through the model's
+    ``declared`` preprocessing (as recorded with the model, or given to ``gif edit``), or as it is without one. Nothing
+    is transformed here: a transformed copy of the whole data would take far more memory than its uint8 images."""
+    transform = None
+    if declared is not None:
+        transform = InputTransform.model_validate(declared)
+        for role, data in datasets.items():
+            try:
+                transform.output_shape(data.sample_shape)
+            except ValueError as exc:
+                raise InvalidDatasetError(f"the model's input transform cannot take the {role} data: {exc}") from None
+    where = devices.tensor_device(device)  # through the module: the CPU tests' CUDA double maps it to the CPU
+    return {role: data.fed(transform, where) for role, data in datasets.items()}
 
 
 def _resized(height: int, width: int, shorter: int) -> tuple[int, int]:

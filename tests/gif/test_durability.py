@@ -51,7 +51,7 @@ def test_the_fine_tune_never_sees_the_removed_examples_and_leaves_the_model_alon
     plan = RequestPlan.of(RemoveSamples(indices=[3, 7]), data)
     model = small_net()
     kept = copy.deepcopy(model.state_dict())
-    tuned = fine_tuned(model, plan, data.x, data.y, steps=5, lr=0.1, seed=0)
+    tuned = fine_tuned(model, plan, data, steps=5, lr=0.1, seed=0)
     assert all(torch.isfinite(p).all() for p in tuned.parameters())
     assert not torch.equal(tuned[3].weight, model[3].weight)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in kept.items())
@@ -78,6 +78,6 @@ def test_what_comes_back_is_measured_against_what_the_edit_took_away():
 def test_the_checks_run_are_the_ones_asked_for():
     data = Dataset(torch.rand(6, 1, 6, 6), torch.arange(6) % 3)
     plan = RequestPlan.of(RemoveSamples(indices=[1]), data)
-    assert list(probes_of(DurabilitySpec(), plan, data.x, data.y, 0.01, 0)) == ["bf16", "int8"]
+    assert list(probes_of(DurabilitySpec(), plan, data, 0.01, 0)) == ["bf16", "int8"]
     spec = DurabilitySpec(bf16=False, int8=False, fine_tune_steps=50)
-    assert list(probes_of(spec, plan, data.x, data.y, 0.01, 0)) == ["fine_tune (50 steps)"]
+    assert list(probes_of(spec, plan, data, 0.01, 0)) == ["fine_tune (50 steps)"]

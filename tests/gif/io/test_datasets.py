@@ -19,7 +19,7 @@ def test_files_roundtrip_safetensors_and_npz(tmp_path):
     y = np.array([0, 1, 2, 1, 0], dtype=np.int32)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     from_npz = read_dataset(tmp_path / "d.npz")
-    assert from_npz.x.dtype == torch.float32 and torch.allclose(from_npz.x * 255, torch.from_numpy(x).float())
+    assert from_npz.x.dtype == torch.uint8 and torch.equal(from_npz.x, torch.from_numpy(x))  # kept as stored
     assert from_npz.y.dtype == torch.int64
     from_npz.save(tmp_path / "d.safetensors")
     again = read_dataset(tmp_path / "d.safetensors")

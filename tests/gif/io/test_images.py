@@ -59,7 +59,7 @@ def folder_images():
 
 def expected_tensors(images: dict[str, np.ndarray], classes: list[str]):
     order = sorted(images, key=lambda name: (classes.index(name.split("/")[0]), name.split("/")[1]))
-    x = torch.stack([torch.from_numpy(images[name]).permute(2, 0, 1) for name in order]).float() / 255
+    x = torch.stack([torch.from_numpy(images[name]).permute(2, 0, 1) for name in order])  # uint8, as stored
     return order, x, torch.tensor([classes.index(name.split("/")[0]) for name in order])
 
 
@@ -106,7 +106,7 @@ def test_grayscale_keeps_one_channel_and_a_mixed_dataset_becomes_colour(tmp_path
     write_zip(tmp_path / "m.zip", mixed)
     data = read_dataset(tmp_path / "m.zip")
     assert data.x.shape == (3, 3, 6, 5)
-    first = torch.from_numpy(grays["a/1.png"]).float() / 255
+    first = torch.from_numpy(grays["a/1.png"])
     assert all(torch.equal(data.x[0, c], first) for c in range(3))
 
 
@@ -124,7 +124,7 @@ def test_webdataset_shards_pair_images_with_their_labels_in_archive_order(tmp_pa
     data = read_dataset(tmp_path / "shard.tar")
     assert data.ids == ("s/000009", "s/000002", "s/000005")
     assert torch.equal(data.y, torch.tensor([4, 1, 0]))
-    assert torch.equal(data.x[1], torch.from_numpy(pixels[1]).permute(2, 0, 1).float() / 255)
+    assert torch.equal(data.x[1], torch.from_numpy(pixels[1]).permute(2, 0, 1))
     assert convert_images(tmp_path / "shard.tar", tmp_path / "s.safetensors").source == "webdataset"
 
 

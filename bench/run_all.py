@@ -33,6 +33,7 @@ EXPERIMENTS = (
     "bench.step_plateau",
     "bench.unlearning",
     "bench.backdoor_repair",
+    "bench.transform_memory",
 )
 
 

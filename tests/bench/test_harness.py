@@ -29,6 +29,7 @@ SECTIONS = (
     "step-plateau",
     "unlearning",
     "backdoor-repair",
+    "transform-memory",
 )
 
 

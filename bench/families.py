@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from bench.report import BENCH_DIR, QUICK, device_description, host_description, markdown_table, report_file
-from bench.setups import HVP_IMPLEMENTATIONS, add_device_argument, hvp_row
+from bench.setups import PRODUCT_COLUMNS, add_device_argument, hvp_row
 from gif.data import Dataset
 from gif.edit import run
 from gif.io.programs import load_program
@@ -116,7 +116,7 @@ Inputs: {SHAPE[1]}×{SHAPE[2]} RGB, {CLASSES} classes, random weights (speed doe
 
 ## 1. One Hessian-vector product against one forward+backward of the same batch (best of 3 after a warm-up)
 
-{markdown_table(["model", "batch", "forward+backward ms", *HVP_IMPLEMENTATIONS, "auto (its choice: ratio)"], hvp_rows)}
+{markdown_table(["model", "batch", "forward+backward ms", *PRODUCT_COLUMNS], hvp_rows)}
 
 ## 2. A class removal at the default sample sizes ({EDIT_SAMPLES} training samples; Hessian 512, gradient 256;
 Top-k outputs 10%; CG, {EDIT_ITERATIONS} iterations; auto step; evaluation on the training data)

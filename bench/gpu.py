@@ -41,7 +41,7 @@ import torchvision
 from gif_client import Client
 
 from bench.report import QUICK, device_description, host_description, markdown_table, report_file
-from bench.setups import HVP_IMPLEMENTATIONS, HVP_REPEATS, add_device_argument, hvp_row
+from bench.setups import HVP_REPEATS, PRODUCT_COLUMNS, add_device_argument, hvp_row
 from bench.stack import RESTARTED, demo_body, in_process, launched, start_stack, wait_for_job
 from gif.demo import write_demo_assets
 from gif.models.registry import build_model
@@ -150,7 +150,7 @@ def healing(workdir: Path, device: torch.device) -> dict[str, float]:
 
 
 def hvp_section(rows: list[list[object]]) -> str:
-    return f"""{markdown_table(["model", "batch", "forward+backward ms", *HVP_IMPLEMENTATIONS, "auto (its choice: ratio)"], rows)}
+    return f"""{markdown_table(["model", "batch", "forward+backward ms", *PRODUCT_COLUMNS], rows)}
 
 Targets (issue 8): ≤ 2.5× on CUDA for VGG-11, ResNet-18 and ViT-B/16; ≤ 3× on the CPU for TinyNet and ResNet-18.
 `auto` times one product of each implementation on the first batch and keeps the fastest; the cache

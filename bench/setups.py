@@ -26,7 +26,7 @@ from torch import nn
 
 from bench.datasets import checkerboard_trigger, load_cifar10, poison
 from bench.report import BENCH_DIR, QUICK, best_of
-from gif.curvature import HessianOperator, HvpMethod, LossTerm, ModelObjective
+from gif.curvature import Curvature, HessianOperator, HvpMethod, LossTerm, ModelObjective
 from gif.data import Dataset, load_mnist, split_indices
 from gif.devices import resolve_device
 from gif.errors import InvalidSpecError
@@ -342,14 +342,17 @@ SEEDS_SUITE = {
 # --- one Hessian-vector product against one forward+backward ----------------------------------------
 
 HVP_IMPLEMENTATIONS: tuple[HvpMethod, ...] = ("cached_double_backward", "double_backward", "forward_over_reverse")
+# The columns of an hvp_row after the forward+backward: each Hessian product, auto's, and the Gauss-Newton product.
+PRODUCT_COLUMNS = (*HVP_IMPLEMENTATIONS, "auto (its choice: ratio)", "Gauss-Newton (its product: ratio)")
 HVP_REPEATS = 3
 
 
 def hvp_row(
     name: str, model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device
 ) -> list[object]:
-    """One table row: forward+backward milliseconds, each implementation's ratio, and auto's choice and ratio (best
-    of ``HVP_REPEATS`` after a warm-up, synchronised on CUDA)."""
+    """One table row (``PRODUCT_COLUMNS``): forward+backward milliseconds, each implementation's ratio, auto's choice
+    and ratio, and the Gauss-Newton product's (``solver.curvature: gauss_newton``; best of ``HVP_REPEATS`` after a
+    warm-up, synchronised on CUDA)."""
     torch.manual_seed(0)
     model = model.to(device).eval()
     x, y = torch.rand(batch, *shape, device=device), torch.randint(0, 10, (batch,), device=device)
@@ -362,14 +365,17 @@ def hvp_row(
     model.zero_grad(set_to_none=True)
     objective = ModelObjective(model, [LossTerm(Dataset(x, y), 1 / batch)], batch_size=batch)
     ratios = {}
-    for method in (*HVP_IMPLEMENTATIONS, "auto"):
+    products: list[tuple[HvpMethod, Curvature]] = [(method, "hessian") for method in (*HVP_IMPLEMENTATIONS, "auto")]
+    products.append(("auto", "gauss_newton"))
+    for method, curvature in products:
+        key = f"{method} {curvature}"
         try:
-            operator = HessianOperator(objective, method=method)
+            operator = HessianOperator(objective, method=method, curvature=curvature)
             v = torch.randn(operator.size, device=device)
             ratio = best_of(lambda: operator(v), HVP_REPEATS, device) / fb
-            ratios[method] = f"{operator.method}: **{ratio:.2f}×**" if method == "auto" else f"{ratio:.2f}×"
+            ratios[key] = f"{operator.method}: **{ratio:.2f}×**" if method == "auto" else f"{ratio:.2f}×"
         except (RuntimeError, NotImplementedError) as exc:
-            ratios[method] = f"fails ({str(exc).splitlines()[0][:60]})"
+            ratios[key] = f"fails ({str(exc).splitlines()[0][:60]})"
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return [name, batch, f"{fb * 1000:.1f}", *ratios.values()]

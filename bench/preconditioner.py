@@ -37,7 +37,7 @@ from unittest import mock
 
 import torch
 
-from bench.report import QUICK, beside_results, markdown_table, write_section
+from bench.report import QUICK, beside_results, first_reaching, markdown_table, reaching, write_section
 from bench.setups import SEEDS_SUITE, SETUPS, Task, add_device_argument, command, prepare
 from gif import influence
 from gif.curvature import HessianOperator
@@ -170,16 +170,6 @@ def measure(task: Task, device: torch.device) -> dict[str, Any]:
         "cosines": {name: cosine for name, (_, cosine) in solves.items()},
         "columns": int(seen["cols"].sum()),
     }
-
-
-def reaching(curve: Curve, threshold: float) -> int | None:
-    """The products after which the residual first reaches ``threshold`` (None: not within the solve)."""
-    return next((products for products, residual in curve if residual <= threshold), None)
-
-
-def first_reaching(curve: Curve, threshold: float) -> str:
-    products = reaching(curve, threshold)
-    return f"> {curve[-1][0]}" if products is None else str(products)
 
 
 def verdict(results: dict[str, dict[str, Any]]) -> str:

@@ -158,3 +158,15 @@ def kept_sections(path: Path) -> str:
     """The ``write_section`` sections of ``path``, for a report that rewrites the rest of the file around them."""
     text = path.read_text() if path.exists() else ""
     return "".join(re.findall(r"<!-- section:.*?<!-- end:[^>]*-->\n", text, re.S))
+
+
+def reaching(curve: list[tuple[int, float]], threshold: float) -> int | None:
+    """The products after which a solve's residual curve ((products, residual), in order) first reaches ``threshold``
+    (None: not within the solve)."""
+    return next((products for products, residual in curve if residual <= threshold), None)
+
+
+def first_reaching(curve: list[tuple[int, float]], threshold: float) -> str:
+    """``reaching`` as a table cell: "> N" where the curve of N products never reached it."""
+    products = reaching(curve, threshold)
+    return f"> {curve[-1][0]}" if products is None else str(products)

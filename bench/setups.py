@@ -282,7 +282,9 @@ def seeds_command_line(description: str, tasks: dict[str, Task]) -> argparse.Nam
     return args
 
 
-def measure_seeds(description: str, measure: Callable[[int, torch.device], Any], seeds_file: Path, seeds: int = 5):
+def measure_seeds(
+    description: str, measure: Callable[[int, torch.device], Any], seeds_file: Path, seeds: int = 5
+) -> tuple[list[Any], torch.device]:
     """The entry point of an experiment measured seed by seed: ``--seeds N`` (1 in quick mode) and ``--device``; each
     seed's values are written to ``seeds_file`` as soon as they are measured, so that an interrupted run keeps them.
     Returns (the values of each seed, the device)."""

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from bench.baselines import FINETUNE_EPOCHS, fine_tune, gradient_ascent
-from bench.report import QUICK, beside_results, machine, markdown_table, mean_std, pyplot, write_section
+from bench.report import QUICK, beside_results, first_reaching, machine, markdown_table, mean_std, pyplot, write_section
 from bench.setups import QUICK_JOB, SEEDS_SUITE, SETUPS, Prepared, Task, command, prepare, seeds_command_line
 from gif.edit import run
 from gif.metrics import EvaluationPlan, measure
@@ -101,10 +101,6 @@ def solve_curve(task: Task, prepared: Prepared, kind: str, device: torch.device)
     attack = prepared.extras.get("triggered_test")
     result = run(job, prepared.model, prepared.train, prepared.test, attack_data=attack, device=device).result
     return [(1 + 2 * (i + 1), r) for i, r in enumerate(result.solver.residual_history)]  # Aᵀb, then 2 per iteration
-
-
-def first_reaching(curve: list[tuple[int, float]], threshold: float) -> str:
-    return next((str(hvps) for hvps, residual in curve if residual <= threshold), f"> {curve[-1][0]}")
 
 
 def plot_curves(task: str, curves: dict[str, list[tuple[int, float]]]) -> None:

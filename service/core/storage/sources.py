@@ -169,12 +169,13 @@ class DirectUploads:
     def start(self, owner: str, size_bytes: int, filename: str | None, classes: list[str] | None) -> DirectUpload:
         part_bytes = max(self.settings.direct_upload_part_bytes, -(-size_bytes // MAX_PARTS))
         upload_id = UPLOAD_ID_PREFIX + secrets.token_hex(10)
-        key = f"{self.require_s3().prefix}incoming/{upload_id}"
+        store = self.require_s3()
+        key = f"{store.prefix}incoming/{upload_id}"
         upload = DirectUpload(
             upload_id,
             owner,
             key,
-            self.require_s3().start_multipart(key),
+            store.start_multipart(key),
             size_bytes,
             part_bytes,
             filename,
@@ -195,14 +196,15 @@ class DirectUploads:
 
     def state(self, upload: DirectUpload) -> dict[str, Any]:
         """The upload as the client sees it: the parts S3 holds, and a fresh URL for each part still missing."""
-        done = self.require_s3().uploaded_parts(upload.key, upload.s3_upload_id)
+        store = self.require_s3()
+        done = store.uploaded_parts(upload.key, upload.s3_upload_id)
         if done is None:
             self.forget(upload)
             raise ServiceError("not-found", f"the dataset upload {upload.id} expired or was aborted")
         held = {p["number"] for p in done}
         expiry = max(1, int(upload.expires_at - time.time()))
         missing = [
-            {"number": n, "url": self.require_s3().presign_part(upload.key, upload.s3_upload_id, n, expiry)}
+            {"number": n, "url": store.presign_part(upload.key, upload.s3_upload_id, n, expiry)}
             for n in range(1, upload.part_count + 1)
             if n not in held
         ]
@@ -218,8 +220,9 @@ class DirectUploads:
 
     def assemble(self, upload: DirectUpload) -> None:
         """Complete the multipart upload once every part is there and their sizes add up to the declared size."""
-        done = self.require_s3().uploaded_parts(upload.key, upload.s3_upload_id)
-        if done is None and self.require_s3().object_size(self.require_s3().bucket, upload.key) == upload.size_bytes:
+        store = self.require_s3()
+        done = store.uploaded_parts(upload.key, upload.s3_upload_id)
+        if done is None and store.object_size(store.bucket, upload.key) == upload.size_bytes:
             return  # completed by an earlier call whose check then found the store unavailable: check it again
         if done is None:
             self.forget(upload)
@@ -233,13 +236,14 @@ class DirectUploads:
                 f"the upload is not complete: parts {missing[:20]} missing; {total} of {upload.size_bytes} bytes "
                 "received (GET the upload for the missing parts' URLs)",
             )
-        self.require_s3().complete_multipart(upload.key, upload.s3_upload_id, sorted(done, key=lambda p: p["number"]))
+        store.complete_multipart(upload.key, upload.s3_upload_id, sorted(done, key=lambda p: p["number"]))
 
     def source(self, upload: DirectUpload) -> DataSource:
         return DataSource(self.require_s3().bucket, upload.key)
 
     def forget(self, upload: DirectUpload) -> None:
         """Drop every trace of the upload: its parts or object in the bucket and its record."""
-        self.require_s3().abort_multipart(upload.key, upload.s3_upload_id)
-        self.require_s3().delete_object(upload.key)
+        store = self.require_s3()
+        store.abort_multipart(upload.key, upload.s3_upload_id)
+        store.delete_object(upload.key)
         self.client.delete(self._redis_key(upload.id))

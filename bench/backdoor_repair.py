@@ -43,8 +43,8 @@ from bench.setups import (
     QUICK_JOB,
     QUICK_SOLVER,
     SEEDS_SUITE,
-    SETUPS,
     Prepared,
+    Setup,
     command,
     measure_seeds,
     prepare,
@@ -103,9 +103,9 @@ def job_spec(request: dict, seed: int, fields: dict[str, Any]) -> JobSpec:
     )
 
 
-def one_seed(seed: int, device: torch.device) -> dict[str, dict[str, Any]]:
+def one_seed(setup: Setup, seed: int, device: torch.device) -> dict[str, dict[str, Any]]:
     """Each method's metrics after its edit (and the poisoned model's), and the solving methods' lines."""
-    prepared = prepare(SETUPS[TASK.setup], seed)
+    prepared = prepare(setup, seed)
     request = TASK.request(prepared)
     rows: dict[str, dict[str, Any]] = {}
     for name, fields in list(METHODS.items())[: 2 if QUICK else None]:
@@ -236,7 +236,7 @@ def section(runs: list[dict[str, dict[str, Any]]]) -> str:
 
 
 def main() -> None:
-    runs, device = measure_seeds(__doc__.splitlines()[0], one_seed, SEEDS_FILE)
+    runs, device, _ = measure_seeds(__doc__.splitlines()[0], one_seed, {TASK.setup: SEEDS_FILE})
     plot(runs)
     write_section(
         "backdoor-repair",

@@ -4,21 +4,23 @@ A user's training set is larger than anything one would upload; GIF needs the ex
 and validation data. Here the same edit of the same model runs on uploads that hold every example to remove plus a
 seeded fraction (5%, 10%, 25%, 100%) of the others, with ``train_size`` given (the whole set's size, so the
 coefficient c = removed / retained counts the whole set) and not (c from the upload alone). Quality is measured on the
-same held-out test data in every run. Tasks: TinyNet / MNIST (8k) removing class 3, and removing 10% of the training
-samples drawn at random (seed 7).
+same held-out test data in every run. Setups (``--setup``): TinyNet / MNIST (8k) and VGG-11 / CIFAR-10 (4k); tasks:
+removing class 3, and removing 10% of the training samples drawn at random (seed 7).
 
-Run: python -m bench.sample [--seeds N] [--device auto|cpu|cuda|cuda:N]   (GIF_BENCH_QUICK=1: the quick sizes)
+Run: python -m bench.sample [--setup tinynet-mnist|vgg11-cifar] [--seeds N] [--device auto|cpu|cuda|cuda:N]
+     (--seeds 0 rewrites the section from the stored values; GIF_BENCH_QUICK=1: the quick sizes)
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from typing import Any
 
 import torch
 
 from bench.report import QUICK, beside_results, markdown_table, write_section
-from bench.setups import SETUPS, command, job_spec, measure_seeds, prepare, random_samples, removal_of
+from bench.setups import SETUPS, Setup, command, job_spec, measure_seeds, prepare, random_samples, removal_of
 from gif.data import Dataset, split_indices
 from gif.edit import run
 
@@ -29,7 +31,16 @@ TASKS = (
     else {"class removal": removal_of(3), "10% random samples": random_samples}
 )
 KEYS = ("forget_test_accuracy", "forget_accuracy", "test_accuracy", "score")
-SEEDS_FILE = beside_results("sample.quick.json" if QUICK else "sample_seeds.json")
+# Per setup (``--setup``), where its per-seed values are kept.
+SEEDS_FILES = {
+    "tinynet-mnist": beside_results("sample.quick.json" if QUICK else "sample_seeds.json"),
+    "vgg11-cifar": beside_results("sample_vgg11.quick.json" if QUICK else "sample_vgg11_seeds.json"),
+}
+# What each setup is, for the report.
+DESCRIPTIONS = {
+    "tinynet-mnist": "TinyNet / MNIST (8,000 training images, the 15-epoch recipe)",
+    "vgg11-cifar": "VGG-11 / CIFAR-10 (the 4,000-image subset, the 15-epoch recipe)",
+}
 
 
 def upload_of(train: Dataset, affected: torch.Tensor, fraction: float, seed: int) -> tuple[Dataset, dict[str, Any]]:
@@ -42,8 +53,8 @@ def upload_of(train: Dataset, affected: torch.Tensor, fraction: float, seed: int
     return train.subset(chosen), {"indices": [position[int(i)] for i in affected.tolist()]}
 
 
-def measure(seed: int, device: torch.device) -> dict[str, dict[str, dict[str, float]]]:
-    prepared = prepare(SETUPS["tinynet-mnist"], seed)
+def measure(setup: Setup, seed: int, device: torch.device) -> dict[str, dict[str, dict[str, float]]]:
+    prepared = prepare(setup, seed)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for task_name, request_of in TASKS.items():
         request = request_of(prepared)
@@ -74,7 +85,7 @@ def measure(seed: int, device: torch.device) -> dict[str, dict[str, dict[str, fl
                     else float("nan"),
                     **{k: after[k] for k in KEYS if after.get(k) is not None},
                 }
-                print(task_name, label, rows[task_name][label], flush=True)
+                print(setup.name, task_name, label, rows[task_name][label], flush=True)
     return rows
 
 
@@ -100,27 +111,57 @@ def summary(runs: list[dict[str, Any]]) -> str:
 
 
 READING = (
-    "How to read it: with the automatic step (the default) *train_size* changes the coefficient c but not the edit: "
-    "c scales the gradient g, so the solved Δ, and the step search rescales Δ to the same validation objective; the "
-    "rows with and without it agree to the last digit. It matters for a fixed step (`step.scale` multiplies c·Δ) and "
-    "for the reported coefficient. What the fraction changes is the Hessian sample (at most the retained examples "
-    "uploaded), the carved validation split and the retained examples the metrics and the membership test see. "
-    "*seconds*: the edit's wall time on the shared 2-core machine (noisy). VGG-11 / CIFAR-10 is not measured here: "
-    "its edits take most of an hour each on 2 cores."
+    "How to read it: with the automatic step (the default) *train_size* changes the coefficient c and hardly the "
+    "edit: c scales the gradient g, so the solved Δ, and the step search rescales Δ to the same validation objective "
+    "(the largest difference each setup's rows with and without it show is under its tables). It matters for a fixed "
+    "step (`step.scale` multiplies c·Δ) and for the reported coefficient. What the fraction changes is the Hessian "
+    "sample (at most the retained examples uploaded), the carved validation split and the retained examples the "
+    "metrics and the membership test see. *seconds*: the edit's wall time on the shared 2-core machine (noisy)."
 )
 
 
-def main() -> None:
-    runs, device = measure_seeds(__doc__.splitlines()[0], measure, SEEDS_FILE, seeds=3)
-    body = (
-        "TinyNet / MNIST (8,000 training images), the product's defaults; each row uploads every example to remove plus "
-        "the stated fraction of the others (*+ train_size*: the job says the whole set had 8,000). Metrics after the "
-        f"edit on the same 2,000 held-out images, mean ± standard deviation over {len(runs)} seed(s) (model, sample and "
-        "job seeds); *membership_auc*: the removed examples against held-out ones (0.5: indistinguishable). "
-        f"Per-seed values: `{SEEDS_FILE.name}`.\n\n" + summary(runs) + "\n\n" + READING
+def train_size_effect(runs: list[dict[str, Any]]) -> str:
+    """The largest difference of a metric between the rows with ``train_size`` and without, over seeds and tasks."""
+    differences = [
+        abs(rows[label][key] - rows[label.removesuffix(" + train_size")][key])
+        for run_ in runs
+        for rows in run_.values()
+        for label in rows
+        if label.endswith(" + train_size")
+        for key in (*KEYS, "membership_auc")
+        if key in rows[label]
+    ]
+    return f"Largest difference between a row with *train_size* and the same upload without it: {max(differences):.4f}."
+
+
+def setup_part(setup: Setup, runs: list[dict[str, Any]]) -> str:
+    """One setup's tables, with what its rows are."""
+    whole = runs[0]["class removal"]["100%"]["uploaded"]
+    return (
+        f"### {DESCRIPTIONS[setup.name]}\n\nThe product's defaults with the bench solver sizes; each row uploads every "
+        "example to remove plus the stated fraction of the others (*+ train_size*: the job says the whole set had "
+        f"{whole:,}). Metrics after the edit on the same held-out images in every row, mean ± standard "
+        f"deviation over {len(runs)} seed(s) (model, sample and job seeds); *membership_auc*: the removed examples "
+        f"against held-out ones (0.5: indistinguishable). Measured by `python -m bench.sample --setup {setup.name} "
+        f"--seeds {len(runs)}`; per-seed values: `{SEEDS_FILES[setup.name].name}`.\n\n"
+        + summary(runs)
+        + "\n\n"
+        + train_size_effect(runs)
     )
+
+
+def main() -> None:
+    runs, device, measured = measure_seeds(__doc__.splitlines()[0], measure, SEEDS_FILES, seeds=3)
+    parts = []
+    for name, seeds_file in SEEDS_FILES.items():
+        stored = runs if name == measured.name else json.loads(seeds_file.read_text()) if seeds_file.exists() else None
+        if stored:
+            parts.append(setup_part(SETUPS[name], stored))
     write_section(
-        "sample", "11. A sample of the training set is enough (issue 22)", body, command("bench.sample", device)
+        "sample",
+        "11. A sample of the training set is enough (issue 22)",
+        "\n\n".join(parts) + "\n\n" + READING,
+        command("bench.sample", device),
     )
 
 

@@ -283,20 +283,28 @@ def seeds_command_line(description: str, tasks: dict[str, Task]) -> argparse.Nam
 
 
 def measure_seeds(
-    description: str, measure: Callable[[int, torch.device], Any], seeds_file: Path, seeds: int = 5
-) -> tuple[list[Any], torch.device]:
-    """The entry point of an experiment measured seed by seed: ``--seeds N`` (1 in quick mode) and ``--device``; each
-    seed's values are written to ``seeds_file`` as soon as they are measured, so that an interrupted run keeps them.
-    Returns (the values of each seed, the device)."""
+    description: str,
+    measure: Callable[[Setup, int, torch.device], Any],
+    seeds_files: dict[str, Path],
+    seeds: int = 5,
+) -> tuple[list[Any], torch.device, Setup]:
+    """The entry point of an experiment measured seed by seed on one of its setups: ``--setup NAME`` (a key of
+    ``seeds_files`` and of ``SETUPS``; the first by default), ``--seeds N`` (1 in quick mode; 0 measures nothing and returns the stored values) and
+    ``--device``; each seed's values are written to the setup's seeds file as soon as they are measured, so that an
+    interrupted run keeps them. Returns (the values of each seed, the device, the setup's name)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--seeds", type=int, default=1 if QUICK else seeds, help="how many seeds")
+    parser.add_argument("--setup", choices=list(seeds_files), default=next(iter(seeds_files)))
+    parser.add_argument("--seeds", type=int, default=1 if QUICK else seeds, help="how many seeds (0: report only)")
     add_device_argument(parser)
     args = parser.parse_args()
+    seeds_file, setup = seeds_files[args.setup], SETUPS[args.setup]
+    if args.seeds == 0:
+        return json.loads(seeds_file.read_text()), args.device, setup
     runs: list[Any] = []
     for seed in range(args.seeds):
-        runs.append(measure(seed, args.device))
+        runs.append(measure(setup, seed, args.device))
         seeds_file.write_text(json.dumps(runs, indent=1))
-    return runs, args.device
+    return runs, args.device, setup
 
 
 def command(module: str, device: torch.device) -> str:

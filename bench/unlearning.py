@@ -1,7 +1,7 @@
 """Section 14 (issue 23, item 7): the unlearning methods compared in the SalUn table format, one job per seed and task.
 
-TinyNet / MNIST (8,000 training images, the 15-epoch recipe; models cached per seed), two tasks: forgetting 10% of
-the training samples drawn at random (seed 7) and removing class 3. Each seed and task is ONE job of several methods
+TinyNet / MNIST (8,000 training images) or VGG-11 / CIFAR-10 (4,000; ``--setup``), the 15-epoch recipe, models cached
+per seed; two tasks: forgetting 10% of the training samples drawn at random (seed 7) and removing class 3. Each seed and task is ONE job of several methods
 (``methods: gif, first_order, fine_tune, neg_grad_plus``) through ``gif.edit.run``, on the same samples and validation
 data, with retraining from scratch on the retained data (the setup's recipe, the seed's initialisation) as the
 reference. Per method: UA (1 − accuracy on the forgotten training examples), RA (retain accuracy), TA (test accuracy;
@@ -10,7 +10,8 @@ average gap to retraining (the mean of |metric − retrained metric| over the fo
 the membership AUC (loss-threshold attack, forgotten vs held-out examples); durability (the forgotten quantity after
 a bf16 cast, int8 weights, and 100 fine-tuning steps on retained data only); seconds per method.
 
-Run: python -m bench.unlearning [--seeds N] [--first-seed K] [--tasks random,class] [--device auto|cpu|cuda|cuda:N]
+Run: python -m bench.unlearning [--setup tinynet-mnist|vgg11-cifar] [--seeds N] [--first-seed K] [--tasks random,class]
+     [--device auto|cpu|cuda|cuda:N]
      (--first-seed K > 0 adds seeds to the stored ones; --seeds 0 rewrites the section from them;
      GIF_BENCH_QUICK=1: one seed, the class removal, tiny budgets)
 """
@@ -21,6 +22,8 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,8 +46,28 @@ from gif.edit import run
 METHODS = ["gif", "first_order", "fine_tune", "neg_grad_plus"]
 TASKS = {"random": ("10% random forgetting", random_samples), "class": ("class removal (class 3)", removal_of(3))}
 COLUMNS = ("UA", "RA", "TA", "MIA")
-SEEDS_FILE = beside_results("unlearning.quick.json" if QUICK else "unlearning_seeds.json")
-PLOT = beside_results("unlearning.quick.png" if QUICK else "unlearning.png")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A setup the section reports (``--setup``): what it is, and where its per-seed values and plot are kept."""
+
+    title: str
+    stem: str
+
+    @property
+    def seeds_file(self) -> Path:
+        return beside_results(f"{self.stem}.quick.json" if QUICK else f"{self.stem}_seeds.json")
+
+    @property
+    def plot(self) -> Path:
+        return beside_results(f"{self.stem}.quick.png" if QUICK else f"{self.stem}.png")
+
+
+MEASURED = {
+    "tinynet-mnist": Measured("TinyNet / MNIST (8,000 training images, 15-epoch recipe)", "unlearning"),
+    "vgg11-cifar": Measured("VGG-11 / CIFAR-10 (the 4,000-image subset, 15-epoch recipe)", "unlearning_vgg11"),
+}
 QUICK_TRAINING = {"epochs": 1, "learning_rates": [0.01]}
 RELEARN_STEPS = 100
 # Published, on other setups (CIFAR-10 / ResNet-18, 10% random forgetting): average gap to retraining, in percent.
@@ -279,7 +302,7 @@ def plain_words(task: str, jobs: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + "."
 
 
-def plot(gaps: dict[str, dict[str, list[float]]]) -> None:
+def plot(measured: Measured, gaps: dict[str, dict[str, list[float]]]) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [*METHODS, "original (no edit)"]
@@ -292,15 +315,18 @@ def plot(gaps: dict[str, dict[str, list[float]]]) -> None:
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("average gap to retraining (percent)")
     ax.set_yscale("log")
-    ax.set_title("TinyNet / MNIST: average gap to retraining over UA, RA, TA, MIA (mean ± std over seeds)")
+    ax.set_title(
+        f"{measured.title.split(' (')[0]}: average gap to retraining over UA, RA, TA, MIA (mean ± std over seeds)"
+    )
     ax.title.set_fontsize(9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(PLOT, dpi=120)
+    fig.savefig(measured.plot, dpi=120)
     plt.close(fig)
 
 
-def report(stored: list[dict[str, Any]], device: torch.device) -> None:
+def setup_part(measured: Measured, stored: list[dict[str, Any]]) -> str:
+    """One setup's tables, plain words and plot."""
     sections, gaps, words = [], {}, []
     for task in TASKS:
         jobs = sorted((j for j in stored if j["task"] == task), key=lambda j: j["seed"])
@@ -309,30 +335,41 @@ def report(stored: list[dict[str, Any]], device: torch.device) -> None:
         body, gaps[task] = task_section(task, jobs)
         sections.append(body)
         words.append(plain_words(task, jobs))
-    plot(gaps)
+    plot(measured, gaps)
     seconds: dict[int, float] = {}
     for job in stored:
         seconds[job["seed"]] = seconds.get(job["seed"], 0.0) + job["seconds"]
+    return (
+        f"### {measured.title}\n\n" + "\n\n".join(sections) + f"\n\n**Where GIF is not the best.** {' '.join(words)}"
+        "\n\nSeconds per seed (the jobs of every task, everything included): "
+        f"{', '.join(f'seed {s}: {v:.0f}' for s, v in sorted(seconds.items()))}. Per-seed values: "
+        f"`{measured.seeds_file.name}`; plot: `{measured.plot.name}`.\n\n![average gap per method]"
+        f"({measured.plot.name})"
+    )
+
+
+def report(device: torch.device) -> None:
+    """The section from every setup's stored values."""
+    parts = [
+        setup_part(measured, json.loads(measured.seeds_file.read_text())["jobs"])
+        for measured in MEASURED.values()
+        if measured.seeds_file.exists()
+    ]
     published = markdown_table(
         ["what (other setups: CIFAR-10 / ResNet-18, not comparable directly)", "avg. gap"],
         [[what, f"{value:.2f}"] for what, value in PUBLISHED],
     )
     body = (
-        "TinyNet / MNIST (8,000 training images, 15-epoch recipe), one job of the four methods per seed and task "
-        "(`methods: [gif, first_order, fine_tune, neg_grad_plus]`, each with the product's defaults and the bench "
-        "solver sizes; the training methods' budget: 3 passes at learning rates 0.001, 0.01, 0.1), with retraining from "
-        "scratch as the reference. UA = 1 − accuracy on the forgotten training examples, RA = retained accuracy, TA = "
-        "test accuracy (the removed class excluded), MIA-efficacy = forgotten examples the SalUn SVM attack calls "
-        "non-members; avg. gap = mean |metric − retrained| over the four (lower is better; the retrained row is 0 by "
-        "definition).\n\n" + "\n\n".join(sections) + f"\n\n**Where GIF is not the best.** {' '.join(words)}\n\n"
-        "**Published gaps, beside ours** — other setups, not directly comparable (CIFAR-10 / ResNet-18, 10% random "
-        "forgetting, their retraining):\n\n"
-        f"{published}\n\n"
-        "VGG-11 / CIFAR-4k (issue 23 asks ≥ 3 seeds) is not run here: each seed (four methods, two retrainings, "
-        "two tasks) would take most of an hour on this 2-core CPU.\n\n"
-        f"Seconds per seed (both tasks, everything included): "
-        f"{', '.join(f'seed {s}: {v:.0f}' for s, v in sorted(seconds.items()))}. Per-seed values: `{SEEDS_FILE.name}`; "
-        f"plot: `{PLOT.name}`.\n\n![average gap per method]({PLOT.name})"
+        "One job of the four methods per setup, seed and task (`methods: [gif, first_order, fine_tune, "
+        "neg_grad_plus]`, each with the product's defaults and the bench solver sizes; the training methods' budget: 3 "
+        "passes at learning rates 0.001, 0.01, 0.1), with retraining from scratch (the setup's recipe, the seed's "
+        "initialisation) as the reference. UA = 1 − accuracy on the forgotten training examples, RA = retained "
+        "accuracy, TA = test accuracy (the removed class excluded), MIA-efficacy = forgotten examples the SalUn SVM "
+        "attack calls non-members; avg. gap = mean |metric − retrained| over the four (lower is better; the retrained "
+        "row is 0 by definition). Each setup is measured by `python -m bench.unlearning --setup NAME`.\n\n"
+        + "\n\n".join(parts)
+        + "\n\n**Published gaps, beside ours** — other setups, not directly comparable (CIFAR-10 / ResNet-18, 10% "
+        f"random forgetting, their retraining):\n\n{published}"
     )
     write_section(
         "unlearning",
@@ -345,23 +382,25 @@ def report(stored: list[dict[str, Any]], device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setup", choices=list(MEASURED), default=next(iter(MEASURED)))
     parser.add_argument("--seeds", type=int, default=1 if QUICK else 5, help="how many seeds (0: report only)")
     parser.add_argument("--first-seed", type=int, default=0, help="above 0: add seeds to the stored ones")
     parser.add_argument("--tasks", default="class" if QUICK else ",".join(TASKS))
     add_device_argument(parser)
     args = parser.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
+    seeds_file = MEASURED[args.setup].seeds_file
     stored: list[dict[str, Any]] = []
-    if (args.first_seed > 0 or args.seeds == 0) and SEEDS_FILE.exists():
-        stored = json.loads(SEEDS_FILE.read_text())["jobs"]
+    if (args.first_seed > 0 or args.seeds == 0) and seeds_file.exists():
+        stored = json.loads(seeds_file.read_text())["jobs"]
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        prepared = prepare(SETUPS["tinynet-mnist"], seed)
+        prepared = prepare(SETUPS[args.setup], seed)
         for task in tasks:
             job = one_job(prepared, task, seed, args.device)
             stored = [j for j in stored if (j["seed"], j["task"]) != (seed, task)] + [job]
-            SEEDS_FILE.write_text(json.dumps({"jobs": stored}, indent=1))
-            print(seed, task, f"{job['seconds']:.0f} s", flush=True)
-    report(stored, args.device)
+            seeds_file.write_text(json.dumps({"jobs": stored}, indent=1))
+            print(args.setup, seed, task, f"{job['seconds']:.0f} s", flush=True)
+    report(args.device)
 
 
 if __name__ == "__main__":

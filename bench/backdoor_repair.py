@@ -40,7 +40,6 @@ from torch.func import functional_call
 from bench.report import QUICK, beside_results, markdown_table, mean_std, pyplot, write_section
 from bench.setups import (
     BACKDOOR_TARGET,
-    QUICK_JOB,
     QUICK_SOLVER,
     SEEDS_SUITE,
     Prepared,
@@ -48,10 +47,10 @@ from bench.setups import (
     command,
     measure_seeds,
     prepare,
+    seeded_spec,
 )
 from gif.edit import run
 from gif.metrics import accuracy
-from gif.spec import JobSpec
 
 TASK = SEEDS_SUITE["tinynet-backdoor"]
 BY_OUTPUTS = {"selection": {"criterion": "topk_outputs"}}
@@ -86,23 +85,6 @@ def along_line(prepared: Prepared, edited: dict[str, torch.Tensor]) -> list[tupl
     return points
 
 
-def job_spec(request: dict, seed: int, fields: dict[str, Any]) -> JobSpec:
-    """As section 8 builds its jobs: the product's defaults, the solver and selection seeded with the model; no
-    durability probes."""
-    selection = {"seed": seed, **fields.get("selection", {})}
-    solver = {**(QUICK_SOLVER if QUICK else {}), "seed": seed}
-    return JobSpec.model_validate(
-        {
-            "request": request,
-            **NO_DURABILITY,
-            **(QUICK_JOB if QUICK else {}),
-            **fields,
-            "selection": selection,
-            "solver": solver,
-        }
-    )
-
-
 def one_seed(setup: Setup, seed: int, device: torch.device) -> dict[str, dict[str, Any]]:
     """Each method's metrics after its edit (and the poisoned model's), and the solving methods' lines."""
     prepared = prepare(setup, seed)
@@ -110,7 +92,7 @@ def one_seed(setup: Setup, seed: int, device: torch.device) -> dict[str, dict[st
     rows: dict[str, dict[str, Any]] = {}
     for name, fields in list(METHODS.items())[: 2 if QUICK else None]:
         outcome = run(
-            job_spec(request, seed, fields),
+            seeded_spec(request, seed, quick_solver=QUICK_SOLVER, **NO_DURABILITY, **fields),
             prepared.model,
             prepared.train,
             prepared.test,

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from bench.report import QUICK, beside_results, best_of, markdown_table, write_section
-from bench.setups import SEEDS_SUITE, SETUPS, Task, command, prepare, seeds_command_line
+from bench.setups import SEEDS_SUITE, SETUPS, Task, command, prepare, seeded_spec, seeds_command_line
 from gif.curvature import (
     COMPILED_SAVING_BOUND,
     TYPICAL_SOLVE_PRODUCTS,
@@ -50,7 +50,7 @@ from gif.data import Dataset
 from gif.devices import synchronize
 from gif.edit import run
 from gif.models.registry import build_model
-from gif.spec import JobSpec, SolverSpec
+from gif.spec import SolverSpec
 from gif.training import reinitialised
 
 CURVATURES: tuple[Curvature, ...] = ("hessian", "gauss_newton")
@@ -68,8 +68,7 @@ def one_seed(task: Task, seed: int, device: torch.device) -> dict[str, Any]:
     attack = prepared.extras.get("triggered_test")
     entry: dict[str, Any] = {}
     for curvature in CURVATURES:
-        solver = {**(QUICK_SIZES if QUICK else {}), **task.sizes, "seed": seed, "curvature": curvature}
-        job = JobSpec.model_validate({"request": task.request(prepared), "selection": {"seed": seed}, "solver": solver})
+        job = seeded_spec(task.request(prepared), seed, {**task.sizes, "curvature": curvature}, QUICK_SIZES)
         result = run(job, prepared.model, prepared.train, prepared.test, attack_data=attack, device=device).result
         entry[curvature] = {
             "metrics": result.metrics.after,

@@ -21,10 +21,9 @@ from typing import Any
 import torch
 
 from bench.report import QUICK, beside_results, markdown_table, mean_std, pyplot, write_section
-from bench.setups import QUICK_JOB, QUICK_SOLVE, SEEDS_SUITE, SETUPS, Task, add_device_argument, command, prepare
+from bench.setups import SEEDS_SUITE, SETUPS, Task, add_device_argument, command, prepare, seeded_spec
 from gif.edit import run
 from gif.result import EditResult
-from gif.spec import JobSpec
 
 HESSIAN_SIZES = (64, 512) if QUICK else (64, 128, 256, 512, 1024, 2048)
 GRADIENT_SIZES = (64, 256) if QUICK else (64, 128, 256, 512, 1024)
@@ -43,16 +42,7 @@ def quality_keys(task: Task) -> tuple[str, ...]:
 
 def one_edit(task: Task, seed: int, sizes: dict[str, int], device: torch.device) -> dict[str, Any]:
     prepared = prepare(SETUPS[task.setup], seed)
-    solver = {**DEFAULTS, **sizes, "seed": seed, **(QUICK_SOLVE if QUICK else {})}
-    spec = JobSpec.model_validate(
-        {
-            "request": task.request(prepared),
-            "selection": {"seed": seed},
-            "solver": solver,
-            "durability": {"bf16": False, "int8": False},
-            **(QUICK_JOB if QUICK else {}),
-        }
-    )
+    spec = seeded_spec(task.request(prepared), seed, {**DEFAULTS, **sizes}, durability={"bf16": False, "int8": False})
     attack = prepared.extras.get("triggered_test")
     result: EditResult = run(
         spec, prepared.model, prepared.train, prepared.test, attack_data=attack, device=device

@@ -33,7 +33,7 @@ from gif.errors import InvalidSpecError
 from gif.io.files import read_tensors, write_safetensors
 from gif.models.checkpoints import load_weights
 from gif.models.registry import build_model
-from gif.spec import RetrainSpec
+from gif.spec import JobSpec, RetrainSpec
 from gif.training import reinitialised, train
 
 CACHE_DIR = Path(os.environ.get("GIF_BENCH_CACHE", BENCH_DIR / "cache"))
@@ -196,13 +196,28 @@ QUICK_TEST_SUBSET = 300
 def job_spec(prepared: Prepared, request: dict, **fields: Any):
     """A JobSpec with the architecture's bench sizes; ``fields`` override top-level entries, and
     a ``solver`` dict is merged into the bench solver sizes."""
-    from gif.spec import JobSpec
-
     arch = prepared.setup.architecture["name"]
     solver = {**(QUICK_SOLVER if QUICK else BENCH_SOLVER[arch]), **fields.pop("solver", {})}
     evaluation = {**(QUICK_EVALUATION if QUICK else BENCH_EVALUATION.get(arch, {})), **fields.pop("evaluation", {})}
     quick = {"durability": QUICK_JOB["durability"]} if QUICK else {}
     return JobSpec.model_validate({"request": request, "solver": solver, "evaluation": evaluation, **quick, **fields})
+
+
+def seeded_spec(
+    request: dict, seed: int, solver: dict | None = None, quick_solver: dict = QUICK_SOLVE, **fields: Any
+) -> JobSpec:
+    """A job as the seeds experiments (sections 8, 9, 12, 13, 15) build it: the product's defaults unless ``solver``
+    (solver entries) or ``fields`` (top-level entries; a ``selection`` dict is merged) say otherwise, the selection and
+    the solver seeded with the model's seed, and in quick mode ``quick_solver`` and the quick job sizes on top."""
+    return JobSpec.model_validate(
+        {
+            "request": request,
+            **(QUICK_JOB if QUICK else {}),
+            **fields,
+            "selection": {"seed": seed, **fields.get("selection", {})},
+            "solver": {**(solver or {}), "seed": seed, **(quick_solver if QUICK else {})},
+        }
+    )
 
 
 def edit(

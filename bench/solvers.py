@@ -42,7 +42,7 @@ from torch import nn
 
 from bench.baselines import FINETUNE_EPOCHS, fine_tune, gradient_ascent
 from bench.report import QUICK, beside_results, first_reaching, machine, markdown_table, mean_std, pyplot, write_section
-from bench.setups import QUICK_JOB, SEEDS_SUITE, SETUPS, Prepared, Task, command, prepare, seeds_command_line
+from bench.setups import SEEDS_SUITE, SETUPS, Prepared, Task, command, prepare, seeded_spec, seeds_command_line
 from gif.edit import run
 from gif.metrics import EvaluationPlan, measure
 from gif.plan import RequestPlan
@@ -51,7 +51,7 @@ from gif.spec import JobSpec, SolverSpec
 
 ITERATIONS = 5 if QUICK else 40
 THRESHOLDS = (0.05, 0.02, 0.01)
-SIZES = {"hessian_samples": 64, "gradient_samples": 64, "hvp": "cached_double_backward"} if QUICK else {}
+QUICK_SIZES = {"hessian_samples": 64, "gradient_samples": 64, "hvp": "cached_double_backward"}
 SEEDS_FILE = beside_results("solvers_seeds.json")
 VARIANTS: dict[str, dict[str, Any]] = {
     "GIF, new defaults": {},
@@ -79,11 +79,7 @@ TASKS = {
 
 
 def spec(task: Task, request: dict, seed: int, **fields) -> JobSpec:
-    solver = {**SIZES, **task.sizes, "seed": seed, **fields.pop("solver", {})}
-    quick = QUICK_JOB if QUICK else {}
-    return JobSpec.model_validate(
-        {"request": request, "selection": {"seed": seed}, "solver": solver, **quick, **fields}
-    )
+    return seeded_spec(request, seed, {**task.sizes, **fields.pop("solver", {})}, QUICK_SIZES, **fields)
 
 
 # --- 1. residual against HVPs ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from bench.report import QUICK, beside_results, markdown_table, mean_std, write_section
-from bench.setups import QUICK_JOB, QUICK_SOLVE, SETUPS, add_device_argument, command, prepare
+from bench.setups import SETUPS, add_device_argument, command, prepare, seeded_spec
 from gif.data import split_indices
 from gif.demo import demo_model
 from gif.edit import run
@@ -35,15 +35,12 @@ DEMO_SOLVER = {"kind": "cg", "max_iterations": 20}  # the demo's job.json (gif d
 
 
 def spec(request: dict, seed: int, plateau: float | None, solver: dict | None = None) -> JobSpec:
-    return JobSpec.model_validate(
-        {
-            "request": request,
-            "selection": {"seed": seed},
-            "solver": {"seed": seed, **(solver or {}), **(QUICK_SOLVE if QUICK else {})},
-            "step": {"mode": "auto", "plateau_tolerance": plateau},
-            "durability": {"bf16": False, "int8": False},
-            **(QUICK_JOB if QUICK else {}),
-        }
+    return seeded_spec(
+        request,
+        seed,
+        solver,
+        step={"mode": "auto", "plateau_tolerance": plateau},
+        durability={"bf16": False, "int8": False},
     )
 
 

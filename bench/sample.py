@@ -102,11 +102,20 @@ def summary(runs: list[dict[str, Any]]) -> str:
         def cell(label: str, key: str) -> str:
             values = [run_[task_name][label][key] for run_ in runs]
             mean = statistics.fmean(values)
-            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-            return f"{mean:,.0f}" if key == "uploaded" else f"{mean:.4f}{spread}"
+            digits = 1 if key == "seconds" else 4
+            spread = f" ± {statistics.stdev(values):.{min(digits, 3)}f}" if len(values) > 1 else ""
+            return f"{mean:,.0f}" if key == "uploaded" else f"{mean:.{digits}f}{spread}"
+
+        def from_whole(key: str) -> str:
+            """The largest difference of a seed's row from the same seed's whole upload."""
+            largest = max(
+                abs(run_[task_name][label][key] - run_[task_name]["100%"][key]) for run_ in runs for label in labels
+            )
+            return f"{key} {largest:.4f}"
 
         table = markdown_table(["upload", *keys], [[label, *(cell(label, k) for k in keys)] for label in labels])
-        parts.append(f"**{task_name}**\n\n{table}")
+        compared = ", ".join(from_whole(k) for k in keys if k not in ("uploaded", "coefficient", "seconds"))
+        parts.append(f"**{task_name}**\n\n{table}\n\nLargest difference from the whole upload (100%): {compared}.")
     return "\n\n".join(parts)
 
 

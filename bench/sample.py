@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from bench.report import QUICK, beside_results, markdown_table, write_section
-from bench.setups import SETUPS, Setup, command, job_spec, measure_seeds, prepare, random_samples, removal_of
+from bench.report import QUICK, markdown_table, write_section
+from bench.setups import SETUPS, Measured, Setup, command, job_spec, measure_seeds, prepare, random_samples, removal_of
 from gif.data import Dataset, split_indices
 from gif.edit import run
 
@@ -31,15 +31,10 @@ TASKS = (
     else {"class removal": removal_of(3), "10% random samples": random_samples}
 )
 KEYS = ("forget_test_accuracy", "forget_accuracy", "test_accuracy", "score")
-# Per setup (``--setup``), where its per-seed values are kept.
-SEEDS_FILES = {
-    "tinynet-mnist": beside_results("sample.quick.json" if QUICK else "sample_seeds.json"),
-    "vgg11-cifar": beside_results("sample_vgg11.quick.json" if QUICK else "sample_vgg11_seeds.json"),
-}
-# What each setup is, for the report.
-DESCRIPTIONS = {
-    "tinynet-mnist": "TinyNet / MNIST (8,000 training images, the 15-epoch recipe)",
-    "vgg11-cifar": "VGG-11 / CIFAR-10 (the 4,000-image subset, the 15-epoch recipe)",
+# The setups measured (``--setup``): what each is, and where its per-seed values are kept.
+MEASURED = {
+    "tinynet-mnist": Measured("TinyNet / MNIST (8,000 training images, the 15-epoch recipe)", "sample"),
+    "vgg11-cifar": Measured("VGG-11 / CIFAR-10 (the 4,000-image subset, the 15-epoch recipe)", "sample_vgg11"),
 }
 
 
@@ -147,12 +142,12 @@ def setup_part(setup: Setup, runs: list[dict[str, Any]]) -> str:
     """One setup's tables, with what its rows are."""
     whole = runs[0]["class removal"]["100%"]["uploaded"]
     return (
-        f"### {DESCRIPTIONS[setup.name]}\n\nThe product's defaults with the bench solver sizes; each row uploads every "
+        f"### {MEASURED[setup.name].title}\n\nThe product's defaults with the bench solver sizes; each row uploads every "
         "example to remove plus the stated fraction of the others (*+ train_size*: the job says the whole set had "
         f"{whole:,}). Metrics after the edit on the same held-out images in every row, mean ± standard "
         f"deviation over {len(runs)} seed(s) (model, sample and job seeds); *membership_auc*: the removed examples "
         f"against held-out ones (0.5: indistinguishable). Measured by `python -m bench.sample --setup {setup.name} "
-        f"--seeds {len(runs)}`; per-seed values: `{SEEDS_FILES[setup.name].name}`.\n\n"
+        f"--seeds {len(runs)}`; per-seed values: `{MEASURED[setup.name].seeds_file.name}`.\n\n"
         + summary(runs)
         + "\n\n"
         + train_size_effect(runs)
@@ -160,10 +155,11 @@ def setup_part(setup: Setup, runs: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    runs, device, measured = measure_seeds(__doc__.splitlines()[0], measure, SEEDS_FILES, seeds=3)
+    seeds_files = {name: measured.seeds_file for name, measured in MEASURED.items()}
+    runs, device, setup = measure_seeds(__doc__.splitlines()[0], measure, seeds_files, seeds=3)
     parts = []
-    for name, seeds_file in SEEDS_FILES.items():
-        stored = runs if name == measured.name else json.loads(seeds_file.read_text()) if seeds_file.exists() else None
+    for name, seeds_file in seeds_files.items():
+        stored = runs if name == setup.name else json.loads(seeds_file.read_text()) if seeds_file.exists() else None
         if stored:
             parts.append(setup_part(SETUPS[name], stored))
     write_section(

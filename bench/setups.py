@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.datasets import checkerboard_trigger, load_cifar10, poison
-from bench.report import BENCH_DIR, QUICK, best_of
+from bench.report import BENCH_DIR, QUICK, beside_results, best_of
 from gif.curvature import Curvature, HessianOperator, HvpMethod, LossTerm, ModelObjective
 from gif.data import Dataset, load_mnist, split_indices
 from gif.devices import resolve_device
@@ -59,6 +59,23 @@ class Setup:
             [self.architecture, self.dataset, self.recipe.model_dump(), self.train_subset], sort_keys=True
         )
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A setup a section reports on (``--setup``): its title, and the stem of the files beside the results that keep
+    its per-seed values and its plot."""
+
+    title: str
+    stem: str
+
+    @property
+    def seeds_file(self) -> Path:
+        return beside_results(f"{self.stem}.quick.json" if QUICK else f"{self.stem}_seeds.json")
+
+    @property
+    def plot(self) -> Path:
+        return beside_results(f"{self.stem}.quick.png" if QUICK else f"{self.stem}.png")
 
 
 @dataclass
@@ -304,9 +321,10 @@ def measure_seeds(
     seeds: int = 5,
 ) -> tuple[list[Any], torch.device, Setup]:
     """The entry point of an experiment measured seed by seed on one of its setups: ``--setup NAME`` (a key of
-    ``seeds_files`` and of ``SETUPS``; the first by default), ``--seeds N`` (1 in quick mode; 0 measures nothing and returns the stored values) and
-    ``--device``; each seed's values are written to the setup's seeds file as soon as they are measured, so that an
-    interrupted run keeps them. Returns (the values of each seed, the device, the setup's name)."""
+    ``seeds_files`` and of ``SETUPS``; the first by default), ``--seeds N`` (1 in quick mode; 0 measures nothing and
+    returns the stored values) and ``--device``; each seed's values are written to the setup's seeds file as soon as
+    they are measured, so that an interrupted run keeps them. Returns (the values of each seed, the device, the
+    setup)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--setup", choices=list(seeds_files), default=next(iter(seeds_files)))
     parser.add_argument("--seeds", type=int, default=1 if QUICK else seeds, help="how many seeds (0: report only)")

@@ -22,17 +22,16 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.report import QUICK, beside_results, markdown_table, pyplot, write_section
+from bench.report import QUICK, markdown_table, pyplot, write_section
 from bench.setups import (
     QUICK_JOB,
     QUICK_SOLVE,
     SETUPS,
+    Measured,
     Prepared,
     add_device_argument,
     command,
@@ -46,22 +45,6 @@ from gif.edit import run
 METHODS = ["gif", "first_order", "fine_tune", "neg_grad_plus"]
 TASKS = {"random": ("10% random forgetting", random_samples), "class": ("class removal (class 3)", removal_of(3))}
 COLUMNS = ("UA", "RA", "TA", "MIA")
-
-
-@dataclass(frozen=True)
-class Measured:
-    """A setup the section reports (``--setup``): what it is, and where its per-seed values and plot are kept."""
-
-    title: str
-    stem: str
-
-    @property
-    def seeds_file(self) -> Path:
-        return beside_results(f"{self.stem}.quick.json" if QUICK else f"{self.stem}_seeds.json")
-
-    @property
-    def plot(self) -> Path:
-        return beside_results(f"{self.stem}.quick.png" if QUICK else f"{self.stem}.png")
 
 
 MEASURED = {

@@ -40,6 +40,7 @@ from bench.setups import (
     Prepared,
     Task,
     edit,
+    edit_seconds,
     job_spec,
     prepare,
     random_samples,
@@ -150,8 +151,7 @@ def context(task: Task) -> Context:
 def gif_edit(ctx: Context, model: nn.Module | None = None, **fields) -> tuple[nn.Module, float]:
     """An edit tuned on the validation half; returns the model and its cost (selection + solve + step)."""
     outcome = edit(ctx.prepared, ctx.request, eval_data=ctx.test, validation_data=ctx.validation, model=model, **fields)
-    t = outcome.result.timings
-    return outcome.model, t.selection_s + t.solve_s + t.step_search_s
+    return outcome.model, edit_seconds(outcome.result)
 
 
 def run_task(task: Task) -> tuple[str, dict[str, dict]]:

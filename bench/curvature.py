@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.report import QUICK, beside_results, best_of, markdown_table, write_section
+from bench.report import QUICK, beside_results, best_of, markdown_table, mean_std, write_section
 from bench.setups import SEEDS_SUITE, SETUPS, Task, command, prepare, seeded_spec, seeds_command_line
 from gif.curvature import (
     COMPILED_SAVING_BOUND,
@@ -223,11 +223,6 @@ def compiled_table(runs: list[dict[str, Any]]) -> str:
     return table + "\n\n" + "\n".join(lines)
 
 
-def mean_sd(values: list[float], digits: int = 4) -> str:
-    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
-    return f"{statistics.mean(values):.{digits}f}{spread}"
-
-
 def report(results: dict[str, dict[str, Any]]) -> str:
     rows = []
     for name, seeds in results.items():
@@ -236,12 +231,12 @@ def report(results: dict[str, dict[str, Any]]) -> str:
             runs = [entry[curvature] for entry in seeds.values()]
             rows.append([
                 f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})", curvature,
-                " / ".join(mean_sd([r["metrics"][k] for r in runs]) for k in quality_keys(task)),
-                mean_sd([r["residual"] for r in runs], 3),
+                " / ".join(mean_std([r["metrics"][k] for r in runs]) for k in quality_keys(task)),
+                mean_std([r["residual"] for r in runs], 3),
                 f"{sum(r['converged'] for r in runs)}/{len(runs)}",
-                mean_sd([r["products"] for r in runs], 1),
+                mean_std([r["products"] for r in runs], 1),
                 f"{statistics.mean(r['product_s'] for r in runs) * 1000:.0f} ({runs[0]['product_method']})",
-                mean_sd([r["solve_s"] for r in runs], 1),
+                mean_std([r["solve_s"] for r in runs], 1),
             ])  # fmt: skip
     table = markdown_table(
         ["task", "curvature", "score / forget acc. (removal), attack success / clean acc. (backdoor)",

@@ -4,12 +4,14 @@ For one model of each family — torchvision's ResNet-18, MobileNetV3-Small, Eff
 ViT-B/16 and Swin-T, a timm ViT, and ResNet-18 as an exported ``.pt2`` program read by the validating
 loader — at 32×32 inputs (the CPU's budget; 224² where a GPU runs this):
 
-1. one Hessian-vector product against one forward+backward of the same batch, for each implementation and
-   for ``auto`` (``bench.setups.hvp_row``: best of 3 after a warm-up);
+1. one Hessian-vector product against one forward+backward of the same batch, for each implementation, for
+   ``auto`` and for the Gauss-Newton product (``bench.setups.hvp_row``: best of 3 after a warm-up); with
+   ``--compiled``, each curvature's compiled product and its compile seconds too (minutes per product on a CPU,
+   so an option: rows measured without it say so);
 2. a class removal through ``gif.edit.run`` at the default sample sizes (Hessian 512, gradient 256,
    selection 10%, auto step, CG at 5 iterations): its wall time, phase by phase, and its HVP count.
 
-Run: .venv/bin/python -m bench.families [--device auto|cpu|cuda|cuda:N] [FAMILY …]   (names: only the families whose
+Run: .venv/bin/python -m bench.families [--device auto|cpu|cuda|cuda:N] [--compiled] [FAMILY …]   (names: only the families whose
 label starts so; the rows of the others are kept from bench/FAMILIES.json, each stamped with the device it was
 measured on)   GIF_BENCH_QUICK=1: a smoke run, writes bench/FAMILIES.quick.md
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from bench.report import BENCH_DIR, QUICK, device_description, host_description, markdown_table, report_file
-from bench.setups import PRODUCT_COLUMNS, add_device_argument, hvp_row
+from bench.setups import COMPILED_COLUMNS, PRODUCT_COLUMNS, add_device_argument, hvp_row
 from gif.data import Dataset
 from gif.edit import run
 from gif.io.programs import load_program
@@ -103,20 +105,21 @@ def edit_timing(model: torch.nn.Module, device: torch.device) -> list[object]:
 
 
 def render(rows: dict[str, dict], device: torch.device) -> str:
-    hvp_rows = [r["hvp"] for r in rows.values()]
+    hvp_headers = ["model", "batch", "forward+backward ms", *PRODUCT_COLUMNS, *COMPILED_COLUMNS]
+    hvp_rows = [r["hvp"] + ["not measured"] * (len(hvp_headers) - len(r["hvp"])) for r in rows.values()]
     edit_rows = [r["edit"] for r in rows.values() if r.get("edit")]
     measured = "\n".join(f"- {label}: {r['measured']} (load average {r['load']})" for label, r in rows.items())
     return f"""# Users' own models, family by family, on {device_description(device)}
 
-Command: `.venv/bin/python -m bench.families --device {device} [FAMILY …]` (this file is written by it; with families
-named, only their rows are measured again and the others kept, each row stamped below with when and where it was
-measured).
+Command: `.venv/bin/python -m bench.families --device {device} [--compiled] [FAMILY …]` (this file is written by it;
+with families named, only their rows are measured again and the others kept, each row stamped below with when and
+where it was measured; the compiled columns only with `--compiled`).
 Machine: {host_description(device)}
 Inputs: {SHAPE[1]}×{SHAPE[2]} RGB, {CLASSES} classes, random weights (speed does not depend on training).
 
 ## 1. One Hessian-vector product against one forward+backward of the same batch (best of 3 after a warm-up)
 
-{markdown_table(["model", "batch", "forward+backward ms", *PRODUCT_COLUMNS], hvp_rows)}
+{markdown_table(hvp_headers, hvp_rows)}
 
 ## 2. A class removal at the default sample sizes ({EDIT_SAMPLES} training samples; Hessian 512, gradient 256;
 Top-k outputs 10%; CG, {EDIT_ITERATIONS} iterations; auto step; evaluation on the training data)
@@ -135,6 +138,7 @@ The solve's cost is its HVP count times one HVP: with the default solver (LSMR t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_argument(parser)
+    parser.add_argument("--compiled", action="store_true", help="the compiled products too (minutes each on a CPU)")
     parser.add_argument("families", nargs="*", help="only the families whose label starts so (default: all)")
     args = parser.parse_args(argv)
     only, device = args.families, args.device
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             model = exported(arch, Path(tmp)) if (label, arch) == EXPORTED else build_model(arch)
             name = "exported" if (label, arch) == EXPORTED else arch["name"]
             key = f"{label}: `{name}`"
-            rows[key] = {"hvp": hvp_row(key, model, SHAPE, BATCH, device)}
+            rows[key] = {"hvp": hvp_row(key, model, SHAPE, BATCH, device, args.compiled)}
             print(rows[key]["hvp"], flush=True)
             rows[key]["edit"] = [key, f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"]
             rows[key]["edit"] += edit_timing(model, device)

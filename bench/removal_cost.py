@@ -14,11 +14,10 @@ import time
 from typing import Any
 
 from bench.report import QUICK, best_of, markdown_table, write_section
-from bench.setups import QUICK_JOB, QUICK_SOLVER, SETUPS, prepare
+from bench.setups import QUICK_JOB, QUICK_SOLVER, SETUPS, edit_seconds, prepare
 from gif.edit import run
 from gif.metrics import evaluate, evaluation_plan
 from gif.plan import RequestPlan
-from gif.result import EditResult
 from gif.spec import JobSpec, RemoveClass
 from gif.training import train
 
@@ -54,11 +53,6 @@ def described(label: str, spec: JobSpec) -> str:
         f"{label} ({s.kind.upper()} to {s.tolerance:g}, ≤{s.max_iterations} it., "
         f"{s.hessian_samples}/{s.gradient_samples} samples, λ={s.damping:g})"
     )
-
-
-def edit_cost(result: EditResult) -> float:
-    t = result.timings
-    return t.selection_s + t.solve_s + t.step_search_s
 
 
 def main() -> None:
@@ -97,7 +91,7 @@ def main() -> None:
             fields = {**fields, **QUICK_JOB, "solver": {**fields.get("solver", {}), **QUICK_SOLVER}}
         spec = JobSpec.model_validate({"request": request.model_dump(), **fields})
         result = run(spec, prepared.model, prepared.train, prepared.test).result
-        after, cost = result.metrics.after, edit_cost(result)
+        after, cost = result.metrics.after, edit_seconds(result)
         met = (
             cost <= two_epochs
             and after["forget_test_accuracy"] <= 0.01

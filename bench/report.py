@@ -112,9 +112,10 @@ def host_description(device: torch.device | None = None) -> str:
 # --- markdown --------------------------------------------------------------------------------------
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 4) -> str:
     """``mean ± standard deviation`` of values over seeds (the mean alone for one value)."""
-    return f"{statistics.fmean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.{digits}f}{spread}"
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

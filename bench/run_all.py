@@ -34,6 +34,7 @@ EXPERIMENTS = (
     "bench.unlearning",
     "bench.backdoor_repair",
     "bench.transform_memory",
+    "bench.converged_cost",
 )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench.report import QUICK, beside_results, markdown_table, mean_std, pyplot, write_section
-from bench.setups import SEEDS_SUITE, SETUPS, Task, add_device_argument, command, prepare, seeded_spec
+from bench.setups import SEEDS_SUITE, SETUPS, Task, add_device_argument, command, edit_seconds, prepare, seeded_spec
 from gif.edit import run
 from gif.result import EditResult
 
@@ -47,10 +47,9 @@ def one_edit(task: Task, seed: int, sizes: dict[str, int], device: torch.device)
     result: EditResult = run(
         spec, prepared.model, prepared.train, prepared.test, attack_data=attack, device=device
     ).result
-    t = result.timings
     return {
         **{k: result.metrics.after[k] for k in quality_keys(task)},
-        "seconds": t.selection_s + t.solve_s + t.step_search_s,
+        "seconds": edit_seconds(result),
         "hvps": result.solver.hvp_count,
         "residual": result.solver.relative_residual,
     }

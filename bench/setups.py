@@ -33,6 +33,7 @@ from gif.errors import InvalidSpecError
 from gif.io.files import read_tensors, write_safetensors
 from gif.models.checkpoints import load_weights
 from gif.models.registry import build_model
+from gif.result import EditResult
 from gif.spec import JobSpec, RetrainSpec
 from gif.training import reinitialised, train
 
@@ -257,6 +258,13 @@ def edit(
     )
 
 
+def edit_seconds(result: EditResult) -> float:
+    """An edit's cost as the experiments compare it with training: selection + solve + step search (the evaluation,
+    which a retrained model needs too, left out)."""
+    t = result.timings
+    return t.selection_s + t.solve_s + t.step_search_s
+
+
 # --- the device a benchmark runs on (``--device``) -------------------------------------------------
 
 
@@ -387,15 +395,18 @@ SEEDS_SUITE = {
 HVP_IMPLEMENTATIONS: tuple[HvpMethod, ...] = ("cached_double_backward", "double_backward", "forward_over_reverse")
 # The columns of an hvp_row after the forward+backward: each Hessian product, auto's, and the Gauss-Newton product.
 PRODUCT_COLUMNS = (*HVP_IMPLEMENTATIONS, "auto (its choice: ratio)", "Gauss-Newton (its product: ratio)")
+# With ``compiled``, two more: each curvature's compiled product (``solver.hvp: compiled``) and its compile seconds.
+COMPILED_COLUMNS = ("compiled Hessian: ratio (compile s)", "compiled Gauss-Newton: ratio (compile s)")
 HVP_REPEATS = 3
 
 
 def hvp_row(
-    name: str, model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device
+    name: str, model: torch.nn.Module, shape: tuple[int, ...], batch: int, device: torch.device, compiled: bool = False
 ) -> list[object]:
     """One table row (``PRODUCT_COLUMNS``): forward+backward milliseconds, each implementation's ratio, auto's choice
     and ratio, and the Gauss-Newton product's (``solver.curvature: gauss_newton``; best of ``HVP_REPEATS`` after a
-    warm-up, synchronised on CUDA)."""
+    warm-up, synchronised on CUDA); with ``compiled`` the ``COMPILED_COLUMNS`` too (compiling takes minutes on a CPU:
+    an option)."""
     torch.manual_seed(0)
     model = model.to(device).eval()
     x, y = torch.rand(batch, *shape, device=device), torch.randint(0, 10, (batch,), device=device)
@@ -410,13 +421,20 @@ def hvp_row(
     ratios = {}
     products: list[tuple[HvpMethod, Curvature]] = [(method, "hessian") for method in (*HVP_IMPLEMENTATIONS, "auto")]
     products.append(("auto", "gauss_newton"))
+    if compiled:
+        products += [("compiled", "hessian"), ("compiled", "gauss_newton")]
     for method, curvature in products:
         key = f"{method} {curvature}"
         try:
             operator = HessianOperator(objective, method=method, curvature=curvature)
             v = torch.randn(operator.size, device=device)
             ratio = best_of(lambda: operator(v), HVP_REPEATS, device) / fb
-            ratios[key] = f"{operator.method}: **{ratio:.2f}×**" if method == "auto" else f"{ratio:.2f}×"
+            if operator.compile_failure and method == "compiled":
+                ratios[key] = f"fails ({operator.compile_failure[:60]})"
+            elif method == "compiled":
+                ratios[key] = f"{ratio:.2f}× ({operator.compile_seconds:.0f} s)"
+            else:
+                ratios[key] = f"{operator.method}: **{ratio:.2f}×**" if method == "auto" else f"{ratio:.2f}×"
         except (RuntimeError, NotImplementedError) as exc:
             ratios[key] = f"fails ({str(exc).splitlines()[0][:60]})"
         if device.type == "cuda":

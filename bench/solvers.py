@@ -42,11 +42,20 @@ from torch import nn
 
 from bench.baselines import FINETUNE_EPOCHS, fine_tune, gradient_ascent
 from bench.report import QUICK, beside_results, first_reaching, machine, markdown_table, mean_std, pyplot, write_section
-from bench.setups import SEEDS_SUITE, SETUPS, Prepared, Task, command, prepare, seeded_spec, seeds_command_line
+from bench.setups import (
+    SEEDS_SUITE,
+    SETUPS,
+    Prepared,
+    Task,
+    command,
+    edit_seconds,
+    prepare,
+    seeded_spec,
+    seeds_command_line,
+)
 from gif.edit import run
 from gif.metrics import EvaluationPlan, measure
 from gif.plan import RequestPlan
-from gif.result import EditResult
 from gif.spec import JobSpec, SolverSpec
 
 ITERATIONS = 5 if QUICK else 40
@@ -132,11 +141,6 @@ def residual_section(results: dict[str, dict]) -> str:
 
 
 # --- 2. quality over seeds -------------------------------------------------------------------------
-
-
-def edit_seconds(result: EditResult) -> float:
-    t = result.timings
-    return t.selection_s + t.solve_s + t.step_search_s
 
 
 def one_seed(task: Task, seed: int, device: torch.device) -> dict[str, Any]:

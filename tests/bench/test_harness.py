@@ -30,6 +30,7 @@ SECTIONS = (
     "unlearning",
     "backdoor-repair",
     "transform-memory",
+    "converged-cost",
 )
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.report import QUICK, beside_results, best_of, markdown_table, mean_std, write_section
+from bench.report import QUICK, beside_results, best_of, machine, markdown_table, mean_std, write_section
 from bench.setups import SEEDS_SUITE, SETUPS, Task, command, prepare, seeded_spec, seeds_command_line
 from gif.curvature import (
     COMPILED_SAVING_BOUND,
@@ -80,6 +80,7 @@ def one_seed(task: Task, seed: int, device: torch.device) -> dict[str, Any]:
             "product_method": result.solver.hvp_method,
             "solve_s": result.timings.solve_s,
             "step": result.step.scale,
+            "machine": machine(device),
         }
     return entry
 
@@ -110,7 +111,7 @@ def product_costs(task: Task, device: torch.device) -> dict[str, Any]:
         seconds[curvature] = best_of(lambda: operator(v), PRODUCT_REPEATS, device)
         methods[curvature] = operator.method
     model.zero_grad(set_to_none=True)
-    return {"samples": len(sample), "seconds": seconds, "methods": methods}
+    return {"samples": len(sample), "seconds": seconds, "methods": methods, "machine": machine(device)}
 
 
 def products_table(costs: dict[str, dict[str, Any]]) -> str:
@@ -120,10 +121,11 @@ def products_table(costs: dict[str, dict[str, Any]]) -> str:
         rows.append([
             name, cost["samples"], f"{fb * 1000:.0f}",
             *(f"{cost['seconds'][c] / fb:.2f}× ({cost['methods'][c]})" for c in CURVATURES),
+            cost["machine"].split(",")[0],
         ])  # fmt: skip
     return markdown_table(
         ["task", "Hessian sample", "forward+backward ms", "Hessian product ÷ f+b (auto's choice)",
-         "Gauss-Newton product ÷ f+b"],
+         "Gauss-Newton product ÷ f+b", "CPU"],
         rows,
     )  # fmt: skip
 
@@ -243,7 +245,16 @@ def report(results: dict[str, dict[str, Any]]) -> str:
          "residual", "converged", "products", "ms per product (implementation)", "solve s"],
         rows,
     )  # fmt: skip
-    return table + "\n\n" + verdict(results)
+    return table + "\n\n" + measured_on(results) + "\n\n" + verdict(results)
+
+
+def measured_on(results: dict[str, dict[str, Any]]) -> str:
+    """Which machine measured which tasks (they were added run by run; the section's stamp names the last)."""
+    tasks: dict[str, list[str]] = {}
+    for name, seeds in results.items():
+        for where in sorted({entry[c]["machine"] for entry in seeds.values() for c in CURVATURES}):
+            tasks.setdefault(where, []).append(name)
+    return "Measured on " + "; on ".join(f"{where}: {', '.join(names)}" for where, names in tasks.items()) + "."
 
 
 def verdict(results: dict[str, dict[str, Any]]) -> str:

@@ -210,9 +210,12 @@ def _within_memory(job: EditJob, device: torch.device, warnings: list[str]) -> W
                 f"{job.spec.method} ran out of memory on {device}; lower training.batch_size or evaluation.batch_size"
             ) from None  # leave the handler first, so that the failed attempt's tensors can be freed
     release_cached_memory(device)
-    batch_size = job.spec.solver.batch_size  # auto fits its batch to the cache, which the retry drops
-    solver = job.spec.solver.model_copy(
-        update={"batch_size": batch_size if batch_size == "auto" else max(1, batch_size // 2), "hvp": "double_backward"}
+    solver = job.spec.solver
+    batch_size = solver.batch_size  # auto fits its batch to the cache, which the retry drops
+    # the Hessian's uncached product; the Gauss-Newton products (eager or compiled) keep no graph between products
+    product = "double_backward" if solver.curvature == "hessian" else solver.hvp
+    solver = solver.model_copy(
+        update={"batch_size": batch_size if batch_size == "auto" else max(1, batch_size // 2), "hvp": product}
     )
     try:
         edit = _edit_weights(replace(job, spec=job.spec.model_copy(update={"solver": solver})))

@@ -170,6 +170,28 @@ def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(mnist_ti
         run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, held_out)
 
 
+def test_a_gauss_newton_edit_out_of_memory_is_retried_with_its_own_product(mnist_tinynet, mnist_split, monkeypatch):
+    """The retry's uncached Hessian product is not a Gauss-Newton one: the Gauss-Newton retry keeps its product."""
+    from gif.curvature import HessianOperator
+
+    product = HessianOperator.__call__
+    seen = []
+
+    def oom_at_full_batch(self, v):
+        seen.append((self.objective.batches[0][0].shape[0], self.method))
+        if seen[-1][0] == 256:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return product(self, v)
+
+    monkeypatch.setattr(HessianOperator, "__call__", oom_at_full_batch)
+    train, held_out = mnist_split
+    spec = job(request={"kind": "remove_class", "classes": [8]}, solver={**FAST_SOLVER, "curvature": "gauss_newton"})
+    outcome = run(spec, mnist_tinynet, train, held_out)
+    assert seen[0][0] == 256 and set(seen[1:]) == {(128, "jvp_vjp")}
+    assert outcome.result.solver.hvp_method == "jvp_vjp"
+    assert any("out of memory" in w and "batch_size 128" in w for w in outcome.result.warnings)
+
+
 def test_a_fixed_step_is_applied_exactly(mnist_tinynet, mnist_split):
     train, _ = mnist_split
     spec = job(

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.report import QUICK, beside_results, best_of, machine, markdown_table, mean_std, write_section
+from bench.report import BENCH_DIR, QUICK, beside_results, best_of, machine, markdown_table, mean_std, write_section
 from bench.setups import SEEDS_SUITE, SETUPS, Task, command, prepare, seeded_spec, seeds_command_line
 from gif.curvature import (
     COMPILED_SAVING_BOUND,
@@ -54,6 +54,7 @@ from gif.spec import SolverSpec
 from gif.training import reinitialised
 
 CURVATURES: tuple[Curvature, ...] = ("hessian", "gauss_newton")
+GPU_REPORT = BENCH_DIR / "GPU.md"
 SEEDS_FILE = beside_results("curvature.quick.json" if QUICK else "curvature_seeds.json")
 QUICK_SIZES = {"hessian_samples": 32, "gradient_samples": 32, "max_iterations": 3}
 
@@ -257,34 +258,56 @@ def measured_on(results: dict[str, dict[str, Any]]) -> str:
     return "Measured on " + "; on ".join(f"{where}: {', '.join(names)}" for where, names in tasks.items()) + "."
 
 
+def gauss_newton_ran_on_gpu() -> bool:
+    """Whether bench/GPU.md is a GPU run (``make gpu-check`` on CUDA: its title names the ``cuda:`` device) whose
+    product table has the Gauss-Newton column."""
+    text = GPU_REPORT.read_text() if GPU_REPORT.exists() else ""
+    return "(cuda:" in text.partition("\n")[0] and "Gauss-Newton (its product" in text
+
+
 def verdict(results: dict[str, dict[str, Any]]) -> str:
     """Per task: is the Gauss-Newton edit better, worse or within one standard deviation, and at what cost; and
-    the default that follows: Gauss-Newton only where it is better on every task by more than the sd (cost alone
-    does not decide: the solve is a fraction of a job, and the product's cost is in the table below)."""
-    lines, better_everywhere = [], bool(results)
+    the curvature the evidence favours against the product's default. Gauss-Newton is favoured where it is better by
+    more than the sd on every task, or where it is as good (never worse by more than the sd) and cheaper on every
+    task and its product has run on a GPU (``gauss_newton_ran_on_gpu``): a GPU service's default must have."""
+    lines, better_everywhere, worse_somewhere, cheaper = [], bool(results), False, []
     for name, seeds in results.items():
         task, key = SEEDS_SUITE[name], quality_keys(SEEDS_SUITE[name])[0]
         sign = -1 if task.backdoor else 1  # attack success: lower is better
         gains = [sign * (e["gauss_newton"]["metrics"][key] - e["hessian"]["metrics"][key]) for e in seeds.values()]
-        cost = [e["gauss_newton"]["solve_s"] / e["hessian"]["solve_s"] for e in seeds.values()]
+        cost = statistics.mean(e["gauss_newton"]["solve_s"] / e["hessian"]["solve_s"] for e in seeds.values())
+        cheaper.append(cost)
         sd = statistics.stdev(gains) if len(gains) > 1 else float("nan")
         better_everywhere &= statistics.mean(gains) > sd  # False with one seed (nan)
+        worse_somewhere |= statistics.mean(gains) < -sd
         lines.append(
             f"- {name}: Gauss-Newton − Hessian on {key} (better is +) {statistics.mean(gains):+.4f}"
-            + (f" (sd of the paired difference {sd:.4f})" if len(gains) > 1 else "")
-            + f"; Gauss-Newton solve time ÷ Hessian's {statistics.mean(cost):.2f}."
+            + (f" (sd of the paired difference {sd:.4f})" if len(gains) > 1 else " (one seed)")
+            + f"; Gauss-Newton solve time ÷ Hessian's {cost:.2f}."
         )
-    lines.append(
-        "\nDefault: "
-        + (
-            "the evidence favours `solver.curvature: gauss_newton` on every task measured."
-            if better_everywhere
-            else "`solver.curvature` stays `hessian`: the Gauss-Newton edit is not better by more than one sd on "
-            "every task measured. `gauss_newton` remains an option for models whose Hessian products are slow or "
-            "indefinite."
+    equal_and_cheaper = not worse_somewhere and max(cheaper, default=1.0) < 1
+    on_gpu = gauss_newton_ran_on_gpu()
+    if better_everywhere:
+        reason = "The Gauss-Newton edit is better by more than one sd on every task measured."
+    elif equal_and_cheaper:
+        reason = (
+            "The Gauss-Newton edit is as good, not better (within one sd of the paired difference on every task with "
+            f"seeds; the one-seed tasks above), and its solve takes {min(cheaper):.2f}–{max(cheaper):.2f} of the "
+            "Hessian's time: the cheaper equal (section 18: what that buys against retraining). "
+            + (
+                "Its product has run on a GPU (bench/GPU.md)."
+                if on_gpu
+                else "Its product has not yet run on a GPU (bench/GPU.md's Gauss-Newton column, written by "
+                "`make gpu-check`), and a job a GPU worker runs by default must have: until it has, a job asks for it "
+                "with `solver.curvature: gauss_newton`."
+            )
         )
-    )
-    return "\n".join(lines)
+    else:
+        reason = "The Gauss-Newton edit is not better by more than one sd on every task measured."
+    favoured = "gauss_newton" if better_everywhere or (equal_and_cheaper and on_gpu) else "hessian"
+    default = SolverSpec.model_fields["curvature"].default
+    follows = "" if favoured == default else f" The evidence favours `{favoured}`: the default should follow."
+    return "\n".join(lines) + f"\n\nDefault (gif/spec.py): `solver.curvature: {default}`. {reason}{follows}"
 
 
 def load_results() -> dict[str, Any]:

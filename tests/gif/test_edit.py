@@ -145,8 +145,15 @@ def test_the_result_names_the_device_and_its_peak_memory(class_removal):
     assert 0 < device.peak_memory_bytes <= device.total_memory_bytes
 
 
-def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(mnist_tinynet, mnist_split, monkeypatch):
-    """CUDA's out-of-memory cannot happen on the CPU, so the products raise it while the batch is the default's."""
+@pytest.mark.parametrize(
+    ("curvature", "uncached_product"), [("hessian", "double_backward"), ("gauss_newton", "jvp_vjp")]
+)
+def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(
+    mnist_tinynet, mnist_split, monkeypatch, curvature, uncached_product
+):
+    """CUDA's out-of-memory cannot happen on the CPU, so the products raise it while the batch is the default's. The
+    retry runs the curvature's own product without a graph cache (the Hessian's double backward is no Gauss-Newton
+    product: a Gauss-Newton job's retry once failed on it)."""
     from gif.curvature import HessianOperator
 
     product = HessianOperator.__call__
@@ -160,36 +167,20 @@ def test_out_of_memory_is_retried_once_with_half_the_batch_and_no_cache(mnist_ti
 
     monkeypatch.setattr(HessianOperator, "__call__", oom_at_full_batch)
     train, held_out = mnist_split
-    outcome = run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, held_out)
-    assert seen[0][0] == 256 and set(seen[1:]) == {(128, "double_backward")}
+    spec = job(request={"kind": "remove_class", "classes": [8]}, solver={**FAST_SOLVER, "curvature": curvature})
+    outcome = run(spec, mnist_tinynet, train, held_out)
+    assert seen[0][0] == 256 and set(seen[1:]) == {(128, uncached_product)}
     assert any("out of memory" in w and "batch_size 128" in w for w in outcome.result.warnings)
-    assert outcome.result.solver.hvp_method == "double_backward"
+    assert outcome.result.solver.hvp_method == uncached_product
+
+
+def test_out_of_memory_twice_names_what_to_lower(mnist_tinynet, mnist_split, monkeypatch):
+    from gif.curvature import HessianOperator
 
     monkeypatch.setattr(HessianOperator, "__call__", lambda self, v: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
+    train, held_out = mnist_split
     with pytest.raises(OutOfMemoryError, match="lower solver.batch_size"):
         run(job(request={"kind": "remove_class", "classes": [8]}), mnist_tinynet, train, held_out)
-
-
-def test_a_gauss_newton_edit_out_of_memory_is_retried_with_its_own_product(mnist_tinynet, mnist_split, monkeypatch):
-    """The retry's uncached Hessian product is not a Gauss-Newton one: the Gauss-Newton retry keeps its product."""
-    from gif.curvature import HessianOperator
-
-    product = HessianOperator.__call__
-    seen = []
-
-    def oom_at_full_batch(self, v):
-        seen.append((self.objective.batches[0][0].shape[0], self.method))
-        if seen[-1][0] == 256:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return product(self, v)
-
-    monkeypatch.setattr(HessianOperator, "__call__", oom_at_full_batch)
-    train, held_out = mnist_split
-    spec = job(request={"kind": "remove_class", "classes": [8]}, solver={**FAST_SOLVER, "curvature": "gauss_newton"})
-    outcome = run(spec, mnist_tinynet, train, held_out)
-    assert seen[0][0] == 256 and set(seen[1:]) == {(128, "jvp_vjp")}
-    assert outcome.result.solver.hvp_method == "jvp_vjp"
-    assert any("out of memory" in w and "batch_size 128" in w for w in outcome.result.warnings)
 
 
 def test_a_fixed_step_is_applied_exactly(mnist_tinynet, mnist_split):

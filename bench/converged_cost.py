@@ -113,15 +113,14 @@ def verdicts(name: str, seeds: dict[str, Any]) -> list[str]:
     for label in CONFIGS:
         shares = [share(r, label) for r in runs]
         difference = statistics.mean(r[label]["metrics"]["score"] for r in runs) - statistics.mean(base_scores)
-        cost = "met" if max(shares) <= target else "not met"
+        met = sum(share <= target for share in shares)
+        cost = f"{'met' if met == len(shares) else 'not met'} ({met} of {len(shares)}, largest {max(shares):.1%})"
         if sd is None:
             quality = f"score {difference:+.4f} against the defaults (one seed: no spread to judge by)"
         else:
             within = "within" if abs(difference) <= sd else "not within"
             quality = f"score {difference:+.4f} against the defaults, {within} their sd {sd:.4f}"
-        lines.append(
-            f"- {label}: cost ≤ {target:.0%} of the recipe on every seed: {cost} (largest {max(shares):.1%}); {quality}."
-        )
+        lines.append(f"- {label}: cost ≤ {target:.0%} of the recipe on every seed: {cost}; {quality}.")
     return lines
 
 

@@ -10,7 +10,7 @@ selection + solve + step search (evaluation excluded), each reported. Per-seed v
 ``bench/converged_cost_seeds.json`` (written after every seed; ``--first-seed`` adds seeds to the stored ones).
 
 Run: python -m bench.converged_cost [--tasks a,b] [--seeds N] [--first-seed K] [--device auto|cpu|cuda|cuda:N]
-     (TinyNet by default, 5 seeds; ``--tasks vgg11-remove-ship --seeds 2``: about 25 minutes a seed here;
+     (TinyNet by default, 5 seeds; ``--tasks vgg11-remove-ship --seeds 2``: 15-20 minutes a seed here;
      GIF_BENCH_QUICK=1: one seed, few iterations; --tasks "": rewrite the section from the JSON)
 """
 

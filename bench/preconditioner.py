@@ -18,8 +18,8 @@ iterations (the iterate is read from its frame). Table: products until the resid
 estimate included, and the cosine of each solve's last iterate to the plain one's (the same solution).
 
 Tasks: TinyNet / MNIST (8k) removing class 3 and the TinyNet backdoor repair (seed 0); on request VGG-11 /
-CIFAR-10 (4k) removing class 8 (``--tasks vgg11-remove-ship``: ~7 s per product here, 20 minutes a solve with the
-fresh residuals; not measured).
+CIFAR-10 (4k) removing class 8 (``--tasks vgg11-remove-ship``: 5-7 s per product here, about 30 minutes for its four
+solves with the fresh residuals).
 
 Run: python -m bench.preconditioner [--tasks a,b] [--device auto|cpu|cuda|cuda:N]   (--tasks "": rewrite the section
      from bench/preconditioner.json alone; GIF_BENCH_QUICK=1: 3 iterations on small samples)

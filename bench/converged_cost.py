@@ -16,14 +16,23 @@ Run: python -m bench.converged_cost [--tasks a,b] [--seeds N] [--first-seed K] [
 
 from __future__ import annotations
 
-import json
 import statistics
 from typing import Any
 
 import torch
 
 from bench.report import QUICK, beside_results, markdown_table, mean_std, write_section
-from bench.setups import SEEDS_SUITE, SETUPS, Task, command, edit_seconds, prepare, seeded_spec, seeds_command_line
+from bench.setups import (
+    SEEDS_SUITE,
+    SETUPS,
+    Task,
+    command,
+    edit_seconds,
+    measure_task_seeds,
+    prepare,
+    seeded_spec,
+    seeds_command_line,
+)
 from gif.edit import run
 
 # The product's defaults first (the baseline every other configuration is held to), then one change at a time and
@@ -54,11 +63,10 @@ def one_seed(task: Task, seed: int, device: torch.device) -> dict[str, Any]:
             request, seed, {**task.sizes, **solver}, QUICK_SOLVER, durability=NO_DURABILITY, **retrain
         )  # fmt: skip
         result = run(job, prepared.model, prepared.train, prepared.test, device=device).result
-        timings = result.timings.model_dump()
         entry[label] = {
             "metrics": {key: result.metrics.after[key] for key in QUALITY_KEYS},
             "seconds": edit_seconds(result),
-            **{part: timings[part] for part in PARTS},
+            **{part: getattr(result.timings, part) for part in PARTS},
             "products": result.solver.hvp_count,
             "product_method": result.solver.hvp_method,
             "residual": result.solver.relative_residual,
@@ -113,7 +121,7 @@ def verdicts(name: str, seeds: dict[str, Any]) -> list[str]:
     for label in CONFIGS:
         shares = [share(r, label) for r in runs]
         difference = statistics.mean(r[label]["metrics"]["score"] for r in runs) - statistics.mean(base_scores)
-        met = sum(share <= target for share in shares)
+        met = sum(fraction <= target for fraction in shares)
         cost = f"{'met' if met == len(shares) else 'not met'} ({met} of {len(shares)}, largest {max(shares):.1%})"
         if sd is None:
             quality = f"score {difference:+.4f} against the defaults (one seed: no spread to judge by)"
@@ -153,12 +161,7 @@ DEFAULTS_NOTE = (
 
 def main() -> None:
     args = seeds_command_line(__doc__.splitlines()[0], TASKS)
-    results: dict[str, Any] = json.loads(SEEDS_FILE.read_text()) if SEEDS_FILE.exists() else {}
-    for name in args.tasks:
-        for seed in args.seeds:
-            results.setdefault(name, {})[str(seed)] = one_seed(TASKS[name], seed, args.device)
-            SEEDS_FILE.write_text(json.dumps(results, indent=1))
-            print(f"{name} seed {seed}: {json.dumps(results[name][str(seed)])[:400]}", flush=True)
+    results = measure_task_seeds(SEEDS_FILE, args, TASKS, one_seed)
     body = report({name: results[name] for name in TASKS if name in results})
     section = "18. A converged class removal against retraining (issue 24)"
     write_section("converged-cost", section, body, command("bench.converged_cost", args.device), args.device)

@@ -32,8 +32,26 @@ from typing import Any
 
 import torch
 
-from bench.report import BENCH_DIR, QUICK, beside_results, best_of, machine, markdown_table, mean_std, write_section
-from bench.setups import SEEDS_SUITE, SETUPS, Task, command, prepare, seeded_spec, seeds_command_line
+from bench.report import (
+    QUICK,
+    beside_results,
+    best_of,
+    machine,
+    markdown_table,
+    mean_std,
+    report_file,
+    write_section,
+)
+from bench.setups import (
+    SEEDS_SUITE,
+    SETUPS,
+    Task,
+    command,
+    measure_task_seeds,
+    prepare,
+    seeded_spec,
+    seeds_command_line,
+)
 from gif.curvature import (
     COMPILED_SAVING_BOUND,
     TYPICAL_SOLVE_PRODUCTS,
@@ -54,7 +72,7 @@ from gif.spec import SolverSpec
 from gif.training import reinitialised
 
 CURVATURES: tuple[Curvature, ...] = ("hessian", "gauss_newton")
-GPU_REPORT = BENCH_DIR / "GPU.md"
+GPU_REPORT = report_file("GPU", quick=False)
 SEEDS_FILE = beside_results("curvature.quick.json" if QUICK else "curvature_seeds.json")
 QUICK_SIZES = {"hessian_samples": 32, "gradient_samples": 32, "max_iterations": 3}
 
@@ -310,10 +328,6 @@ def verdict(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + f"\n\nDefault (gif/spec.py): `solver.curvature: {default}`. {reason}{follows}"
 
 
-def load_results() -> dict[str, Any]:
-    return json.loads(SEEDS_FILE.read_text()) if SEEDS_FILE.exists() else {}
-
-
 def main() -> None:
     compiled = "--compiled" in sys.argv
     if compiled:
@@ -321,12 +335,7 @@ def main() -> None:
     args = seeds_command_line(__doc__.splitlines()[0], SEEDS_SUITE)
     if QUICK:
         args.tasks = args.tasks[:1]  # the harness's smoke run: the removal alone
-    results = load_results()
-    for name in args.tasks:
-        for seed in args.seeds:
-            results.setdefault(name, {})[str(seed)] = one_seed(SEEDS_SUITE[name], seed, args.device)
-            SEEDS_FILE.write_text(json.dumps(results, indent=1))
-            print(f"{name} seed {seed}: {json.dumps(results[name][str(seed)], default=str)[:300]}", flush=True)
+    results = measure_task_seeds(SEEDS_FILE, args, SEEDS_SUITE, one_seed)
     costs = results.setdefault("product_cost", {})
     for name in args.tasks:
         costs[name] = product_costs(SEEDS_SUITE[name], args.device)

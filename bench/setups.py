@@ -322,6 +322,24 @@ def seeds_command_line(description: str, tasks: dict[str, Task]) -> argparse.Nam
     return args
 
 
+def measure_task_seeds(
+    seeds_file: Path,
+    args: argparse.Namespace,
+    tasks: dict[str, Task],
+    one_seed: Callable[[Task, int, torch.device], dict[str, Any]],
+) -> dict[str, Any]:
+    """The values stored in ``seeds_file`` (per task, per seed) with ``one_seed`` of every task and seed of ``args``
+    (``seeds_command_line``) added; each seed is written as soon as it is measured, so that an interrupted run keeps
+    it."""
+    results: dict[str, Any] = json.loads(seeds_file.read_text()) if seeds_file.exists() else {}
+    for name in args.tasks:
+        for seed in args.seeds:
+            results.setdefault(name, {})[str(seed)] = one_seed(tasks[name], seed, args.device)
+            seeds_file.write_text(json.dumps(results, indent=1))
+            print(f"{name} seed {seed}: {json.dumps(results[name][str(seed)], default=str)[:300]}", flush=True)
+    return results
+
+
 def measure_seeds(
     description: str,
     measure: Callable[[Setup, int, torch.device], Any],
@@ -428,13 +446,14 @@ def hvp_row(
         try:
             operator = HessianOperator(objective, method=method, curvature=curvature)
             v = torch.randn(operator.size, device=device)
-            ratio = best_of(lambda: operator(v), HVP_REPEATS, device) / fb
-            if operator.compile_failure and method == "compiled":
+            if method == "compiled" and operator.compile_failure:  # the eager product it fell back to: not timed
                 ratios[key] = f"fails ({operator.compile_failure[:60]})"
-            elif method == "compiled":
-                ratios[key] = f"{ratio:.2f}× ({operator.compile_seconds:.0f} s)"
             else:
-                ratios[key] = f"{operator.method}: **{ratio:.2f}×**" if method == "auto" else f"{ratio:.2f}×"
+                ratio = best_of(lambda: operator(v), HVP_REPEATS, device) / fb
+                ratios[key] = {
+                    "auto": f"{operator.method}: **{ratio:.2f}×**",
+                    "compiled": f"{ratio:.2f}× ({operator.compile_seconds:.0f} s)",
+                }.get(method, f"{ratio:.2f}×")
         except (RuntimeError, NotImplementedError) as exc:
             ratios[key] = f"fails ({str(exc).splitlines()[0][:60]})"
         if device.type == "cuda":

@@ -34,7 +34,7 @@ from gif.curvature import (
 from gif.data import Dataset, sample_indices
 from gif.devices import full_float32, release_cached_memory, reset_peak_memory, resolve_device
 from gif.durability import DEFAULT_FINE_TUNE_LR, assess_durability, probes_of
-from gif.errors import InvalidSpecError, NonFiniteError, OutOfMemoryError
+from gif.errors import InvalidSpecError, OutOfMemoryError
 from gif.influence import InfluenceProblem, InfluenceSolution
 from gif.io.files import sha256_file, write_safetensors
 from gif.io.programs import read_program, write_program
@@ -42,7 +42,7 @@ from gif.job import EditJob, JobProgress, PhaseClock, ProgressSink, WeightEdit
 from gif.membership import MAX_PER_SIDE, MembershipLosses, assess, not_judged
 from gif.metrics import EvaluationPlan, Measurement, example_losses, measure, predict
 from gif.models.transforms import InputTransform, apply_input_transform
-from gif.parameters import ParameterSpace
+from gif.parameters import ParameterSpace, ensure_finite
 from gif.result import CheckpointInfo, Durability, EditResult, Membership, MethodComparison, Timings
 from gif.selection import Selection, full_selection, select
 from gif.spec import JobSpec, RemoveClass
@@ -133,15 +133,13 @@ def _solve(
     selected, candidates = selection.mask.to(device), selection.candidates.to(device)
     problem = InfluenceProblem(hessian, gradient_objective.gradient(), selected, candidates, solver, monitor)
     solution = job.method.solve(problem)
-    if not bool(torch.isfinite(solution.delta).all()):
-        raise NonFiniteError("the solved influence vector contains NaN or Inf")
+    ensure_finite(solution.delta, "the solved influence vector contains NaN or Inf")
     return solution, hessian
 
 
 def _apply(model: nn.Module, space: ParameterSpace, new_theta: torch.Tensor, scale: float) -> nn.Module:
     """A copy of ``model`` with the flat parameters ``new_theta``; every buffer stays bit-identical."""
-    if not bool(torch.isfinite(new_theta).all()):
-        raise NonFiniteError(f"the step {scale:g} makes the weights NaN or Inf")
+    ensure_finite(new_theta, f"the step {scale:g} makes the weights NaN or Inf")
     edited = copy.deepcopy(model)
     with torch.no_grad():
         for name, value in space.unflatten(new_theta).items():

@@ -8,13 +8,24 @@ offset but is never edited.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from gif.errors import NonFiniteError
 from gif.instrumentation import Layer
+
+
+def ensure_finite(vector: torch.Tensor, detail: str) -> None:
+    """Raise ``NonFiniteError(detail)`` where ``vector`` holds a NaN or an infinity. Its sum is non-finite whenever
+    an element is, and takes one pass without a temporary: the element-wise test took ~35 ms on a ResNet-18's 11M
+    parameters here, two thirds of a forward+backward, at every curvature product. Only a non-finite sum, which huge
+    finite elements can also give, is tested element by element."""
+    if not math.isfinite(float(vector.sum())) and not bool(torch.isfinite(vector).all()):
+        raise NonFiniteError(detail)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gif.errors import NonFiniteError
+from gif.parameters import ensure_finite
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 Monitor = Callable[[int, float], None]
@@ -99,8 +100,7 @@ def lsmr(
         monitor(iterations, history[-1])
         if history[-1] <= tolerance or alpha == 0.0 or beta == 0.0:
             break
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteError("LSMR produced NaN or Inf")
+    ensure_finite(x, "LSMR produced NaN or Inf")
     true_residual = _relative(rhs - problem.normal(x), normal_b)
     return SolveResult(x, iterations, true_residual, true_residual <= tolerance, history)
 
@@ -134,8 +134,7 @@ def conjugate_gradient(
             break
         p.mul_(rs_new / rs).add_(r)
         rs = rs_new
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteError("conjugate gradients produced NaN or Inf")
+    ensure_finite(x, "conjugate gradients produced NaN or Inf")
     true_residual = _relative(b - matvec(x), b_norm)
     return SolveResult(x, iterations, true_residual, true_residual <= tolerance, history)
 

@@ -1,10 +1,12 @@
 """The flat parameter space: every parameter at its offset, views back into the flat vector, the layers' mask."""
 
+import pytest
 import torch
 from torch import nn
 
+from gif.errors import NonFiniteError
 from gif.instrumentation import find_layers
-from gif.parameters import ParameterSpace, layer_mask, model_buffers, model_parameters
+from gif.parameters import ParameterSpace, ensure_finite, layer_mask, model_buffers, model_parameters
 
 
 def test_every_parameter_has_its_offset_and_the_mask_covers_the_layers_only():
@@ -28,3 +30,19 @@ def test_flatten_and_unflatten_are_inverse_and_unflatten_gives_views():
     flat[space.slice_of("1.weight")] = 7.0
     assert (views["1.weight"] == 7.0).all() and torch.equal(space.flatten(views), flat)
     assert space.zeros(flat.double()).dtype == torch.float64 and not space.zeros(flat).any()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_nan_or_an_infinity_anywhere_is_refused(bad):
+    vector = torch.ones(1000)
+    vector[617] = bad
+    with pytest.raises(NonFiniteError, match="the step"):
+        ensure_finite(vector, "the step")
+
+
+def test_finite_values_whose_sum_overflows_are_accepted():
+    """The fast test sums the vector; huge finite elements overflow the sum, and are still finite."""
+    vector = torch.full((4,), 3e38)
+    assert not torch.isfinite(vector.sum())
+    ensure_finite(vector, "the step")
+    ensure_finite(torch.zeros(0), "the step")

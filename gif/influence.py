@@ -49,20 +49,20 @@ def least_squares(
     hessian: HessianOperator, g: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor
 ) -> LeastSquares:
     """A = (H + λI)[rows, cols] and b = g[rows] (``rows=None`` keeps all rows), with Aᵀ = (H u_rows)[cols]
-    since H is symmetric; vectors in Rᵐ stay full-length with zeros outside ``rows``."""
+    since H is symmetric; vectors in Rᵐ stay full-length with zeros outside ``rows``. The masks become indices
+    once: indexing by a boolean mask finds its nonzeros again at every product (tens of milliseconds for a
+    ResNet-18's 11M parameters on a CPU)."""
+    col_index = cols.nonzero().squeeze(1)
+    outside_rows = None if rows is None else ~rows
 
     def restrict_rows(v: torch.Tensor) -> torch.Tensor:
-        if rows is not None:
-            v[~rows] = 0
-        return v
+        return v if outside_rows is None else v.masked_fill_(outside_rows, 0)
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        v = torch.zeros_like(g)
-        v[cols] = x
-        return restrict_rows(hessian(v))
+        return restrict_rows(hessian(torch.zeros_like(g).index_copy_(0, col_index, x)))
 
     def adjoint(u: torch.Tensor) -> torch.Tensor:
-        return hessian(restrict_rows(u.clone()))[cols]
+        return hessian(restrict_rows(u.clone())).index_select(0, col_index)
 
     return LeastSquares(apply, adjoint, restrict_rows(g.clone()))
 

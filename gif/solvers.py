@@ -93,9 +93,9 @@ def lsmr(
         rhobar = math.hypot(cbar * rho, theta_new)
         cbar, sbar = cbar * rho / rhobar, theta_new / rhobar
         zeta, zetabar = cbar * zetabar, -sbar * zetabar
-        hbar = h - (thetabar * rho / (rho_old * rhobar_old)) * hbar
+        hbar.mul_(-thetabar * rho / (rho_old * rhobar_old)).add_(h)  # in place: no fresh p-vectors per iteration
         x.add_(hbar, alpha=zeta / (rho * rhobar))
-        h = v - (theta_new / rho) * h
+        h.mul_(-theta_new / rho).add_(v)
         history.append(abs(zetabar) / normal_b)
         monitor(iterations, history[-1])
         if history[-1] <= tolerance or alpha == 0.0 or beta == 0.0:

@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ import torch
 from bench.report import (
     QUICK,
     beside_results,
-    best_of,
+    best_in_turns,
     machine,
     markdown_table,
     mean_std,
@@ -65,7 +66,6 @@ from gif.curvature import (
     forward_operators,
 )
 from gif.data import Dataset
-from gif.devices import synchronize
 from gif.edit import run
 from gif.models.registry import build_model
 from gif.spec import SolverSpec
@@ -109,7 +109,7 @@ PRODUCT_REPEATS = 5
 
 def product_costs(task: Task, device: torch.device) -> dict[str, Any]:
     """One product with each curvature on the job's Hessian sample (its first examples: cost only), against one
-    forward+backward of the same sample: best of ``PRODUCT_REPEATS`` each (the cores are shared)."""
+    forward+backward of the same sample: best of ``PRODUCT_REPEATS`` rounds in turns (the cores are shared)."""
     prepared = prepare(SETUPS[task.setup], 0)
     solver = SolverSpec.model_validate({**(QUICK_SIZES if QUICK else {}), **task.sizes})
     size = len(prepared.train) if solver.hessian_samples == "all" else solver.hessian_samples
@@ -122,13 +122,12 @@ def product_costs(task: Task, device: torch.device) -> dict[str, Any]:
             model.zero_grad(set_to_none=True)
             (weight * cross_entropy_sum(model(x), y)).backward()
 
-    seconds = {"forward+backward": best_of(forward_backward, PRODUCT_REPEATS, device)}
-    methods = {}
-    for curvature in CURVATURES:
-        operator = HessianOperator(objective, solver.damping, curvature=curvature)
-        v = torch.randn(operator.size, device=operator.device)
-        seconds[curvature] = best_of(lambda: operator(v), PRODUCT_REPEATS, device)
-        methods[curvature] = operator.method
+    operators = {curvature: HessianOperator(objective, solver.damping, curvature=curvature) for curvature in CURVATURES}
+    v = torch.randn(objective.space.size, device=next(model.parameters()).device)
+    timed: dict[str, Callable[[], Any]] = {"forward+backward": forward_backward}
+    timed.update({curvature: partial(op, v) for curvature, op in operators.items()})
+    seconds = best_in_turns(timed, PRODUCT_REPEATS, device)
+    methods = {curvature: op.method for curvature, op in operators.items()}
     model.zero_grad(set_to_none=True)
     return {"samples": len(sample), "seconds": seconds, "methods": methods, "machine": machine(device)}
 
@@ -182,16 +181,9 @@ def compiled_costs(device: torch.device) -> dict[str, Any]:
                 flush=True,
             )
         v = torch.randn(objective.space.size, device=next(model.parameters()).device)
-        timed: dict[str, Any] = {"forward+backward": forward_backward}
-        timed.update({label: (lambda op=op: op(v)) for label, op in operators.items()})
-        seconds = {label: float("inf") for label in timed}
-        for _ in range(PRODUCT_REPEATS + 1):  # the first round is the warm-up
-            for label, fn in timed.items():
-                synchronize(device)
-                start = time.perf_counter()
-                fn()
-                synchronize(device)
-                seconds[label] = min(seconds[label], time.perf_counter() - start)
+        timed: dict[str, Callable[[], Any]] = {"forward+backward": forward_backward}
+        timed.update({label: partial(op, v) for label, op in operators.items()})
+        seconds = best_in_turns(timed, PRODUCT_REPEATS, device)
         model.zero_grad(set_to_none=True)
         costs[name] = {
             "samples": samples,
@@ -348,7 +340,7 @@ def main() -> None:
         body += (
             "\n\nThe per-seed cost columns above come from the edits themselves, run one after another (their spread "
             "shows how much the shared cores moved them). The fair cost comparison is one product on the job's Hessian "
-            "sample, best of 5, side by side:\n\n" + products_table(costs)
+            "sample, best of 5 rounds timed in turns with the forward+backward:\n\n" + products_table(costs)
         )
     if results.get("compiled_product_runs"):
         body += (

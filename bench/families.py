@@ -5,7 +5,7 @@ ViT-B/16 and Swin-T, a timm ViT, and ResNet-18 as an exported ``.pt2`` program r
 loader — at 32×32 inputs (the CPU's budget; 224² where a GPU runs this):
 
 1. one Hessian-vector product against one forward+backward of the same batch, for each implementation, for
-   ``auto`` and for the Gauss-Newton product (``bench.setups.hvp_row``: best of 3 after a warm-up); with
+   ``auto`` and for the Gauss-Newton product (``bench.setups.hvp_row``: each timed in turns with a forward+backward, best of 3 rounds); with
    ``--compiled``, each curvature's compiled product and its compile seconds too (minutes per product on a CPU,
    so an option: rows measured without it say so);
 2. a class removal through ``gif.edit.run`` at the default sample sizes (Hessian 512, gradient 256,
@@ -117,7 +117,7 @@ where it was measured; the compiled columns only with `--compiled`).
 Machine: {host_description(device)}
 Inputs: {SHAPE[1]}×{SHAPE[2]} RGB, {CLASSES} classes, random weights (speed does not depend on training).
 
-## 1. One Hessian-vector product against one forward+backward of the same batch (best of 3 after a warm-up)
+## 1. One Hessian-vector product against one forward+backward of the same batch (timed in turns, best of 3 rounds after a warm-up)
 
 {markdown_table(hvp_headers, hvp_rows)}
 

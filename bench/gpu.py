@@ -1,8 +1,8 @@
 """The worker and the engine on the device this runs on (issue 8), written to bench/GPU.md.
 
 1. Hessian-vector product cost: one HVP against one forward+backward of the same batch, for each
-   implementation and for ``auto`` (which times them on the first batch and keeps the fastest), best of 3
-   after a warm-up. On CUDA: TinyNet (MNIST), VGG-11 and ResNet-18 (3×3 stem) on CIFAR-sized inputs at
+   implementation and for ``auto`` (which times them on the first batch and keeps the fastest), each timed in
+   turns with a forward+backward, best of 3 rounds after a warm-up. On CUDA: TinyNet (MNIST), VGG-11 and ResNet-18 (3×3 stem) on CIFAR-sized inputs at
    batch 256, and torchvision's ViT-B/16 at 224² (batch 32); on the CPU: TinyNet and ResNet-18 (MNIST) at 256.
 2. Job start overhead through a real stack (Redis, ``python -m worker``, the API): created → running, with
    the worker idle (its standby horse warm) and back to back, and submit → succeeded against the same edit
@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gif-bench-") as tmp:
         sections = [
             Section(
-                f"1. One Hessian-vector product against one forward+backward of the same batch (best of {HVP_REPEATS} "
-                "after a warm-up)",
+                "1. One Hessian-vector product against one forward+backward of the same batch (timed in turns, best of "
+                f"{HVP_REPEATS} rounds after a warm-up)",
                 lambda: hvp_costs(device),
                 hvp_section,
             ),

@@ -14,6 +14,7 @@ One convention for every experiment:
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -49,17 +50,28 @@ def beside_results(name: str) -> Path:
 def best_of(fn: Callable[[], Any], repeats: int = 3, device: torch.device | None = None) -> float:
     """Best wall time of ``repeats`` calls after one warm-up (timings swing when the cores are shared); with a CUDA
     ``device``, synchronised before and after each call so that the time covers the kernels."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device is not None:
-            synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device is not None:
-            synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return best_in_turns({"": fn}, repeats, device)[""]
+
+
+def best_in_turns(
+    fns: dict[str, Callable[[], Any]], repeats: int = 3, device: torch.device | None = None
+) -> dict[str, float]:
+    """Each function's best wall time over ``repeats`` rounds that call every one once in turn, after a warm-up
+    round: two of them are then timed side by side, not minutes apart while the shared cores' load moves (a
+    forward+backward timed before the products swung their ratios by a fifth from run to run). Synchronised on a
+    CUDA ``device`` as ``best_of``."""
+    seconds = dict.fromkeys(fns, math.inf)
+    for round_ in range(repeats + 1):
+        for label, fn in fns.items():
+            if device is not None:
+                synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device is not None:
+                synchronize(device)
+            if round_:
+                seconds[label] = min(seconds[label], time.perf_counter() - start)
+    return seconds
 
 
 # --- the machine line ------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ ViT-B/16 and Swin-T, a timm ViT, and ResNet-18 as an exported ``.pt2`` program r
 loader — at 32×32 inputs (the CPU's budget; 224² where a GPU runs this):
 
 1. one Hessian-vector product against one forward+backward of the same batch, for each implementation, for
-   ``auto`` and for the Gauss-Newton product (``bench.setups.hvp_row``: each timed in turns with a forward+backward, best of 3 rounds); with
-   ``--compiled``, each curvature's compiled product and its compile seconds too (minutes per product on a CPU,
-   so an option: rows measured without it say so);
+   ``auto`` and for the Gauss-Newton product (``bench.setups.hvp_row``: each timed in turns with a
+   forward+backward, best of 3 rounds); with ``--compiled``, each curvature's compiled product and its compile
+   seconds too (minutes per product on a CPU, so an option: rows measured without it say so);
 2. a class removal through ``gif.edit.run`` at the default sample sizes (Hessian 512, gradient 256,
    selection 10%, auto step, CG at 5 iterations): its wall time, phase by phase, and its HVP count.
 

@@ -2,8 +2,9 @@
 
 1. Hessian-vector product cost: one HVP against one forward+backward of the same batch, for each
    implementation and for ``auto`` (which times them on the first batch and keeps the fastest), each timed in
-   turns with a forward+backward, best of 3 rounds after a warm-up. On CUDA: TinyNet (MNIST), VGG-11 and ResNet-18 (3×3 stem) on CIFAR-sized inputs at
-   batch 256, and torchvision's ViT-B/16 at 224² (batch 32); on the CPU: TinyNet and ResNet-18 (MNIST) at 256.
+   turns with a forward+backward, best of 3 rounds after a warm-up. On CUDA: TinyNet (MNIST), VGG-11 and
+   ResNet-18 (3×3 stem) on CIFAR-sized inputs at batch 256, and torchvision's ViT-B/16 at 224² (batch 32); on
+   the CPU: TinyNet and ResNet-18 (MNIST) at 256.
 2. Job start overhead through a real stack (Redis, ``python -m worker``, the API): created → running, with
    the worker idle (its standby horse warm) and back to back, and submit → succeeded against the same edit
    in-process.

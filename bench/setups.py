@@ -423,18 +423,17 @@ def hvp_row(
 ) -> list[object]:
     """One table row (``PRODUCT_COLUMNS``): forward+backward milliseconds, each implementation's ratio, auto's choice
     and ratio, and the Gauss-Newton product's (``solver.curvature: gauss_newton``; each product timed in turns with a
-    forward+backward, best of ``HVP_REPEATS`` rounds after a warm-up, synchronised on CUDA); with ``compiled`` the ``COMPILED_COLUMNS`` too (compiling takes minutes on a CPU:
-    an option)."""
+    forward+backward, best of ``HVP_REPEATS`` rounds after a warm-up, synchronised on CUDA); with ``compiled`` the
+    ``COMPILED_COLUMNS`` too (compiling takes minutes on a CPU: an option)."""
     torch.manual_seed(0)
     model = model.to(device).eval()
     x, y = torch.rand(batch, *shape, device=device), torch.randint(0, 10, (batch,), device=device)
 
-    def forward_backward() -> None:
-        model.zero_grad(set_to_none=True)
+    def forward_backward() -> None:  # its gradients dropped at once: the products timed in turns run without them
         F.cross_entropy(model(x), y).backward()
+        model.zero_grad(set_to_none=True)
 
     fb = best_of(forward_backward, HVP_REPEATS, device)
-    model.zero_grad(set_to_none=True)
     objective = ModelObjective(model, [LossTerm(Dataset(x, y), 1 / batch)], batch_size=batch)
     ratios = {}
     products: list[tuple[HvpMethod, Curvature]] = [(method, "hessian") for method in (*HVP_IMPLEMENTATIONS, "auto")]
